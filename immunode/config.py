@@ -1,0 +1,219 @@
+"""The one configuration model of the node, loaded once from `config.yaml`.
+
+Every section forbids unknown keys so that a typo stops start-up with a message naming the key
+instead of being silently ignored. Defaults are the embedded defaults: a node started without a file
+runs on SQLite and a local storage folder.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # DICOM AE VR: 16 chars, no backslash or control chars
+AeTitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN)]
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used; the message names every offending key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NodeSettings(Strict):
+    ae_title: AeTitle = "IMMUNODE"
+    host: str = "0.0.0.0"
+    port: int = Field(11112, ge=1, le=65535)
+    max_associations: int = Field(10, ge=1, le=1000)
+    network_timeout_s: float = Field(60.0, gt=0)
+    acse_timeout_s: float = Field(30.0, gt=0)
+    dimse_timeout_s: float = Field(60.0, gt=0)
+    # 0 means unlimited; large PDUs cut per-PDU overhead when receiving big studies.
+    max_pdu_bytes: int = Field(0, ge=0)
+
+
+class AllowedPeer(Strict):
+    ae_title: AeTitle
+    # IP address or network (CIDR); None accepts the AE title from any host.
+    host: str | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _valid_network(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_network(value, strict=False)
+        return value
+
+
+class PeerSettings(Strict):
+    # When true any calling AE may store (for a closed lab network); the default is the allow-list.
+    accept_any: bool = False
+    allowed: list[AllowedPeer] = Field(default_factory=list)
+
+
+class Destination(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ae_title: AeTitle
+    host: str
+    port: int = Field(ge=1, le=65535)
+    receives_results: bool = True
+
+
+class StorageSettings(Strict):
+    root: Path = Path("./immunode-data")
+    # Stores are refused with 0xA700 (out of resources) below this much free disk.
+    min_free_mb: int = Field(200, ge=0)
+
+
+class DatabaseSettings(Strict):
+    # None: SQLite file `index.sqlite3` under the storage root. PostgreSQL: postgresql+psycopg://user:pw@host/db
+    url: str | None = None
+
+
+class SeriesMatch(Strict):
+    modality: str | None = None
+    # Regular expressions matched against the stored series attributes of the same name.
+    series_description: str | None = None
+    manufacturer: str | None = None
+
+    @field_validator("series_description", "manufacturer")
+    @classmethod
+    def _valid_regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            re.compile(value)
+        return value
+
+
+class RoutingRule(Strict):
+    name: str
+    pipeline: Literal["pet_quant"]
+    # The rule fires when at least one series of the study matches.
+    series: SeriesMatch = SeriesMatch(modality="PT")
+
+
+class RoutingSettings(Strict):
+    study_stable_s: float = Field(120.0, ge=0)
+    poll_interval_s: float = Field(5.0, gt=0)
+    rules: list[RoutingRule] = Field(
+        default_factory=lambda: [RoutingRule(name="pet-lesions", pipeline="pet_quant")]
+    )
+
+
+class WorkerSettings(Strict):
+    processes: int = Field(1, ge=1, le=64)
+    # A job past this much CPU time is killed by the kernel (RLIMIT_CPU) and marked failed.
+    job_cpu_limit_s: int = Field(1800, ge=10)
+    # Address-space limit per job process; 0 disables it.
+    job_memory_limit_mb: int = Field(8192, ge=0)
+    max_attempts: int = Field(2, ge=1)
+
+
+class DispatchSettings(Strict):
+    max_attempts: int = Field(6, ge=1)
+    backoff_initial_s: float = Field(30.0, ge=0)
+    backoff_max_s: float = Field(3600.0, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class PetQuantSettings(Strict):
+    """Parameters of the PET lesion quantification (adaptive threshold after the PET immune-profiling method)."""
+
+    detection_suv_threshold: float = Field(2.5, gt=0)
+    min_lesion_volume_ml: float = Field(0.5, ge=0)
+    max_lesions: int = Field(50, ge=1)
+    beta: float = Field(0.3, gt=0, le=1)
+    i70_fraction: float = Field(0.7, gt=0, lt=1)
+    # Background = mean SUV of a shell between these distances from the detected region, excluding
+    # voxels of any detected region (the method leaves the region open; this is our documented choice).
+    background_inner_mm: float = Field(10.0, ge=0)
+    background_outer_mm: float = Field(20.0, gt=0)
+    peak_sphere_ml: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _shell_is_a_shell(self) -> PetQuantSettings:
+        if self.background_outer_mm <= self.background_inner_mm:
+            raise ValueError("background_outer_mm must be greater than background_inner_mm")
+        return self
+
+
+class PipelineSettings(Strict):
+    pet_quant: PetQuantSettings = PetQuantSettings()
+
+
+class LoggingSettings(Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    file: Path | None = None
+
+
+class Settings(Strict):
+    node: NodeSettings = NodeSettings()
+    peers: PeerSettings = PeerSettings(allowed=[AllowedPeer(ae_title="STORESCU", host="127.0.0.1")])
+    destinations: list[Destination] = Field(default_factory=list)
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    routing: RoutingSettings = RoutingSettings()
+    workers: WorkerSettings = WorkerSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    pipelines: PipelineSettings = PipelineSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _unique_destination_names(self) -> Settings:
+        names = [d.name for d in self.destinations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"destination names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.root / 'index.sqlite3').resolve()}"
+
+    def result_destinations(self) -> list[Destination]:
+        return [d for d in self.destinations if d.receives_results]
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"{source}: {error.error_count()} problem(s)"]
+    for item in error.errors():
+        path = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key"
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def parse_settings(data: object, source: str = "config") -> Settings:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(source, error)) from None
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Load and validate a config file; None gives the embedded defaults."""
+    if path is None:
+        return Settings()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    return parse_settings(data, str(path))

@@ -1,0 +1,1 @@
+"""Pipelines: routing, image processing, orchestration of models, report building. `flow.py` shows the whole path."""

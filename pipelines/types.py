@@ -1,0 +1,213 @@
+"""Typed, frozen values passed between the stages receive → store → route → analyse → report → dispatch.
+
+Raw pydicom datasets appear only at the DICOM edges (parsing received bytes, building output objects).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+
+# --- receive / store ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """Identifying attributes of one received instance, validated at the receive edge."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    modality: str
+    study_date: str = ""
+    accession_number: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    manufacturer: str = ""
+    frame_of_reference_uid: str = ""
+    instance_number: int | None = None
+
+
+class StoreOutcome(enum.Enum):
+    NEW = "NEW"
+    DUPLICATE_IDENTICAL = "DUPLICATE_IDENTICAL"  # same UID, same bytes: acknowledged, nothing rewritten
+    REPLACED = "REPLACED"  # same UID, different bytes: the newer copy replaces the stored one
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    header: InstanceHeader
+    path: Path
+    sha256: str
+    outcome: StoreOutcome
+
+
+# --- route -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    series_instance_uid: str
+    modality: str
+    series_description: str
+    manufacturer: str
+    frame_of_reference_uid: str
+    instance_count: int
+
+
+@dataclass(frozen=True)
+class CompletedStudy:
+    study_instance_uid: str
+    revision: int
+    series: tuple[SeriesSummary, ...]
+
+
+@dataclass(frozen=True)
+class RouteDecision:
+    rule: str
+    pipeline: str
+    series_instance_uids: tuple[str, ...]
+
+
+# --- analyse -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VolumeGeometry:
+    """Voxel grid of a volume stored as array[slice, row, column]."""
+
+    origin_mm: tuple[float, float, float]  # patient position of voxel (0, 0, 0)
+    spacing_mm: tuple[float, float, float]  # (column, row, slice) spacing, i.e. x, y, z of the grid
+    row_direction: tuple[float, float, float]  # direction of increasing column index
+    column_direction: tuple[float, float, float]  # direction of increasing row index
+    slice_direction: tuple[float, float, float]
+    shape: tuple[int, int, int]
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing_mm)) / 1000.0
+
+
+class SuvType(enum.Enum):
+    BW = "SUVbw"  # body weight; stored SUVlbm/SUVibw/SUVbsa are converted to it
+
+
+@dataclass(frozen=True)
+class SuvConversion:
+    """How stored values were turned into SUV, for the record and the report."""
+
+    suv_type: SuvType
+    units: str
+    method: str  # human-readable account of the rule applied
+    decay_correction: str
+    injected_dose_bq: float | None
+    decay_time_s: float | None
+    half_life_s: float | None
+    patient_weight_kg: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class PetVolume:
+    """A PET series as an SUV volume plus the instance order used to build it."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    sop_instance_uids: tuple[str, ...]  # one per slice, in array order
+    source_paths: tuple[Path, ...]  # same order
+    geometry: VolumeGeometry
+    suv: np.ndarray  # float32 [slice, row, column]
+    conversion: SuvConversion
+
+
+@dataclass(frozen=True)
+class LesionMeasurements:
+    suv_max: float
+    suv_mean: float
+    suv_peak: float
+    metabolic_volume_ml: float
+    total_lesion_glycolysis: float  # SUVmean × MTV, in g (SUVbw) units
+    voxel_count: int
+    threshold_suv: float  # T = β·I70 + I_background
+    i70_suv: float
+    background_suv: float
+    centroid_mm: tuple[float, float, float]
+
+
+@dataclass(frozen=True, eq=False)
+class Lesion:
+    number: int  # 1-based; the SEG segment number
+    tracking_identifier: str
+    tracking_uid: str
+    measurements: LesionMeasurements
+    mask: np.ndarray = field(repr=False)  # bool, same grid as the PET volume
+
+
+@dataclass(frozen=True, eq=False)
+class PetQuantResult:
+    volume: PetVolume
+    lesions: tuple[Lesion, ...]
+    parameters: str  # the effective parameters, recorded in the report
+
+
+@dataclass(frozen=True)
+class AlgorithmIdentity:
+    name: str
+    version: str
+    # sha256 of the weights that produced the result; for a weight-free algorithm, of its parameters.
+    parameters_sha256: str
+    parameters: str
+    family: str = "image processing"
+
+
+# --- report / dispatch ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReportFile:
+    kind: str  # "SEG" or "SR"
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+
+
+@dataclass(frozen=True)
+class Report:
+    files: tuple[ReportFile, ...]
+    lesion_count: int
+    summary: str
+
+
+@dataclass(frozen=True)
+class SendResult:
+    sop_instance_uid: str
+    ok: bool
+    detail: str  # status code in hex or the reason nothing came back
+
+
+@dataclass(frozen=True)
+class DueDelivery:
+    delivery_id: int
+    destination: str
+    path: Path
+    sop_instance_uid: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: int
+    pipeline: str
+    study_instance_uid: str
+    study_revision: int
+    created_at: datetime

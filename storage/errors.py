@@ -1,0 +1,17 @@
+"""Domain errors of the storage layer; `dicom_node.status` maps them to DICOM statuses."""
+
+
+class StorageError(Exception):
+    """Base class of storage failures."""
+
+
+class OutOfResources(StorageError):
+    """Disk full, below the configured free-space floor, or the file system refused the write."""
+
+
+class IndexUnavailable(StorageError):
+    """The SQL index could not commit (database down, locked beyond its timeout)."""
+
+
+class InvalidIdentifier(StorageError):
+    """A received identifier (UID, patient ID) is not valid for its DICOM value representation."""
