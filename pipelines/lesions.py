@@ -1,0 +1,137 @@
+"""FDG-avid lesion detection and adaptive-threshold segmentation.
+
+Segmentation follows the PET immune-profiling method (CytAct from FDG-PET): each lesion is delineated
+with T = β·I70 + I_background, β = 0.3, where I70 is the mean SUV of the voxels above 70 % of the
+lesion's maximum and I_background the mean SUV of a background region around it. The method leaves
+the background region open; here it is a shell between `background_inner_mm` and `background_outer_mm`
+from the detected region, excluding every detected region (configurable).
+Detection (left to readers in the method) is: connected regions (26-connectivity) above a fixed SUV
+threshold with at least a minimum volume. Measurements: SUVmax, SUVmean, SUVpeak (mean in the 1 ml
+sphere, centred in the lesion, with the highest mean), metabolic tumour volume, total lesion glycolysis.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydicom.uid import generate_uid
+from scipy import ndimage
+
+from immunode.config import PetQuantSettings
+from pipelines.geometry import index_to_patient
+from pipelines.types import Lesion, LesionMeasurements, PetVolume, VolumeGeometry
+
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+def _array_spacing(geometry: VolumeGeometry) -> np.ndarray:
+    """Spacing in array axis order (slice, row, column)."""
+    return np.asarray(geometry.spacing_mm[::-1], dtype=float)
+
+
+def sphere_kernel(spacing_zyx: np.ndarray, volume_ml: float) -> np.ndarray:
+    """Voxels whose centres lie inside a sphere of the given volume, centred on a voxel centre."""
+    radius_mm = (3.0 * volume_ml * 1000.0 / (4.0 * math.pi)) ** (1.0 / 3.0)
+    half = np.floor(radius_mm / spacing_zyx).astype(int)
+    grids = np.meshgrid(*[np.arange(-h, h + 1) * s for h, s in zip(half, spacing_zyx)], indexing="ij")
+    return (grids[0] ** 2 + grids[1] ** 2 + grids[2] ** 2) <= radius_mm**2
+
+
+def _box(slices_of_component: tuple[slice, ...], margin: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    return tuple(
+        slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(slices_of_component, margin, shape)
+    )
+
+
+def _component_containing(mask: np.ndarray, seed: tuple[int, ...]) -> np.ndarray:
+    labels, _ = ndimage.label(mask, CONNECTIVITY)
+    label = labels[seed]
+    return labels == label if label else np.zeros_like(mask)
+
+
+def tracking_uid(study_uid: str, series_uid: str, centroid_mm: np.ndarray) -> str:
+    """Deterministic per lesion position, so that re-running an unchanged study keeps its tracking UIDs."""
+    position = ",".join(f"{v:.0f}" for v in centroid_mm)
+    return generate_uid(prefix=None, entropy_srcs=["immunode-lesion", study_uid, series_uid, position])
+
+
+def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion, ...]:
+    suv = volume.suv
+    geometry = volume.geometry
+    spacing = _array_spacing(geometry)
+    voxel_ml = geometry.voxel_volume_ml
+
+    candidates = suv >= params.detection_suv_threshold
+    labels, count = ndimage.label(candidates, CONNECTIVITY)
+    if count == 0:
+        return ()
+    index = np.arange(1, count + 1)
+    voxel_counts = ndimage.sum_labels(np.ones_like(suv, dtype=np.int32), labels, index)
+    maxima = ndimage.maximum(suv, labels, index)
+    kept = [int(i) for i, n in zip(index, voxel_counts) if n * voxel_ml >= params.min_lesion_volume_ml]
+    kept.sort(key=lambda i: -maxima[i - 1])
+    kept = kept[: params.max_lesions]
+    detected = labels > 0
+    component_slices = ndimage.find_objects(labels)
+    margin = np.ceil(params.background_outer_mm / spacing).astype(int) + 1
+    peak_kernel = sphere_kernel(spacing, params.peak_sphere_ml).astype(np.float64)
+    peak_kernel /= peak_kernel.sum()
+    claimed = np.zeros(suv.shape, dtype=bool)
+
+    lesions: list[Lesion] = []
+    for label in kept:
+        box = _box(component_slices[label - 1], margin, suv.shape)
+        box_suv = suv[box].astype(np.float64)
+        component = labels[box] == label
+        distance_mm = ndimage.distance_transform_edt(~component, sampling=spacing)
+        shell = (distance_mm > params.background_inner_mm) & (distance_mm <= params.background_outer_mm)
+        shell &= ~detected[box]
+        background = float(box_suv[shell].mean()) if shell.any() else 0.0
+
+        component_values = np.where(component, box_suv, -np.inf)
+        seed = np.unravel_index(int(np.argmax(component_values)), box_suv.shape)
+        suv_max_detected = float(box_suv[seed])
+        hot = _component_containing(box_suv >= params.i70_fraction * suv_max_detected, seed)
+        i70 = float(box_suv[hot].mean())
+        threshold = params.beta * i70 + background
+
+        allowed = (distance_mm <= params.background_inner_mm) & ~claimed[box]
+        allowed &= ~(detected[box] & ~component)  # never take voxels of another detected region
+        lesion_box = _component_containing((box_suv >= threshold) & allowed, seed)
+        if not lesion_box.any():
+            continue
+        values = box_suv[lesion_box]
+        voxel_count = int(lesion_box.sum())
+        mtv_ml = voxel_count * voxel_ml
+        suv_mean = float(values.mean())
+        filtered = ndimage.convolve(box_suv, peak_kernel, mode="nearest")
+        suv_peak = float(filtered[lesion_box].max())
+
+        mask = np.zeros(suv.shape, dtype=bool)
+        mask[box] = lesion_box
+        claimed |= mask
+        centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
+        centroid_mm = index_to_patient(geometry, centroid_index)
+        number = len(lesions) + 1
+        lesions.append(
+            Lesion(
+                number=number,
+                tracking_identifier=f"Lesion {number}",
+                tracking_uid=tracking_uid(volume.study_instance_uid, volume.series_instance_uid, centroid_mm),
+                measurements=LesionMeasurements(
+                    suv_max=float(values.max()),
+                    suv_mean=suv_mean,
+                    suv_peak=suv_peak,
+                    metabolic_volume_ml=mtv_ml,
+                    total_lesion_glycolysis=suv_mean * mtv_ml,
+                    voxel_count=voxel_count,
+                    threshold_suv=threshold,
+                    i70_suv=i70,
+                    background_suv=background,
+                    centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
+                ),
+                mask=mask,
+            )
+        )
+    return tuple(lesions)

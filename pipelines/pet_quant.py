@@ -1,0 +1,58 @@
+"""The `pet_quant` pipeline: SUV volume of a PET series, FDG-avid lesions, their measurements.
+
+Lesion delineation implements the adaptive threshold of the FDG-PET immune-profiling (CytAct) method,
+T = β·I70 + I_background (see `pipelines.lesions`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from immunode import __version__
+from immunode.config import PetQuantSettings
+from pipelines.lesions import segment_lesions
+from pipelines.pet_volume import load_pet_volume
+from pipelines.types import AlgorithmIdentity, PetQuantResult
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "immunode-pet-lesions"
+
+
+def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
+    # No trained weights: the identity hash covers the parameters that produced the result.
+    parameters = json.dumps(params.model_dump(), sort_keys=True)
+    return AlgorithmIdentity(
+        name=ALGORITHM_NAME,
+        version=__version__,
+        parameters_sha256=hashlib.sha256(parameters.encode()).hexdigest(),
+        parameters=parameters,
+    )
+
+
+def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQuantResult:
+    volume = load_pet_volume(paths)
+    lesions = segment_lesions(volume, params)
+    logger.info(
+        "series %s: %d lesion(s) above SUV %.2f (%s)",
+        volume.series_instance_uid, len(lesions), params.detection_suv_threshold, volume.conversion.method,
+    )
+    return PetQuantResult(volume=volume, lesions=lesions, parameters=algorithm_identity(params).parameters)
+
+
+def summarise(result: PetQuantResult) -> str:
+    conversion = result.volume.conversion
+    parts = [f"{len(result.lesions)} FDG-avid lesion(s) on PET series {result.volume.series_instance_uid}."]
+    parts.append(f"SUV conversion: {conversion.method}.")
+    for lesion in result.lesions:
+        m = lesion.measurements
+        parts.append(
+            f"{lesion.tracking_identifier}: SUVmax {m.suv_max:.2f}, SUVpeak {m.suv_peak:.2f}, SUVmean {m.suv_mean:.2f}, "
+            f"MTV {m.metabolic_volume_ml:.2f} ml, TLG {m.total_lesion_glycolysis:.2f} g "
+            f"(T = {m.threshold_suv:.2f}: 0.3 x I70 {m.i70_suv:.2f} + background {m.background_suv:.2f})."
+        )
+    return " ".join(parts)

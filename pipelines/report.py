@@ -1,0 +1,191 @@
+"""Report stage: a DICOM SEG (one segment per lesion) and a Comprehensive 3D SR holding the TID 1500
+Measurement Report, both built with highdicom, placed in the source study, each in a new series.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from immunode import __version__
+from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult
+
+logger = logging.getLogger(__name__)
+
+MANUFACTURER = "immunode"
+SEG_SERIES_NUMBER = 990
+SR_SERIES_NUMBER = 991
+RESEARCH_USE = "RESEARCH USE ONLY - not for diagnosis or treatment decisions"
+
+SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
+UNIT_SUVBW = hd.sr.CodedConcept("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
+UNIT_ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
+UNIT_GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
+QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
+PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
+
+
+# Maximum value lengths of the string VRs that patient/study attributes copied from the source use.
+MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "PN": 64}
+
+
+def conform_copied_attributes(dataset: Dataset) -> list[str]:
+    """Truncate top-level values that arrived over-long from the source (e.g. a 18-character StudyID),
+    so that our object is valid even when its source was not; returns the keywords changed."""
+    changed = []
+    for element in dataset:
+        limit = MAX_LENGTH.get(element.VR)
+        if limit is None or element.value is None or element.VM != 1:
+            continue
+        text = str(element.value)
+        if len(text) > limit:
+            element.value = text[:limit]
+            changed.append(element.keyword)
+    if changed:
+        logger.warning("truncated over-long attributes copied from the source: %s", ", ".join(changed))
+    return changed
+
+
+def _seg_algorithm(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSequence:
+    return hd.AlgorithmIdentificationSequence(
+        name=identity.name,
+        family=codes.DCM.ImageProcessing,
+        version=identity.version,
+        source=MANUFACTURER,
+        parameters={"parameters_sha256": identity.parameters_sha256, "use": "research only"},
+    )
+
+
+def _sr_algorithm(identity: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=identity.name,
+        version=identity.version,
+        parameters=[f"sha256:{identity.parameters_sha256}", identity.parameters[:64]],
+    )
+
+
+def build_segmentation(
+    source_images: Sequence[Dataset], lesions: Sequence[Lesion], identity: AlgorithmIdentity
+) -> hd.seg.Segmentation:
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=lesion.number,
+            segment_label=lesion.tracking_identifier,
+            segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+            segmented_property_type=codes.SCT.Lesion,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=_seg_algorithm(identity),
+            tracking_uid=lesion.tracking_uid,
+            tracking_id=lesion.tracking_identifier,
+        )
+        for lesion in lesions
+    ]
+    pixel_array = np.stack([lesion.mask for lesion in lesions], axis=-1)
+    segmentation = hd.seg.Segmentation(
+        source_images=list(source_images),
+        pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=SEG_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=identity.name,
+        software_versions=__version__,
+        device_serial_number="1",
+        content_description="FDG-avid lesions; research use only",
+        content_label="LESIONS",
+        series_description="immunode PET lesions (RESEARCH USE ONLY)",
+    )
+    conform_copied_attributes(segmentation)
+    return segmentation
+
+
+def _lesion_group(
+    lesion: Lesion, segmentation: hd.seg.Segmentation, identity: AlgorithmIdentity
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    algorithm = _sr_algorithm(identity)
+    m = lesion.measurements
+
+    def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=SUVBW, value=value, unit=UNIT_SUVBW, derivation=derivation, algorithm_id=algorithm)
+
+    measurements = [
+        suv(m.suv_max, codes.SCT.Maximum),
+        suv(m.suv_mean, codes.SCT.Mean),
+        suv(m.suv_peak, codes.DCM.PeakValueWithinROI),
+        hd.sr.Measurement(name=codes.DCM.MetabolicVolume, value=m.metabolic_volume_ml, unit=UNIT_ML, algorithm_id=algorithm),
+        hd.sr.Measurement(name=codes.DCM.TotalLesionGlycolysis, value=m.total_lesion_glycolysis, unit=UNIT_GRAM,
+                          algorithm_id=algorithm),
+    ]
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
+        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number=lesion.number),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        measurements=measurements,
+    )
+
+
+def _research_use_container(summary: str) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = [
+        hd.sr.TextContentItem(name=COMMENT, value=RESEARCH_USE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.TextContentItem(name=COMMENT, value=summary[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+    ]
+    return container
+
+
+def build_measurement_report(
+    source_images: Sequence[Dataset],
+    segmentation: hd.seg.Segmentation | None,
+    result: PetQuantResult,
+    identity: AlgorithmIdentity,
+    previous_report: Dataset | None,
+    summary: str,
+) -> hd.sr.Comprehensive3DSR:
+    observation_context = hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.cid270.Device,
+            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+                uid=generate_uid(prefix=None, entropy_srcs=[MANUFACTURER, identity.name]),
+                name=identity.name,
+                manufacturer_name=MANUFACTURER,
+                model_name=f"{identity.name} {identity.version}",
+            ),
+        )
+    )
+    groups = [_lesion_group(lesion, segmentation, identity) for lesion in result.lesions] if segmentation else []
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=PET_WHOLE_BODY,
+        imaging_measurements=groups or None,
+        referenced_images=None if groups else list(source_images)[:1],
+    )
+    report[0].ContentSequence.append(_research_use_container(summary))
+    evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
+    document = hd.sr.Comprehensive3DSR(
+        evidence=evidence,
+        content=report,
+        series_instance_uid=generate_uid(),
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        previous_versions=[previous_report] if previous_report is not None else None,
+        series_description="immunode PET lesion report (RESEARCH USE ONLY)",
+    )
+    conform_copied_attributes(document)
+    return document
