@@ -5,16 +5,19 @@ Measurement Report, both built with highdicom, placed in the source study, each 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from immunode import __version__
-from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult
+from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult, Report, ReportFile
+from pipelines.validation import validate_report, validate_segmentation
 
 logger = logging.getLogger(__name__)
 
@@ -189,3 +192,38 @@ def build_measurement_report(
     )
     conform_copied_attributes(document)
     return document
+
+
+def write_pet_report(
+    result: PetQuantResult,
+    identity: AlgorithmIdentity,
+    summary: str,
+    previous_report: Dataset | None,
+    new_path: Callable[[], Path],
+) -> Report:
+    """Build, save and validate the SEG (if any lesion) and SR; an invalid object is deleted, never returned."""
+    source_images = [pydicom.dcmread(path) for path in result.volume.source_paths]
+    written: list[Path] = []
+    files: list[ReportFile] = []
+    try:
+        segmentation = None
+        if result.lesions:
+            segmentation = build_segmentation(source_images, result.lesions, identity)
+            seg_path = new_path()
+            segmentation.save_as(seg_path)
+            written.append(seg_path)
+            validate_segmentation(seg_path, len(result.lesions))
+            files.append(ReportFile("SEG", seg_path, str(segmentation.SOPClassUID), str(segmentation.SOPInstanceUID),
+                                    str(segmentation.SeriesInstanceUID)))
+        document = build_measurement_report(source_images, segmentation, result, identity, previous_report, summary)
+        sr_path = new_path()
+        document.save_as(sr_path)
+        written.append(sr_path)
+        validate_report(sr_path, len(result.lesions))
+        files.append(ReportFile("SR", sr_path, str(document.SOPClassUID), str(document.SOPInstanceUID),
+                                str(document.SeriesInstanceUID)))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return Report(files=tuple(files), lesion_count=len(result.lesions), summary=summary)

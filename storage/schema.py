@@ -136,6 +136,8 @@ class Job(Base):
     study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     pipeline: Mapped[str] = mapped_column(String(64))
     rule: Mapped[str] = mapped_column(String(64), default="")
+    # Space-separated Series Instance UIDs the routing rule selected.
+    series_uids: Mapped[str] = mapped_column(Text, default="")
     study_revision: Mapped[int] = mapped_column(Integer)
     state: Mapped[JobState] = mapped_column(_enum(JobState), default=JobState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -158,6 +160,8 @@ class Output(Base):
     sop_class_uid: Mapped[str] = mapped_column(String(64))
     sop_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     series_instance_uid: Mapped[str] = mapped_column(String(64))
+    # The analysed series this object was derived from.
+    source_series_uid: Mapped[str] = mapped_column(String(64), default="")
     path: Mapped[str] = mapped_column(String(255))
     # The SR this one supersedes (an earlier revision of the same study), if any.
     supersedes_fk: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"), nullable=True)

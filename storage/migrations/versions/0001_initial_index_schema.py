@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 12:20:47.258966
+Create Date: 2026-11-23
 
 """
 from typing import Sequence, Union
@@ -60,6 +60,7 @@ def upgrade() -> None:
     sa.Column('study_fk', sa.Integer(), nullable=False),
     sa.Column('pipeline', sa.String(length=64), nullable=False),
     sa.Column('rule', sa.String(length=64), nullable=False),
+    sa.Column('series_uids', sa.Text(), nullable=False),
     sa.Column('study_revision', sa.Integer(), nullable=False),
     sa.Column('state', sa.Enum('PENDING', 'RUNNING', 'SUCCEEDED', 'FAILED', 'SUPERSEDED', name='jobstate', native_enum=False, length=32), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
@@ -118,6 +119,7 @@ def upgrade() -> None:
     sa.Column('sop_class_uid', sa.String(length=64), nullable=False),
     sa.Column('sop_instance_uid', sa.String(length=64), nullable=False),
     sa.Column('series_instance_uid', sa.String(length=64), nullable=False),
+    sa.Column('source_series_uid', sa.String(length=64), nullable=False),
     sa.Column('path', sa.String(length=255), nullable=False),
     sa.Column('supersedes_fk', sa.Integer(), nullable=True),
     sa.Column('created_at', sa.DateTime(), nullable=False),

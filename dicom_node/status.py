@@ -1,0 +1,28 @@
+"""The one table from domain errors to DICOM C-STORE failure statuses (PS3.4 B.2.3, PS3.7 C)."""
+
+from __future__ import annotations
+
+from dicom_node.errors import DatasetInvalid, UndecodableDataset
+from storage.errors import IndexUnavailable, InvalidIdentifier, OutOfResources
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+CANNOT_DECODE = 0xC210  # pynetdicom's "unable to decode the dataset"
+PROCESSING_FAILURE = 0x0110
+
+STORE_STATUS: dict[type[Exception], int] = {
+    OutOfResources: OUT_OF_RESOURCES,
+    IndexUnavailable: OUT_OF_RESOURCES,  # cannot be stored now; the sender should retry later
+    UndecodableDataset: CANNOT_DECODE,
+    DatasetInvalid: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+    InvalidIdentifier: DATASET_DOES_NOT_MATCH_SOP_CLASS,
+}
+
+
+def store_status_for(error: Exception) -> int:
+    for error_type, status in STORE_STATUS.items():
+        if isinstance(error, error_type):
+            return status
+    return PROCESSING_FAILURE

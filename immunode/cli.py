@@ -1,0 +1,167 @@
+"""Command line of the node: serve, status, check-config, retry, process."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from immunode import __version__
+from immunode.config import ConfigError, Settings, load_settings
+from immunode.logging_setup import configure_logging
+
+logger = logging.getLogger(__name__)
+DEFAULT_CONFIG_ENV = "IMMUNODE_CONFIG"
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    if args.config:
+        return Path(args.config)
+    if os.environ.get(DEFAULT_CONFIG_ENV):
+        return Path(os.environ[DEFAULT_CONFIG_ENV])
+    return None
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(_config_path(args))
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    path = Path(args.file) if args.file else _config_path(args)
+    settings = load_settings(path)
+    print(f"{path or 'embedded defaults'}: OK")
+    print(f"  node {settings.node.ae_title} on port {settings.node.port}; database {settings.database_url}")
+    print(f"  {len(settings.peers.allowed)} allowed peer(s), {len(settings.destinations)} destination(s), "
+          f"{len(settings.routing.rules)} routing rule(s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from immunode.service import Node
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    node = Node(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    port = node.start()
+    logger.info("immunode %s serving as %s on port %d; storage %s", __version__, settings.node.ae_title, port,
+                settings.storage.root.resolve())
+    try:
+        stop.wait()
+    finally:
+        node.stop()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from storage import index
+    from storage.database import Database
+    from storage.schema import Delivery, DeliveryState, Job, JobState, Output, Study
+
+    settings = _settings(args)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        print("Studies")
+        studies = session.scalars(select(Study).order_by(Study.id.desc()).limit(args.limit)).all()
+        for study in studies:
+            print(f"  {study.study_instance_uid}  {study.state.value:<9} rev {study.revision}  "
+                  f"last instance {study.last_received_at:%Y-%m-%d %H:%M:%S}Z")
+        print("Jobs")
+        counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
+        print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in JobState))
+        for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)).all():
+            line = f"  job {job.id:<5} {job.pipeline:<10} {job.state.value:<10} study {job.study.study_instance_uid}"
+            if job.state is JobState.FAILED:
+                line += f"\n      reason: {job.error}"
+            print(line)
+        print("Deliveries")
+        counts = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
+        print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState))
+        unsent = session.execute(
+            select(Delivery, Output).join(Output, Output.id == Delivery.output_fk)
+            .where(Delivery.state != DeliveryState.SENT).order_by(Delivery.id)
+        ).all()
+        for delivery, output in unsent:
+            print(f"  delivery {delivery.id:<5} {output.kind.value:<3} {output.sop_instance_uid} -> "
+                  f"{delivery.destination}: {delivery.state.value}, {delivery.attempts} attempt(s); "
+                  f"{delivery.last_error or 'not yet attempted'}")
+        print("Recent problems")
+        for event in index.recent_events(session, args.limit):
+            study = f" [{event.study_instance_uid}]" if event.study_instance_uid else ""
+            print(f"  {event.at:%Y-%m-%d %H:%M:%S}Z {event.level}{study} {event.message}")
+    database.dispose()
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from storage import index
+    from storage.database import Database
+
+    settings = _settings(args)
+    database = Database(settings.database_url)
+    with database.session() as session:
+        deliveries = index.requeue_dead_deliveries(session, args.delivery or None)
+        jobs = index.requeue_failed_jobs(session, args.job) if args.job else 0
+    database.dispose()
+    print(f"re-queued {deliveries} delivery(ies) and {jobs} job(s); a running node picks them up at its next poll")
+    return 0
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from pipelines import flow
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    reports, problems = flow.process_folder(settings, Path(args.path), Path(args.out))
+    for report in reports:
+        for file in report.files:
+            print(f"{file.kind}: {file.path}")
+        print(f"  {report.summary}")
+    for problem in problems:
+        print(f"not processed: {problem}", file=sys.stderr)
+    print("Research use only: not for diagnosis or treatment decisions.")
+    return 0 if reports else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"immunode {__version__}")
+    parser.add_argument("--config", "-c", help=f"config file (default: ${DEFAULT_CONFIG_ENV} or embedded defaults)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the DICOM node").set_defaults(handler=cmd_serve)
+    status = commands.add_parser("status", help="studies, jobs, deliveries and failures with reasons")
+    status.add_argument("--limit", type=int, default=20)
+    status.set_defaults(handler=cmd_status)
+    check = commands.add_parser("check-config", help="validate a config file and report every problem")
+    check.add_argument("file", nargs="?")
+    check.set_defaults(handler=cmd_check_config)
+    retry = commands.add_parser("retry", help="re-queue dead deliveries (all, or by id) and failed jobs by id")
+    retry.add_argument("--delivery", type=int, action="append", default=[], help="delivery id (repeatable)")
+    retry.add_argument("--job", type=int, action="append", default=[], help="failed job id (repeatable)")
+    retry.set_defaults(handler=cmd_retry)
+    process = commands.add_parser("process", help="run the pipelines on a folder, no network (research use)")
+    process.add_argument("path")
+    process.add_argument("--out", required=True)
+    process.set_defaults(handler=cmd_process)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Logging configuration, applied only by entry points (the CLI and the worker-process entry)."""
+
+from __future__ import annotations
+
+import logging
+
+from immunode.config import LoggingSettings
+
+FORMAT = "%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if settings.file is not None:
+        settings.file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(settings.file, encoding="utf-8"))
+    logging.basicConfig(level=settings.level, format=FORMAT, handlers=handlers, force=True)
+    # pynetdicom logs every PDU at INFO; keep its association summaries only.
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))

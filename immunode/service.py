@@ -1,0 +1,67 @@
+"""The running node: SCP, scheduler (route, run, dispatch) and worker pool, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from dicom_node.dispatch import dispatch_due
+from dicom_node.scp import StorageSCP
+from immunode.config import Settings
+from pipelines import flow
+from pipelines.worker import JobRunner
+from storage.database import Database
+from storage.files import FileLayout
+from storage.store import InstanceStore
+
+logger = logging.getLogger(__name__)
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
+        self.database = Database(settings.database_url)
+        self.store = InstanceStore(self.database, self.layout)
+        self.scp = StorageSCP(settings.node, settings.peers, self.store)
+        self.runner = JobRunner(settings, self.database)
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.port: int | None = None
+        self._stopped = threading.Event()
+
+    def _every(self, function, name: str) -> None:  # noqa: ANN001 - a zero-argument callable
+        self.scheduler.add_job(function, "interval", seconds=self.settings.routing.poll_interval_s, id=name,
+                               max_instances=1, coalesce=True)
+
+    def start(self, port: int | None = None) -> int:
+        removed = self.layout.remove_stale_partials()
+        resumed = self.runner.resume_interrupted()
+        if removed or resumed:
+            logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
+        self._every(self.route_once, "route")
+        self._every(self.run_once, "run")
+        self._every(self.dispatch_once, "dispatch")
+        self.scheduler.start()
+        self.port = self.scp.start(port)
+        return self.port
+
+    def route_once(self) -> None:
+        flow.route_quiet_studies(self.settings, self.database)
+
+    def run_once(self) -> None:
+        self.runner.submit_pending()
+
+    def dispatch_once(self) -> None:
+        dispatch_due(self.settings, self.database, self.layout)
+
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.scp.stop()
+        self.scheduler.shutdown(wait=True)
+        self.runner.shutdown()
+        self.database.dispose()
+        logger.info("node stopped")

@@ -1,0 +1,118 @@
+"""The whole path of a study through the node, in one place:
+
+    receive   dicom_node.scp.StorageSCP          C-ECHO / C-STORE from allowed peers (SCP threads)
+    store     storage.store.InstanceStore        fsync'd file + committed index row, then status 0x0000
+    route     route_quiet_studies()              studies quiet for the stability time → jobs (scheduler)
+    analyse   run_job() → pipelines.pet_quant    SUV volume, lesions, measurements (worker process)
+    report    pipelines.report                   SEG + TID 1500 SR, dciodvfy + highdicom read-back gate
+    dispatch  dicom_node.dispatch.dispatch_due   C-STORE to destinations, back-off, dead letters (scheduler)
+
+`process_folder()` runs analyse + report on files in a folder without network or index (research use).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from datetime import timedelta
+from pathlib import Path
+
+import pydicom
+
+from immunode.config import Settings
+from pipelines.errors import NothingToAnalyse, PipelineError
+from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
+from pipelines.report import write_pet_report
+from pipelines.routing import route
+from pipelines.types import Report, ReportFile
+from storage import index
+from storage.database import Database
+from storage.files import FileLayout
+from storage.schema import Job, JobState
+
+logger = logging.getLogger(__name__)
+
+
+def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
+    """Route stage: complete every study quiet for the stability time and queue its jobs."""
+    with database.session() as session:
+        studies = index.quiet_studies(session, timedelta(seconds=settings.routing.study_stable_s))
+    job_ids: list[int] = []
+    for study in studies:
+        decisions = route(study, settings.routing.rules)
+        with database.session() as session:
+            job_ids += index.complete_study(session, study, decisions)
+        logger.info("study %s revision %d complete: %d job(s)", study.study_instance_uid, study.revision, len(decisions))
+    return job_ids
+
+
+def _analyse_and_report_series(
+    settings: Settings, paths: list[Path], previous_report: Path | None, new_path
+) -> Report:  # noqa: ANN001 - new_path: () -> Path
+    params = settings.pipelines.pet_quant
+    result = analyse_pet_series(paths, params)
+    previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
+    return write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
+
+
+def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
+    """Analyse and report for one job; records outputs, deliveries and the job's final state."""
+    with database.session() as session:
+        job = session.get(Job, job_id)
+        pipeline, study_uid = job.pipeline, job.study.study_instance_uid
+        inputs = index.job_series_paths(session, layout, job_id)
+    if pipeline != "pet_quant":
+        with database.session() as session:
+            index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")
+        return JobState.FAILED
+    produced: list[tuple[ReportFile, str, int | None]] = []
+    problems: list[str] = []
+    summaries: list[str] = []
+    for series_uid, paths in sorted(inputs.items()):
+        with database.session() as session:
+            previous = index.previous_report_path(session, layout, study_uid, series_uid, job_id)
+        try:
+            report = _analyse_and_report_series(
+                settings, paths, previous[1] if previous else None, lambda: layout.new_output_path(job_id))
+        except PipelineError as error:
+            problems.append(f"series {series_uid}: {error}")
+            logger.warning("job %d series %s: %s", job_id, series_uid, error)
+            continue
+        summaries.append(report.summary)
+        produced += [(f, series_uid, previous[0] if previous and f.kind == "SR" else None) for f in report.files]
+    destinations = [d.name for d in settings.result_destinations()]
+    with database.session() as session:
+        if not produced:
+            reason = "; ".join(problems) or str(NothingToAnalyse("no series selected for analysis"))
+            index.finish_job(session, job_id, JobState.FAILED, reason)
+            return JobState.FAILED
+        index.record_outputs(session, layout, job_id, produced, destinations)
+        detail = " ".join(summaries) + (" Not analysed: " + "; ".join(problems) if problems else "")
+        index.finish_job(session, job_id, JobState.SUCCEEDED, detail)
+    return JobState.SUCCEEDED
+
+
+def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[Report], list[str]]:
+    """Offline research mode: every PET series found under `folder` → SEG + SR written to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    series: dict[str, list[Path]] = defaultdict(list)
+    problems: list[str] = []
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # not DICOM, truncated, unreadable: report and go on
+            problems.append(f"{path}: not readable as DICOM ({error.__class__.__name__}: {error})")
+            continue
+        if header.get("Modality") == "PT" and "SeriesInstanceUID" in header:
+            series[str(header.SeriesInstanceUID)].append(path)
+    if not series:
+        problems.append(f"no PET series under {folder}")
+    counter = iter(range(1, 1_000_000))
+    reports = []
+    for series_uid, paths in sorted(series.items()):
+        try:
+            reports.append(_analyse_and_report_series(
+                settings, paths, None, lambda: out / f"{series_uid[-24:]}-{next(counter):03d}.dcm"))
+        except PipelineError as error:
+            problems.append(f"series {series_uid}: {error}")
+    return reports, problems

@@ -1,0 +1,247 @@
+"""Queries and state changes of the index used by routing, jobs, reports, dispatch and the CLI.
+
+Every function takes an open session; the caller owns the transaction (`Database.session()`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from pipelines.types import CompletedStudy, DueDelivery, JobSpec, ReportFile, RouteDecision, SeriesSummary
+from storage.files import FileLayout
+from storage.schema import (
+    Delivery,
+    DeliveryState,
+    Event,
+    Instance,
+    Job,
+    JobState,
+    Output,
+    OutputKind,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
+from storage.store import record_event
+
+# --- route -------------------------------------------------------------------------------------------------
+
+
+def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStudy]:
+    """Studies still receiving whose last instance arrived at least `stable_for` ago."""
+    cutoff = utcnow() - stable_for
+    studies = session.scalars(
+        select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+    ).all()
+    completed = []
+    for study in studies:
+        counts = dict(
+            session.execute(
+                select(Instance.series_fk, func.count(Instance.id))
+                .join(Series, Series.id == Instance.series_fk)
+                .where(Series.study_fk == study.id)
+                .group_by(Instance.series_fk)
+            ).all()
+        )
+        series = tuple(
+            SeriesSummary(s.series_instance_uid, s.modality, s.series_description, s.manufacturer,
+                          s.frame_of_reference_uid, int(counts.get(s.id, 0)))
+            for s in study.series
+        )
+        completed.append(CompletedStudy(study.study_instance_uid, study.revision, series))
+    return completed
+
+
+def complete_study(session: Session, completed: CompletedStudy, decisions: tuple[RouteDecision, ...]) -> list[int]:
+    """Mark the study complete at the revision seen and queue one job per routing decision."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == completed.study_instance_uid))
+    if study is None or study.revision != completed.revision or study.state is not StudyState.RECEIVING:
+        return []  # re-opened meanwhile: the next poll sees the new revision
+    study.state = StudyState.COMPLETE
+    study.completed_at = utcnow()
+    superseded = session.scalars(
+        select(Job).where(Job.study_fk == study.id, Job.state == JobState.PENDING)
+    ).all()
+    for job in superseded:
+        job.state = JobState.SUPERSEDED
+        job.error = f"superseded by revision {study.revision}"
+    job_ids = []
+    for decision in decisions:
+        job = Job(study_fk=study.id, pipeline=decision.pipeline, rule=decision.rule,
+                  series_uids=" ".join(decision.series_instance_uids), study_revision=study.revision)
+        session.add(job)
+        session.flush()
+        job_ids.append(job.id)
+    if decisions:
+        names = ", ".join(f"{d.rule}->{d.pipeline}" for d in decisions)
+        record_event(session, "INFO", f"study complete (revision {study.revision}); queued {names}",
+                     study.study_instance_uid)
+    else:
+        record_event(session, "INFO", f"study complete (revision {study.revision}); no routing rule matched",
+                     study.study_instance_uid)
+    return job_ids
+
+
+# --- jobs --------------------------------------------------------------------------------------------------
+
+
+def reset_interrupted_jobs(session: Session, max_attempts: int) -> int:
+    """At start-up: jobs left RUNNING by a stopped node run again, unless they used up their attempts."""
+    jobs = session.scalars(select(Job).where(Job.state == JobState.RUNNING)).all()
+    for job in jobs:
+        if job.attempts >= max_attempts:
+            job.state = JobState.FAILED
+            job.error = f"interrupted {job.attempts} time(s) (node stopped or worker killed); not retried"
+            job.finished_at = utcnow()
+        else:
+            job.state = JobState.PENDING
+    return len(jobs)
+
+
+def claim_pending_jobs(session: Session, limit: int) -> list[JobSpec]:
+    jobs = session.scalars(
+        select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit)
+    ).all()
+    specs = []
+    for job in jobs:
+        job.state = JobState.RUNNING
+        job.attempts += 1
+        job.started_at = utcnow()
+        specs.append(JobSpec(job.id, job.pipeline, job.study.study_instance_uid, job.study_revision, job.created_at))
+    return specs
+
+
+def job_series_paths(session: Session, layout: FileLayout, job_id: int) -> dict[str, list[Path]]:
+    job = session.get(Job, job_id)
+    wanted = job.series_uids.split()
+    rows = session.execute(
+        select(Series.series_instance_uid, Instance.path)
+        .join(Instance, Instance.series_fk == Series.id)
+        .where(Series.study_fk == job.study_fk, Series.series_instance_uid.in_(wanted))
+        .order_by(Instance.id)
+    ).all()
+    paths: dict[str, list[Path]] = defaultdict(list)
+    for series_uid, path in rows:
+        paths[series_uid].append(layout.absolute(path))
+    return dict(paths)
+
+
+def previous_report_path(session: Session, layout: FileLayout, study_uid: str, source_series_uid: str,
+                         job_id: int) -> tuple[int, Path] | None:
+    """The newest SR an earlier job produced for the same study and source series, to be superseded."""
+    row = session.execute(
+        select(Output.id, Output.path)
+        .join(Job, Job.id == Output.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Output.kind == OutputKind.SR,
+               Output.source_series_uid == source_series_uid, Job.id != job_id)
+        .order_by(Output.id.desc())
+        .limit(1)
+    ).first()
+    return (row[0], layout.absolute(row[1])) if row else None
+
+
+def record_outputs(session: Session, layout: FileLayout, job_id: int, files: list[tuple[ReportFile, str, int | None]],
+                   destinations: list[str]) -> None:
+    """Index produced files (with their source series and the SR they supersede) and queue deliveries."""
+    for report_file, source_series_uid, supersedes in files:
+        output = Output(job_fk=job_id, kind=OutputKind(report_file.kind), sop_class_uid=report_file.sop_class_uid,
+                        sop_instance_uid=report_file.sop_instance_uid, source_series_uid=source_series_uid,
+                        series_instance_uid=report_file.series_instance_uid,
+                        path=layout.relative(report_file.path), supersedes_fk=supersedes)
+        session.add(output)
+        session.flush()
+        for name in destinations:
+            session.add(Delivery(output_fk=output.id, destination=name))
+
+
+def finish_job(session: Session, job_id: int, state: JobState, detail: str) -> None:
+    job = session.get(Job, job_id)
+    job.state = state
+    job.finished_at = utcnow()
+    if state is JobState.SUCCEEDED:
+        job.summary = detail
+    else:
+        job.error = detail
+    level = "INFO" if state is JobState.SUCCEEDED else "ERROR"
+    record_event(session, level, f"job {job_id} ({job.pipeline}) {state.value}: {detail[:2000]}",
+                 job.study.study_instance_uid)
+
+
+def requeue_job_or_fail(session: Session, job_id: int, reason: str, max_attempts: int) -> JobState:
+    """After a worker crash: retry while attempts remain, else fail with the reason."""
+    job = session.get(Job, job_id)
+    if job.attempts < max_attempts:
+        job.state = JobState.PENDING
+        job.error = f"attempt {job.attempts} failed: {reason}"
+        record_event(session, "WARNING", f"job {job_id} attempt {job.attempts} failed: {reason}; retrying",
+                     job.study.study_instance_uid)
+        return JobState.PENDING
+    finish_job(session, job_id, JobState.FAILED, reason)
+    return JobState.FAILED
+
+
+# --- dispatch ----------------------------------------------------------------------------------------------
+
+
+def due_deliveries(session: Session, layout: FileLayout, now: datetime) -> dict[str, list[DueDelivery]]:
+    rows = session.execute(
+        select(Delivery.id, Delivery.destination, Output.path, Output.sop_instance_uid, Delivery.attempts)
+        .join(Output, Output.id == Delivery.output_fk)
+        .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
+        .order_by(Delivery.id)
+    ).all()
+    batches: dict[str, list[DueDelivery]] = defaultdict(list)
+    for delivery_id, destination, path, uid, attempts in rows:
+        batches[destination].append(DueDelivery(delivery_id, destination, layout.absolute(path), uid, attempts))
+    return dict(batches)
+
+
+def record_delivery_attempt(session: Session, delivery_id: int, ok: bool, detail: str, max_attempts: int,
+                            next_attempt_at: datetime) -> DeliveryState:
+    delivery = session.get(Delivery, delivery_id)
+    delivery.attempts += 1
+    if ok:
+        delivery.state = DeliveryState.SENT
+        delivery.sent_at = utcnow()
+        delivery.last_error = ""
+    elif delivery.attempts >= max_attempts:
+        delivery.state = DeliveryState.DEAD
+        delivery.last_error = detail
+        study_uid = delivery.output.job.study.study_instance_uid
+        record_event(session, "ERROR", f"delivery {delivery_id} of {delivery.output.sop_instance_uid} to "
+                     f"{delivery.destination} dead after {delivery.attempts} attempts: {detail}", study_uid)
+    else:
+        delivery.next_attempt_at = next_attempt_at
+        delivery.last_error = detail
+    return delivery.state
+
+
+def requeue_dead_deliveries(session: Session, delivery_ids: list[int] | None) -> int:
+    """`immunode retry`: dead (or, by id, any unsent) deliveries go back to the queue with fresh attempts."""
+    statement = update(Delivery).values(state=DeliveryState.PENDING, attempts=0, next_attempt_at=utcnow())
+    if delivery_ids:
+        statement = statement.where(Delivery.id.in_(delivery_ids), Delivery.state != DeliveryState.SENT)
+    else:
+        statement = statement.where(Delivery.state == DeliveryState.DEAD)
+    return session.execute(statement).rowcount or 0
+
+
+def requeue_failed_jobs(session: Session, job_ids: list[int]) -> int:
+    statement = update(Job).where(Job.id.in_(job_ids), Job.state == JobState.FAILED).values(
+        state=JobState.PENDING, attempts=0, error="")
+    return session.execute(statement).rowcount or 0
+
+
+# --- status ------------------------------------------------------------------------------------------------
+
+
+def recent_events(session: Session, limit: int, levels: tuple[str, ...] = ("WARNING", "ERROR")) -> list[Event]:
+    return list(session.scalars(
+        select(Event).where(Event.level.in_(levels)).order_by(Event.id.desc()).limit(limit)).all())
