@@ -1,0 +1,145 @@
+"""Shared fixtures: settings on a temporary storage root, real dcmtk peers, the shared test data."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from immunode.config import Settings, parse_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+STS_002 = SHARED_DATA / "sts_002"
+SUV_DRO = SHARED_DATA / "suv_dro"
+POSTGRES_URL = os.environ.get("IMMUNODE_TEST_DATABASE_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 60.0, interval_s: float = 0.2) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed (the test command installs dcmtk and dicom3tools)")
+    return path
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("DROP SCHEMA public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+DATABASE_KINDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
+
+
+@pytest.fixture(params=DATABASE_KINDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Index tests run on SQLite, and on PostgreSQL when IMMUNODE_TEST_DATABASE_URL is set."""
+    if request.param == "postgresql":
+        reset_postgres(POSTGRES_URL)
+        return POSTGRES_URL
+    return f"sqlite:///{tmp_path / 'index.sqlite3'}"
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def factory(database_url: str | None = None, **sections: dict) -> Settings:
+        data: dict = {
+            "node": {"ae_title": "IMMUNODE", "host": "127.0.0.1", "port": 0},
+            "peers": {"allowed": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
+                                  {"ae_title": "ECHOSCU", "host": "127.0.0.1"},
+                                  {"ae_title": "TESTSCU", "host": "127.0.0.1"}]},
+            "storage": {"root": str(tmp_path / "store"), "min_free_mb": 0},
+            "database": {"url": database_url},
+            "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.2},
+            "workers": {"processes": 1, "job_cpu_limit_s": 300},
+            "dispatch": {"max_attempts": 4, "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "timeout_s": 10},
+            "logging": {"level": "INFO"},
+        }
+        for key, value in sections.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return parse_settings(data, "test settings")
+
+    return factory
+
+
+class StoreSCP:
+    """dcmtk storescp playing the PACS that receives results."""
+
+    def __init__(self, folder: Path, port: int, ae_title: str = "PACS") -> None:
+        self.folder, self.port, self.ae_title = folder, port, ae_title
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [require_tool("storescp"), "--aetitle", self.ae_title, "--output-directory", str(self.folder),
+             "--promiscuous", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _port_open(self.port), 10)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def received(self) -> list[Path]:
+        return sorted(p for p in self.folder.rglob("*") if p.is_file())
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
+    scp = StoreSCP(tmp_path / "pacs", free_port())
+    scp.start()
+    yield scp
+    scp.stop()
+
+
+def storescu(port: int, files: list[Path] | Path, calling: str = "STORESCU", called: str = "IMMUNODE",
+             extra: list[str] | None = None) -> subprocess.CompletedProcess:
+    """dcmtk storescu playing the scanner."""
+    targets = [str(f) for f in (files if isinstance(files, list) else [files])]
+    return subprocess.run(
+        [require_tool("storescu"), "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port), *targets],
+        capture_output=True, text=True, timeout=300,
+    )
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    completed = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
+    return [line for line in (completed.stdout + completed.stderr).splitlines() if line.startswith("Error")]

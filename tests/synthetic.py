@@ -1,0 +1,236 @@
+"""Generator of synthetic whole-body FDG PET/CT studies with known lesions, in several vendors' header styles.
+
+Geometry: a body-shaped ellipse cylinder with lungs, a liver and spherical lesions, blurred with the
+scanner's point-spread function, stored as int16 with per-slice RescaleSlope as real scanners do.
+Vendor styles:
+- "siemens": Units BQML, DecayCorrection START, RadiopharmaceuticalStartDateTime.
+- "ge": Units BQML, RadiopharmaceuticalStartTime only, GE private scan date-time (0009,100D),
+  SeriesTime rewritten after the acquisition (post-processing), so the private tag is needed.
+- "philips": Units CNTS with the Philips SUV scale factor (7053,1000).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    PositronEmissionTomographyImageStorage,
+    generate_uid,
+)
+from scipy import ndimage
+
+F18_HALF_LIFE_S = 6586.2
+
+
+@dataclass(frozen=True)
+class SyntheticLesion:
+    centre_mm: tuple[float, float, float]  # patient x, y, z
+    radius_mm: float
+    suv: float
+
+
+@dataclass(frozen=True)
+class SyntheticStudy:
+    study_uid: str
+    pet_series_uid: str
+    ct_series_uid: str
+    pet_files: tuple[Path, ...]
+    ct_files: tuple[Path, ...]
+    lesions: tuple[SyntheticLesion, ...]
+    spacing_mm: tuple[float, float, float]  # x, y, z
+
+
+DEFAULT_LESIONS = (
+    SyntheticLesion((-60.0, -10.0, 80.0), 12.0, 8.0),  # lung nodule
+    SyntheticLesion((50.0, 20.0, 40.0), 9.0, 6.0),  # mediastinal node
+    SyntheticLesion((30.0, 30.0, -40.0), 15.0, 10.0),  # liver metastasis
+    SyntheticLesion((-40.0, 40.0, -100.0), 10.0, 5.0),  # bone lesion
+)
+
+
+def _phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
+    px = origin_xyz[0] + x * spacing_xyz[0]
+    py = origin_xyz[1] + y * spacing_xyz[1]
+    pz = origin_xyz[2] + z * spacing_xyz[2]
+    body = (px / 160.0) ** 2 + (py / 110.0) ** 2 <= 1.0
+    suv = np.where(body, 1.0, 0.02)
+    lungs = (((px + 70) / 50.0) ** 2 + (py / 60.0) ** 2 + ((pz - 80) / 90.0) ** 2 <= 1) | (
+        ((px - 70) / 50.0) ** 2 + (py / 60.0) ** 2 + ((pz - 80) / 90.0) ** 2 <= 1)
+    suv[lungs] = 0.4
+    liver = ((px - 40) / 80.0) ** 2 + ((py - 20) / 60.0) ** 2 + ((pz + 40) / 60.0) ** 2 <= 1
+    suv[liver] = 2.0
+    hu = np.where(body, 40.0, -1000.0)
+    hu[lungs] = -850.0
+    hu[liver] = 60.0
+    for lesion in lesions:
+        cx, cy, cz = lesion.centre_mm
+        inside = (px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2 <= lesion.radius_mm**2
+        suv[inside] = lesion.suv
+        hu[inside] = 45.0
+    sigma_vox = [blur_fwhm_mm / 2.3548 / s for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
+    return ndimage.gaussian_filter(suv, sigma_vox), hu
+
+
+def _base(modality, study_uid, series_uid, frame_uid, sop_class, when, patient_id, vendor):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
+    ds.PatientName = "Synthetic^Phantom"
+    ds.PatientID = patient_id
+    ds.IssuerOfPatientID = "IMMUNODE-TEST"
+    ds.PatientBirthDate = "19600101"
+    ds.PatientSex = "F"
+    ds.PatientWeight = 72.5
+    ds.PatientSize = 1.68
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_uid
+    ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = when.strftime("%Y%m%d")
+    ds.StudyTime = when.strftime("%H%M%S")
+    ds.StudyID = "1"
+    ds.AccessionNumber = "ACC0001"
+    ds.ReferringPhysicianName = ""
+    ds.Modality = modality
+    ds.Manufacturer = {"siemens": "SIEMENS", "ge": "GE MEDICAL SYSTEMS", "philips": "Philips Medical Systems"}[vendor]
+    ds.ManufacturerModelName = "Synthetic"
+    ds.SeriesNumber = 2 if modality == "PT" else 1
+    ds.SeriesDescription = f"WB {'PET AC' if modality == 'PT' else 'CT'} synthetic"
+    ds.BodyPartExamined = "WHOLEBODY"
+    ds.PatientPosition = "FFS"
+    ds.PositionReferenceIndicator = ""
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    return ds
+
+
+def write_study(
+    folder: Path,
+    vendor: str = "siemens",
+    lesions: tuple[SyntheticLesion, ...] = DEFAULT_LESIONS,
+    shape_zyx: tuple[int, int, int] = (70, 96, 96),
+    spacing_xyz: tuple[float, float, float] = (4.0, 4.0, 4.0),
+    patient_id: str = "SYN001",
+    study_uid: str | None = None,
+    with_ct: bool = True,
+    dose_bq: float | None = 3.7e8,
+) -> SyntheticStudy:
+    """Write a PET (and CT) series into folder/PT and folder/CT; returns what was written."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = study_uid or generate_uid()
+    pet_uid, ct_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    origin = (-(shape_zyx[2] - 1) * spacing_xyz[0] / 2, -(shape_zyx[1] - 1) * spacing_xyz[1] / 2,
+              -(shape_zyx[0] - 1) * spacing_xyz[2] / 2)
+    suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions)
+    injection = datetime(2026, 3, 2, 9, 5, 0)
+    scan_start = injection + timedelta(minutes=62)
+    decay_s = (scan_start - injection).total_seconds()
+    weight_g = 72.5 * 1000
+    decayed_dose = (dose_bq or 3.7e8) * 2 ** (-decay_s / F18_HALF_LIFE_S)
+    bqml = suv * decayed_dose / weight_g
+    pet_files, ct_files = [], []
+    rng = np.random.default_rng(7)
+    order = rng.permutation(shape_zyx[0])  # instance numbers deliberately not in geometric order
+    for k in range(shape_zyx[0]):
+        z = origin[2] + k * spacing_xyz[2]
+        ds = _base("PT", study_uid, pet_uid, frame_uid, PositronEmissionTomographyImageStorage, scan_start,
+                   patient_id, vendor)
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = int(order[k]) + 1
+        ds.ImagePositionPatient = [origin[0], origin[1], z]
+        ds.SliceLocation = z
+        ds.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+        ds.SliceThickness = spacing_xyz[2]
+        ds.Rows, ds.Columns = shape_zyx[1], shape_zyx[2]
+        ds.PixelRepresentation = 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY"]
+        ds.SeriesType = ["WHOLE BODY", "IMAGE"]
+        ds.CorrectedImage = ["ATTN", "SCAT", "DECY", "RAN", "NORM", "DTIM"]
+        ds.DecayCorrection = "START"
+        ds.CountsSource = "EMISSION"
+        ds.RandomsCorrectionMethod = "DLYD"
+        ds.AttenuationCorrectionMethod = "CT"
+        ds.ReconstructionMethod = "OSEM"
+        ds.ImageIndex = k + 1
+        ds.NumberOfSlices = shape_zyx[0]
+        ds.FrameReferenceTime = 0
+        ds.ActualFrameDuration = 120000
+        ds.AcquisitionTime = (scan_start + timedelta(seconds=30 * (k // 20))).strftime("%H%M%S")
+        ds.SeriesTime = scan_start.strftime("%H%M%S")
+        ds.DecayFactor = 1.0
+        ds.DoseCalibrationFactor = 1.0
+        ds.ContentTime = ds.AcquisitionTime
+        info = Dataset()
+        info.Radiopharmaceutical = "Fluorodeoxyglucose"
+        info.RadionuclideHalfLife = F18_HALF_LIFE_S
+        info.RadionuclidePositronFraction = 0.97
+        if dose_bq is not None:
+            info.RadionuclideTotalDose = dose_bq
+        nuclide = Dataset()
+        nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+        info.RadionuclideCodeSequence = [nuclide]
+        values = bqml[k]
+        if vendor == "siemens":
+            ds.Units = "BQML"
+            info.RadiopharmaceuticalStartDateTime = injection.strftime("%Y%m%d%H%M%S")
+            info.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
+        elif vendor == "ge":
+            ds.Units = "BQML"
+            info.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S.00")
+            ds.SeriesTime = (scan_start + timedelta(minutes=25)).strftime("%H%M%S")
+            ds.AcquisitionTime = (scan_start + timedelta(seconds=150)).strftime("%H%M%S")
+            ds.FrameReferenceTime = 0
+            ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", scan_start.strftime("%Y%m%d%H%M%S"))
+        else:
+            ds.Units = "CNTS"
+            info.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
+            counts_per_bqml = 0.25
+            values = bqml[k] * counts_per_bqml
+            block = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+            block.add_new(0x00, "DS", f"{weight_g / decayed_dose / counts_per_bqml:.10g}")
+            block.add_new(0x09, "DS", f"{1 / counts_per_bqml:.10g}")
+        ds.RadiopharmaceuticalInformationSequence = [info]
+        slope = max(float(values.max()), 1e-6) / 32000.0
+        ds.RescaleSlope = f"{slope:.10g}"
+        ds.RescaleIntercept = 0
+        ds.RescaleType = "BQML" if ds.Units == "BQML" else "US"
+        stored = np.round(values / float(ds.RescaleSlope)).astype(np.int16)
+        ds.PixelData = stored.tobytes()
+        path = folder / "PT" / f"pt_{k:04d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        pet_files.append(path)
+        if with_ct:
+            ct = _base("CT", study_uid, ct_uid, frame_uid, CTImageStorage, scan_start - timedelta(minutes=3),
+                       patient_id, vendor)
+            ct.SOPInstanceUID = generate_uid()
+            ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
+            ct.InstanceNumber = k + 1
+            ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+            ct.ImagePositionPatient = [origin[0], origin[1], z]
+            ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+            ct.SliceThickness = spacing_xyz[2]
+            ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
+            ct.PixelRepresentation = 1
+            ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
+            ct.KVP = 120
+            ct.AcquisitionNumber = 1
+            ct.PixelData = np.round(hu[k] + 1024).astype(np.int16).tobytes()
+            ct_path = folder / "CT" / f"ct_{k:04d}.dcm"
+            ct_path.parent.mkdir(parents=True, exist_ok=True)
+            ct.save_as(ct_path, enforce_file_format=True)
+            ct_files.append(ct_path)
+    return SyntheticStudy(study_uid, pet_uid, ct_uid, tuple(pet_files), tuple(ct_files), lesions, spacing_xyz)
