@@ -63,6 +63,9 @@ def parse_received(data: bytes, affected_sop_instance_uid: str | None = None) ->
             pass
     except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
         raise UndecodableDataset(f"not a decodable DICOM data set: {error.__class__.__name__}: {error}") from None
+    if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
+        # pydicom reads almost any bytes as some data set; one without SOP Common is not DICOM.
+        raise UndecodableDataset("not a DICOM data set: no SOP Class or SOP Instance UID could be decoded")
     meta = ds.file_meta
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     identifiers = {

@@ -11,11 +11,14 @@ import socket
 import time
 from collections.abc import Callable
 
+import threading
+
 from pydicom import uid as uids
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
-from pynetdicom.transport import AssociationServer
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
 
 from dicom_node import status
 from dicom_node.errors import ReceiveError
@@ -66,7 +69,7 @@ def accepted_transfer_syntaxes() -> list[str]:
     return UNCOMPRESSED_SYNTAXES + compressed
 
 
-class _NoDelayServer(AssociationServer):
+class _NoDelayServer(ThreadedAssociationServer):
     """Disables Nagle's algorithm on accepted sockets: small C-STORE responses go out at once."""
 
     def get_request(self):  # noqa: ANN201 - socketserver signature
@@ -112,7 +115,7 @@ class StorageSCP:
         syntaxes = accepted_transfer_syntaxes()
         for sop_class in STORAGE_SOP_CLASSES.values():
             self.ae.add_supported_context(sop_class, syntaxes)
-        self.ae.add_supported_context(uids.Verification)
+        self.ae.add_supported_context(Verification)
 
     def start(self, port: int | None = None) -> int:
         """Start listening (non-blocking); returns the bound port (0 in settings or argument: a free one)."""
@@ -122,9 +125,10 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         address = (self.node.host, self.node.port if port is None else port)
-        self._server = self.ae.start_server(
-            address, block=False, evt_handlers=handlers, server_class=_NoDelayServer
-        )
+        # As AE.start_server(block=False) does, but with our server class (TCP_NODELAY on accepted sockets).
+        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=_NoDelayServer)
+        threading.Thread(target=self._server.serve_forever, name="immunode-scp", daemon=True).start()
+        self.ae._servers.append(self._server)  # so that AE.shutdown() and server.shutdown() find it
         bound = self._server.server_address[1]
         logger.info("SCP %s listening on %s:%d", self.node.ae_title, self.node.host, bound)
         return bound
@@ -136,7 +140,8 @@ class StorageSCP:
 
     def _on_requested(self, event: Event) -> None:
         requestor = event.assoc.requestor
-        ae_title = requestor.ae_title.strip() if isinstance(requestor.ae_title, str) else str(requestor.ae_title)
+        # At EVT_REQUESTED the A-ASSOCIATE-RQ primitive is the only place the calling AE title is set yet.
+        ae_title = str(requestor.primitive.calling_ae_title).strip()
         if peer_allowed(self.peers, ae_title, requestor.address):
             return
         logger.warning("association from unknown peer %r at %s rejected", ae_title[:16], requestor.address)
@@ -147,6 +152,8 @@ class StorageSCP:
         except StorageError:
             logger.exception("could not record the rejected association")
         event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED)
+        # As pynetdicom's own negotiation does: let the DUL flush the A-ASSOCIATE-RJ before the socket closes.
+        event.assoc.kill()
 
     def _on_echo(self, event: Event) -> int:
         return status.SUCCESS

@@ -69,7 +69,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def factory(database_url: str | None = None, **sections: dict) -> Settings:
         data: dict = {
-            "node": {"ae_title": "IMMUNODE", "host": "127.0.0.1", "port": 0},
+            "node": {"ae_title": "IMMUNODE", "host": "127.0.0.1", "port": free_port()},
             "peers": {"allowed": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
                                   {"ae_title": "ECHOSCU", "host": "127.0.0.1"},
                                   {"ae_title": "TESTSCU", "host": "127.0.0.1"}]},
