@@ -112,8 +112,22 @@ def build_segmentation(
     return segmentation
 
 
+def _referenced_segment(
+    lesion: Lesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset]
+) -> hd.sr.ReferencedSegment:
+    # Built explicitly: highdicom's ReferencedSegment.from_segmentation fails on a single-segment SEG,
+    # whose segment identification sits in the shared, not per-frame, functional groups.
+    slices = np.flatnonzero(lesion.mask.any(axis=(1, 2)))
+    return hd.sr.ReferencedSegment(
+        sop_class_uid=str(segmentation.SOPClassUID),
+        sop_instance_uid=str(segmentation.SOPInstanceUID),
+        segment_number=lesion.number,
+        source_images=[hd.sr.SourceImageForSegmentation.from_source_image(source_images[i]) for i in slices],
+    )
+
+
 def _lesion_group(
-    lesion: Lesion, segmentation: hd.seg.Segmentation, identity: AlgorithmIdentity
+    lesion: Lesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset], identity: AlgorithmIdentity
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     algorithm = _sr_algorithm(identity)
     m = lesion.measurements
@@ -131,7 +145,7 @@ def _lesion_group(
     ]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
-        referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segment_number=lesion.number),
+        referenced_segment=_referenced_segment(lesion, segmentation, source_images),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         measurements=measurements,
@@ -168,7 +182,8 @@ def build_measurement_report(
             ),
         )
     )
-    groups = [_lesion_group(lesion, segmentation, identity) for lesion in result.lesions] if segmentation else []
+    groups = [_lesion_group(lesion, segmentation, source_images, identity) for lesion in result.lesions] \
+        if segmentation else []
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=PET_WHOLE_BODY,
