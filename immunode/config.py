@@ -87,7 +87,10 @@ class SeriesMatch(Strict):
     @classmethod
     def _valid_regex(cls, value: str | None) -> str | None:
         if value is not None:
-            re.compile(value)
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"invalid regular expression: {error}") from None
         return value
 
 

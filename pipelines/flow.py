@@ -103,6 +103,9 @@ def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[Re
         except Exception as error:  # not DICOM, truncated, unreadable: report and go on
             problems.append(f"{path}: not readable as DICOM ({error.__class__.__name__}: {error})")
             continue
+        if "SOPInstanceUID" not in header:
+            problems.append(f"{path}: not readable as DICOM (no SOP Instance UID: truncated or not an instance)")
+            continue
         if header.get("Modality") == "PT" and "SeriesInstanceUID" in header:
             series[str(header.SeriesInstanceUID)].append(path)
     if not series:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what the node needs on a Debian machine: dcmtk and dicom3tools (dciodvfy validates every
+# output before it is sent), a virtual environment in .venv, and the package with its pinned dependencies.
+# Usage: scripts/setup.sh [--with-postgres]   (root, or sudo, for apt-get)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(dcmtk dicom3tools)
+[[ "${1:-}" == "--with-postgres" ]] && packages+=(postgresql)
+missing=()
+for package in "${packages[@]}"; do
+  dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+done
+if ((${#missing[@]})); then
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch first and exactly: this version resolves to the CPU build (no CUDA download).
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
