@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -113,7 +114,16 @@ class StoreSCP:
             self.process = None
 
     def received(self) -> list[Path]:
-        return sorted(p for p in self.folder.rglob("*") if p.is_file())
+        """Files completely written: storescp writes under the final name, so a file still being written
+        does not read yet."""
+        complete = []
+        for path in sorted(p for p in self.folder.rglob("*") if p.is_file()):
+            try:
+                pydicom.dcmread(path)
+            except Exception:  # partially written: not received yet
+                continue
+            complete.append(path)
+        return complete
 
 
 def _port_open(port: int) -> bool:

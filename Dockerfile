@@ -1,0 +1,29 @@
+# immunode node image: Debian + dcmtk/dicom3tools (dciodvfy gates every output) + the Python package.
+FROM python:3.11-slim-bookworm
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends dcmtk dicom3tools \
+ && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/immunode
+COPY pyproject.toml README.md config.yaml ./
+COPY immunode ./immunode
+COPY dicom_node ./dicom_node
+COPY pipelines ./pipelines
+COPY models ./models
+COPY storage ./storage
+# CPU build of torch from the PyTorch index (no CUDA download), then the package with pinned dependencies.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
+ && pip install --no-cache-dir .
+
+# Storage (files + SQLite index) lives on a volume; mount your own config.yaml over /etc/immunode/config.yaml.
+RUN useradd --system --home /var/lib/immunode immunode \
+ && mkdir -p /var/lib/immunode /etc/immunode \
+ && sed 's#root: ./immunode-data#root: /var/lib/immunode#' config.yaml > /etc/immunode/config.yaml \
+ && chown -R immunode /var/lib/immunode
+USER immunode
+VOLUME /var/lib/immunode
+EXPOSE 11112
+ENV IMMUNODE_CONFIG=/etc/immunode/config.yaml
+ENTRYPOINT ["immunode"]
+CMD ["serve"]

@@ -1,0 +1,168 @@
+"""Benchmarks, measured side by side in one run on the same study and machine, dcmtk storescu as sender.
+
+1. Ingest of a synthetic PET/CT (default 400 instances): immunode (fsync + index) vs a bare pynetdicom
+   storage SCP writing received bytes to disk vs dcmtk storescp.
+2. End to end on a whole-body PET/CT with 10 lesions: study complete -> SR accepted by the destination,
+   with the peak memory of the node and of its worker process.
+
+Usage: python benchmarks/run.py [--small] [--repeats N]   (--small: the CI-sized run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, PositronEmissionTomographyImageStorage
+from sqlalchemy import select
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from dicom_node.scp import StorageSCP  # noqa: E402
+from immunode.config import parse_settings  # noqa: E402
+from immunode.service import Node  # noqa: E402
+from storage.database import Database  # noqa: E402
+from storage.files import FileLayout  # noqa: E402
+from storage.schema import Delivery, DeliveryState, Output, OutputKind, Study  # noqa: E402
+from storage.store import InstanceStore  # noqa: E402
+from tests.conftest import StoreSCP, free_port, wait_until  # noqa: E402
+from tests.synthetic import SyntheticLesion, write_study  # noqa: E402
+
+
+def send(port: int, folder: Path, called: str) -> float:
+    started = time.perf_counter()
+    completed = subprocess.run(
+        ["storescu", "-aet", "STORESCU", "-aec", called, "--scan-directories", "--recurse", "127.0.0.1", str(port),
+         str(folder)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - started
+    if completed.returncode != 0:
+        raise RuntimeError(completed.stderr)
+    return elapsed
+
+
+def ingest_immunode(folder: Path, work: Path) -> float:
+    settings = parse_settings({"node": {"host": "127.0.0.1", "port": free_port()},
+                               "storage": {"root": str(work), "min_free_mb": 0}})
+    database = Database(settings.database_url)
+    scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, FileLayout(work)))
+    port = scp.start()
+    try:
+        return send(port, folder, "IMMUNODE")
+    finally:
+        scp.stop()
+        database.dispose()
+
+
+def ingest_bare_pynetdicom(folder: Path, work: Path) -> float:
+    work.mkdir(parents=True, exist_ok=True)
+    counter = iter(range(10**9))
+
+    def handle_store(event):  # noqa: ANN001, ANN202 - the pynetdicom documentation's fast-path example
+        with open(work / f"{next(counter)}.dcm", "wb") as handle:
+            handle.write(event.encoded_dataset())
+        return 0x0000
+
+    ae = AE(ae_title="BARE")
+    ae.add_supported_context(CTImageStorage)
+    ae.add_supported_context(PositronEmissionTomographyImageStorage)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)])
+    try:
+        return send(port, folder, "BARE")
+    finally:
+        server.shutdown()
+
+
+def ingest_dcmtk(folder: Path, work: Path) -> float:
+    scp = StoreSCP(work, free_port(), "DCMTK")
+    scp.start()
+    try:
+        return send(scp.port, folder, "DCMTK")
+    finally:
+        scp.stop()
+
+
+def end_to_end(study_folder: Path, work: Path) -> tuple[float, int, int]:
+    pacs = StoreSCP(work / "pacs", free_port())
+    pacs.start()
+    settings = parse_settings({
+        "node": {"host": "127.0.0.1", "port": free_port()},
+        "storage": {"root": str(work / "node"), "min_free_mb": 0},
+        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.1},
+    })
+    node = Node(settings)
+    port = node.start()
+    try:
+        send(port, study_folder, "IMMUNODE")
+
+        def sr_sent():  # noqa: ANN202
+            with node.database.session() as session:
+                return session.execute(
+                    select(Study.completed_at, Delivery.sent_at).join(Output, Output.id == Delivery.output_fk)
+                    .where(Output.kind == OutputKind.SR, Delivery.state == DeliveryState.SENT)
+                ).first()
+
+        completed_at, sent_at = wait_until(sr_sent, timeout_s=600, interval_s=0.05)
+        seconds = (sent_at - completed_at).total_seconds()
+    finally:
+        node.stop()
+        pacs.stop()
+    node_rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    worker_rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return seconds, node_rss_kb, worker_rss_kb
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", action="store_true", help="CI-sized inputs")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    slices, matrix = (20, 64) if args.small else (200, 192)
+    repeats = 1 if args.small else args.repeats
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        write_study(root / "ingest", shape_zyx=(slices, matrix, matrix), lesions=())
+        instances = sum(1 for _ in (root / "ingest").rglob("*.dcm"))
+        timings: dict[str, list[float]] = {"immunode (fsync + index)": [], "bare pynetdicom SCP": [], "dcmtk storescp": []}
+        for repeat in range(repeats):
+            # Alternate the order so that no receiver always goes first on a cold cache.
+            runs = [("immunode (fsync + index)", ingest_immunode), ("bare pynetdicom SCP", ingest_bare_pynetdicom),
+                    ("dcmtk storescp", ingest_dcmtk)]
+            for name, function in (runs if repeat % 2 == 0 else list(reversed(runs))):
+                timings[name].append(function(root / "ingest", root / f"{name.split()[0]}-{repeat}"))
+        medians = {name: statistics.median(values) for name, values in timings.items()}
+        bare = medians["bare pynetdicom SCP"]
+        print(f"Ingest of {instances} instances ({matrix}x{matrix}, PET + CT), median of {repeats} run(s):")
+        print("| receiver | seconds | instances/s | vs bare pynetdicom |")
+        print("|---|---|---|---|")
+        for name, seconds in medians.items():
+            print(f"| {name} | {seconds:.2f} | {instances / seconds:.0f} | {seconds / bare:.2f}x |")
+
+        wb_shape = (60, 64, 64) if args.small else (220, 128, 128)
+        lesions = tuple(
+            SyntheticLesion(((-90 + 20 * i) % 160 - 80, (i % 3) * 30 - 30, -wb_shape[0] * 1.6 + i * wb_shape[0] * 0.35),
+                            8.0 + (i % 4) * 2.0, 4.0 + i * 0.6)
+            for i in range(3 if args.small else 10)
+        )
+        write_study(root / "wb", shape_zyx=wb_shape, lesions=lesions)
+        seconds, node_kb, worker_kb = end_to_end(root / "wb", root / "e2e")
+        print(f"\nEnd to end, whole-body PET/CT {wb_shape[0]} slices of {wb_shape[1]}x{wb_shape[2]} (PET + CT), "
+              f"{len(lesions)} lesions:")
+        print(f"| study complete -> SR accepted | {seconds:.1f} s |")
+        print(f"| peak memory, node process | {node_kb / 1024:.0f} MB |")
+        print(f"| peak memory, worker process | {worker_kb / 1024:.0f} MB |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
