@@ -22,6 +22,14 @@ UNCOMPRESSED = {
 }
 
 
+HEADER_TAGS = [
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "IssuerOfPatientID",
+    "Modality", "StudyDate", "AccessionNumber", "SeriesNumber", "SeriesDescription", "Manufacturer",
+    "FrameOfReferenceUID", "InstanceNumber", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames",
+    "BitsAllocated", "PixelData",
+]
+
+
 def valid_uid(value: object) -> bool:
     return isinstance(value, str) and 0 < len(value) <= 64 and UID_PATTERN.match(value) is not None
 
@@ -57,10 +65,9 @@ def _check_pixel_data_length(ds: Dataset, transfer_syntax: str) -> None:
 def parse_received(data: bytes, affected_sop_instance_uid: str | None = None) -> InstanceHeader:
     """Decode a received file (preamble + meta + data set) and validate what the index needs."""
     try:
-        ds = pydicom.dcmread(BytesIO(data), force=False)
-        # Touch every element so that a truncated or corrupt encoding fails here, not later in analysis.
-        for _ in ds.iterall():
-            pass
+        # Only the attributes the index and the checks need are decoded (fast); pydicom still walks
+        # the whole stream, so a truncated or corrupt encoding fails here.
+        ds = pydicom.dcmread(BytesIO(data), force=False, specific_tags=HEADER_TAGS)
     except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
         raise UndecodableDataset(f"not a decodable DICOM data set: {error.__class__.__name__}: {error}") from None
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
