@@ -4,6 +4,12 @@
 class ReceiveError(Exception):
     """A received object cannot be accepted."""
 
+    def __init__(self, message: str, study_instance_uid: str = "") -> None:
+        super().__init__(message)
+        # The study the refused object named, when it could be decoded and is a valid UID: the refusal
+        # is then recorded with that study.
+        self.study_instance_uid = study_instance_uid
+
 
 class UndecodableDataset(ReceiveError):
     """The bytes are not a decodable DICOM data set (not DICOM, truncated, corrupt encoding)."""

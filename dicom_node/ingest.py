@@ -73,6 +73,15 @@ def parse_received(data: bytes, affected_sop_instance_uid: str | None = None) ->
     if "SOPClassUID" not in ds and "SOPInstanceUID" not in ds:
         # pydicom reads almost any bytes as some data set; one without SOP Common is not DICOM.
         raise UndecodableDataset("not a DICOM data set: no SOP Class or SOP Instance UID could be decoded")
+    study_uid = str(ds.get("StudyInstanceUID", ""))
+    study_uid = study_uid if valid_uid(study_uid) else ""
+    try:
+        return _header(ds, affected_sop_instance_uid)
+    except DatasetInvalid as error:
+        raise DatasetInvalid(str(error), study_uid) from None
+
+
+def _header(ds: Dataset, affected_sop_instance_uid: str | None) -> InstanceHeader:
     meta = ds.file_meta
     transfer_syntax = str(meta.get("TransferSyntaxUID", ""))
     identifiers = {

@@ -169,7 +169,7 @@ class StorageSCP:
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
             logger.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, error)
-            self._record_refusal(calling, affected, code, str(error))
+            self._record_refusal(calling, affected, code, str(error), getattr(error, "study_instance_uid", ""))
             return code
         logger.debug("stored %s (%s) in %.1f ms", stored.header.sop_instance_uid, stored.outcome.value,
                      (time.perf_counter() - started) * 1000)
@@ -177,11 +177,11 @@ class StorageSCP:
             self.on_stored(stored)
         return status.SUCCESS
 
-    def _record_refusal(self, calling: str, affected: str, code: int, reason: str) -> None:
+    def _record_refusal(self, calling: str, affected: str, code: int, reason: str, study_uid: str) -> None:
         affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
         try:
             with self.store.database.session() as session:
                 record_event(session, "ERROR", f"C-STORE of {affected_text!r} from {calling!r} refused with "
-                             f"0x{code:04X}: {reason}")
+                             f"0x{code:04X}: {reason}", study_uid)
         except StorageError:
             logger.exception("could not record the refused C-STORE")

@@ -140,6 +140,20 @@ def test_destination_down_then_back_receives_results_once(tmp_path: Path, make_s
         pacs.stop()
 
 
+def test_retry_counts_survive_a_restart(tmp_path: Path, make_settings, start_node) -> None:
+    port = free_port()
+    study = write_study(tmp_path / "scanner", with_ct=False, shape_zyx=(30, 48, 48), lesions=DEFAULT_LESIONS[1:2])
+    settings = make_settings(destinations=_destination(port), dispatch={"max_attempts": 50, "backoff_initial_s": 0.2})
+    first = start_node(settings)
+    assert storescu(first.port, list(study.pet_files)).returncode == 0
+    wait_until(lambda: _deliveries(first) and all(d.attempts >= 2 for d in _deliveries(first)), timeout_s=120)
+    first.stop()
+    before = {d.id: d.attempts for d in _deliveries(first)}
+    second = start_node(settings)
+    wait_until(lambda: all(d.attempts > before[d.id] for d in _deliveries(second)), timeout_s=60)
+    assert all(d.attempts >= before[d.id] + 1 for d in _deliveries(second))
+
+
 def test_dead_letter_shown_by_status_and_requeued_by_retry(tmp_path: Path, make_settings, start_node, capsys) -> None:
     port = free_port()
     study = write_study(tmp_path / "scanner", with_ct=False, shape_zyx=(30, 48, 48), lesions=DEFAULT_LESIONS[1:2])

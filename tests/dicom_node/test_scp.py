@@ -109,7 +109,17 @@ def test_hostile_sop_instance_uid_is_refused_and_nothing_is_lost(node, tmp_path:
     kept, original = pydicom.dcmread(stored[0]), pydicom.dcmread(small_study.pet_files[0])
     assert kept.SOPInstanceUID == original.SOPInstanceUID and kept.PixelData == original.PixelData
     assert not (tmp_path.parent / "x").exists()
-    assert any("not a valid UID" in message for message in _events(database))
+    with database.session() as session:
+        refusal = session.scalar(select(Event).where(Event.message.contains("not a valid UID")))
+    assert refusal.study_instance_uid == small_study.study_uid  # in the study's record
+
+
+def test_deflated_transfer_syntax_is_accepted(node, small_study) -> None:
+    _, port, database = node
+    completed = storescu(port, [small_study.pet_files[0]], extra=["--propose-deflated"])
+    assert completed.returncode == 0, completed.stderr
+    with database.session() as session:
+        assert session.scalar(select(Instance.transfer_syntax_uid)) == "1.2.840.10008.1.2.1.99"
 
 
 def _raw_store(port: int, sop_class: str, sop_instance: str, payload: bytes) -> int:
