@@ -130,8 +130,9 @@ class InstanceStore:
             instance_number=header.instance_number, transfer_syntax_uid=header.transfer_syntax_uid,
             path=self.layout.relative(path), size_bytes=size, sha256=digest,
             calling_ae_title=calling_ae_title[:16], received_at=utcnow(), times_received=1,
-        ).on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid]))
-        if inserted.rowcount == 0:
+        ).on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid]).returning(Instance.id))
+        # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
+        if inserted.first() is None:
             raise IntegrityErrorOnInstance()
         self._mark_received(session, study_id, header.study_instance_uid)
         self._series_ids[header.series_instance_uid] = (study_id, series_id)
