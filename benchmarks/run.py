@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import yaml
-
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage, PositronEmissionTomographyImageStorage
 from sqlalchemy import select
@@ -41,8 +40,21 @@ from tests.synthetic import SyntheticLesion, write_study  # noqa: E402
 def send(port: int, folder: Path, called: str) -> float:
     started = time.perf_counter()
     completed = subprocess.run(
-        ["storescu", "-aet", "STORESCU", "-aec", called, "--scan-directories", "--recurse", "127.0.0.1", str(port),
-         str(folder)], capture_output=True, text=True)
+        [
+            "storescu",
+            "-aet",
+            "STORESCU",
+            "-aec",
+            called,
+            "--scan-directories",
+            "--recurse",
+            "127.0.0.1",
+            str(port),
+            str(folder),
+        ],
+        capture_output=True,
+        text=True,
+    )
     elapsed = time.perf_counter() - started
     if completed.returncode != 0:
         raise RuntimeError(completed.stderr)
@@ -50,8 +62,9 @@ def send(port: int, folder: Path, called: str) -> float:
 
 
 def ingest_immunode(folder: Path, work: Path) -> float:
-    settings = parse_settings({"node": {"host": "127.0.0.1", "port": free_port()},
-                               "storage": {"root": str(work), "min_free_mb": 0}})
+    settings = parse_settings(
+        {"node": {"host": "127.0.0.1", "port": free_port()}, "storage": {"root": str(work), "min_free_mb": 0}}
+    )
     database = Database(settings.database_url)
     scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, FileLayout(work)))
     port = scp.start()
@@ -112,20 +125,29 @@ def end_to_end(study_folder: Path, work: Path) -> tuple[float, int]:
     pacs = StoreSCP(work / "pacs", free_port())
     pacs.start()
     port = free_port()
-    settings = parse_settings({
-        "node": {"host": "127.0.0.1", "port": port},
-        "storage": {"root": str(work / "node"), "min_free_mb": 0},
-        "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
-        "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.1},
-        "logging": {"level": "WARNING"},
-    })
+    settings = parse_settings(
+        {
+            "node": {"host": "127.0.0.1", "port": port},
+            "storage": {"root": str(work / "node"), "min_free_mb": 0},
+            "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+            "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.1},
+            "logging": {"level": "WARNING"},
+        }
+    )
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
     server = subprocess.Popen([str(Path(sys.executable).parent / "immunode"), "--config", str(config), "serve"])
     peak_kb = 0
     try:
-        wait_until(lambda: subprocess.run(["echoscu", "-aec", "IMMUNODE", "-aet", "STORESCU", "127.0.0.1", str(port)],
-                                          capture_output=True).returncode == 0, timeout_s=60)
+        wait_until(
+            lambda: (
+                subprocess.run(
+                    ["echoscu", "-aec", "IMMUNODE", "-aet", "STORESCU", "127.0.0.1", str(port)], capture_output=True
+                ).returncode
+                == 0
+            ),
+            timeout_s=60,
+        )
         sender = threading.Thread(target=send, args=(port, study_folder, "IMMUNODE"))
         sender.start()
         database = Database(settings.database_url, migrate=False)
@@ -136,7 +158,8 @@ def end_to_end(study_folder: Path, work: Path) -> tuple[float, int]:
             with database.session() as session:
                 return session.execute(
                     select(Study.completed_at, Delivery.sent_at)
-                    .join(Job, Job.study_fk == Study.id).join(Output, Output.job_fk == Job.id)
+                    .join(Job, Job.study_fk == Study.id)
+                    .join(Output, Output.job_fk == Job.id)
                     .join(Delivery, Delivery.output_fk == Output.id)
                     .where(Output.kind == OutputKind.SR, Delivery.state == DeliveryState.SENT)
                 ).first()
@@ -162,12 +185,19 @@ def main() -> int:
         root = Path(tmp)
         write_study(root / "ingest", shape_zyx=(slices, matrix, matrix), lesions=())
         instances = sum(1 for _ in (root / "ingest").rglob("*.dcm"))
-        timings: dict[str, list[float]] = {"immunode (fsync + index)": [], "bare pynetdicom SCP": [], "dcmtk storescp": []}
+        timings: dict[str, list[float]] = {
+            "immunode (fsync + index)": [],
+            "bare pynetdicom SCP": [],
+            "dcmtk storescp": [],
+        }
         for repeat in range(repeats):
             # Alternate the order so that no receiver always goes first on a cold cache.
-            runs = [("immunode (fsync + index)", ingest_immunode), ("bare pynetdicom SCP", ingest_bare_pynetdicom),
-                    ("dcmtk storescp", ingest_dcmtk)]
-            for name, function in (runs if repeat % 2 == 0 else list(reversed(runs))):
+            runs = [
+                ("immunode (fsync + index)", ingest_immunode),
+                ("bare pynetdicom SCP", ingest_bare_pynetdicom),
+                ("dcmtk storescp", ingest_dcmtk),
+            ]
+            for name, function in runs if repeat % 2 == 0 else list(reversed(runs)):
                 timings[name].append(function(root / "ingest", root / f"{name.split()[0]}-{repeat}"))
         medians = {name: statistics.median(values) for name, values in timings.items()}
         bare = medians["bare pynetdicom SCP"]
@@ -179,14 +209,19 @@ def main() -> int:
 
         wb_shape = (60, 64, 64) if args.small else (220, 128, 128)
         lesions = tuple(
-            SyntheticLesion(((-90 + 20 * i) % 160 - 80, (i % 3) * 30 - 30, -wb_shape[0] * 1.6 + i * wb_shape[0] * 0.35),
-                            8.0 + (i % 4) * 2.0, 4.0 + i * 0.6)
+            SyntheticLesion(
+                ((-90 + 20 * i) % 160 - 80, (i % 3) * 30 - 30, -wb_shape[0] * 1.6 + i * wb_shape[0] * 0.35),
+                8.0 + (i % 4) * 2.0,
+                4.0 + i * 0.6,
+            )
             for i in range(3 if args.small else 10)
         )
         write_study(root / "wb", shape_zyx=wb_shape, lesions=lesions)
         seconds, peak_kb = end_to_end(root / "wb", root / "e2e")
-        print(f"\nEnd to end, whole-body PET/CT {wb_shape[0]} slices of {wb_shape[1]}x{wb_shape[2]} (PET + CT), "
-              f"{len(lesions)} lesions:")
+        print(
+            f"\nEnd to end, whole-body PET/CT {wb_shape[0]} slices of {wb_shape[1]}x{wb_shape[2]} (PET + CT), "
+            f"{len(lesions)} lesions:"
+        )
         print(f"| study complete -> SR accepted | {seconds:.1f} s |")
         print(f"| peak memory, node with its worker processes | {peak_kb / 1024:.0f} MB |")
     return 0

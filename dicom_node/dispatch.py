@@ -42,14 +42,23 @@ def dispatch_due(settings: Settings, database: Database, layout: FileLayout, now
         with database.session() as session:
             for d in batch:
                 ok, detail = results[d.delivery_id]
-                delay = backoff_delay_s(d.attempts + 1, settings.dispatch.backoff_initial_s,
-                                        settings.dispatch.backoff_max_s)
-                state = index.record_delivery_attempt(session, d.delivery_id, ok, detail,
-                                                      settings.dispatch.max_attempts, now + timedelta(seconds=delay))
+                delay = backoff_delay_s(
+                    d.attempts + 1, settings.dispatch.backoff_initial_s, settings.dispatch.backoff_max_s
+                )
+                state = index.record_delivery_attempt(
+                    session, d.delivery_id, ok, detail, settings.dispatch.max_attempts, now + timedelta(seconds=delay)
+                )
                 if state is DeliveryState.SENT:
                     delivered += 1
                     logger.info("delivered %s to %s (%s)", d.sop_instance_uid, name, detail)
                 else:
-                    logger.warning("delivery %d of %s to %s failed (attempt %d): %s; now %s", d.delivery_id,
-                                   d.sop_instance_uid, name, d.attempts + 1, detail, state.value)
+                    logger.warning(
+                        "delivery %d of %s to %s failed (attempt %d): %s; now %s",
+                        d.delivery_id,
+                        d.sop_instance_uid,
+                        name,
+                        d.attempts + 1,
+                        detail,
+                        state.value,
+                    )
     return delivered

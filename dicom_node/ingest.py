@@ -23,10 +23,26 @@ UNCOMPRESSED = {
 
 
 HEADER_TAGS = [
-    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID", "IssuerOfPatientID",
-    "Modality", "StudyDate", "AccessionNumber", "SeriesNumber", "SeriesDescription", "Manufacturer",
-    "FrameOfReferenceUID", "InstanceNumber", "Rows", "Columns", "SamplesPerPixel", "NumberOfFrames",
-    "BitsAllocated", "PixelData",
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "PatientID",
+    "IssuerOfPatientID",
+    "Modality",
+    "StudyDate",
+    "AccessionNumber",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Manufacturer",
+    "FrameOfReferenceUID",
+    "InstanceNumber",
+    "Rows",
+    "Columns",
+    "SamplesPerPixel",
+    "NumberOfFrames",
+    "BitsAllocated",
+    "PixelData",
 ]
 
 
@@ -52,8 +68,11 @@ def _check_pixel_data_length(ds: Dataset, transfer_syntax: str) -> None:
         return
     try:
         expected = (
-            int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-            * int(ds.get("NumberOfFrames", 1) or 1) * int(ds.BitsAllocated)
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(ds.get("SamplesPerPixel", 1))
+            * int(ds.get("NumberOfFrames", 1) or 1)
+            * int(ds.BitsAllocated)
         ) // 8
     except (AttributeError, TypeError, ValueError) as error:
         raise DatasetInvalid(f"image attributes missing or invalid: {error}") from None

@@ -8,10 +8,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import threading
 import time
 from collections.abc import Callable
-
-import threading
 
 from pydicom import uid as uids
 from pydicom.pixels import get_decoder
@@ -50,8 +49,15 @@ UNCOMPRESSED_SYNTAXES = [
     uids.ExplicitVRBigEndian,
 ]
 COMPRESSED_CANDIDATES = [
-    uids.JPEGBaseline8Bit, uids.JPEGExtended12Bit, uids.JPEGLossless, uids.JPEGLosslessSV1,
-    uids.JPEGLSLossless, uids.JPEGLSNearLossless, uids.JPEG2000Lossless, uids.JPEG2000, uids.RLELossless,
+    uids.JPEGBaseline8Bit,
+    uids.JPEGExtended12Bit,
+    uids.JPEGLossless,
+    uids.JPEGLosslessSV1,
+    uids.JPEGLSLossless,
+    uids.JPEGLSNearLossless,
+    uids.JPEG2000Lossless,
+    uids.JPEG2000,
+    uids.RLELossless,
 ]
 # A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
 REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
@@ -147,8 +153,11 @@ class StorageSCP:
         logger.warning("association from unknown peer %r at %s rejected", ae_title[:16], requestor.address)
         try:
             with self.store.database.session() as session:
-                record_event(session, "WARNING", f"association from unknown peer {ae_title[:16]!r} at "
-                             f"{requestor.address} rejected")
+                record_event(
+                    session,
+                    "WARNING",
+                    f"association from unknown peer {ae_title[:16]!r} at {requestor.address} rejected",
+                )
         except StorageError:
             logger.exception("could not record the rejected association")
         event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED)
@@ -171,8 +180,12 @@ class StorageSCP:
             logger.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, error)
             self._record_refusal(calling, affected, code, str(error), getattr(error, "study_instance_uid", ""))
             return code
-        logger.debug("stored %s (%s) in %.1f ms", stored.header.sop_instance_uid, stored.outcome.value,
-                     (time.perf_counter() - started) * 1000)
+        logger.debug(
+            "stored %s (%s) in %.1f ms",
+            stored.header.sop_instance_uid,
+            stored.outcome.value,
+            (time.perf_counter() - started) * 1000,
+        )
         if self.on_stored is not None:
             self.on_stored(stored)
         return status.SUCCESS
@@ -181,7 +194,11 @@ class StorageSCP:
         affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
         try:
             with self.store.database.session() as session:
-                record_event(session, "ERROR", f"C-STORE of {affected_text!r} from {calling!r} refused with "
-                             f"0x{code:04X}: {reason}", study_uid)
+                record_event(
+                    session,
+                    "ERROR",
+                    f"C-STORE of {affected_text!r} from {calling!r} refused with 0x{code:04X}: {reason}",
+                    study_uid,
+                )
         except StorageError:
             logger.exception("could not record the refused C-STORE")

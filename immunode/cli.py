@@ -8,9 +8,12 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from immunode import __version__
 from immunode.config import ConfigError, Settings, load_settings
@@ -32,13 +35,28 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(_config_path(args))
 
 
+@contextmanager
+def _index_session(args: argparse.Namespace) -> Iterator[Session]:
+    """A session on the configured index, for the administrative commands."""
+    from storage.database import Database
+
+    database = Database(_settings(args).database_url)
+    try:
+        with database.session() as session:
+            yield session
+    finally:
+        database.dispose()
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else _config_path(args)
     settings = load_settings(path)
     print(f"{path or 'embedded defaults'}: OK")
     print(f"  node {settings.node.ae_title} on port {settings.node.port}; database {settings.database_url}")
-    print(f"  {len(settings.peers.allowed)} allowed peer(s), {len(settings.destinations)} destination(s), "
-          f"{len(settings.routing.rules)} routing rule(s)")
+    print(
+        f"  {len(settings.peers.allowed)} allowed peer(s), {len(settings.destinations)} destination(s), "
+        f"{len(settings.routing.rules)} routing rule(s)"
+    )
     return 0
 
 
@@ -52,8 +70,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     port = node.start()
-    logger.info("immunode %s serving as %s on port %d; storage %s", __version__, settings.node.ae_title, port,
-                settings.storage.root.resolve())
+    logger.info(
+        "immunode %s serving as %s on port %d; storage %s",
+        __version__,
+        settings.node.ae_title,
+        port,
+        settings.storage.root.resolve(),
+    )
     try:
         stop.wait()
     finally:
@@ -63,17 +86,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from storage import index
-    from storage.database import Database
     from storage.schema import Delivery, DeliveryState, Job, JobState, Output, Study
 
-    settings = _settings(args)
-    database = Database(settings.database_url)
-    with database.session() as session:
+    with _index_session(args) as session:
         print("Studies")
         studies = session.scalars(select(Study).order_by(Study.id.desc()).limit(args.limit)).all()
         for study in studies:
-            print(f"  {study.study_instance_uid}  {study.state.value:<9} rev {study.revision}  "
-                  f"last instance {study.last_received_at:%Y-%m-%d %H:%M:%S}Z")
+            print(
+                f"  {study.study_instance_uid}  {study.state.value:<9} rev {study.revision}  "
+                f"last instance {study.last_received_at:%Y-%m-%d %H:%M:%S}Z"
+            )
         print("Jobs")
         counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in JobState))
@@ -86,31 +108,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState))
         unsent = session.execute(
-            select(Delivery, Output).join(Output, Output.id == Delivery.output_fk)
-            .where(Delivery.state != DeliveryState.SENT).order_by(Delivery.id)
+            select(Delivery, Output)
+            .join(Output, Output.id == Delivery.output_fk)
+            .where(Delivery.state != DeliveryState.SENT)
+            .order_by(Delivery.id)
         ).all()
         for delivery, output in unsent:
-            print(f"  delivery {delivery.id:<5} {output.kind.value:<3} {output.sop_instance_uid} -> "
-                  f"{delivery.destination}: {delivery.state.value}, {delivery.attempts} attempt(s); "
-                  f"{delivery.last_error or 'not yet attempted'}")
+            print(
+                f"  delivery {delivery.id:<5} {output.kind.value:<3} {output.sop_instance_uid} -> "
+                f"{delivery.destination}: {delivery.state.value}, {delivery.attempts} attempt(s); "
+                f"{delivery.last_error or 'not yet attempted'}"
+            )
         print("Recent problems")
         for event in index.recent_events(session, args.limit):
             study = f" [{event.study_instance_uid}]" if event.study_instance_uid else ""
             print(f"  {event.at:%Y-%m-%d %H:%M:%S}Z {event.level}{study} {event.message}")
-    database.dispose()
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from storage import index
-    from storage.database import Database
 
-    settings = _settings(args)
-    database = Database(settings.database_url)
-    with database.session() as session:
+    with _index_session(args) as session:
         deliveries = index.requeue_dead_deliveries(session, args.delivery or None)
         jobs = index.requeue_failed_jobs(session, args.job) if args.job else 0
-    database.dispose()
     print(f"re-queued {deliveries} delivery(ies) and {jobs} job(s); a running node picks them up at its next poll")
     return 0
 

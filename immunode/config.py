@@ -104,9 +104,7 @@ class RoutingRule(Strict):
 class RoutingSettings(Strict):
     study_stable_s: float = Field(120.0, ge=0)
     poll_interval_s: float = Field(5.0, gt=0)
-    rules: list[RoutingRule] = Field(
-        default_factory=lambda: [RoutingRule(name="pet-lesions", pipeline="pet_quant")]
-    )
+    rules: list[RoutingRule] = Field(default_factory=lambda: [RoutingRule(name="pet-lesions", pipeline="pet_quant")])
 
 
 class WorkerSettings(Strict):

@@ -32,8 +32,9 @@ class Node:
         self._stopped = threading.Event()
 
     def _every(self, function, name: str) -> None:  # noqa: ANN001 - a zero-argument callable
-        self.scheduler.add_job(function, "interval", seconds=self.settings.routing.poll_interval_s, id=name,
-                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(
+            function, "interval", seconds=self.settings.routing.poll_interval_s, id=name, max_instances=1, coalesce=True
+        )
 
     def start(self, port: int | None = None) -> int:
         removed = self.layout.remove_stale_partials()

@@ -42,13 +42,13 @@ def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
         decisions = route(study, settings.routing.rules)
         with database.session() as session:
             job_ids += index.complete_study(session, study, decisions)
-        logger.info("study %s revision %d complete: %d job(s)", study.study_instance_uid, study.revision, len(decisions))
+        logger.info(
+            "study %s revision %d complete: %d job(s)", study.study_instance_uid, study.revision, len(decisions)
+        )
     return job_ids
 
 
-def _analyse_and_report_series(
-    settings: Settings, paths: list[Path], previous_report: Path | None, new_path
-) -> Report:  # noqa: ANN001 - new_path: () -> Path
+def _analyse_and_report_series(settings: Settings, paths: list[Path], previous_report: Path | None, new_path) -> Report:  # noqa: ANN001 - new_path: () -> Path
     params = settings.pipelines.pet_quant
     result = analyse_pet_series(paths, params)
     previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
@@ -73,7 +73,8 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             previous = index.previous_report_path(session, layout, study_uid, series_uid, job_id)
         try:
             report = _analyse_and_report_series(
-                settings, paths, previous[1] if previous else None, lambda: layout.new_output_path(job_id))
+                settings, paths, previous[1] if previous else None, lambda: layout.new_output_path(job_id)
+            )
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")
             logger.warning("job %d series %s: %s", job_id, series_uid, error)
@@ -114,8 +115,11 @@ def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[Re
     reports = []
     for series_uid, paths in sorted(series.items()):
         try:
-            reports.append(_analyse_and_report_series(
-                settings, paths, None, lambda: out / f"{series_uid[-24:]}-{next(counter):03d}.dcm"))
+            reports.append(
+                _analyse_and_report_series(
+                    settings, paths, None, lambda: out / f"{series_uid[-24:]}-{next(counter):03d}.dcm"
+                )
+            )
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")
     return reports, problems

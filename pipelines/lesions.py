@@ -39,9 +39,7 @@ def sphere_kernel(spacing_zyx: np.ndarray, volume_ml: float) -> np.ndarray:
 
 
 def _box(slices_of_component: tuple[slice, ...], margin: np.ndarray, shape: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(
-        slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(slices_of_component, margin, shape)
-    )
+    return tuple(slice(max(s.start - m, 0), min(s.stop + m, n)) for s, m, n in zip(slices_of_component, margin, shape))
 
 
 def _component_containing(mask: np.ndarray, seed: tuple[int, ...]) -> np.ndarray:

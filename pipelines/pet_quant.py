@@ -39,7 +39,10 @@ def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQu
     lesions = segment_lesions(volume, params)
     logger.info(
         "series %s: %d lesion(s) above SUV %.2f (%s)",
-        volume.series_instance_uid, len(lesions), params.detection_suv_threshold, volume.conversion.method,
+        volume.series_instance_uid,
+        len(lesions),
+        params.detection_suv_threshold,
+        volume.conversion.method,
     )
     return PetQuantResult(volume=volume, lesions=lesions, parameters=algorithm_identity(params).parameters)
 
@@ -51,7 +54,8 @@ def summarise(result: PetQuantResult) -> str:
     for lesion in result.lesions:
         m = lesion.measurements
         parts.append(
-            f"{lesion.tracking_identifier}: SUVmax {m.suv_max:.2f}, SUVpeak {m.suv_peak:.2f}, SUVmean {m.suv_mean:.2f}, "
+            f"{lesion.tracking_identifier}: SUVmax {m.suv_max:.2f}, SUVpeak {m.suv_peak:.2f}, "
+            f"SUVmean {m.suv_mean:.2f}, "
             f"MTV {m.metabolic_volume_ml:.2f} ml, TLG {m.total_lesion_glycolysis:.2f} g "
             f"(T = {m.threshold_suv:.2f}: 0.3 x I70 {m.i70_suv:.2f} + background {m.background_suv:.2f})."
         )

@@ -133,15 +133,23 @@ def _lesion_group(
     m = lesion.measurements
 
     def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name=SUVBW, value=value, unit=UNIT_SUVBW, derivation=derivation, algorithm_id=algorithm)
+        return hd.sr.Measurement(
+            name=SUVBW, value=value, unit=UNIT_SUVBW, derivation=derivation, algorithm_id=algorithm
+        )
 
     measurements = [
         suv(m.suv_max, codes.SCT.Maximum),
         suv(m.suv_mean, codes.SCT.Mean),
         suv(m.suv_peak, codes.DCM.PeakValueWithinROI),
-        hd.sr.Measurement(name=codes.DCM.MetabolicVolume, value=m.metabolic_volume_ml, unit=UNIT_ML, algorithm_id=algorithm),
-        hd.sr.Measurement(name=codes.DCM.TotalLesionGlycolysis, value=m.total_lesion_glycolysis, unit=UNIT_GRAM,
-                          algorithm_id=algorithm),
+        hd.sr.Measurement(
+            name=codes.DCM.MetabolicVolume, value=m.metabolic_volume_ml, unit=UNIT_ML, algorithm_id=algorithm
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.TotalLesionGlycolysis,
+            value=m.total_lesion_glycolysis,
+            unit=UNIT_GRAM,
+            algorithm_id=algorithm,
+        ),
     ]
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
@@ -157,8 +165,12 @@ def _research_use_container(summary: str) -> hd.sr.ContainerContentItem:
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = [
-        hd.sr.TextContentItem(name=COMMENT, value=RESEARCH_USE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
-        hd.sr.TextContentItem(name=COMMENT, value=summary[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS),
+        hd.sr.TextContentItem(
+            name=COMMENT, value=RESEARCH_USE, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        ),
+        hd.sr.TextContentItem(
+            name=COMMENT, value=summary[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        ),
     ]
     return container
 
@@ -182,8 +194,11 @@ def build_measurement_report(
             ),
         )
     )
-    groups = [_lesion_group(lesion, segmentation, source_images, identity) for lesion in result.lesions] \
-        if segmentation else []
+    groups = (
+        [_lesion_group(lesion, segmentation, source_images, identity) for lesion in result.lesions]
+        if segmentation
+        else []
+    )
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=PET_WHOLE_BODY,
@@ -228,15 +243,25 @@ def write_pet_report(
             segmentation.save_as(seg_path)
             written.append(seg_path)
             validate_segmentation(seg_path, len(result.lesions))
-            files.append(ReportFile("SEG", seg_path, str(segmentation.SOPClassUID), str(segmentation.SOPInstanceUID),
-                                    str(segmentation.SeriesInstanceUID)))
+            files.append(
+                ReportFile(
+                    "SEG",
+                    seg_path,
+                    str(segmentation.SOPClassUID),
+                    str(segmentation.SOPInstanceUID),
+                    str(segmentation.SeriesInstanceUID),
+                )
+            )
         document = build_measurement_report(source_images, segmentation, result, identity, previous_report, summary)
         sr_path = new_path()
         document.save_as(sr_path)
         written.append(sr_path)
         validate_report(sr_path, len(result.lesions))
-        files.append(ReportFile("SR", sr_path, str(document.SOPClassUID), str(document.SOPInstanceUID),
-                                str(document.SeriesInstanceUID)))
+        files.append(
+            ReportFile(
+                "SR", sr_path, str(document.SOPClassUID), str(document.SOPInstanceUID), str(document.SeriesInstanceUID)
+            )
+        )
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -163,7 +163,10 @@ def body_weight_ratio(ds: Dataset, suv_type: str) -> tuple[float, str]:
     if suv_type == "BSA":
         # Du Bois body surface area; SUVbsa is normalised by BSA in cm2, SUVbw by weight in g.
         bsa_cm2 = 0.007184 * weight_kg**0.425 * height_cm**0.725 * 1.0e4
-        return weight_kg * 1000.0 / bsa_cm2, f", converted to SUVbw with Du Bois body surface area {bsa_cm2 / 1e4:.3f} m2"
+        return (
+            weight_kg * 1000.0 / bsa_cm2,
+            f", converted to SUVbw with Du Bois body surface area {bsa_cm2 / 1e4:.3f} m2",
+        )
     raise SuvNotComputable(f"SUVType {suv_type} cannot be converted to body-weight SUV")
 
 
@@ -187,15 +190,24 @@ def suv_factors(slices: Sequence[Dataset]) -> tuple[np.ndarray, SuvConversion]:
         # Stored as SUV by the scanner; SUVType says which normalisation, and we report body-weight SUV.
         suv_type = str(first.get("SUVType", "") or ("BSA" if units == "CM2ML" else "BW")).upper()
         ratio, note = body_weight_ratio(first, suv_type)
-        return ones * ratio, SuvConversion(SuvType.BW, units, f"values stored as SUV{suv_type.lower()} by the scanner{note}",
-                                           decay_correction, None, None, None, _optional_float(first.get("PatientWeight")))
+        return ones * ratio, SuvConversion(
+            SuvType.BW,
+            units,
+            f"values stored as SUV{suv_type.lower()} by the scanner{note}",
+            decay_correction,
+            None,
+            None,
+            None,
+            _optional_float(first.get("PatientWeight")),
+        )
     activity_scale = ones
     method_prefix = ""
     if units == "CNTS":
         suv_scale = [_private_float(ds, PHILIPS_SUV_SCALE_FACTOR) for ds in slices]
         if all(v is not None and v > 0 for v in suv_scale):
             return np.asarray(suv_scale, dtype=float), SuvConversion(
-                SuvType.BW, units, "Philips SUV scale factor (7053,1000)", decay_correction, None, None, None, None)
+                SuvType.BW, units, "Philips SUV scale factor (7053,1000)", decay_correction, None, None, None, None
+            )
         activity = [_private_float(ds, PHILIPS_ACTIVITY_SCALE_FACTOR) for ds in slices]
         if not all(v is not None and v > 0 for v in activity):
             raise SuvNotComputable("Units CNTS without a Philips SUV or activity scale factor (7053,1000/1009)")
@@ -217,8 +229,15 @@ def suv_factors(slices: Sequence[Dataset]) -> tuple[np.ndarray, SuvConversion]:
     if decay_correction == "ADMIN":
         # Already decay-corrected to the administration time: no further decay.
         return activity_scale * weight_g / dose_bq, SuvConversion(
-            SuvType.BW, units, method_prefix + "body weight / dose (decay-corrected to administration)" + dose_note,
-            decay_correction, dose_bq, 0.0, half_life_s, weight_kg)
+            SuvType.BW,
+            units,
+            method_prefix + "body weight / dose (decay-corrected to administration)" + dose_note,
+            decay_correction,
+            dose_bq,
+            0.0,
+            half_life_s,
+            weight_kg,
+        )
     scan, scan_rule = scan_start(slices, half_life_s)
     injected = injection_datetime(first, info, scan)
     if decay_correction == "START":
@@ -227,9 +246,15 @@ def suv_factors(slices: Sequence[Dataset]) -> tuple[np.ndarray, SuvConversion]:
             raise SuvNotComputable("injection time is after the scan start")
         decayed = dose_bq * 2.0 ** (-decay_s / half_life_s)
         return activity_scale * weight_g / decayed, SuvConversion(
-            SuvType.BW, units,
+            SuvType.BW,
+            units,
             method_prefix + f"body weight / dose decayed to scan start ({scan_rule})" + dose_note,
-            decay_correction, dose_bq, decay_s, half_life_s, weight_kg)
+            decay_correction,
+            dose_bq,
+            decay_s,
+            half_life_s,
+            weight_kg,
+        )
     if decay_correction == "NONE":
         # Not decay-corrected: each frame represents the activity at scan start + its frame reference time.
         factors = np.empty(len(slices))
@@ -240,13 +265,22 @@ def suv_factors(slices: Sequence[Dataset]) -> tuple[np.ndarray, SuvConversion]:
             else:
                 acquired = acquisition_datetime(ds)
                 if acquired is None:
-                    raise SuvNotComputable("DecayCorrection NONE without per-slice acquisition or frame reference times")
+                    raise SuvNotComputable(
+                        "DecayCorrection NONE without per-slice acquisition or frame reference times"
+                    )
                 duration_s = float(ds.get("ActualFrameDuration", 0) or 0) / 1000.0
                 reference = acquired + timedelta(seconds=effective_time_in_frame_s(duration_s, half_life_s))
             decay_s = (reference - injected).total_seconds()
             decay_times.append(decay_s)
             factors[index] = weight_g / (dose_bq * 2.0 ** (-decay_s / half_life_s))
         return activity_scale * factors, SuvConversion(
-            SuvType.BW, units, method_prefix + "body weight / dose decayed to each frame's reference time" + dose_note,
-            decay_correction, dose_bq, float(np.median(decay_times)), half_life_s, weight_kg)
+            SuvType.BW,
+            units,
+            method_prefix + "body weight / dose decayed to each frame's reference time" + dose_note,
+            decay_correction,
+            dose_bq,
+            float(np.median(decay_times)),
+            half_life_s,
+            weight_kg,
+        )
     raise SuvNotComputable(f"DecayCorrection {decay_correction or '(missing)'} is not supported")

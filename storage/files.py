@@ -1,8 +1,8 @@
 """File layout of the storage root. Every path is chosen here, never built from received values.
 
-    <root>/incoming/<uuid>.part          being written; removed or renamed, never left behind on success
-    <root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances
-    <root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
+<root>/incoming/<uuid>.part          being written; removed or renamed, never left behind on success
+<root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances
+<root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
 """
 
 from __future__ import annotations

@@ -50,8 +50,14 @@ def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStud
             ).all()
         )
         series = tuple(
-            SeriesSummary(s.series_instance_uid, s.modality, s.series_description, s.manufacturer,
-                          s.frame_of_reference_uid, int(counts.get(s.id, 0)))
+            SeriesSummary(
+                s.series_instance_uid,
+                s.modality,
+                s.series_description,
+                s.manufacturer,
+                s.frame_of_reference_uid,
+                int(counts.get(s.id, 0)),
+            )
             for s in study.series
         )
         completed.append(CompletedStudy(study.study_instance_uid, study.revision, series))
@@ -65,26 +71,34 @@ def complete_study(session: Session, completed: CompletedStudy, decisions: tuple
         return []  # re-opened meanwhile: the next poll sees the new revision
     study.state = StudyState.COMPLETE
     study.completed_at = utcnow()
-    superseded = session.scalars(
-        select(Job).where(Job.study_fk == study.id, Job.state == JobState.PENDING)
-    ).all()
+    superseded = session.scalars(select(Job).where(Job.study_fk == study.id, Job.state == JobState.PENDING)).all()
     for job in superseded:
         job.state = JobState.SUPERSEDED
         job.error = f"superseded by revision {study.revision}"
     job_ids = []
     for decision in decisions:
-        job = Job(study_fk=study.id, pipeline=decision.pipeline, rule=decision.rule,
-                  series_uids=" ".join(decision.series_instance_uids), study_revision=study.revision)
+        job = Job(
+            study_fk=study.id,
+            pipeline=decision.pipeline,
+            rule=decision.rule,
+            series_uids=" ".join(decision.series_instance_uids),
+            study_revision=study.revision,
+        )
         session.add(job)
         session.flush()
         job_ids.append(job.id)
     if decisions:
         names = ", ".join(f"{d.rule}->{d.pipeline}" for d in decisions)
-        record_event(session, "INFO", f"study complete (revision {study.revision}); queued {names}",
-                     study.study_instance_uid)
+        record_event(
+            session, "INFO", f"study complete (revision {study.revision}); queued {names}", study.study_instance_uid
+        )
     else:
-        record_event(session, "INFO", f"study complete (revision {study.revision}); no routing rule matched",
-                     study.study_instance_uid)
+        record_event(
+            session,
+            "INFO",
+            f"study complete (revision {study.revision}); no routing rule matched",
+            study.study_instance_uid,
+        )
     return job_ids
 
 
@@ -105,9 +119,7 @@ def reset_interrupted_jobs(session: Session, max_attempts: int) -> int:
 
 
 def claim_pending_jobs(session: Session, limit: int) -> list[JobSpec]:
-    jobs = session.scalars(
-        select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit)
-    ).all()
+    jobs = session.scalars(select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit)).all()
     specs = []
     for job in jobs:
         job.state = JobState.RUNNING
@@ -132,29 +144,45 @@ def job_series_paths(session: Session, layout: FileLayout, job_id: int) -> dict[
     return dict(paths)
 
 
-def previous_report_path(session: Session, layout: FileLayout, study_uid: str, source_series_uid: str,
-                         job_id: int) -> tuple[int, Path] | None:
+def previous_report_path(
+    session: Session, layout: FileLayout, study_uid: str, source_series_uid: str, job_id: int
+) -> tuple[int, Path] | None:
     """The newest SR an earlier job produced for the same study and source series, to be superseded."""
     row = session.execute(
         select(Output.id, Output.path)
         .join(Job, Job.id == Output.job_fk)
         .join(Study, Study.id == Job.study_fk)
-        .where(Study.study_instance_uid == study_uid, Output.kind == OutputKind.SR,
-               Output.source_series_uid == source_series_uid, Job.id != job_id)
+        .where(
+            Study.study_instance_uid == study_uid,
+            Output.kind == OutputKind.SR,
+            Output.source_series_uid == source_series_uid,
+            Job.id != job_id,
+        )
         .order_by(Output.id.desc())
         .limit(1)
     ).first()
     return (row[0], layout.absolute(row[1])) if row else None
 
 
-def record_outputs(session: Session, layout: FileLayout, job_id: int, files: list[tuple[ReportFile, str, int | None]],
-                   destinations: list[str]) -> None:
+def record_outputs(
+    session: Session,
+    layout: FileLayout,
+    job_id: int,
+    files: list[tuple[ReportFile, str, int | None]],
+    destinations: list[str],
+) -> None:
     """Index produced files (with their source series and the SR they supersede) and queue deliveries."""
     for report_file, source_series_uid, supersedes in files:
-        output = Output(job_fk=job_id, kind=OutputKind(report_file.kind), sop_class_uid=report_file.sop_class_uid,
-                        sop_instance_uid=report_file.sop_instance_uid, source_series_uid=source_series_uid,
-                        series_instance_uid=report_file.series_instance_uid,
-                        path=layout.relative(report_file.path), supersedes_fk=supersedes)
+        output = Output(
+            job_fk=job_id,
+            kind=OutputKind(report_file.kind),
+            sop_class_uid=report_file.sop_class_uid,
+            sop_instance_uid=report_file.sop_instance_uid,
+            source_series_uid=source_series_uid,
+            series_instance_uid=report_file.series_instance_uid,
+            path=layout.relative(report_file.path),
+            supersedes_fk=supersedes,
+        )
         session.add(output)
         session.flush()
         for name in destinations:
@@ -170,8 +198,9 @@ def finish_job(session: Session, job_id: int, state: JobState, detail: str) -> N
     else:
         job.error = detail
     level = "INFO" if state is JobState.SUCCEEDED else "ERROR"
-    record_event(session, level, f"job {job_id} ({job.pipeline}) {state.value}: {detail[:2000]}",
-                 job.study.study_instance_uid)
+    record_event(
+        session, level, f"job {job_id} ({job.pipeline}) {state.value}: {detail[:2000]}", job.study.study_instance_uid
+    )
 
 
 def requeue_job_or_fail(session: Session, job_id: int, reason: str, max_attempts: int) -> JobState:
@@ -180,8 +209,12 @@ def requeue_job_or_fail(session: Session, job_id: int, reason: str, max_attempts
     if job.attempts < max_attempts:
         job.state = JobState.PENDING
         job.error = f"attempt {job.attempts} failed: {reason}"
-        record_event(session, "WARNING", f"job {job_id} attempt {job.attempts} failed: {reason}; retrying",
-                     job.study.study_instance_uid)
+        record_event(
+            session,
+            "WARNING",
+            f"job {job_id} attempt {job.attempts} failed: {reason}; retrying",
+            job.study.study_instance_uid,
+        )
         return JobState.PENDING
     finish_job(session, job_id, JobState.FAILED, reason)
     return JobState.FAILED
@@ -203,8 +236,9 @@ def due_deliveries(session: Session, layout: FileLayout, now: datetime) -> dict[
     return dict(batches)
 
 
-def record_delivery_attempt(session: Session, delivery_id: int, ok: bool, detail: str, max_attempts: int,
-                            next_attempt_at: datetime) -> DeliveryState:
+def record_delivery_attempt(
+    session: Session, delivery_id: int, ok: bool, detail: str, max_attempts: int, next_attempt_at: datetime
+) -> DeliveryState:
     delivery = session.get(Delivery, delivery_id)
     delivery.attempts += 1
     if ok:
@@ -215,8 +249,13 @@ def record_delivery_attempt(session: Session, delivery_id: int, ok: bool, detail
         delivery.state = DeliveryState.DEAD
         delivery.last_error = detail
         study_uid = delivery.output.job.study.study_instance_uid
-        record_event(session, "ERROR", f"delivery {delivery_id} of {delivery.output.sop_instance_uid} to "
-                     f"{delivery.destination} dead after {delivery.attempts} attempts: {detail}", study_uid)
+        record_event(
+            session,
+            "ERROR",
+            f"delivery {delivery_id} of {delivery.output.sop_instance_uid} to "
+            f"{delivery.destination} dead after {delivery.attempts} attempts: {detail}",
+            study_uid,
+        )
     else:
         delivery.next_attempt_at = next_attempt_at
         delivery.last_error = detail
@@ -234,8 +273,11 @@ def requeue_dead_deliveries(session: Session, delivery_ids: list[int] | None) ->
 
 
 def requeue_failed_jobs(session: Session, job_ids: list[int]) -> int:
-    statement = update(Job).where(Job.id.in_(job_ids), Job.state == JobState.FAILED).values(
-        state=JobState.PENDING, attempts=0, error="")
+    statement = (
+        update(Job)
+        .where(Job.id.in_(job_ids), Job.state == JobState.FAILED)
+        .values(state=JobState.PENDING, attempts=0, error="")
+    )
     return session.execute(statement).rowcount or 0
 
 
@@ -243,5 +285,6 @@ def requeue_failed_jobs(session: Session, job_ids: list[int]) -> int:
 
 
 def recent_events(session: Session, limit: int, levels: tuple[str, ...] = ("WARNING", "ERROR")) -> list[Event]:
-    return list(session.scalars(
-        select(Event).where(Event.level.in_(levels)).order_by(Event.id.desc()).limit(limit)).all())
+    return list(
+        session.scalars(select(Event).where(Event.level.in_(levels)).order_by(Event.id.desc()).limit(limit)).all()
+    )

@@ -35,8 +35,9 @@ def record_event(session: Session, level: str, message: str, study_instance_uid:
 
 
 def _event(executor: Session | Connection, level: str, message: str, study_instance_uid: str = "") -> None:
-    executor.execute(insert(Event).values(at=utcnow(), level=level, message=message,
-                                          study_instance_uid=study_instance_uid[:64]))
+    executor.execute(
+        insert(Event).values(at=utcnow(), level=level, message=message, study_instance_uid=study_instance_uid[:64])
+    )
 
 
 class InstanceStore:
@@ -80,30 +81,61 @@ class InstanceStore:
         cached = self._series_ids.get(header.series_instance_uid)
         if cached is not None:
             return cached
-        patient_id = session.scalar(select(Patient.id).where(
-            Patient.patient_id == header.patient_id, Patient.issuer_of_patient_id == header.issuer_of_patient_id))
+        patient_id = session.scalar(
+            select(Patient.id).where(
+                Patient.patient_id == header.patient_id, Patient.issuer_of_patient_id == header.issuer_of_patient_id
+            )
+        )
         if patient_id is None:
-            patient_id = session.scalar(insert(Patient).returning(Patient.id).values(
-                patient_id=header.patient_id, issuer_of_patient_id=header.issuer_of_patient_id))
-        study = session.execute(select(Study.id, Study.patient_fk).where(
-            Study.study_instance_uid == header.study_instance_uid)).first()
+            patient_id = session.scalar(
+                insert(Patient)
+                .returning(Patient.id)
+                .values(patient_id=header.patient_id, issuer_of_patient_id=header.issuer_of_patient_id)
+            )
+        study = session.execute(
+            select(Study.id, Study.patient_fk).where(Study.study_instance_uid == header.study_instance_uid)
+        ).first()
         if study is None:
             now = utcnow()
-            study_id = session.scalar(insert(Study).returning(Study.id).values(
-                study_instance_uid=header.study_instance_uid, patient_fk=patient_id, study_date=header.study_date,
-                accession_number=header.accession_number, state=StudyState.RECEIVING, revision=1,
-                first_received_at=now, last_received_at=now))
+            study_id = session.scalar(
+                insert(Study)
+                .returning(Study.id)
+                .values(
+                    study_instance_uid=header.study_instance_uid,
+                    patient_fk=patient_id,
+                    study_date=header.study_date,
+                    accession_number=header.accession_number,
+                    state=StudyState.RECEIVING,
+                    revision=1,
+                    first_received_at=now,
+                    last_received_at=now,
+                )
+            )
         else:
             study_id = study.id
             if study.patient_fk != patient_id:
-                _event(session, "WARNING", f"instance {header.sop_instance_uid} names another patient than "
-                             "its study; indexed under the study's patient", header.study_instance_uid)
+                _event(
+                    session,
+                    "WARNING",
+                    f"instance {header.sop_instance_uid} names another patient than "
+                    "its study; indexed under the study's patient",
+                    header.study_instance_uid,
+                )
         series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == header.series_instance_uid))
         if series_id is None:
-            series_id = session.scalar(insert(Series).returning(Series.id).values(
-                series_instance_uid=header.series_instance_uid, study_fk=study_id, modality=header.modality,
-                series_number=header.series_number, series_description=header.series_description,
-                manufacturer=header.manufacturer, frame_of_reference_uid=header.frame_of_reference_uid))
+            series_id = session.scalar(
+                insert(Series)
+                .returning(Series.id)
+                .values(
+                    series_instance_uid=header.series_instance_uid,
+                    study_fk=study_id,
+                    modality=header.modality,
+                    series_number=header.series_number,
+                    series_description=header.series_description,
+                    manufacturer=header.manufacturer,
+                    frame_of_reference_uid=header.frame_of_reference_uid,
+                )
+            )
         return study_id, series_id
 
     def _insert_instance(self):  # noqa: ANN202 - a dialect's Insert construct
@@ -113,32 +145,50 @@ class InstanceStore:
     def _mark_received(self, session: Session | Connection, study_id: int, study_uid: str) -> None:
         """Refresh the study's last-received time; a complete study re-opens at the next revision."""
         now = utcnow()
-        refreshed = session.execute(update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING)
-                                    .values(last_received_at=now))
+        refreshed = session.execute(
+            update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING).values(last_received_at=now)
+        )
         if refreshed.rowcount == 0:
-            session.execute(update(Study).where(Study.id == study_id).values(
-                last_received_at=now, state=StudyState.RECEIVING, revision=Study.revision + 1))
+            session.execute(
+                update(Study)
+                .where(Study.id == study_id)
+                .values(last_received_at=now, state=StudyState.RECEIVING, revision=Study.revision + 1)
+            )
             revision = session.scalar(select(Study.revision).where(Study.id == study_id))
             _event(session, "INFO", f"study re-opened by new instances (revision {revision})", study_uid)
 
-    def _index_new(self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str,
-                   calling_ae_title: str) -> None:
+    def _index_new(
+        self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
+    ) -> None:
         study_id, series_id = self._ids(session, header)
         # INSERT .. ON CONFLICT DO NOTHING: a known UID inserts nothing and takes the duplicate path.
-        inserted = session.execute(self._insert_instance().values(
-            sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid, series_fk=series_id,
-            instance_number=header.instance_number, transfer_syntax_uid=header.transfer_syntax_uid,
-            path=self.layout.relative(path), size_bytes=size, sha256=digest,
-            calling_ae_title=calling_ae_title[:16], received_at=utcnow(), times_received=1,
-        ).on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid]).returning(Instance.id))
+        inserted = session.execute(
+            self._insert_instance()
+            .values(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                series_fk=series_id,
+                instance_number=header.instance_number,
+                transfer_syntax_uid=header.transfer_syntax_uid,
+                path=self.layout.relative(path),
+                size_bytes=size,
+                sha256=digest,
+                calling_ae_title=calling_ae_title[:16],
+                received_at=utcnow(),
+                times_received=1,
+            )
+            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+            .returning(Instance.id)
+        )
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
         if inserted.first() is None:
             raise IntegrityErrorOnInstance()
         self._mark_received(session, study_id, header.study_instance_uid)
         self._series_ids[header.series_instance_uid] = (study_id, series_id)
 
-    def _index_again(self, session: Session, header: InstanceHeader, path: Path, size: int,
-                     digest: str) -> tuple[StoreOutcome, Path, Path | None]:
+    def _index_again(
+        self, session: Session, header: InstanceHeader, path: Path, size: int, digest: str
+    ) -> tuple[StoreOutcome, Path, Path | None]:
         """A SOP Instance UID already indexed: apply the duplicate policy."""
         instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
         instance.times_received += 1
@@ -153,8 +203,13 @@ class InstanceStore:
         instance.path, instance.size_bytes, instance.sha256 = self.layout.relative(path), size, digest
         instance.received_at = utcnow()
         instance.series_fk = series_id
-        record_event(session, "INFO", f"instance {header.sop_instance_uid} received again with different content; "
-                     "the newer copy replaced the stored one", header.study_instance_uid)
+        record_event(
+            session,
+            "INFO",
+            f"instance {header.sop_instance_uid} received again with different content; "
+            "the newer copy replaced the stored one",
+            header.study_instance_uid,
+        )
         self._mark_received(session, study_id, header.study_instance_uid)
         return StoreOutcome.REPLACED, path, replaced
 

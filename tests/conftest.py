@@ -71,9 +71,13 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     def factory(database_url: str | None = None, **sections: dict) -> Settings:
         data: dict = {
             "node": {"ae_title": "IMMUNODE", "host": "127.0.0.1", "port": free_port()},
-            "peers": {"allowed": [{"ae_title": "STORESCU", "host": "127.0.0.1"},
-                                  {"ae_title": "ECHOSCU", "host": "127.0.0.1"},
-                                  {"ae_title": "TESTSCU", "host": "127.0.0.1"}]},
+            "peers": {
+                "allowed": [
+                    {"ae_title": "STORESCU", "host": "127.0.0.1"},
+                    {"ae_title": "ECHOSCU", "host": "127.0.0.1"},
+                    {"ae_title": "TESTSCU", "host": "127.0.0.1"},
+                ]
+            },
             "storage": {"root": str(tmp_path / "store"), "min_free_mb": 0},
             "database": {"url": database_url},
             "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.2},
@@ -101,9 +105,17 @@ class StoreSCP:
     def start(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [require_tool("storescp"), "--aetitle", self.ae_title, "--output-directory", str(self.folder),
-             "--promiscuous", str(self.port)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                require_tool("storescp"),
+                "--aetitle",
+                self.ae_title,
+                "--output-directory",
+                str(self.folder),
+                "--promiscuous",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: _port_open(self.port), 10)
 
@@ -140,13 +152,20 @@ def pacs(tmp_path: Path) -> Iterator[StoreSCP]:
     scp.stop()
 
 
-def storescu(port: int, files: list[Path] | Path, calling: str = "STORESCU", called: str = "IMMUNODE",
-             extra: list[str] | None = None) -> subprocess.CompletedProcess:
+def storescu(
+    port: int,
+    files: list[Path] | Path,
+    calling: str = "STORESCU",
+    called: str = "IMMUNODE",
+    extra: list[str] | None = None,
+) -> subprocess.CompletedProcess:
     """dcmtk storescu playing the scanner."""
     targets = [str(f) for f in (files if isinstance(files, list) else [files])]
     return subprocess.run(
         [require_tool("storescu"), "-aet", calling, "-aec", called, *(extra or []), "127.0.0.1", str(port), *targets],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

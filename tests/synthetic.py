@@ -62,7 +62,8 @@ def _phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):
     body = (px / 160.0) ** 2 + (py / 110.0) ** 2 <= 1.0
     suv = np.where(body, 1.0, 0.02)
     lungs = (((px + 70) / 50.0) ** 2 + (py / 60.0) ** 2 + ((pz - 80) / 90.0) ** 2 <= 1) | (
-        ((px - 70) / 50.0) ** 2 + (py / 60.0) ** 2 + ((pz - 80) / 90.0) ** 2 <= 1)
+        ((px - 70) / 50.0) ** 2 + (py / 60.0) ** 2 + ((pz - 80) / 90.0) ** 2 <= 1
+    )
     suv[lungs] = 0.4
     liver = ((px - 40) / 80.0) ** 2 + ((py - 20) / 60.0) ** 2 + ((pz + 40) / 60.0) ** 2 <= 1
     suv[liver] = 2.0
@@ -131,8 +132,11 @@ def write_study(
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = study_uid or generate_uid()
     pet_uid, ct_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
-    origin = (-(shape_zyx[2] - 1) * spacing_xyz[0] / 2, -(shape_zyx[1] - 1) * spacing_xyz[1] / 2,
-              -(shape_zyx[0] - 1) * spacing_xyz[2] / 2)
+    origin = (
+        -(shape_zyx[2] - 1) * spacing_xyz[0] / 2,
+        -(shape_zyx[1] - 1) * spacing_xyz[1] / 2,
+        -(shape_zyx[0] - 1) * spacing_xyz[2] / 2,
+    )
     suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions)
     injection = datetime(2026, 3, 2, 9, 5, 0)
     scan_start = injection + timedelta(minutes=62)
@@ -145,8 +149,9 @@ def write_study(
     order = rng.permutation(shape_zyx[0])  # instance numbers deliberately not in geometric order
     for k in range(shape_zyx[0]):
         z = origin[2] + k * spacing_xyz[2]
-        ds = _base("PT", study_uid, pet_uid, frame_uid, PositronEmissionTomographyImageStorage, scan_start,
-                   patient_id, vendor)
+        ds = _base(
+            "PT", study_uid, pet_uid, frame_uid, PositronEmissionTomographyImageStorage, scan_start, patient_id, vendor
+        )
         ds.SOPInstanceUID = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.InstanceNumber = int(order[k]) + 1
@@ -193,7 +198,9 @@ def write_study(
             ds.SeriesTime = (scan_start + timedelta(minutes=25)).strftime("%H%M%S")
             ds.AcquisitionTime = (scan_start + timedelta(seconds=150)).strftime("%H%M%S")
             ds.FrameReferenceTime = 0
-            ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(0x0D, "DT", scan_start.strftime("%Y%m%d%H%M%S"))
+            ds.private_block(0x0009, "GEMS_PETD_01", create=True).add_new(
+                0x0D, "DT", scan_start.strftime("%Y%m%d%H%M%S")
+            )
         else:
             ds.Units = "CNTS"
             info.RadiopharmaceuticalStartTime = injection.strftime("%H%M%S")
@@ -214,8 +221,16 @@ def write_study(
         ds.save_as(path, enforce_file_format=True)
         pet_files.append(path)
         if with_ct:
-            ct = _base("CT", study_uid, ct_uid, frame_uid, CTImageStorage, scan_start - timedelta(minutes=3),
-                       patient_id, vendor)
+            ct = _base(
+                "CT",
+                study_uid,
+                ct_uid,
+                frame_uid,
+                CTImageStorage,
+                scan_start - timedelta(minutes=3),
+                patient_id,
+                vendor,
+            )
             ct.SOPInstanceUID = generate_uid()
             ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
             ct.InstanceNumber = k + 1

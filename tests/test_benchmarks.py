@@ -12,8 +12,13 @@ from tests.conftest import REPO
 
 @pytest.mark.slow
 def test_benchmark_script_runs_small() -> None:
-    completed = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--small"],
-                               capture_output=True, text=True, timeout=600, cwd=REPO)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--small"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "| immunode (fsync + index) |" in completed.stdout
     assert "| study complete -> SR accepted |" in completed.stdout

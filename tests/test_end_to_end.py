@@ -54,8 +54,9 @@ def _by_class(files: list[Path]) -> dict[str, list[pydicom.Dataset]]:
     return found
 
 
-def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(tmp_path: Path, make_settings, pacs: StoreSCP,
-                                                             start_node) -> None:
+def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
     study = write_study(tmp_path / "scanner", vendor="ge")
     node = start_node(make_settings(destinations=_destination(pacs.port)))
     completed = storescu(node.port, list(study.pet_files) + list(study.ct_files))
@@ -110,8 +111,9 @@ def test_real_pet_ct_of_sts_002(make_settings, pacs: StoreSCP, start_node) -> No
     assert objects["Segmentation Storage"][0].StudyInstanceUID == pet.StudyInstanceUID
 
 
-def test_pet_without_dose_fails_its_job_with_reason_and_sends_nothing(tmp_path: Path, make_settings, pacs: StoreSCP,
-                                                                      start_node) -> None:
+def test_pet_without_dose_fails_its_job_with_reason_and_sends_nothing(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
     study = write_study(tmp_path / "scanner", with_ct=False, shape_zyx=(20, 48, 48), dose_bq=None)
     node = start_node(make_settings(destinations=_destination(pacs.port)))
     assert storescu(node.port, list(study.pet_files)).returncode == 0
@@ -119,7 +121,9 @@ def test_pet_without_dose_fails_its_job_with_reason_and_sends_nothing(tmp_path: 
     assert "RadionuclideTotalDose" in job.error
     assert pacs.received() == [] and _deliveries(node) == []
     with node.database.session() as session:
-        messages = [e.message for e in session.scalars(select(Event).where(Event.study_instance_uid == study.study_uid))]
+        messages = [
+            e.message for e in session.scalars(select(Event).where(Event.study_instance_uid == study.study_uid))
+        ]
     assert any("RadionuclideTotalDose" in m for m in messages)
 
 
@@ -162,7 +166,9 @@ def test_dead_letter_shown_by_status_and_requeued_by_retry(tmp_path: Path, make_
     config.write_text(__import__("yaml").safe_dump(settings.model_dump(mode="json")))
     node = start_node(settings)
     assert storescu(node.port, list(study.pet_files)).returncode == 0
-    wait_until(lambda: _deliveries(node) and all(d.state is DeliveryState.DEAD for d in _deliveries(node)), timeout_s=120)
+    wait_until(
+        lambda: _deliveries(node) and all(d.state is DeliveryState.DEAD for d in _deliveries(node)), timeout_s=120
+    )
     assert cli_main(["--config", str(config), "status"]) == 0
     shown = capsys.readouterr().out
     assert "DEAD 2" in shown and "cannot connect" in shown or "not established" in shown
@@ -195,6 +201,10 @@ def test_crashing_worker_never_takes_the_scp_down(tmp_path: Path, make_settings,
     assert storescu(node.port, list(study.pet_files)).returncode == 0
     job = wait_until(lambda: next((j for j in _jobs(node) if j.state is JobState.FAILED), None), timeout_s=120)
     assert job.attempts == 2 and job.error
-    echo = subprocess.run([require_tool("echoscu"), "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(node.port)],
-                          capture_output=True, text=True, timeout=30)
+    echo = subprocess.run(
+        [require_tool("echoscu"), "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(node.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert echo.returncode == 0

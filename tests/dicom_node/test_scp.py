@@ -56,8 +56,12 @@ def _events(database: Database) -> list[str]:
 
 def test_echo_from_allowed_peer(node) -> None:
     _, port, _ = node
-    completed = subprocess.run([require_tool("echoscu"), "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(port)],
-                               capture_output=True, text=True, timeout=30)
+    completed = subprocess.run(
+        [require_tool("echoscu"), "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert completed.returncode == 0, completed.stderr
 
 
@@ -93,7 +97,9 @@ def test_unsupported_sop_class_gets_no_presentation_context(node, tmp_path: Path
 
 
 @pytest.mark.parametrize("hostile_uid", ["../../x", "1." + "2" * 70], ids=["path-traversal", "over-64-chars"])
-def test_hostile_sop_instance_uid_is_refused_and_nothing_is_lost(node, tmp_path: Path, small_study, hostile_uid) -> None:
+def test_hostile_sop_instance_uid_is_refused_and_nothing_is_lost(
+    node, tmp_path: Path, small_study, hostile_uid
+) -> None:
     _, port, database = node
     assert storescu(port, [small_study.pet_files[0]]).returncode == 0
     ds = pydicom.dcmread(small_study.pet_files[1])

@@ -45,11 +45,16 @@ def test_destination_down_is_not_a_success(files) -> None:
 
 def test_refused_association_is_not_a_success(tmp_path: Path, files) -> None:
     port = free_port()
-    refusing = subprocess.Popen([require_tool("storescp"), "--refuse", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    refusing = subprocess.Popen(
+        [require_tool("storescp"), "--refuse", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
-        wait_until(lambda: subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"],
-                                          capture_output=True).returncode == 0, 10)
+        wait_until(
+            lambda: (
+                subprocess.run(["bash", "-c", f"echo > /dev/tcp/127.0.0.1/{port}"], capture_output=True).returncode == 0
+            ),
+            10,
+        )
         results = send_batch(_destination(port), "IMMUNODE", files, timeout_s=5)
     finally:
         refusing.terminate()

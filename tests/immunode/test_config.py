@@ -25,11 +25,17 @@ def test_shipped_config_equals_the_embedded_defaults() -> None:
         ("node:\n  ae_title: 'MUCH_TOO_LONG_AE_TITLE'\n", "node.ae_title"),
         ("peers:\n  allowed:\n    - ae_title: A\n      host: not-an-ip\n", "peers.allowed.0.host"),
         ("routing:\n  rules:\n    - name: r\n      pipeline: unknown\n", "routing.rules.0.pipeline"),
-        ("routing:\n  rules:\n    - name: r\n      pipeline: pet_quant\n      series:\n        series_description: '('\n",
-         "routing.rules.0.series.series_description"),
+        (
+            "routing:\n  rules:\n    - name: r\n      pipeline: pet_quant\n"
+            "      series:\n        series_description: '('\n",
+            "routing.rules.0.series.series_description",
+        ),
         ("pipelines:\n  pet_quant:\n    background_inner_mm: 30\n", "pipelines.pet_quant"),
-        ("destinations:\n  - {name: a, ae_title: A, host: h, port: 1}\n  - {name: a, ae_title: B, host: h, port: 2}\n",
-         "destination names must be unique"),
+        (
+            "destinations:\n  - {name: a, ae_title: A, host: h, port: 1}\n"
+            "  - {name: a, ae_title: B, host: h, port: 2}\n",
+            "destination names must be unique",
+        ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("node: [unclosed\n", "not valid YAML"),
     ],
@@ -64,8 +70,13 @@ def test_check_config_command(tmp_path: Path, capsys) -> None:
 def test_serve_with_invalid_config_stops_with_message_not_traceback(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("node:\n  ae_titel: X\n")
-    completed = subprocess.run([sys.executable, "-m", "immunode.cli", "--config", str(bad), "serve"],
-                               capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    completed = subprocess.run(
+        [sys.executable, "-m", "immunode.cli", "--config", str(bad), "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert completed.returncode == 2
     assert "node.ae_titel: unknown key" in completed.stderr
     assert "Traceback" not in completed.stderr

@@ -26,7 +26,10 @@ def test_synthetic_lesions_found_and_measured(tmp_path: Path, vendor: str) -> No
     result = analyse_pet_series(list(study.pet_files), PetQuantSettings())
     assert len(result.lesions) == len(DEFAULT_LESIONS)
     for truth in DEFAULT_LESIONS:
-        nearest = min(result.lesions, key=lambda l: np.linalg.norm(np.subtract(l.measurements.centroid_mm, truth.centre_mm)))
+        nearest = min(
+            result.lesions,
+            key=lambda found: np.linalg.norm(np.subtract(found.measurements.centroid_mm, truth.centre_mm)),
+        )
         m = nearest.measurements
         assert np.linalg.norm(np.subtract(m.centroid_mm, truth.centre_mm)) < 2.0  # half a voxel
         true_volume_ml = 4 / 3 * math.pi * truth.radius_mm**3 / 1000
@@ -39,12 +42,12 @@ def test_synthetic_lesions_found_and_measured(tmp_path: Path, vendor: str) -> No
 
 
 def test_slice_order_comes_from_geometry_not_instance_number(tmp_path: Path) -> None:
-    study = write_study(tmp_path, with_ct=False, shape_zyx=(30, 64, 64),
-                        lesions=DEFAULT_LESIONS[1:2])
+    study = write_study(tmp_path, with_ct=False, shape_zyx=(30, 64, 64), lesions=DEFAULT_LESIONS[1:2])
     shuffled = list(reversed(study.pet_files))
     result = analyse_pet_series(shuffled, PetQuantSettings())
-    positions = [float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2])
-                 for p in result.volume.source_paths]
+    positions = [
+        float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in result.volume.source_paths
+    ]
     assert positions == sorted(positions)
 
 
@@ -73,8 +76,11 @@ def _sts_pet() -> list[Path]:
 
 def _gtv_points(folder: Path) -> np.ndarray:
     rtstruct = pydicom.dcmread(folder / "RTSTRUCT_RS.dcm")
-    points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
-              for roi in rtstruct.ROIContourSequence for c in roi.ContourSequence]
+    points = [
+        np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+        for roi in rtstruct.ROIContourSequence
+        for c in roi.ContourSequence
+    ]
     return np.concatenate(points)
 
 

@@ -34,8 +34,11 @@ def test_suv_matches_reference(case: dict) -> None:
     assert mask.sum() > 1000
     values = volume.suv[mask]
     measured = {"min": values.min(), "median": np.median(values), "max": values.max()}
-    expected = {"min": float(case["SUVmin_expected"]), "median": float(case["SUVmed_expected"]),
-                "max": float(case["SUVmax_expected"])}
+    expected = {
+        "min": float(case["SUVmin_expected"]),
+        "median": float(case["SUVmed_expected"]),
+        "max": float(case["SUVmax_expected"]),
+    }
     tolerance = QUANTISATION_LIMITED.get(case["ID"], {"min": 0.005, "median": 0.005, "max": 0.005})
     for key in expected:
         assert measured[key] == pytest.approx(expected[key], rel=tolerance[key]), (case["Description"], key)

@@ -30,8 +30,17 @@ def test_migration_creates_every_table_and_is_idempotent(database_url: str) -> N
     database = Database(database_url)
     upgrade(database.engine)
     tables = set(inspect(database.engine).get_table_names())
-    assert {"patients", "studies", "series", "instances", "jobs", "outputs", "deliveries", "events",
-            "alembic_version"} <= tables
+    assert {
+        "patients",
+        "studies",
+        "series",
+        "instances",
+        "jobs",
+        "outputs",
+        "deliveries",
+        "events",
+        "alembic_version",
+    } <= tables
     database.dispose()
 
 
