@@ -10,7 +10,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 from pydicom import uid as uids
 from pydicom.pixels import get_decoder
@@ -23,7 +22,6 @@ from dicom_node import status
 from dicom_node.errors import ReceiveError
 from dicom_node.ingest import parse_received
 from immunode.config import NodeSettings, PeerSettings
-from pipelines.types import StoredInstance
 from storage.errors import StorageError
 from storage.store import InstanceStore, record_event
 
@@ -105,12 +103,10 @@ class StorageSCP:
         node: NodeSettings,
         peers: PeerSettings,
         store: InstanceStore,
-        on_stored: Callable[[StoredInstance], None] | None = None,
     ) -> None:
         self.node = node
         self.peers = peers
         self.store = store
-        self.on_stored = on_stored
         self._server: AssociationServer | None = None
         self.ae = AE(ae_title=node.ae_title)
         self.ae.maximum_associations = node.max_associations
@@ -186,8 +182,6 @@ class StorageSCP:
             stored.outcome.value,
             (time.perf_counter() - started) * 1000,
         )
-        if self.on_stored is not None:
-            self.on_stored(stored)
         return status.SUCCESS
 
     def _record_refusal(self, calling: str, affected: str, code: int, reason: str, study_uid: str) -> None:

@@ -48,6 +48,14 @@ def _component_containing(mask: np.ndarray, seed: tuple[int, ...]) -> np.ndarray
     return labels == label if label else np.zeros_like(mask)
 
 
+def label_volume(lesions: tuple[Lesion, ...] | list[Lesion], shape: tuple[int, ...]) -> np.ndarray:
+    """One array holding each lesion's number on its voxels (lesions never overlap)."""
+    labels = np.zeros(shape, dtype=np.uint16)
+    for lesion in lesions:
+        labels[lesion.box()][lesion.mask] = lesion.number
+    return labels
+
+
 def tracking_uid(study_uid: str, series_uid: str, centroid_mm: np.ndarray) -> str:
     """Deterministic per lesion position, so that re-running an unchanged study keeps its tracking UIDs."""
     position = ",".join(f"{v:.0f}" for v in centroid_mm)
@@ -106,9 +114,9 @@ def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion
         filtered = ndimage.convolve(box_suv, peak_kernel, mode="nearest")
         suv_peak = float(filtered[lesion_box].max())
 
-        mask = np.zeros(suv.shape, dtype=bool)
-        mask[box] = lesion_box
-        claimed |= mask
+        claimed[box] |= lesion_box
+        tight = ndimage.find_objects(lesion_box.astype(np.uint8))[0]
+        offset = tuple(b.start + t.start for b, t in zip(box, tight))
         centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
         centroid_mm = index_to_patient(geometry, centroid_index)
         number = len(lesions) + 1
@@ -129,7 +137,8 @@ def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion
                     background_suv=background,
                     centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
                 ),
-                mask=mask,
+                offset=offset,  # type: ignore[arg-type]
+                mask=lesion_box[tight].copy(),
             )
         )
     return tuple(lesions)

@@ -16,6 +16,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from immunode import __version__
+from pipelines.lesions import label_volume
 from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult, Report, ReportFile
 from pipelines.validation import validate_report, validate_segmentation
 
@@ -90,7 +91,8 @@ def build_segmentation(
         )
         for lesion in lesions
     ]
-    pixel_array = np.stack([lesion.mask for lesion in lesions], axis=-1)
+    # A label array (segment numbers on non-overlapping lesions) instead of one mask per segment.
+    pixel_array = label_volume(lesions, (len(source_images), int(source_images[0].Rows), int(source_images[0].Columns)))
     segmentation = hd.seg.Segmentation(
         source_images=list(source_images),
         pixel_array=pixel_array,
@@ -117,7 +119,7 @@ def _referenced_segment(
 ) -> hd.sr.ReferencedSegment:
     # Built explicitly: highdicom's ReferencedSegment.from_segmentation fails on a single-segment SEG,
     # whose segment identification sits in the shared, not per-frame, functional groups.
-    slices = np.flatnonzero(lesion.mask.any(axis=(1, 2)))
+    slices = lesion.offset[0] + np.flatnonzero(lesion.mask.any(axis=(1, 2)))
     return hd.sr.ReferencedSegment(
         sop_class_uid=str(segmentation.SOPClassUID),
         sop_instance_uid=str(segmentation.SOPInstanceUID),

@@ -148,7 +148,13 @@ class Lesion:
     tracking_identifier: str
     tracking_uid: str
     measurements: LesionMeasurements
-    mask: np.ndarray = field(repr=False)  # bool, same grid as the PET volume
+    # The lesion's voxels as a bool mask of its bounding box, which starts at `offset` (slice, row, column)
+    # of the PET volume: whole-volume masks of many lesions would cost gigabytes.
+    offset: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False)
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True, eq=False)

@@ -110,6 +110,13 @@ def test_report_objects_validate_and_read_back(tmp_path: Path) -> None:
     assert seg.StudyInstanceUID == source.StudyInstanceUID
     assert seg.SeriesInstanceUID not in (source.SeriesInstanceUID,)
     assert len(seg.SegmentSequence) == len(result.lesions)
+    labels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(result.volume.sop_instance_uids),
+        combine_segments=True,
+        skip_overlap_checks=True,
+    )
+    for lesion in result.lesions:
+        assert int((labels == lesion.number).sum()) == lesion.measurements.voxel_count
     sr = hd.sr.srread(sr_file.path)
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID != seg.SeriesInstanceUID
