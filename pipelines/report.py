@@ -34,6 +34,7 @@ UNIT_GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
+NONE_FOUND = hd.sr.CodedConcept("260413007", "SCT", "None")
 
 
 # Maximum value lengths of the string VRs that patient/study attributes copied from the source use.
@@ -201,11 +202,25 @@ def build_measurement_report(
         if segmentation
         else []
     )
+    if not groups:
+        # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
+        groups = [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(
+                        prefix=None, entropy_srcs=["immunode-no-lesion", result.volume.series_instance_uid]
+                    ),
+                    identifier="FDG-avid lesions",
+                ),
+                finding_type=codes.SCT.Lesion,
+                algorithm_id=_sr_algorithm(identity),
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
+            )
+        ]
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=PET_WHOLE_BODY,
-        imaging_measurements=groups or None,
-        referenced_images=None if groups else list(source_images)[:1],
+        imaging_measurements=groups,
     )
     report[0].ContentSequence.append(_research_use_container(summary))
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])

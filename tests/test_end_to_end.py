@@ -55,10 +55,10 @@ def _by_class(files: list[Path]) -> dict[str, list[pydicom.Dataset]]:
 
 
 def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
-    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node, database_url: str
 ) -> None:
     study = write_study(tmp_path / "scanner", vendor="ge")
-    node = start_node(make_settings(destinations=_destination(pacs.port)))
+    node = start_node(make_settings(database_url, destinations=_destination(pacs.port)))
     completed = storescu(node.port, list(study.pet_files) + list(study.ct_files))
     assert completed.returncode == 0, completed.stderr
 
@@ -158,10 +158,12 @@ def test_retry_counts_survive_a_restart(tmp_path: Path, make_settings, start_nod
     assert all(d.attempts >= before[d.id] + 1 for d in _deliveries(second))
 
 
-def test_dead_letter_shown_by_status_and_requeued_by_retry(tmp_path: Path, make_settings, start_node, capsys) -> None:
+def test_dead_letter_shown_by_status_and_requeued_by_retry(
+    tmp_path: Path, make_settings, start_node, capsys, database_url: str
+) -> None:
     port = free_port()
     study = write_study(tmp_path / "scanner", with_ct=False, shape_zyx=(30, 48, 48), lesions=DEFAULT_LESIONS[1:2])
-    settings = make_settings(destinations=_destination(port), dispatch={"max_attempts": 2})
+    settings = make_settings(database_url, destinations=_destination(port), dispatch={"max_attempts": 2})
     config = tmp_path / "config.yaml"
     config.write_text(__import__("yaml").safe_dump(settings.model_dump(mode="json")))
     node = start_node(settings)

@@ -149,3 +149,32 @@ def _texts_named(item: pydicom.Dataset, code_value: str) -> list[str]:
             found.append(child.TextValue)
         found += _texts_named(child, code_value)
     return found
+
+
+def test_study_without_avid_lesion_gets_an_sr_saying_so_and_no_seg(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in", with_ct=False, shape_zyx=(20, 48, 48), lesions=())
+    params = PetQuantSettings()
+    result = analyse_pet_series(list(study.pet_files), params)
+    assert result.lesions == ()
+    counter = iter(range(100))
+    report = write_pet_report(
+        result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
+    )
+    (sr_file,) = report.files
+    assert sr_file.kind == "SR" and dciodvfy_errors(sr_file.path) == []
+    sr = hd.sr.srread(sr_file.path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    assert any(text.startswith("0 FDG-avid lesion(s)") for text in texts)
+    assert _codes_named(sr, "121071") == ["260413007"]  # Finding: None
+
+
+def _codes_named(item: pydicom.Dataset, code_value: str) -> list[str]:
+    """Coded values of every CODE content item below `item` whose concept name has the code value."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        name = child.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == code_value and "ConceptCodeSequence" in child:
+            found.append(child.ConceptCodeSequence[0].CodeValue)
+        found += _codes_named(child, code_value)
+    return found
