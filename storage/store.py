@@ -17,7 +17,7 @@ import logging
 import threading
 from pathlib import Path
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -49,6 +49,19 @@ class InstanceStore:
         self._index_lock = threading.Lock()
         # Row ids of series already indexed (series rows are never deleted), to skip their look-up.
         self._series_ids: dict[str, tuple[int, int]] = {}
+        # The hot-path statements, built once. INSERT .. ON CONFLICT DO NOTHING: a known UID inserts
+        # nothing and takes the duplicate path.
+        dialect_insert = postgresql_insert if database.engine.dialect.name == "postgresql" else sqlite_insert
+        self._insert_instance = (
+            dialect_insert(Instance)
+            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+            .returning(Instance.id)
+        )
+        self._refresh_study = (
+            update(Study)
+            .where(Study.id == bindparam("study_id"), Study.state == StudyState.RECEIVING)
+            .values(last_received_at=bindparam("now"))
+        )
 
     def store(self, header: InstanceHeader, data: bytes, calling_ae_title: str) -> StoredInstance:
         """Raises storage.errors.OutOfResources or IndexUnavailable; on error nothing new is left behind."""
@@ -138,16 +151,10 @@ class InstanceStore:
             )
         return study_id, series_id
 
-    def _insert_instance(self):  # noqa: ANN202 - a dialect's Insert construct
-        dialect = self.database.engine.dialect.name
-        return (postgresql_insert if dialect == "postgresql" else sqlite_insert)(Instance)
-
     def _mark_received(self, session: Session | Connection, study_id: int, study_uid: str) -> None:
         """Refresh the study's last-received time; a complete study re-opens at the next revision."""
         now = utcnow()
-        refreshed = session.execute(
-            update(Study).where(Study.id == study_id, Study.state == StudyState.RECEIVING).values(last_received_at=now)
-        )
+        refreshed = session.execute(self._refresh_study, {"study_id": study_id, "now": now})
         if refreshed.rowcount == 0:
             session.execute(
                 update(Study)
@@ -161,24 +168,21 @@ class InstanceStore:
         self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
     ) -> None:
         study_id, series_id = self._ids(session, header)
-        # INSERT .. ON CONFLICT DO NOTHING: a known UID inserts nothing and takes the duplicate path.
         inserted = session.execute(
-            self._insert_instance()
-            .values(
-                sop_instance_uid=header.sop_instance_uid,
-                sop_class_uid=header.sop_class_uid,
-                series_fk=series_id,
-                instance_number=header.instance_number,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                path=self.layout.relative(path),
-                size_bytes=size,
-                sha256=digest,
-                calling_ae_title=calling_ae_title[:16],
-                received_at=utcnow(),
-                times_received=1,
-            )
-            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
-            .returning(Instance.id)
+            self._insert_instance,
+            {
+                "sop_instance_uid": header.sop_instance_uid,
+                "sop_class_uid": header.sop_class_uid,
+                "series_fk": series_id,
+                "instance_number": header.instance_number,
+                "transfer_syntax_uid": header.transfer_syntax_uid,
+                "path": self.layout.relative(path),
+                "size_bytes": size,
+                "sha256": digest,
+                "calling_ae_title": calling_ae_title[:16],
+                "received_at": utcnow(),
+                "times_received": 1,
+            },
         )
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
         if inserted.first() is None:
