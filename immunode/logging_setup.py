@@ -15,7 +15,6 @@ def configure_logging(settings: LoggingSettings) -> None:
         settings.file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(settings.file, encoding="utf-8"))
     logging.basicConfig(level=settings.level, format=FORMAT, handlers=handlers, force=True)
-    # pynetdicom logs every PDU at INFO; keep its association summaries only.
     # pynetdicom logs every PDU, highdicom every copied module, apscheduler every poll at INFO: warnings only.
     for chatty in ("pynetdicom", "highdicom", "apscheduler"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
