@@ -152,6 +152,31 @@ def cmd_process(args: argparse.Namespace) -> int:
     return 0 if reports else 1
 
 
+def cmd_cytact_from_expression(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from models.expression_scores import cytact_scores, read_expression
+
+    try:
+        table = read_expression(Path(args.file))
+        scores = cytact_scores(table)
+    except ModelError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"# {args.file}: {len(table.samples)} samples, {len(table.genes)} genes, read as {table.orientation}",
+        file=sys.stderr,
+    )
+    lines = ["sample,cytact,ifng6"] + [
+        f"{sample},{cytact:.6f},{'' if ifng is None else f'{ifng:.6f}'}" for sample, (cytact, ifng) in scores.items()
+    ]
+    output = "\n".join(lines) + "\n"
+    if args.out:
+        Path(args.out).write_text(output)
+    else:
+        sys.stdout.write(output)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"immunode {__version__}")
@@ -172,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     process.add_argument("path")
     process.add_argument("--out", required=True)
     process.set_defaults(handler=cmd_process)
+    expression = commands.add_parser(
+        "cytact-from-expression", help="CytAct (GZMA, PRF1) and 6-gene IFN-gamma scores from an RNA-seq table"
+    )
+    expression.add_argument("file")
+    expression.add_argument("--out", help="write the CSV here instead of standard output")
+    expression.set_defaults(handler=cmd_cytact_from_expression)
     return parser
 
 

@@ -123,6 +123,18 @@ class DispatchSettings(Strict):
     timeout_s: float = Field(30.0, gt=0)
 
 
+class CytActSettings(Strict):
+    """Lesion CytAct prediction and the patient-level biomarkers of the PET immune-profiling method."""
+
+    enabled: bool = True
+    # None: the shipped synthetic demonstration weights (models/weights/cytact-synthetic-v1.pt).
+    weights: Path | None = None
+    # Patients whose minimum lesion CytAct is below this value form the "low" group (the method's cut-off).
+    low_group_cutoff: float = -0.107
+    # Variance of lesion CytAct above which a patient's lesions are "heterogeneous" (our documented choice).
+    heterogeneity_variance_cutoff: float = Field(0.1, ge=0)
+
+
 class PetQuantSettings(Strict):
     """Parameters of the PET lesion quantification (adaptive threshold after the PET immune-profiling method)."""
 
@@ -136,6 +148,7 @@ class PetQuantSettings(Strict):
     background_inner_mm: float = Field(10.0, ge=0)
     background_outer_mm: float = Field(20.0, gt=0)
     peak_sphere_ml: float = Field(1.0, gt=0)
+    cytact: CytActSettings = CytActSettings()
 
     @model_validator(mode="after")
     def _shell_is_a_shell(self) -> PetQuantSettings:

@@ -9,7 +9,9 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from dicom_node.dispatch import dispatch_due
 from dicom_node.scp import StorageSCP
-from immunode.config import Settings
+from immunode.config import ConfigError, Settings
+from models.errors import ModelError
+from models.serving import load_cytact
 from pipelines import flow
 from pipelines.worker import JobRunner
 from storage.database import Database
@@ -19,8 +21,27 @@ from storage.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 
+def verify_model_weights(settings: Settings) -> None:
+    """Refuse to start with configured weights that are missing or do not match their model card."""
+    cytact = settings.pipelines.pet_quant.cytact
+    if not cytact.enabled:
+        return
+    try:
+        _, card = load_cytact(cytact.weights)
+    except ModelError as error:
+        raise ConfigError(f"pipelines.pet_quant.cytact.weights: {error}") from None
+    logger.info(
+        "CytAct weights %s %s sha256 %s%s",
+        card.name,
+        card.version,
+        card.sha256[:16],
+        " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else "",
+    )
+
+
 class Node:
     def __init__(self, settings: Settings) -> None:
+        verify_model_weights(settings)
         self.settings = settings
         self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
         self.database = Database(settings.database_url)

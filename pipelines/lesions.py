@@ -20,6 +20,7 @@ from scipy import ndimage
 
 from immunode.config import PetQuantSettings
 from pipelines.geometry import index_to_patient
+from pipelines.recist import axial_diameters
 from pipelines.types import Lesion, LesionMeasurements, PetVolume, VolumeGeometry
 
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -116,6 +117,7 @@ def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion
 
         claimed[box] |= lesion_box
         tight = ndimage.find_objects(lesion_box.astype(np.uint8))[0]
+        diameters = axial_diameters(lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0])
         offset = tuple(b.start + t.start for b, t in zip(box, tight))
         centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
         centroid_mm = index_to_patient(geometry, centroid_index)
@@ -136,6 +138,9 @@ def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion
                     i70_suv=i70,
                     background_suv=background,
                     centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
+                    long_axis_mm=diameters.long_axis_mm,
+                    short_axis_mm=diameters.short_axis_mm,
+                    recist_target=diameters.target,
                 ),
                 offset=offset,  # type: ignore[arg-type]
                 mask=lesion_box[tight].copy(),

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from immunode import __version__
 from immunode.config import PetQuantSettings
+from models.errors import ModelError
+from pipelines.cytact import lesion_cytact
 from pipelines.lesions import segment_lesions
 from pipelines.pet_volume import load_pet_volume
 from pipelines.types import AlgorithmIdentity, PetQuantResult
@@ -25,7 +27,7 @@ ALGORITHM_NAME = "immunode-pet-lesions"
 
 def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
     # No trained weights: the identity hash covers the parameters that produced the result.
-    parameters = json.dumps(params.model_dump(), sort_keys=True)
+    parameters = json.dumps(params.model_dump(mode="json"), sort_keys=True)
     return AlgorithmIdentity(
         name=ALGORITHM_NAME,
         version=__version__,
@@ -37,6 +39,18 @@ def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
 def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQuantResult:
     volume = load_pet_volume(paths)
     lesions = segment_lesions(volume, params)
+    cytact, not_computed = None, ""
+    if not params.cytact.enabled:
+        not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"
+    elif not lesions:
+        not_computed = "no lesion"
+    else:
+        try:
+            lesions, cytact = lesion_cytact(volume, lesions, params.cytact)
+        except ModelError as error:
+            # The SUV results stand on their own; the report says why CytAct is missing.
+            not_computed = str(error)
+            logger.error("series %s: CytAct not computed: %s", volume.series_instance_uid, error)
     logger.info(
         "series %s: %d lesion(s) above SUV %.2f (%s)",
         volume.series_instance_uid,
@@ -44,7 +58,13 @@ def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQu
         params.detection_suv_threshold,
         volume.conversion.method,
     )
-    return PetQuantResult(volume=volume, lesions=lesions, parameters=algorithm_identity(params).parameters)
+    return PetQuantResult(
+        volume=volume,
+        lesions=lesions,
+        parameters=algorithm_identity(params).parameters,
+        cytact=cytact,
+        cytact_not_computed=not_computed,
+    )
 
 
 def summarise(result: PetQuantResult) -> str:
@@ -56,7 +76,9 @@ def summarise(result: PetQuantResult) -> str:
         parts.append(
             f"{lesion.tracking_identifier}: SUVmax {m.suv_max:.2f}, SUVpeak {m.suv_peak:.2f}, "
             f"SUVmean {m.suv_mean:.2f}, "
-            f"MTV {m.metabolic_volume_ml:.2f} ml, TLG {m.total_lesion_glycolysis:.2f} g "
+            f"MTV {m.metabolic_volume_ml:.2f} ml, TLG {m.total_lesion_glycolysis:.2f} g, "
+            f"long axis {m.long_axis_mm:.1f} mm, short axis {m.short_axis_mm:.1f} mm"
+            f"{' (RECIST target size)' if m.recist_target else ''} "
             f"(T = {m.threshold_suv:.2f}: 0.3 x I70 {m.i70_suv:.2f} + background {m.background_suv:.2f})."
         )
     return " ".join(parts)

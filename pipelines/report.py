@@ -17,7 +17,15 @@ from pydicom.uid import generate_uid
 
 from immunode import __version__
 from pipelines.lesions import label_volume
-from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult, Report, ReportFile
+from pipelines.types import (
+    AlgorithmIdentity,
+    CytActSummary,
+    Lesion,
+    ModelIdentity,
+    PetQuantResult,
+    Report,
+    ReportFile,
+)
 from pipelines.validation import validate_report, validate_segmentation
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,16 @@ QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Ev
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
 NONE_FOUND = hd.sr.CodedConcept("260413007", "SCT", "None")
+# No standard code exists for these concepts yet: a private coding scheme, named in the SR.
+PRIVATE_SCHEME = "99IMMUNODE"
+CYTACT = hd.sr.CodedConcept("CYTACT", PRIVATE_SCHEME, "Cytolytic activity score (predicted)")
+CYTACT_GROUP = hd.sr.CodedConcept("CYTACT_GROUP", PRIVATE_SCHEME, "CytAct group (minimum vs cut-off)")
+CYTACT_HETEROGENEITY = hd.sr.CodedConcept("CYTACT_HET", PRIVATE_SCHEME, "CytAct heterogeneity (variance vs cut-off)")
+VARIANCE = hd.sr.CodedConcept("VARIANCE", PRIVATE_SCHEME, "Variance")
+UNIT_NONE = hd.sr.CodedConcept("1", "UCUM", "no units")
+UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+RECIST_TARGET = hd.sr.CodedConcept("RECIST_TARGET", PRIVATE_SCHEME, "Meets RECIST 1.1 target lesion size rule")
+SYNTHETIC_WEIGHTS = "SYNTHETIC DEMONSTRATION WEIGHTS - trained on simulated lesions, no biological meaning"
 
 
 # Maximum value lengths of the string VRs that patient/study attributes copied from the source use.
@@ -129,8 +147,71 @@ def _referenced_segment(
     )
 
 
+def _model_algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
+    parameters = [f"sha256:{model.weights_sha256}"] + (["synthetic demonstration weights"] if model.synthetic else [])
+    return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=parameters)
+
+
+def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    algorithm = _model_algorithm(summary.model)
+
+    def value(number: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(
+            name=CYTACT, value=number, unit=UNIT_NONE, derivation=derivation, algorithm_id=algorithm
+        )
+
+    measurements = [
+        value(summary.minimum, codes.SCT.Minimum),
+        value(summary.mean, codes.SCT.Mean),
+        value(summary.maximum, codes.SCT.Maximum),
+    ]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(CYTACT_GROUP, codes.SCT.Low if summary.low_group else codes.SCT.High),
+    ]
+    if summary.variance is not None:
+        measurements.append(value(summary.variance, VARIANCE))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                CYTACT_HETEROGENEITY, codes.SCT.High if summary.heterogeneous else codes.SCT.Low
+            )
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-cytact", series_uid]),
+            identifier="Patient-level CytAct",
+        ),
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def cytact_statement(result: PetQuantResult) -> str:
+    summary = result.cytact
+    if summary is None:
+        return f"CytAct not computed: {result.cytact_not_computed or 'no lesion'}."
+    text = (
+        f"CytAct by {summary.model.name} {summary.model.version} (weights sha256:{summary.model.weights_sha256}): "
+        f"minimum {summary.minimum:.3f} ({'low' if summary.low_group else 'high'} group, cut-off "
+        f"{summary.low_group_cutoff}), mean {summary.mean:.3f}, maximum {summary.maximum:.3f}"
+    )
+    if summary.variance is not None:
+        text += (
+            f", variance {summary.variance:.3f} ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
+            f"cut-off {summary.heterogeneity_cutoff})"
+        )
+    text += ". Research reference, not a prediction of treatment response for this patient."
+    if summary.model.synthetic:
+        text += f" {SYNTHETIC_WEIGHTS}."
+    return text
+
+
 def _lesion_group(
-    lesion: Lesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset], identity: AlgorithmIdentity
+    lesion: Lesion,
+    segmentation: hd.seg.Segmentation,
+    source_images: Sequence[Dataset],
+    identity: AlgorithmIdentity,
+    model: ModelIdentity | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     algorithm = _sr_algorithm(identity)
     m = lesion.measurements
@@ -154,16 +235,27 @@ def _lesion_group(
             algorithm_id=algorithm,
         ),
     ]
+    measurements += [
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=m.long_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
+        hd.sr.Measurement(name=codes.SCT.ShortAxis, value=m.short_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
+    ]
+    if lesion.cytact is not None and model is not None:
+        measurements.append(
+            hd.sr.Measurement(name=CYTACT, value=lesion.cytact, unit=UNIT_NONE, algorithm_id=_model_algorithm(model))
+        )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
         referenced_segment=_referenced_segment(lesion, segmentation, source_images),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No)
+        ],
     )
 
 
-def _research_use_container(summary: str) -> hd.sr.ContainerContentItem:
+def _research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -174,6 +266,9 @@ def _research_use_container(summary: str) -> hd.sr.ContainerContentItem:
         hd.sr.TextContentItem(
             name=COMMENT, value=summary[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
         ),
+    ] + [
+        hd.sr.TextContentItem(name=COMMENT, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for text in statements
     ]
     return container
 
@@ -198,10 +293,15 @@ def build_measurement_report(
         )
     )
     groups = (
-        [_lesion_group(lesion, segmentation, source_images, identity) for lesion in result.lesions]
+        [
+            _lesion_group(lesion, segmentation, source_images, identity, result.cytact.model if result.cytact else None)
+            for lesion in result.lesions
+        ]
         if segmentation
         else []
     )
+    if groups and result.cytact is not None:
+        groups.append(_patient_cytact_group(result.cytact, result.volume.series_instance_uid))
     if not groups:
         # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
         groups = [
@@ -222,7 +322,7 @@ def build_measurement_report(
         procedure_reported=PET_WHOLE_BODY,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_research_use_container(summary))
+    report[0].ContentSequence.append(_research_use_container(summary, [cytact_statement(result)]))
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
     document = hd.sr.Comprehensive3DSR(
         evidence=evidence,

@@ -140,6 +140,9 @@ class LesionMeasurements:
     i70_suv: float
     background_suv: float
     centroid_mm: tuple[float, float, float]
+    long_axis_mm: float  # RECIST 1.1 in-plane diameters measured on the mask
+    short_axis_mm: float
+    recist_target: bool  # meets the RECIST 1.1 size rule for a target lesion
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,9 +155,33 @@ class Lesion:
     # of the PET volume: whole-volume masks of many lesions would cost gigabytes.
     offset: tuple[int, int, int]
     mask: np.ndarray = field(repr=False)
+    cytact: float | None = None  # predicted cytolytic activity score, when the model ran
 
     def box(self) -> tuple[slice, slice, slice]:
         return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+    weights_sha256: str
+    synthetic: bool  # trained on synthetic demonstration data only
+
+
+@dataclass(frozen=True)
+class CytActSummary:
+    """Patient-level biomarkers from lesion CytAct (PET immune-profiling method)."""
+
+    model: ModelIdentity
+    minimum: float  # the representative value
+    mean: float
+    maximum: float
+    variance: float | None  # across lesions, when there are two or more
+    low_group: bool  # minimum below the cut-off
+    low_group_cutoff: float
+    heterogeneous: bool | None  # variance above the cut-off; None with fewer than two lesions
+    heterogeneity_cutoff: float
 
 
 @dataclass(frozen=True, eq=False)
@@ -162,6 +189,8 @@ class PetQuantResult:
     volume: PetVolume
     lesions: tuple[Lesion, ...]
     parameters: str  # the effective parameters, recorded in the report
+    cytact: CytActSummary | None = None
+    cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
 
 
 @dataclass(frozen=True)

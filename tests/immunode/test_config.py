@@ -80,3 +80,16 @@ def test_serve_with_invalid_config_stops_with_message_not_traceback(tmp_path: Pa
     assert completed.returncode == 2
     assert "node.ae_titel: unknown key" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_node_refuses_to_start_with_weights_that_do_not_match_their_card(tmp_path: Path, make_settings) -> None:
+    from immunode.service import Node
+    from models.cards import card_path
+    from models.serving import SHIPPED_CYTACT_WEIGHTS
+
+    tampered = tmp_path / SHIPPED_CYTACT_WEIGHTS.name
+    tampered.write_bytes(SHIPPED_CYTACT_WEIGHTS.read_bytes()[:-1])
+    card_path(tampered).write_text(card_path(SHIPPED_CYTACT_WEIGHTS).read_text())
+    settings = make_settings(pipelines={"pet_quant": {"cytact": {"weights": str(tampered)}}})
+    with pytest.raises(ConfigError, match="pipelines.pet_quant.cytact.weights: .*refused"):
+        Node(settings)

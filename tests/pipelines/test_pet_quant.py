@@ -39,6 +39,9 @@ def test_synthetic_lesions_found_and_measured(tmp_path: Path, vendor: str) -> No
         assert m.suv_mean <= m.suv_peak <= m.suv_max
         assert m.total_lesion_glycolysis == pytest.approx(m.suv_mean * m.metabolic_volume_ml)
         assert m.threshold_suv == pytest.approx(0.3 * m.i70_suv + m.background_suv)
+        # RECIST diameters on the mask: the sphere's diameter within two 4 mm voxels; all are target-sized.
+        assert m.long_axis_mm == pytest.approx(2 * truth.radius_mm, abs=8.0)
+        assert m.short_axis_mm <= m.long_axis_mm and m.recist_target
 
 
 def test_slice_order_comes_from_geometry_not_instance_number(tmp_path: Path) -> None:
@@ -132,6 +135,8 @@ def test_report_objects_validate_and_read_back(tmp_path: Path) -> None:
         assert names[("126401", codes.SCT.Maximum.value)].value == pytest.approx(lesion.measurements.suv_max, rel=1e-6)
         assert names[("126401", codes.SCT.Maximum.value)].unit.value == "{SUVbw}g/ml"
         assert names[("126032", None)].unit.value == "ml"
+        assert names[("103339001", None)].value == pytest.approx(lesion.measurements.long_axis_mm, rel=1e-6)
+        assert names[("103340004", None)].unit.value == "mm"
         assert names[("126033", None)].value == pytest.approx(lesion.measurements.total_lesion_glycolysis, rel=1e-6)
         algorithm_texts = _texts_named(group[0], "111001") + _texts_named(group[0], "111003")
         assert identity.name in algorithm_texts and identity.version in algorithm_texts
@@ -178,3 +183,59 @@ def _codes_named(item: pydicom.Dataset, code_value: str) -> list[str]:
             found.append(child.ConceptCodeSequence[0].CodeValue)
         found += _codes_named(child, code_value)
     return found
+
+
+def _numbers_named(item: pydicom.Dataset, code_value: str) -> list[float]:
+    found = []
+    for child in item.get("ContentSequence", []):
+        name = child.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == code_value and "MeasuredValueSequence" in child:
+            found.append(float(child.MeasuredValueSequence[0].NumericValue))
+        found += _numbers_named(child, code_value)
+    return found
+
+
+def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in", with_ct=False)
+    params = PetQuantSettings()
+    result = analyse_pet_series(list(study.pet_files), params)
+    summary = result.cytact
+    assert summary is not None and summary.model.synthetic
+    scores = [lesion.cytact for lesion in result.lesions]
+    assert summary.minimum == pytest.approx(min(scores)) and summary.maximum == pytest.approx(max(scores))
+    assert summary.variance == pytest.approx(float(np.var(scores, ddof=1)))
+    assert summary.low_group == (min(scores) < -0.107)
+    counter = iter(range(100))
+    report = write_pet_report(
+        result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
+    )
+    sr_path = next(f.path for f in report.files if f.kind == "SR")
+    assert dciodvfy_errors(sr_path) == []
+    sr = hd.sr.srread(sr_path)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    for group, lesion in zip(groups, result.lesions):
+        assert _numbers_named(group[0], "CYTACT") == [pytest.approx(lesion.cytact, rel=1e-6)]
+    all_cytact = _numbers_named(sr, "CYTACT")
+    # Per lesion, then the patient-level minimum, mean, maximum and variance.
+    assert all_cytact[len(scores) :] == [
+        pytest.approx(v, rel=1e-6) for v in (summary.minimum, summary.mean, summary.maximum, summary.variance)
+    ]
+    assert "Patient-level CytAct" in _texts_named(sr, "112039")  # Tracking Identifier
+    expected_group = "62482003" if summary.low_group else "75540009"
+    assert _codes_named(sr, "CYTACT_GROUP") == [expected_group]
+    texts = " ".join(item.TextValue for item in sr.ContentSequence[-1].ContentSequence)
+    assert "SYNTHETIC DEMONSTRATION WEIGHTS" in texts and summary.model.weights_sha256 in texts
+
+
+def test_mismatching_weights_leave_cytact_out_and_say_why(tmp_path: Path) -> None:
+    from models.cards import card_path
+    from models.serving import SHIPPED_CYTACT_WEIGHTS
+
+    tampered = tmp_path / SHIPPED_CYTACT_WEIGHTS.name
+    tampered.write_bytes(SHIPPED_CYTACT_WEIGHTS.read_bytes() + b"x")
+    card_path(tampered).write_text(card_path(SHIPPED_CYTACT_WEIGHTS).read_text())
+    params = PetQuantSettings.model_validate({"cytact": {"weights": str(tampered)}})
+    study = write_study(tmp_path / "in", with_ct=False, shape_zyx=(30, 48, 48), lesions=DEFAULT_LESIONS[1:2])
+    result = analyse_pet_series(list(study.pet_files), params)
+    assert result.cytact is None and "refused" in result.cytact_not_computed
+    assert result.lesions[0].measurements.suv_max > 5  # the SUV results stand
