@@ -177,6 +177,32 @@ def cmd_cytact_from_expression(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
+    from pipelines import outcomes
+    from storage import index
+
+    settings = _settings(args)
+    try:
+        rows = outcomes.read_outcomes(Path(args.outcomes))
+    except (OSError, outcomes.OutcomeTableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    with _index_session(args) as session:
+        cytact = index.latest_lesion_cytact_by_patient(session)
+    table, unmatched = outcomes.joined_table(rows, cytact)
+    if len(table) < 3:
+        print(
+            f"error: only {len(table)} patient(s) of the outcome table have CytAct results in the node", file=sys.stderr
+        )
+        return 1
+    cutoff = settings.pipelines.pet_quant.cytact.low_group_cutoff
+    result = outcomes.analyse(table, cutoff)
+    result.unmatched = unmatched
+    report = outcomes.write_report(table, result, cutoff, Path(args.out))
+    print(f"report: {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"immunode {__version__}")
@@ -203,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     expression.add_argument("file")
     expression.add_argument("--out", help="write the CSV here instead of standard output")
     expression.set_defaults(handler=cmd_cytact_from_expression)
+    analyse = commands.add_parser(
+        "analyse-outcomes", help="join lesion CytAct with an outcome table; statistics and plots (research use)"
+    )
+    analyse.add_argument("--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events")
+    analyse.add_argument("--out", default="outcome-report", help="folder for report.md, plots and patients.csv")
+    analyse.set_defaults(handler=cmd_analyse_outcomes)
     return parser
 
 

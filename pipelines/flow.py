@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import write_pet_report
 from pipelines.routing import route
-from pipelines.types import Report, ReportFile
+from pipelines.types import PetQuantResult, Report, ReportFile
 from storage import index
 from storage.database import Database
 from storage.files import FileLayout
@@ -48,11 +49,13 @@ def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
     return job_ids
 
 
-def _analyse_and_report_series(settings: Settings, paths: list[Path], previous_report: Path | None, new_path) -> Report:  # noqa: ANN001 - new_path: () -> Path
+def _analyse_and_report_series(
+    settings: Settings, paths: list[Path], previous_report: Path | None, new_path: Callable[[], Path]
+) -> tuple[PetQuantResult, Report]:
     params = settings.pipelines.pet_quant
     result = analyse_pet_series(paths, params)
     previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
-    return write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
+    return result, write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
 
 
 def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
@@ -66,13 +69,14 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")
         return JobState.FAILED
     produced: list[tuple[ReportFile, str, int | None]] = []
+    results: list[PetQuantResult] = []
     problems: list[str] = []
     summaries: list[str] = []
     for series_uid, paths in sorted(inputs.items()):
         with database.session() as session:
             previous = index.previous_report_path(session, layout, study_uid, series_uid, job_id)
         try:
-            report = _analyse_and_report_series(
+            result, report = _analyse_and_report_series(
                 settings, paths, previous[1] if previous else None, lambda: layout.new_output_path(job_id)
             )
         except PipelineError as error:
@@ -80,6 +84,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             logger.warning("job %d series %s: %s", job_id, series_uid, error)
             continue
         summaries.append(report.summary)
+        results.append(result)
         produced += [(f, series_uid, previous[0] if previous and f.kind == "SR" else None) for f in report.files]
     destinations = [d.name for d in settings.result_destinations()]
     with database.session() as session:
@@ -88,6 +93,8 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             index.finish_job(session, job_id, JobState.FAILED, reason)
             return JobState.FAILED
         index.record_outputs(session, layout, job_id, produced, destinations)
+        for result in results:
+            index.record_lesion_results(session, job_id, result)
         detail = " ".join(summaries) + (" Not analysed: " + "; ".join(problems) if problems else "")
         index.finish_job(session, job_id, JobState.SUCCEEDED, detail)
     return JobState.SUCCEEDED
@@ -115,11 +122,10 @@ def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[Re
     reports = []
     for series_uid, paths in sorted(series.items()):
         try:
-            reports.append(
-                _analyse_and_report_series(
-                    settings, paths, None, lambda: out / f"{series_uid[-24:]}-{next(counter):03d}.dcm"
-                )
+            _, report = _analyse_and_report_series(
+                settings, paths, None, lambda: out / f"{series_uid[-24:]}-{next(counter):03d}.dcm"
             )
+            reports.append(report)
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")
     return reports, problems

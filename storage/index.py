@@ -12,7 +12,15 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from pipelines.types import CompletedStudy, DueDelivery, JobSpec, ReportFile, RouteDecision, SeriesSummary
+from pipelines.types import (
+    CompletedStudy,
+    DueDelivery,
+    JobSpec,
+    PetQuantResult,
+    ReportFile,
+    RouteDecision,
+    SeriesSummary,
+)
 from storage.files import FileLayout
 from storage.schema import (
     Delivery,
@@ -21,8 +29,10 @@ from storage.schema import (
     Instance,
     Job,
     JobState,
+    LesionResult,
     Output,
     OutputKind,
+    Patient,
     Series,
     Study,
     StudyState,
@@ -187,6 +197,52 @@ def record_outputs(
         session.flush()
         for name in destinations:
             session.add(Delivery(output_fk=output.id, destination=name))
+
+
+def record_lesion_results(session: Session, job_id: int, result: PetQuantResult) -> None:
+    model = result.cytact.model if result.cytact else None
+    for lesion in result.lesions:
+        m = lesion.measurements
+        session.add(
+            LesionResult(
+                job_fk=job_id,
+                series_instance_uid=result.volume.series_instance_uid,
+                lesion_number=lesion.number,
+                tracking_uid=lesion.tracking_uid,
+                suv_max=m.suv_max,
+                suv_mean=m.suv_mean,
+                suv_peak=m.suv_peak,
+                metabolic_volume_ml=m.metabolic_volume_ml,
+                total_lesion_glycolysis=m.total_lesion_glycolysis,
+                long_axis_mm=m.long_axis_mm,
+                short_axis_mm=m.short_axis_mm,
+                recist_target=m.recist_target,
+                cytact=lesion.cytact,
+                cytact_model=f"{model.name} {model.version} sha256:{model.weights_sha256[:16]}" if model else "",
+            )
+        )
+
+
+def latest_lesion_cytact_by_patient(session: Session) -> dict[tuple[str, str], list[float]]:
+    """(PatientID, IssuerOfPatientID) → lesion CytAct of that patient's most recent successful analysis."""
+    latest_job = (
+        select(Patient.patient_id, Patient.issuer_of_patient_id, func.max(Job.id).label("job_id"))
+        .join(Study, Study.patient_fk == Patient.id)
+        .join(Job, Job.study_fk == Study.id)
+        .join(LesionResult, LesionResult.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, LesionResult.cytact.is_not(None))
+        .group_by(Patient.patient_id, Patient.issuer_of_patient_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(latest_job.c.patient_id, latest_job.c.issuer_of_patient_id, LesionResult.cytact)
+        .join(LesionResult, LesionResult.job_fk == latest_job.c.job_id)
+        .where(LesionResult.cytact.is_not(None))
+    ).all()
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for patient_id, issuer, cytact in rows:
+        scores[(patient_id, issuer)].append(float(cytact))
+    return dict(scores)
 
 
 def finish_job(session: Session, job_id: int, state: JobState, detail: str) -> None:

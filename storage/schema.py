@@ -11,8 +11,10 @@ from datetime import datetime, timezone
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -188,6 +190,30 @@ class Delivery(Base):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
     output: Mapped[Output] = relationship(back_populates="deliveries")
+
+
+class LesionResult(Base):
+    """One lesion's measurements and CytAct from a job: the results that research queries join."""
+
+    __tablename__ = "lesion_results"
+    __table_args__ = (UniqueConstraint("job_fk", "series_instance_uid", "lesion_number", name="uq_lesion_result"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    lesion_number: Mapped[int] = mapped_column(Integer)
+    tracking_uid: Mapped[str] = mapped_column(String(64))
+    suv_max: Mapped[float] = mapped_column(Float)
+    suv_mean: Mapped[float] = mapped_column(Float)
+    suv_peak: Mapped[float] = mapped_column(Float)
+    metabolic_volume_ml: Mapped[float] = mapped_column(Float)
+    total_lesion_glycolysis: Mapped[float] = mapped_column(Float)
+    long_axis_mm: Mapped[float] = mapped_column(Float)
+    short_axis_mm: Mapped[float] = mapped_column(Float)
+    recist_target: Mapped[bool] = mapped_column(Boolean)
+    cytact: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Identity of the model that predicted `cytact` (empty when none ran).
+    cytact_model: Mapped[str] = mapped_column(String(128), default="")
 
 
 class Event(Base):

@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from immunode.cli import main as cli_main
 from immunode.service import Node
-from storage.schema import Delivery, DeliveryState, Event, Job, JobState, Study, StudyState
+from storage.schema import Delivery, DeliveryState, Event, Job, JobState, LesionResult, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
@@ -79,6 +79,9 @@ def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
 
     (job,) = _jobs(node)
     assert job.state is JobState.SUCCEEDED and job.pipeline == "pet_quant"
+    with node.database.session() as session:
+        stored = session.scalars(select(LesionResult).where(LesionResult.job_fk == job.id)).all()
+    assert len(stored) == len(DEFAULT_LESIONS) and all(r.cytact is not None for r in stored)
     assert all(d.state is DeliveryState.SENT and d.attempts == 1 for d in _deliveries(node))
 
     # A late instance re-opens the study; the re-run's SR supersedes the first.
