@@ -148,6 +148,8 @@ class PetQuantSettings(Strict):
     background_inner_mm: float = Field(10.0, ge=0)
     background_outer_mm: float = Field(20.0, gt=0)
     peak_sphere_ml: float = Field(1.0, gt=0)
+    # Semi-automatic mode: how far from a reader's seed the lesion maximum is looked for.
+    seed_search_mm: float = Field(10.0, gt=0)
     cytact: CytActSettings = CytActSettings()
 
     @model_validator(mode="after")

@@ -25,3 +25,10 @@ def index_to_patient(geometry: VolumeGeometry, index_zyx: np.ndarray) -> np.ndar
     """Patient coordinates (mm) of fractional voxel indices given as [slice, row, column]."""
     index_xyz = np.asarray(index_zyx, dtype=float)[..., ::-1]
     return np.asarray(geometry.origin_mm) + (index_xyz * np.asarray(geometry.spacing_mm)) @ direction_matrix(geometry).T
+
+
+def patient_to_index(geometry: VolumeGeometry, points_mm: np.ndarray) -> np.ndarray:
+    """Fractional voxel indices [slice, row, column] of patient coordinates (mm)."""
+    relative = np.asarray(points_mm, dtype=float) - np.asarray(geometry.origin_mm)
+    index_xyz = (relative @ direction_matrix(geometry)) / np.asarray(geometry.spacing_mm)
+    return index_xyz[..., ::-1]

@@ -13,13 +13,14 @@ sphere, centred in the lesion, with the highest mean), metabolic tumour volume, 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from immunode.config import PetQuantSettings
-from pipelines.geometry import index_to_patient
+from pipelines.geometry import index_to_patient, patient_to_index
 from pipelines.recist import axial_diameters
 from pipelines.types import Lesion, LesionMeasurements, PetVolume, VolumeGeometry
 
@@ -63,20 +64,58 @@ def tracking_uid(study_uid: str, series_uid: str, centroid_mm: np.ndarray) -> st
     return generate_uid(prefix=None, entropy_srcs=["immunode-lesion", study_uid, series_uid, position])
 
 
-def segment_lesions(volume: PetVolume, params: PetQuantSettings) -> tuple[Lesion, ...]:
+def seeded_candidates(
+    volume: PetVolume, seeds_mm: Sequence[Sequence[float]], params: PetQuantSettings
+) -> tuple[np.ndarray, int]:
+    """Candidate regions from reader-placed seeds (semi-automatic mode, as in the method): the hottest voxel
+    within `seed_search_mm` of each seed, and the connected voxels above half of it around that maximum,
+    limited to `seed_search_mm` + `background_inner_mm`. Seeds outside the volume or on no uptake are skipped."""
+    suv = volume.suv
+    spacing = _array_spacing(volume.geometry)
+    labels = np.zeros(suv.shape, dtype=np.int32)
+    count = 0
+    reach = np.ceil((params.seed_search_mm + params.background_inner_mm) / spacing).astype(int) + 1
+    for seed in patient_to_index(volume.geometry, np.asarray(seeds_mm, dtype=float).reshape(-1, 3)):
+        centre = np.round(seed).astype(int)
+        if np.any(centre < 0) or np.any(centre >= suv.shape):
+            continue
+        box = tuple(slice(max(c - r, 0), min(c + r + 1, n)) for c, r, n in zip(centre, reach, suv.shape))
+        starts = np.array([b.start for b in box]).reshape(3, 1, 1, 1)
+        offsets = np.indices(tuple(b.stop - b.start for b in box)) + starts
+        squared = ((offsets - seed.reshape(3, 1, 1, 1)) * spacing.reshape(3, 1, 1, 1)) ** 2
+        distance = np.sqrt(squared.sum(axis=0))
+        box_suv = suv[box]
+        near = distance <= params.seed_search_mm
+        peak = np.unravel_index(int(np.argmax(np.where(near, box_suv, -np.inf))), box_suv.shape)
+        if box_suv[peak] <= 0 or labels[box][peak]:
+            continue  # nothing there, or the lesion of an earlier seed
+        region = _component_containing((box_suv >= 0.5 * box_suv[peak]) & (labels[box] == 0), peak)
+        count += 1
+        labels[box][region & (distance <= params.seed_search_mm + params.background_inner_mm)] = count
+    return labels, count
+
+
+def segment_lesions(
+    volume: PetVolume, params: PetQuantSettings, seeds_mm: Sequence[Sequence[float]] | None = None
+) -> tuple[Lesion, ...]:
+    """Automatic detection, or (with seeds) the semi-automatic mode; then the adaptive threshold per lesion."""
     suv = volume.suv
     geometry = volume.geometry
     spacing = _array_spacing(geometry)
     voxel_ml = geometry.voxel_volume_ml
 
-    candidates = suv >= params.detection_suv_threshold
-    labels, count = ndimage.label(candidates, CONNECTIVITY)
+    if seeds_mm is None:
+        labels, count = ndimage.label(suv >= params.detection_suv_threshold, CONNECTIVITY)
+        minimum_ml = params.min_lesion_volume_ml
+    else:
+        labels, count = seeded_candidates(volume, seeds_mm, params)
+        minimum_ml = 0.0  # a reader said it is a lesion
     if count == 0:
         return ()
     index = np.arange(1, count + 1)
     voxel_counts = ndimage.sum_labels(np.ones_like(suv, dtype=np.int32), labels, index)
     maxima = ndimage.maximum(suv, labels, index)
-    kept = [int(i) for i, n in zip(index, voxel_counts) if n * voxel_ml >= params.min_lesion_volume_ml]
+    kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0 and n * voxel_ml >= minimum_ml]
     kept.sort(key=lambda i: -maxima[i - 1])
     kept = kept[: params.max_lesions]
     detected = labels > 0

@@ -239,3 +239,23 @@ def test_mismatching_weights_leave_cytact_out_and_say_why(tmp_path: Path) -> Non
     result = analyse_pet_series(list(study.pet_files), params)
     assert result.cytact is None and "refused" in result.cytact_not_computed
     assert result.lesions[0].measurements.suv_max > 5  # the SUV results stand
+
+
+def test_seeds_define_the_lesions_in_semi_automatic_mode(tmp_path: Path) -> None:
+    from pipelines.lesions import segment_lesions
+    from pipelines.pet_volume import load_pet_volume
+
+    study = write_study(tmp_path / "in", with_ct=False)
+    volume = load_pet_volume(list(study.pet_files))
+    params = PetQuantSettings()
+    automatic = segment_lesions(volume, params)
+    # A reader marks two of the four lesions, a few millimetres off their centres, plus a point on nothing.
+    seeds = [np.add(DEFAULT_LESIONS[0].centre_mm, 4.0), np.subtract(DEFAULT_LESIONS[2].centre_mm, 3.0), (0, -300, 0)]
+    seeded = segment_lesions(volume, params, seeds)
+    assert len(seeded) == 2
+    for truth in (DEFAULT_LESIONS[0], DEFAULT_LESIONS[2]):
+        lesion = min(seeded, key=lambda s: np.linalg.norm(np.subtract(s.measurements.centroid_mm, truth.centre_mm)))
+        assert np.linalg.norm(np.subtract(lesion.measurements.centroid_mm, truth.centre_mm)) < 2.0
+        same = min(automatic, key=lambda a: np.linalg.norm(np.subtract(a.measurements.centroid_mm, truth.centre_mm)))
+        # The adaptive threshold refines a seeded lesion exactly as it does a detected one.
+        assert lesion.measurements.voxel_count == same.measurements.voxel_count
