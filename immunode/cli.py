@@ -203,6 +203,33 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_cytact(args: argparse.Namespace) -> int:
+    from models.training import TrainingSettings
+    from pipelines.cytact_training import ManifestError, train_from_manifest
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    training = TrainingSettings(epochs=args.epochs, copies_per_lesion=args.copies, folds=args.folds)
+    try:
+        card = train_from_manifest(
+            Path(args.manifest),
+            Path(args.out),
+            settings.pipelines.pet_quant,
+            training,
+            args.name,
+            args.version,
+            args.training_data,
+            args.synthetic,
+        )
+    except (ManifestError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(f"weights {Path(args.out) / card.weights_file} sha256 {card.sha256}")
+    print(f"pooled out-of-fold Spearman rho {card.metrics['spearman_rho']} ({card.metrics['cross_validation']})")
+    print("Set pipelines.pet_quant.cytact.weights to this file to use it.")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"immunode {__version__}")
@@ -235,6 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events")
     analyse.add_argument("--out", default="outcome-report", help="folder for report.md, plots and patients.csv")
     analyse.set_defaults(handler=cmd_analyse_outcomes)
+    train = commands.add_parser("train", help="train a model")
+    models = train.add_subparsers(dest="model", required=True)
+    cytact = models.add_parser("cytact", help="the CytAct network from a manifest of PET lesions and targets")
+    cytact.add_argument("--manifest", required=True, help="CSV: pet, seed_x/seed_y/seed_z or mask, cytact")
+    cytact.add_argument("--out", default="cytact-weights", help="folder for the weights and their card")
+    cytact.add_argument("--name", default="immunode-cytact-cnn")
+    cytact.add_argument("--version", default="1.0.0")
+    cytact.add_argument("--epochs", type=int, default=12)
+    cytact.add_argument("--copies", type=int, default=15, help="rotated copies of each lesion per iteration")
+    cytact.add_argument("--folds", type=int, default=10)
+    cytact.add_argument("--training-data", default="", help="description of the cohort for the model card")
+    cytact.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+    cytact.set_defaults(handler=cmd_train_cytact)
     return parser
 
 

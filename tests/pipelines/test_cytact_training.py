@@ -1,0 +1,72 @@
+"""`immunode train cytact --manifest`: lesions from PET series by seed or mask, weights with a card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from immunode.cli import main as cli_main
+from models.cards import load_verified
+from models.synthetic_lesions import cytact_function
+from pipelines.geometry import to_sitk
+from pipelines.pet_volume import load_pet_volume
+from tests.synthetic import DEFAULT_LESIONS, write_study
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)
+
+
+def test_manifest_with_seeds_and_a_mask_trains_weights_with_a_card(tmp_path: Path, capsys) -> None:
+    rows = ["pet,seed_x,seed_y,seed_z,mask,cytact"]
+    for index in range(2):
+        study = write_study(tmp_path / f"s{index}", with_ct=False, shape_zyx=(70, 96, 96))
+        for lesion in DEFAULT_LESIONS:
+            x, y, z = lesion.centre_mm
+            rows.append(f"s{index}/PT,{x + 2},{y},{z},,{cytact_function(lesion.suv, 0.0, 0.1):.4f}")
+    # One lesion given as a NIfTI mask in the PET's frame instead of a seed.
+    volume = load_pet_volume(list(study.pet_files))
+    mask = np.zeros(volume.suv.shape, dtype=np.uint8)
+    mask[volume.suv > 6] = 1
+    sitk.WriteImage(to_sitk(mask, volume.geometry), str(tmp_path / "mask.nii.gz"))
+    rows.append("s1/PT,,,,mask.nii.gz,0.5")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "weights"
+    arguments = [
+        "train",
+        "cytact",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--copies",
+        "1",
+        "--folds",
+        "3",
+        "--version",
+        "0.0.1-test",
+    ]
+    assert cli_main(arguments) == 0
+    assert "pooled out-of-fold Spearman rho" in capsys.readouterr().out
+    _, card = load_verified(out / "immunode-cytact-cnn-0.0.1-test.pt")
+    assert card.metrics["lesions"] == 9 and card.metrics["cross_validation"].startswith("3-fold")
+    assert card.synthetic_training_data is False
+
+
+def test_manifest_row_without_uptake_names_its_row(tmp_path: Path, capsys) -> None:
+    write_study(tmp_path / "s", with_ct=False, shape_zyx=(20, 48, 48), lesions=())
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("pet,seed_x,seed_y,seed_z,cytact\n" + "s/PT,0,-300,0,0.1\n" * 4)
+    assert cli_main(["train", "cytact", "--manifest", str(manifest), "--out", str(tmp_path / "w")]) == 1
+    assert "row 2" in capsys.readouterr().err
