@@ -21,6 +21,7 @@ from pathlib import Path
 import pydicom
 
 from immunode.config import Settings
+from pipelines.annotations import ANNOTATION_CLASSES
 from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import write_pet_report
@@ -50,10 +51,15 @@ def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
 
 
 def _analyse_and_report_series(
-    settings: Settings, paths: list[Path], previous_report: Path | None, new_path: Callable[[], Path]
+    settings: Settings,
+    paths: list[Path],
+    previous_report: Path | None,
+    new_path: Callable[[], Path],
+    annotations: list[Path] | None = None,
+    images: dict[str, pydicom.Dataset] | None = None,
 ) -> tuple[PetQuantResult, Report]:
     params = settings.pipelines.pet_quant
-    result = analyse_pet_series(paths, params)
+    result = analyse_pet_series(paths, params, annotations or (), images)
     previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
     return result, write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
 
@@ -64,6 +70,14 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         job = session.get(Job, job_id)
         pipeline, study_uid = job.pipeline, job.study.study_instance_uid
         inputs = index.job_series_paths(session, layout, job_id)
+        annotations = list(index.study_instances(session, layout, job_id, ANNOTATION_CLASSES).values())
+        image_paths = index.study_instances(session, layout, job_id) if annotations else {}
+    # SR annotations in 2D image coordinates need the geometry of the image they point at.
+    images = {
+        uid: pydicom.dcmread(path, stop_before_pixels=True)
+        for uid, path in image_paths.items()
+        if path not in annotations
+    }
     if pipeline != "pet_quant":
         with database.session() as session:
             index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")
@@ -77,7 +91,12 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             previous = index.previous_report_path(session, layout, study_uid, series_uid, job_id)
         try:
             result, report = _analyse_and_report_series(
-                settings, paths, previous[1] if previous else None, lambda: layout.new_output_path(job_id)
+                settings,
+                paths,
+                previous[1] if previous else None,
+                lambda: layout.new_output_path(job_id),
+                annotations,
+                images,
             )
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")

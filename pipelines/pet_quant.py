@@ -15,6 +15,7 @@ from pathlib import Path
 from immunode import __version__
 from immunode.config import PetQuantSettings
 from models.errors import ModelError
+from pipelines.annotations import annotation_seeds
 from pipelines.cytact import lesion_cytact
 from pipelines.lesions import segment_lesions
 from pipelines.pet_volume import load_pet_volume
@@ -36,9 +37,14 @@ def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
     )
 
 
-def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQuantResult:
+def analyse_pet_series(
+    paths: Sequence[Path], params: PetQuantSettings, annotations: Sequence[Path] = (), images: dict | None = None
+) -> PetQuantResult:
+    """SUV volume, lesions and measurements. With reader annotations (SEG, RTSTRUCT, SR) in the PET's frame
+    of reference, their regions define the lesions (semi-automatic mode); otherwise automatic detection."""
     volume = load_pet_volume(paths)
-    lesions = segment_lesions(volume, params)
+    seeds = annotation_seeds(annotations, volume.frame_of_reference_uid, images or {}) if annotations else []
+    lesions = segment_lesions(volume, params, seeds or None)
     cytact, not_computed = None, ""
     if not params.cytact.enabled:
         not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"
@@ -64,12 +70,18 @@ def analyse_pet_series(paths: Sequence[Path], params: PetQuantSettings) -> PetQu
         parameters=algorithm_identity(params).parameters,
         cytact=cytact,
         cytact_not_computed=not_computed,
+        reader_seeds=len(seeds),
     )
 
 
 def summarise(result: PetQuantResult) -> str:
     conversion = result.volume.conversion
-    parts = [f"{len(result.lesions)} FDG-avid lesion(s) on PET series {result.volume.series_instance_uid}."]
+    parts = [f"{len(result.lesions)} FDG-avid lesion(s) on PET series {result.volume.series_instance_uid}"]
+    parts[0] += (
+        f", defined by {result.reader_seeds} reader annotation(s) (semi-automatic)."
+        if result.reader_seeds
+        else ", detected automatically."
+    )
     parts.append(f"SUV conversion: {conversion.method}.")
     for lesion in result.lesions:
         m = lesion.measurements

@@ -191,6 +191,7 @@ class PetQuantResult:
     parameters: str  # the effective parameters, recorded in the report
     cytact: CytActSummary | None = None
     cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
+    reader_seeds: int = 0  # semi-automatic mode: how many reader annotation seeds defined the lesions
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,22 @@ def job_series_paths(session: Session, layout: FileLayout, job_id: int) -> dict[
     return dict(paths)
 
 
+def study_instances(
+    session: Session, layout: FileLayout, job_id: int, sop_classes: set[str] | None = None
+) -> dict[str, Path]:
+    """SOP Instance UID → file of the job's study's received instances (optionally of some SOP classes),
+    leaving out objects this node produced itself (a PACS may send our SEG and SR back)."""
+    job = session.get(Job, job_id)
+    statement = (
+        select(Instance.sop_instance_uid, Instance.path)
+        .join(Series, Series.id == Instance.series_fk)
+        .where(Series.study_fk == job.study_fk, Instance.sop_instance_uid.not_in(select(Output.sop_instance_uid)))
+    )
+    if sop_classes is not None:
+        statement = statement.where(Instance.sop_class_uid.in_(sop_classes))
+    return {uid: layout.absolute(path) for uid, path in session.execute(statement).all()}
+
+
 def previous_report_path(
     session: Session, layout: FileLayout, study_uid: str, source_series_uid: str, job_id: int
 ) -> tuple[int, Path] | None:

@@ -16,11 +16,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     PositronEmissionTomographyImageStorage,
+    RTStructureSetStorage,
     generate_uid,
 )
 from scipy import ndimage
@@ -249,3 +251,63 @@ def write_study(
             ct.save_as(ct_path, enforce_file_format=True)
             ct_files.append(ct_path)
     return SyntheticStudy(study_uid, pet_uid, ct_uid, tuple(pet_files), tuple(ct_files), lesions, spacing_xyz)
+
+
+def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLesion, ...]) -> Path:
+    """A reader's RT Structure Set with one closed planar contour (an octagon at the centre slice) per lesion."""
+    pet = pydicom.dcmread(study.pet_files[0], stop_before_pixels=True)
+    ds = _base(
+        "RTSTRUCT",
+        study.study_uid,
+        generate_uid(),
+        pet.FrameOfReferenceUID,
+        RTStructureSetStorage,
+        datetime(2026, 3, 2, 11, 0),
+        pet.PatientID,
+        "siemens",
+    )
+    for keyword in (
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "ImageOrientationPatient",
+        "PatientPosition",
+        "BodyPartExamined",
+        "PositionReferenceIndicator",
+    ):
+        delattr(ds, keyword)
+    ds.Manufacturer = "Reader workstation"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesNumber = 50
+    ds.StructureSetLabel = "Lesions"
+    ds.StructureSetDate, ds.StructureSetTime = "20260302", "110000"
+    frame = Dataset()
+    frame.FrameOfReferenceUID = pet.FrameOfReferenceUID
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    rois, contours, observations = [], [], []
+    for number, lesion in enumerate(lesions, start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, pet.FrameOfReferenceUID, f"L{number}"
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        rois.append(roi)
+        cx, cy, cz = lesion.centre_mm
+        angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+        points = np.column_stack(
+            [cx + 0.7 * lesion.radius_mm * np.cos(angles), cy + 0.7 * lesion.radius_mm * np.sin(angles), np.full(8, cz)]
+        )
+        contour = Dataset()
+        contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 8
+        contour.ContourData = [f"{v:.2f}" for v in points.flatten()]
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
+        roi_contour.ContourSequence = [contour]
+        contours.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
+        observations.append(observation)
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = rois, contours, observations
+    ds.save_as(path, enforce_file_format=True)
+    return path

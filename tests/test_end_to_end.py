@@ -14,7 +14,7 @@ from immunode.cli import main as cli_main
 from immunode.service import Node
 from storage.schema import Delivery, DeliveryState, Event, Job, JobState, LesionResult, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
-from tests.synthetic import DEFAULT_LESIONS, write_study
+from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
 
 
 @pytest.fixture
@@ -98,6 +98,41 @@ def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
     with node.database.session() as session:
         assert session.scalar(select(Study.revision)) == 2
     assert [j.state for j in _jobs(node)] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+
+
+def test_reader_annotation_after_the_images_reruns_in_semi_automatic_mode(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
+    study = write_study(tmp_path / "scanner", with_ct=False)
+    node = start_node(make_settings(destinations=_destination(pacs.port)))
+    assert storescu(node.port, list(study.pet_files)).returncode == 0
+    wait_until(lambda: len(pacs.received()) >= 2, timeout_s=120)
+    # The reader contours two of the four lesions; the RTSTRUCT arrives after the analysis.
+    rtstruct = write_rtstruct(tmp_path / "rs.dcm", study, (DEFAULT_LESIONS[0], DEFAULT_LESIONS[3]))
+    assert storescu(node.port, [rtstruct]).returncode == 0
+    wait_until(lambda: len(pacs.received()) >= 4, timeout_s=120)
+    jobs = _jobs(node)
+    assert [j.state for j in jobs] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assert "detected automatically" in jobs[0].summary and "2 reader annotation(s)" in jobs[1].summary
+    segs = _by_class(pacs.received())["Segmentation Storage"]
+    assert sorted(len(s.SegmentSequence) for s in segs) == [2, 4]
+
+
+def test_reader_seg_sent_before_the_images_defines_the_lesions(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
+    from tests.pipelines.test_annotations import reader_seg
+
+    study = write_study(tmp_path / "scanner", with_ct=False)
+    seg = reader_seg(study, DEFAULT_LESIONS[2], tmp_path / "reader-seg.dcm")
+    node = start_node(make_settings(destinations=_destination(pacs.port)))
+    assert storescu(node.port, [seg], extra=["--required"]).returncode == 0  # propose the SEG class itself
+    assert storescu(node.port, list(study.pet_files)).returncode == 0
+    wait_until(lambda: len(pacs.received()) >= 2, timeout_s=120)
+    (job,) = _jobs(node)
+    assert "1 reader annotation(s)" in job.summary
+    (ours,) = _by_class(pacs.received())["Segmentation Storage"]
+    assert len(ours.SegmentSequence) == 1 and ours.Manufacturer == "immunode"
 
 
 def test_real_pet_ct_of_sts_002(make_settings, pacs: StoreSCP, start_node) -> None:
