@@ -135,6 +135,21 @@ class CytActSettings(Strict):
     heterogeneity_variance_cutoff: float = Field(0.1, ge=0)
 
 
+class PhysiologicalSettings(Strict):
+    """Physiological uptake excluded from automatic detection (see pipelines/physiological.py for the rules)."""
+
+    enabled: bool = True
+    brain: bool = True
+    myocardium: bool = True
+    kidneys: bool = True
+    bladder: bool = True
+    ureters: bool = True
+    brain_min_ml: float = Field(250.0, gt=0)
+    brain_from_top_mm: float = Field(200.0, gt=0)
+    myocardium_hollowness: float = Field(0.2, gt=0)
+    body_suv: float = Field(0.3, gt=0)  # SUV above which a voxel counts as inside the body (midline)
+
+
 class PetQuantSettings(Strict):
     """Parameters of the PET lesion quantification (adaptive threshold after the PET immune-profiling method)."""
 
@@ -150,6 +165,7 @@ class PetQuantSettings(Strict):
     peak_sphere_ml: float = Field(1.0, gt=0)
     # Semi-automatic mode: how far from a reader's seed the lesion maximum is looked for.
     seed_search_mm: float = Field(10.0, gt=0)
+    physiological: PhysiologicalSettings = PhysiologicalSettings()
     cytact: CytActSettings = CytActSettings()
 
     @model_validator(mode="after")

@@ -12,6 +12,7 @@ sphere, centred in the lesion, with the highest mean), metabolic tumour volume, 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 
@@ -21,9 +22,11 @@ from scipy import ndimage
 
 from immunode.config import PetQuantSettings
 from pipelines.geometry import index_to_patient, patient_to_index
+from pipelines.physiological import physiological_regions
 from pipelines.recist import axial_diameters
 from pipelines.types import Lesion, LesionMeasurements, PetVolume, VolumeGeometry
 
+logger = logging.getLogger(__name__)
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -116,6 +119,17 @@ def segment_lesions(
     voxel_counts = ndimage.sum_labels(np.ones_like(suv, dtype=np.int32), labels, index)
     maxima = ndimage.maximum(suv, labels, index)
     kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0 and n * voxel_ml >= minimum_ml]
+    excluded: dict[int, str] = {}
+    if seeds_mm is None:  # a reader's seed is never overruled
+        excluded = physiological_regions(volume, labels, kept, params.physiological)
+        kept = [label for label in kept if label not in excluded]
+        for label, organ in excluded.items():
+            logger.info(
+                "series %s: region of SUVmax %.1f taken for physiological uptake (%s), not reported",
+                volume.series_instance_uid,
+                maxima[label - 1],
+                organ,
+            )
     kept.sort(key=lambda i: -maxima[i - 1])
     kept = kept[: params.max_lesions]
     detected = labels > 0

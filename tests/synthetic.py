@@ -56,7 +56,40 @@ DEFAULT_LESIONS = (
 )
 
 
-def _phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):
+PHYSIOLOGICAL_LESIONS = (
+    SyntheticLesion((-60.0, -10.0, 60.0), 10.0, 7.0),  # lung nodule
+    SyntheticLesion((-20.0, 30.0, 20.0), 9.0, 6.0),  # mediastinal node
+    SyntheticLesion((10.0, 10.0, -20.0), 12.0, 9.0),  # liver metastasis
+    SyntheticLesion((-100.0, 40.0, -130.0), 9.0, 6.0),  # bone lesion
+)
+
+
+def _ellipsoid(px, py, pz, centre, radii):
+    return sum(((p - c) / r) ** 2 for p, c, r in zip((px, py, pz), centre, radii)) <= 1.0
+
+
+def _add_physiological_uptake(px, py, pz, suv, hu):
+    """Brain (with skull on CT), myocardium around the blood pool, kidneys, ureters and a full bladder."""
+    skull = _ellipsoid(px, py, pz, (0, 0, 197), (68, 78, 48))
+    suv[skull], hu[skull] = 1.0, 1200.0
+    brain = _ellipsoid(px, py, pz, (0, 0, 197), (60, 70, 40))
+    suv[brain], hu[brain] = 9.0, 35.0
+    heart = _ellipsoid(px, py, pz, (30, -10, 95), (40, 40, 45))
+    suv[heart] = 7.0
+    suv[_ellipsoid(px, py, pz, (30, -10, 95), (27, 27, 32))] = 1.5
+    for side in (-1, 1):
+        kidney = _ellipsoid(px, py, pz, (75 * side, 55, -60), (25, 22, 45))
+        suv[kidney], hu[kidney] = 5.0, 35.0
+        # Ureter: a 6 mm tube from the kidney down towards the bladder.
+        t = np.clip((pz + 100) / -80.0, 0, 1)
+        axis_x, axis_y = 75 * side + t * (20 - 75) * side, 55 + t * (-10 - 55)
+        tube = ((px - axis_x) ** 2 + (py - axis_y) ** 2 <= 9.0) & (pz <= -100) & (pz >= -180)
+        suv[tube] = 6.0
+    bladder = _ellipsoid(px, py, pz, (0, -10, -200), (35, 35, 35))
+    suv[bladder], hu[bladder] = 20.0, 10.0
+
+
+def _phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0, physiological=False):
     z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
     px = origin_xyz[0] + x * spacing_xyz[0]
     py = origin_xyz[1] + y * spacing_xyz[1]
@@ -72,6 +105,8 @@ def _phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):
     hu = np.where(body, 40.0, -1000.0)
     hu[lungs] = -850.0
     hu[liver] = 60.0
+    if physiological:
+        _add_physiological_uptake(px, py, pz, suv, hu)
     for lesion in lesions:
         cx, cy, cz = lesion.centre_mm
         inside = (px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2 <= lesion.radius_mm**2
@@ -129,6 +164,7 @@ def write_study(
     study_uid: str | None = None,
     with_ct: bool = True,
     dose_bq: float | None = 3.7e8,
+    physiological: bool = False,
 ) -> SyntheticStudy:
     """Write a PET (and CT) series into folder/PT and folder/CT; returns what was written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -139,7 +175,7 @@ def write_study(
         -(shape_zyx[1] - 1) * spacing_xyz[1] / 2,
         -(shape_zyx[0] - 1) * spacing_xyz[2] / 2,
     )
-    suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions)
+    suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions, physiological=physiological)
     injection = datetime(2026, 3, 2, 9, 5, 0)
     scan_start = injection + timedelta(minutes=62)
     decay_s = (scan_start - injection).total_seconds()
