@@ -147,15 +147,7 @@ class StorageSCP:
         if peer_allowed(self.peers, ae_title, requestor.address):
             return
         logger.warning("association from unknown peer %r at %s rejected", ae_title[:16], requestor.address)
-        try:
-            with self.store.database.session() as session:
-                record_event(
-                    session,
-                    "WARNING",
-                    f"association from unknown peer {ae_title[:16]!r} at {requestor.address} rejected",
-                )
-        except StorageError:
-            logger.exception("could not record the rejected association")
+        self._record("WARNING", f"association from unknown peer {ae_title[:16]!r} at {requestor.address} rejected")
         event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED)
         # As pynetdicom's own negotiation does: let the DUL flush the A-ASSOCIATE-RJ before the socket closes.
         event.assoc.kill()
@@ -186,13 +178,14 @@ class StorageSCP:
 
     def _record_refusal(self, calling: str, affected: str, code: int, reason: str, study_uid: str) -> None:
         affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
+        message = f"C-STORE of {affected_text!r} from {calling!r} refused with 0x{code:04X}: {reason}"
+        self._record("ERROR", message, study_uid)
+
+    def _record(self, level: str, message: str, study_uid: str = "") -> None:
+        """Record a refusal in the index. If the index itself is down the refusal status still goes out and
+        the log, already written by the caller, is the only record: the failure to record is logged too."""
         try:
             with self.store.database.session() as session:
-                record_event(
-                    session,
-                    "ERROR",
-                    f"C-STORE of {affected_text!r} from {calling!r} refused with 0x{code:04X}: {reason}",
-                    study_uid,
-                )
+                record_event(session, level, message, study_uid)
         except StorageError:
-            logger.exception("could not record the refused C-STORE")
+            logger.exception("could not record in the index: %s", message)

@@ -172,3 +172,14 @@ def storescu(
 def dciodvfy_errors(path: Path) -> list[str]:
     completed = subprocess.run([require_tool("dciodvfy"), "-new", str(path)], capture_output=True, text=True)
     return [line for line in (completed.stdout + completed.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def torch_threads_restored() -> Iterator[None]:
+    """Training sets one thread and deterministic algorithms; later tests get the defaults back."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(False)

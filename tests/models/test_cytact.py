@@ -19,13 +19,7 @@ from models.serving import SHIPPED_CYTACT_WEIGHTS, load_cytact
 from models.synthetic_lesions import make_cohort
 from models.training import TrainingSettings, augmented_epoch, cross_validate, deterministic_torch, train_model
 
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
 def test_training_learns_the_documented_function_on_held_out_lesions() -> None:

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from immunode.cli import main as cli_main
 from models.cards import load_verified
@@ -16,13 +15,7 @@ from pipelines.geometry import to_sitk
 from pipelines.pet_volume import load_pet_volume
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
-
-@pytest.fixture(autouse=True)
-def _restore_torch_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(False)
+pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
 def test_manifest_with_seeds_and_a_mask_trains_weights_with_a_card(tmp_path: Path, capsys) -> None:
