@@ -57,9 +57,10 @@ def _analyse_and_report_series(
     new_path: Callable[[], Path],
     annotations: list[Path] | None = None,
     images: dict[str, pydicom.Dataset] | None = None,
+    ct_paths: list[Path] | None = None,
 ) -> tuple[PetQuantResult, Report]:
     params = settings.pipelines.pet_quant
-    result = analyse_pet_series(paths, params, annotations or (), images)
+    result = analyse_pet_series(paths, params, annotations or (), images, ct_paths or ())
     previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
     return result, write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
 
@@ -89,6 +90,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
     for series_uid, paths in sorted(inputs.items()):
         with database.session() as session:
             previous = index.previous_report_path(session, layout, study_uid, series_uid, job_id)
+            ct_paths = index.study_ct_paths(session, layout, job_id, series_uid)
         try:
             result, report = _analyse_and_report_series(
                 settings,
@@ -97,6 +99,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
                 lambda: layout.new_output_path(job_id),
                 annotations,
                 images,
+                ct_paths,
             )
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")

@@ -6,6 +6,7 @@ T = β·I70 + I_background (see `pipelines.lesions`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,6 +16,7 @@ from pathlib import Path
 from immunode import __version__
 from immunode.config import PetQuantSettings
 from models.errors import ModelError
+from pipelines.anatomy import anatomy_for
 from pipelines.annotations import annotation_seeds
 from pipelines.cytact import lesion_cytact
 from pipelines.lesions import segment_lesions
@@ -38,13 +40,23 @@ def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
 
 
 def analyse_pet_series(
-    paths: Sequence[Path], params: PetQuantSettings, annotations: Sequence[Path] = (), images: dict | None = None
+    paths: Sequence[Path],
+    params: PetQuantSettings,
+    annotations: Sequence[Path] = (),
+    images: dict | None = None,
+    ct_paths: Sequence[Path] = (),
 ) -> PetQuantResult:
     """SUV volume, lesions and measurements. With reader annotations (SEG, RTSTRUCT, SR) in the PET's frame
     of reference, their regions define the lesions (semi-automatic mode); otherwise automatic detection."""
     volume = load_pet_volume(paths)
     seeds = annotation_seeds(annotations, volume.frame_of_reference_uid, images or {}) if annotations else []
     lesions = segment_lesions(volume, params, seeds or None)
+    anatomy = anatomy_for(volume, ct_paths) if lesions else None
+    if anatomy is not None:
+        lesions = tuple(
+            dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))
+            for lesion in lesions
+        )
     cytact, not_computed = None, ""
     if not params.cytact.enabled:
         not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"
@@ -90,7 +102,8 @@ def summarise(result: PetQuantResult) -> str:
             f"SUVmean {m.suv_mean:.2f}, "
             f"MTV {m.metabolic_volume_ml:.2f} ml, TLG {m.total_lesion_glycolysis:.2f} g, "
             f"long axis {m.long_axis_mm:.1f} mm, short axis {m.short_axis_mm:.1f} mm"
-            f"{' (RECIST target size)' if m.recist_target else ''} "
+            f"{' (RECIST target size)' if m.recist_target else ''}"
+            f"{', ' + lesion.location if lesion.location else ''} "
             f"(T = {m.threshold_suv:.2f}: 0.3 x I70 {m.i70_suv:.2f} + background {m.background_suv:.2f})."
         )
     return " ".join(parts)

@@ -51,6 +51,13 @@ CYTACT_HETEROGENEITY = hd.sr.CodedConcept("CYTACT_HET", PRIVATE_SCHEME, "CytAct 
 VARIANCE = hd.sr.CodedConcept("VARIANCE", PRIVATE_SCHEME, "Variance")
 UNIT_NONE = hd.sr.CodedConcept("1", "UCUM", "no units")
 UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
+LOCATIONS = {
+    "lung": codes.SCT.Lung,
+    "thorax": codes.SCT.Thorax,
+    "abdomen": codes.SCT.Abdomen,
+    "pelvis": codes.SCT.Pelvis,
+    "head and neck": codes.SCT.HeadAndNeck,
+}
 RECIST_TARGET = hd.sr.CodedConcept("RECIST_TARGET", PRIVATE_SCHEME, "Meets RECIST 1.1 target lesion size rule")
 SYNTHETIC_WEIGHTS = "SYNTHETIC DEMONSTRATION WEIGHTS - trained on simulated lesions, no biological meaning"
 
@@ -248,6 +255,7 @@ def _lesion_group(
         referenced_segment=_referenced_segment(lesion, segmentation, source_images),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(LOCATIONS[lesion.location])] if lesion.location in LOCATIONS else None,
         measurements=measurements,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No)

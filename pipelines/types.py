@@ -156,6 +156,7 @@ class Lesion:
     offset: tuple[int, int, int]
     mask: np.ndarray = field(repr=False)
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
+    location: str = ""  # coarse anatomical location from the CT, when derivable
 
     def box(self) -> tuple[slice, slice, slice]:
         return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]

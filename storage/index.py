@@ -170,6 +170,29 @@ def study_instances(
     return {uid: layout.absolute(path) for uid, path in session.execute(statement).all()}
 
 
+def study_ct_paths(session: Session, layout: FileLayout, job_id: int, pet_series_uid: str) -> list[Path]:
+    """The largest CT series of the job's study in the PET series' frame of reference (for anatomy)."""
+    job = session.get(Job, job_id)
+    frame_of_reference_uid = session.scalar(
+        select(Series.frame_of_reference_uid).where(Series.series_instance_uid == pet_series_uid)
+    )
+    if not frame_of_reference_uid:
+        return []
+    rows = session.execute(
+        select(Series.series_instance_uid, Instance.path)
+        .join(Instance, Instance.series_fk == Series.id)
+        .where(
+            Series.study_fk == job.study_fk,
+            Series.modality == "CT",
+            Series.frame_of_reference_uid == frame_of_reference_uid,
+        )
+    ).all()
+    by_series: dict[str, list[Path]] = defaultdict(list)
+    for series_uid, path in rows:
+        by_series[series_uid].append(layout.absolute(path))
+    return max(by_series.values(), key=len) if by_series else []
+
+
 def previous_report_path(
     session: Session, layout: FileLayout, study_uid: str, source_series_uid: str, job_id: int
 ) -> tuple[int, Path] | None:

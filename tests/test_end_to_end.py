@@ -82,6 +82,7 @@ def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
     with node.database.session() as session:
         stored = session.scalars(select(LesionResult).where(LesionResult.job_fk == job.id)).all()
     assert len(stored) == len(DEFAULT_LESIONS) and all(r.cytact is not None for r in stored)
+    assert "lung" in job.summary and "abdomen" in job.summary  # locations from the study's CT
     assert all(d.state is DeliveryState.SENT and d.attempts == 1 for d in _deliveries(node))
 
     # A late instance re-opens the study; the re-run's SR supersedes the first.

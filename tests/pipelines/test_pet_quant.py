@@ -259,3 +259,31 @@ def test_seeds_define_the_lesions_in_semi_automatic_mode(tmp_path: Path) -> None
         same = min(automatic, key=lambda a: np.linalg.norm(np.subtract(a.measurements.centroid_mm, truth.centre_mm)))
         # The adaptive threshold refines a seeded lesion exactly as it does a detected one.
         assert lesion.measurements.voxel_count == same.measurements.voxel_count
+
+
+def test_lesions_get_a_coarse_location_from_the_ct(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in")
+    result = analyse_pet_series(list(study.pet_files), PetQuantSettings(), ct_paths=list(study.ct_files))
+    by_truth = {
+        truth.centre_mm: min(
+            result.lesions, key=lambda x: np.linalg.norm(np.subtract(x.measurements.centroid_mm, truth.centre_mm))
+        )
+        for truth in DEFAULT_LESIONS
+    }
+    assert by_truth[DEFAULT_LESIONS[0].centre_mm].location == "lung"  # the nodule inside the lung
+    assert by_truth[DEFAULT_LESIONS[2].centre_mm].location == "abdomen"  # the liver metastasis
+    counter = iter(range(100))
+    report = write_pet_report(
+        result,
+        algorithm_identity(PetQuantSettings()),
+        summarise(result),
+        None,
+        lambda: tmp_path / f"{next(counter)}.dcm",
+    )
+    sr_path = next(f.path for f in report.files if f.kind == "SR")
+    assert dciodvfy_errors(sr_path) == []
+    assert "39607008" in _codes_named(hd.sr.srread(sr_path), "363698007")  # Finding Site: Lung
+    # Without a CT no location is claimed.
+    assert all(
+        lesion.location == "" for lesion in analyse_pet_series(list(study.pet_files), PetQuantSettings()).lesions
+    )
