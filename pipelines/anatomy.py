@@ -47,6 +47,7 @@ def load_ct_on_pet_grid(paths: Sequence[Path], pet: VolumeGeometry) -> np.ndarra
 class AnatomyMap:
     def __init__(self, ct_hu: np.ndarray, geometry: VolumeGeometry) -> None:
         self.geometry = geometry
+        self.ct_hu = ct_hu  # on the PET grid
         air = (ct_hu > -950) & (ct_hu < -500)
         labels, count = ndimage.label(air)
         border = set(

@@ -99,7 +99,10 @@ def seeded_candidates(
 
 
 def segment_lesions(
-    volume: PetVolume, params: PetQuantSettings, seeds_mm: Sequence[Sequence[float]] | None = None
+    volume: PetVolume,
+    params: PetQuantSettings,
+    seeds_mm: Sequence[Sequence[float]] | None = None,
+    ct_hu: np.ndarray | None = None,
 ) -> tuple[Lesion, ...]:
     """Automatic detection, or (with seeds) the semi-automatic mode; then the adaptive threshold per lesion."""
     suv = volume.suv
@@ -121,7 +124,7 @@ def segment_lesions(
     kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0 and n * voxel_ml >= minimum_ml]
     excluded: dict[int, str] = {}
     if seeds_mm is None:  # a reader's seed is never overruled
-        excluded = physiological_regions(volume, labels, kept, params.physiological)
+        excluded = physiological_regions(volume, labels, kept, params.physiological, ct_hu)
         kept = [label for label in kept if label not in excluded]
         for label, organ in excluded.items():
             logger.info(

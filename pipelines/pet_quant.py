@@ -50,8 +50,8 @@ def analyse_pet_series(
     of reference, their regions define the lesions (semi-automatic mode); otherwise automatic detection."""
     volume = load_pet_volume(paths)
     seeds = annotation_seeds(annotations, volume.frame_of_reference_uid, images or {}) if annotations else []
-    lesions = segment_lesions(volume, params, seeds or None)
-    anatomy = anatomy_for(volume, ct_paths) if lesions else None
+    anatomy = anatomy_for(volume, ct_paths)
+    lesions = segment_lesions(volume, params, seeds or None, anatomy.ct_hu if anatomy else None)
     if anatomy is not None:
         lesions = tuple(
             dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))

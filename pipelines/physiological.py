@@ -13,8 +13,10 @@ documented heuristics, each switchable and tunable in `pipelines.pet_quant.physi
 - ureters: tubes: regions of at most 20 ml, at least 2.5 times longer along their main axis than across,
   running at least 25 mm head to foot.
 
-The CT of the study is not used yet. The rules can remove a real lesion that looks like an organ (a
-large midline pelvic mass, say); the log lists what was excluded and why.
+With the study's CT in the same frame of reference (resampled onto the PET grid) two rules are
+confirmed on it: the brain must be enclosed by bone (skull) and the bladder must hold fluid. The rules
+can remove a real lesion that looks like an organ (a large midline pelvic mass, say); the log lists what
+was excluded and why.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from immunode.config import PhysiologicalSettings
 from pipelines.geometry import index_to_patient
 from pipelines.types import PetVolume
 
+SKULL_FRACTION = 0.15  # with CT: at least this much of the shell around the brain is bone
+FLUID_HU = (-20.0, 30.0)  # with CT: mean CT number of urine in the bladder region
+
 
 @dataclass(frozen=True)
 class Region:
@@ -37,9 +42,11 @@ class Region:
     extent_mm: np.ndarray  # x, y, z extents of the bounding box
     hollowness: float  # slice-wise filled volume / volume - 1
     elongation: float  # ratio of the largest to the second-largest principal extent
+    mean_hu: float | None = None  # mean CT number inside the region, when a CT is available
+    bone_around: float | None = None  # fraction of a 10 mm shell around the region that is bone (> 300 HU)
 
 
-def _regions(volume: PetVolume, labels: np.ndarray, wanted: list[int]) -> list[Region]:
+def _regions(volume: PetVolume, labels: np.ndarray, wanted: list[int], ct_hu: np.ndarray | None) -> list[Region]:
     geometry = volume.geometry
     voxel_ml = geometry.voxel_volume_ml
     slices = ndimage.find_objects(labels)
@@ -54,17 +61,41 @@ def _regions(volume: PetVolume, labels: np.ndarray, wanted: list[int]) -> list[R
         spread = np.sort(np.linalg.eigvalsh(np.cov(points.T))) if count > 3 else np.ones(3)
         elongation = float(np.sqrt(spread[2] / max(spread[1], 1e-6)))
         extent = np.ptp(points, axis=0) + np.asarray(geometry.spacing_mm)
-        regions.append(Region(label, count * voxel_ml, points.mean(axis=0), extent, filled / count - 1.0, elongation))
+        mean_hu = bone_around = None
+        if ct_hu is not None:
+            mean_hu = float(ct_hu[box][mask].mean())
+            reach = np.maximum(np.round(10.0 / np.asarray(geometry.spacing_mm[::-1])).astype(int), 1)
+            grown = tuple(slice(max(b.start - r, 0), b.stop + r) for b, r in zip(box, reach))
+            inside = labels[grown] == label
+            shell = ndimage.binary_dilation(inside, iterations=int(reach.max())) & ~inside
+            bone_around = float((ct_hu[grown][shell] > 300).mean()) if shell.any() else 0.0
+        regions.append(
+            Region(
+                label,
+                count * voxel_ml,
+                points.mean(axis=0),
+                extent,
+                filled / count - 1.0,
+                elongation,
+                mean_hu,
+                bone_around,
+            )
+        )
     return regions
 
 
 def physiological_regions(
-    volume: PetVolume, labels: np.ndarray, candidates: list[int], settings: PhysiologicalSettings
+    volume: PetVolume,
+    labels: np.ndarray,
+    candidates: list[int],
+    settings: PhysiologicalSettings,
+    ct_hu: np.ndarray | None = None,
 ) -> dict[int, str]:
-    """Candidate label → the organ it was taken for."""
+    """Candidate label → the organ it was taken for. With the CT on the PET grid, the brain must also be
+    enclosed by bone (skull) and the bladder hold fluid."""
     if not settings.enabled or not candidates:
         return {}
-    regions = _regions(volume, labels, candidates)
+    regions = _regions(volume, labels, candidates, ct_hu)
     body = volume.suv > settings.body_suv
     body_points = index_to_patient(volume.geometry, np.argwhere(body[::4, ::4, ::4]) * 4) if body.any() else None
     midline_x = float(np.median(body_points[:, 0])) if body_points is not None else 0.0
@@ -76,6 +107,7 @@ def physiological_regions(
             settings.brain
             and region.volume_ml >= settings.brain_min_ml
             and top_z - region.centroid_mm[2] <= settings.brain_from_top_mm
+            and (region.bone_around is None or region.bone_around >= SKULL_FRACTION)
         ):
             excluded[region.label] = "brain"
         elif (
@@ -102,7 +134,10 @@ def physiological_regions(
         pelvic = [
             r
             for r in regions
-            if r.label not in excluded and r.volume_ml >= 30 and abs(r.centroid_mm[0] - midline_x) <= 50
+            if r.label not in excluded
+            and r.volume_ml >= 30
+            and abs(r.centroid_mm[0] - midline_x) <= 50
+            and (r.mean_hu is None or FLUID_HU[0] <= r.mean_hu <= FLUID_HU[1])
         ]
         if pelvic:
             lowest = min(pelvic, key=lambda r: r.centroid_mm[2])
