@@ -9,6 +9,7 @@ an image of the same study). Only annotations in the PET's frame of reference ar
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import RTStructureSetStorage, SegmentationStorage
+
+from pipelines.types import ReaderSeed
 
 logger = logging.getLogger(__name__)
 
@@ -28,24 +31,32 @@ SR_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
 }
 ANNOTATION_CLASSES = {str(SegmentationStorage), str(RTStructureSetStorage)} | SR_CLASSES
+LYMPH_NODE_CODE = "59441001"  # SCT Lymph node
+LYMPH_NODE_LABEL = re.compile(r"(lymph|\bnode|\bLN\b)", re.IGNORECASE)
 
 
-def _rtstruct_seeds(ds: Dataset, frame_of_reference_uid: str) -> list[np.ndarray]:
+def _seed(position: np.ndarray, lymph_node: bool = False) -> ReaderSeed:
+    return ReaderSeed(tuple(float(v) for v in position), lymph_node)  # type: ignore[arg-type]
+
+
+def _rtstruct_seeds(ds: Dataset, frame_of_reference_uid: str) -> list[ReaderSeed]:
     frames = {
         roi.ROINumber: str(roi.get("ReferencedFrameOfReferenceUID", ""))
         for roi in ds.get("StructureSetROISequence", [])
     }
+    names = {roi.ROINumber: str(roi.get("ROIName", "")) for roi in ds.get("StructureSetROISequence", [])}
     seeds = []
     for roi in ds.get("ROIContourSequence", []):
         if frames.get(roi.ReferencedROINumber, frame_of_reference_uid) != frame_of_reference_uid:
             continue
         points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for c in roi.get("ContourSequence", [])]
         if points:
-            seeds.append(np.concatenate(points).mean(axis=0))
+            name = names.get(roi.ReferencedROINumber, "")
+            seeds.append(_seed(np.concatenate(points).mean(axis=0), bool(LYMPH_NODE_LABEL.search(name))))
     return seeds
 
 
-def _seg_seeds(path: Path, frame_of_reference_uid: str) -> list[np.ndarray]:
+def _seg_seeds(path: Path, frame_of_reference_uid: str) -> list[ReaderSeed]:
     seg = hd.seg.segread(path)
     if str(seg.get("FrameOfReferenceUID", "")) != frame_of_reference_uid:
         return []
@@ -54,7 +65,11 @@ def _seg_seeds(path: Path, frame_of_reference_uid: str) -> list[np.ndarray]:
         volume = seg.get_volume(segment_numbers=[description.SegmentNumber], combine_segments=True)
         indices = np.argwhere(volume.array > 0)
         if len(indices):
-            seeds.append(volume.map_indices_to_reference(indices.mean(axis=0, keepdims=True))[0])
+            types = description.get("SegmentedPropertyTypeCodeSequence") or []
+            node = any(t.CodeValue == LYMPH_NODE_CODE for t in types) or bool(
+                LYMPH_NODE_LABEL.search(str(description.get("SegmentLabel", "")))
+            )
+            seeds.append(_seed(volume.map_indices_to_reference(indices.mean(axis=0, keepdims=True))[0], node))
     return seeds
 
 
@@ -76,28 +91,29 @@ def _sr_items(item: Dataset) -> Iterable[Dataset]:
         yield from _sr_items(child)
 
 
-def _sr_seeds(ds: Dataset, frame_of_reference_uid: str, images: dict[str, Dataset]) -> list[np.ndarray]:
+def _sr_seeds(ds: Dataset, frame_of_reference_uid: str, images: dict[str, Dataset]) -> list[ReaderSeed]:
     seeds = []
     for item in _sr_items(ds):
         if item.get("ValueType") == "SCOORD3D" and str(item.get("ReferencedFrameOfReferenceUID", "")) == (
             frame_of_reference_uid
         ):
-            seeds.append(np.asarray(item.GraphicData, dtype=float).reshape(-1, 3).mean(axis=0))
+            seeds.append(_seed(np.asarray(item.GraphicData, dtype=float).reshape(-1, 3).mean(axis=0)))
         elif item.get("ValueType") == "SCOORD":
             for reference in _sr_items(item):
                 sop = reference.get("ReferencedSOPSequence")
                 image = images.get(str(sop[0].ReferencedSOPInstanceUID)) if sop else None
                 if image is not None and str(image.get("FrameOfReferenceUID", "")) == frame_of_reference_uid:
                     points = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
-                    seeds.append(_image_point_to_patient(image, points).mean(axis=0))
+                    seeds.append(_seed(_image_point_to_patient(image, points).mean(axis=0)))
     return seeds
 
 
 def annotation_seeds(
     annotation_paths: Iterable[Path], frame_of_reference_uid: str, image_headers: dict[str, Dataset]
-) -> list[np.ndarray]:
-    """Seeds of every annotation in the frame of reference; an unreadable annotation is logged and skipped."""
-    seeds: list[np.ndarray] = []
+) -> list[ReaderSeed]:
+    """Seeds of every annotation in the frame of reference; an unreadable annotation is logged and skipped.
+    An RTSTRUCT ROI or SEG segment labelled a lymph node (name, or SEG property type SCT 59441001) marks a node."""
+    seeds: list[ReaderSeed] = []
     for path in annotation_paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)

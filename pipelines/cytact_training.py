@@ -24,6 +24,7 @@ from pipelines.errors import PipelineError
 from pipelines.geometry import to_sitk
 from pipelines.lesions import segment_lesions
 from pipelines.pet_volume import load_pet_volume
+from pipelines.types import ReaderSeed
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def manifest_cubes(manifest: Path, params: PetQuantSettings) -> tuple[np.ndarray
                 cube = lesion_cube(volume.suv, spacing_zyx, np.argwhere(mask).mean(axis=0), mask, (0, 0, 0))
             else:
                 seed = [float(row[k]) for k in ("seed_x", "seed_y", "seed_z")]
-                lesions = segment_lesions(volume, params, [seed])
+                lesions = segment_lesions(volume, params, [ReaderSeed(tuple(seed))])  # type: ignore[arg-type]
                 if not lesions:
                     raise ManifestError(f"{manifest} row {number}: no uptake found at the seed {seed}")
                 lesion = lesions[0]

@@ -24,7 +24,7 @@ from immunode.config import PetQuantSettings
 from pipelines.geometry import index_to_patient, patient_to_index
 from pipelines.physiological import physiological_regions
 from pipelines.recist import axial_diameters
-from pipelines.types import Lesion, LesionMeasurements, PetVolume, VolumeGeometry
+from pipelines.types import Lesion, LesionMeasurements, PetVolume, ReaderSeed, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -68,17 +68,20 @@ def tracking_uid(study_uid: str, series_uid: str, centroid_mm: np.ndarray) -> st
 
 
 def seeded_candidates(
-    volume: PetVolume, seeds_mm: Sequence[Sequence[float]], params: PetQuantSettings
-) -> tuple[np.ndarray, int]:
+    volume: PetVolume, seeds: Sequence[ReaderSeed], params: PetQuantSettings
+) -> tuple[np.ndarray, int, set[int]]:
     """Candidate regions from reader-placed seeds (semi-automatic mode, as in the method): the hottest voxel
     within `seed_search_mm` of each seed, and the connected voxels above half of it around that maximum,
-    limited to `seed_search_mm` + `background_inner_mm`. Seeds outside the volume or on no uptake are skipped."""
+    limited to `seed_search_mm` + `background_inner_mm`. Seeds outside the volume or on no uptake are skipped.
+    Returns the labels, their count and the labels a reader marked as lymph nodes."""
     suv = volume.suv
     spacing = _array_spacing(volume.geometry)
     labels = np.zeros(suv.shape, dtype=np.int32)
     count = 0
     reach = np.ceil((params.seed_search_mm + params.background_inner_mm) / spacing).astype(int) + 1
-    for seed in patient_to_index(volume.geometry, np.asarray(seeds_mm, dtype=float).reshape(-1, 3)):
+    nodes: set[int] = set()
+    positions = np.asarray([s.position_mm for s in seeds], dtype=float).reshape(-1, 3)
+    for reader_seed, seed in zip(seeds, patient_to_index(volume.geometry, positions)):
         centre = np.round(seed).astype(int)
         if np.any(centre < 0) or np.any(centre >= suv.shape):
             continue
@@ -95,13 +98,15 @@ def seeded_candidates(
         region = _component_containing((box_suv >= 0.5 * box_suv[peak]) & (labels[box] == 0), peak)
         count += 1
         labels[box][region & (distance <= params.seed_search_mm + params.background_inner_mm)] = count
-    return labels, count
+        if reader_seed.lymph_node:
+            nodes.add(count)
+    return labels, count, nodes
 
 
 def segment_lesions(
     volume: PetVolume,
     params: PetQuantSettings,
-    seeds_mm: Sequence[Sequence[float]] | None = None,
+    seeds: Sequence[ReaderSeed] | None = None,
     ct_hu: np.ndarray | None = None,
 ) -> tuple[Lesion, ...]:
     """Automatic detection, or (with seeds) the semi-automatic mode; then the adaptive threshold per lesion."""
@@ -110,11 +115,12 @@ def segment_lesions(
     spacing = _array_spacing(geometry)
     voxel_ml = geometry.voxel_volume_ml
 
-    if seeds_mm is None:
+    nodes: set[int] = set()
+    if seeds is None:
         labels, count = ndimage.label(suv >= params.detection_suv_threshold, CONNECTIVITY)
         minimum_ml = params.min_lesion_volume_ml
     else:
-        labels, count = seeded_candidates(volume, seeds_mm, params)
+        labels, count, nodes = seeded_candidates(volume, seeds, params)
         minimum_ml = 0.0  # a reader said it is a lesion
     if count == 0:
         return ()
@@ -123,7 +129,7 @@ def segment_lesions(
     maxima = ndimage.maximum(suv, labels, index)
     kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0 and n * voxel_ml >= minimum_ml]
     excluded: dict[int, str] = {}
-    if seeds_mm is None:  # a reader's seed is never overruled
+    if seeds is None:  # a reader's seed is never overruled
         excluded = physiological_regions(volume, labels, kept, params.physiological, ct_hu)
         kept = [label for label in kept if label not in excluded]
         for label, organ in excluded.items():
@@ -173,7 +179,9 @@ def segment_lesions(
 
         claimed[box] |= lesion_box
         tight = ndimage.find_objects(lesion_box.astype(np.uint8))[0]
-        diameters = axial_diameters(lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0])
+        diameters = axial_diameters(
+            lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0], lymph_node=label in nodes
+        )
         offset = tuple(b.start + t.start for b, t in zip(box, tight))
         centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
         centroid_mm = index_to_patient(geometry, centroid_index)
@@ -197,6 +205,7 @@ def segment_lesions(
                     long_axis_mm=diameters.long_axis_mm,
                     short_axis_mm=diameters.short_axis_mm,
                     recist_target=diameters.target,
+                    lymph_node=label in nodes,
                 ),
                 offset=offset,  # type: ignore[arg-type]
                 mask=lesion_box[tight].copy(),

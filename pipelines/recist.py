@@ -1,7 +1,7 @@
 """RECIST 1.1 diameters measured on a lesion mask: the longest in-plane (axial) diameter over all slices
 and the short axis perpendicular to it on that slice. Diameters run between the outer edges of the end
 voxels (centre distance + one in-plane voxel), our documented choice. Target lesion: long axis >= 10 mm
-(a lymph node would need a short axis >= 15 mm; nodes are not told apart yet, so the non-nodal rule applies).
+or, for a lesion a reader labelled a lymph node, short axis >= 15 mm.
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def _hull_points(points: np.ndarray) -> np.ndarray:
         return points
 
 
-def axial_diameters(mask: np.ndarray, row_spacing_mm: float, column_spacing_mm: float) -> Diameters:
-    """mask: bool [slice, row, column] with axial slices."""
+def axial_diameters(
+    mask: np.ndarray, row_spacing_mm: float, column_spacing_mm: float, lymph_node: bool = False
+) -> Diameters:
+    """mask: bool [slice, row, column] with axial slices. A lymph node is a target by its short axis."""
     voxel_mm = (row_spacing_mm + column_spacing_mm) / 2.0
     best = (0.0, 0.0, 0)
     for index in np.flatnonzero(mask.any(axis=(1, 2))):
@@ -53,4 +55,5 @@ def axial_diameters(mask: np.ndarray, row_spacing_mm: float, column_spacing_mm: 
         if candidate[0] > best[0]:
             best = candidate
     long_axis, short_axis, slice_index = best
-    return Diameters(long_axis, short_axis, slice_index, long_axis >= RECIST_MIN_LONG_AXIS_MM)
+    target = short_axis >= RECIST_MIN_NODE_SHORT_AXIS_MM if lymph_node else long_axis >= RECIST_MIN_LONG_AXIS_MM
+    return Diameters(long_axis, short_axis, slice_index, target)

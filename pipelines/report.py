@@ -255,12 +255,19 @@ def _lesion_group(
         referenced_segment=_referenced_segment(lesion, segmentation, source_images),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
-        finding_sites=[hd.sr.FindingSite(LOCATIONS[lesion.location])] if lesion.location in LOCATIONS else None,
+        finding_sites=_finding_sites(lesion),
         measurements=measurements,
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No)
         ],
     )
+
+
+def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
+    sites = [hd.sr.FindingSite(LOCATIONS[lesion.location])] if lesion.location in LOCATIONS else []
+    if lesion.measurements.lymph_node:
+        sites.append(hd.sr.FindingSite(codes.SCT.LymphNode))
+    return sites or None
 
 
 def _research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:

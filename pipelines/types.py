@@ -129,6 +129,14 @@ class PetVolume:
 
 
 @dataclass(frozen=True)
+class ReaderSeed:
+    """A reader's mark of one lesion (semi-automatic mode), in patient coordinates (mm)."""
+
+    position_mm: tuple[float, float, float]
+    lymph_node: bool = False  # the reader labelled it a lymph node (RECIST node rule applies)
+
+
+@dataclass(frozen=True)
 class LesionMeasurements:
     suv_max: float
     suv_mean: float
@@ -142,7 +150,8 @@ class LesionMeasurements:
     centroid_mm: tuple[float, float, float]
     long_axis_mm: float  # RECIST 1.1 in-plane diameters measured on the mask
     short_axis_mm: float
-    recist_target: bool  # meets the RECIST 1.1 size rule for a target lesion
+    recist_target: bool  # meets the RECIST 1.1 size rule for a target lesion (nodes: short axis >= 15 mm)
+    lymph_node: bool = False  # a reader labelled the lesion a lymph node
 
 
 @dataclass(frozen=True, eq=False)

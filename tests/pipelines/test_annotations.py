@@ -22,8 +22,8 @@ def study(tmp_path_factory):
     return write_study(tmp_path_factory.mktemp("study"), with_ct=False)
 
 
-def _near(seed: np.ndarray, centre: tuple[float, float, float], tolerance_mm: float) -> bool:
-    return float(np.linalg.norm(np.subtract(seed, centre))) < tolerance_mm
+def _near(seed, centre: tuple[float, float, float], tolerance_mm: float) -> bool:  # noqa: ANN001 - a ReaderSeed
+    return float(np.linalg.norm(np.subtract(seed.position_mm, centre))) < tolerance_mm
 
 
 def reader_seg(study, lesion, path: Path) -> Path:
@@ -66,6 +66,24 @@ def test_rtstruct_roi_gives_one_seed_each(tmp_path: Path, study) -> None:
     seeds = annotation_seeds([path], frame, {})
     assert len(seeds) == 2 and all(_near(s, t.centre_mm, 1.0) for s, t in zip(seeds, DEFAULT_LESIONS[:2]))
     assert annotation_seeds([path], "1.2.3.999", {}) == []  # another frame of reference
+    assert not any(seed.lymph_node for seed in seeds)
+
+
+def test_rtstruct_roi_named_as_a_node_marks_a_lymph_node(tmp_path: Path, study) -> None:
+    import pydicom as dicom
+
+    path = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[1:2])
+    ds = dicom.dcmread(path)
+    ds.StructureSetROISequence[0].ROIName = "Mediastinal lymph node 4R"
+    ds.save_as(path)
+    (seed,) = annotation_seeds(
+        [path],
+        ds.FrameOfReferenceUID
+        if "FrameOfReferenceUID" in ds
+        else ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID,
+        {},
+    )
+    assert seed.lymph_node
 
 
 def test_seg_segment_gives_its_centroid(tmp_path: Path, study) -> None:

@@ -16,6 +16,7 @@ from pipelines.errors import SeriesNotUsable, SuvNotComputable
 from pipelines.lesions import sphere_kernel
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import RESEARCH_USE, write_pet_report
+from pipelines.types import ReaderSeed
 from tests.conftest import STS_002, dciodvfy_errors
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
@@ -250,7 +251,11 @@ def test_seeds_define_the_lesions_in_semi_automatic_mode(tmp_path: Path) -> None
     params = PetQuantSettings()
     automatic = segment_lesions(volume, params)
     # A reader marks two of the four lesions, a few millimetres off their centres, plus a point on nothing.
-    seeds = [np.add(DEFAULT_LESIONS[0].centre_mm, 4.0), np.subtract(DEFAULT_LESIONS[2].centre_mm, 3.0), (0, -300, 0)]
+    seeds = [
+        ReaderSeed(tuple(np.add(DEFAULT_LESIONS[0].centre_mm, 4.0))),
+        ReaderSeed(tuple(np.subtract(DEFAULT_LESIONS[2].centre_mm, 3.0))),
+        ReaderSeed((0.0, -300.0, 0.0)),
+    ]
     seeded = segment_lesions(volume, params, seeds)
     assert len(seeded) == 2
     for truth in (DEFAULT_LESIONS[0], DEFAULT_LESIONS[2]):
@@ -287,3 +292,18 @@ def test_lesions_get_a_coarse_location_from_the_ct(tmp_path: Path) -> None:
     assert all(
         lesion.location == "" for lesion in analyse_pet_series(list(study.pet_files), PetQuantSettings()).lesions
     )
+
+
+def test_reader_labelled_lymph_node_uses_the_short_axis_rule(tmp_path: Path) -> None:
+    from pipelines.lesions import segment_lesions
+    from pipelines.pet_volume import load_pet_volume
+
+    study = write_study(tmp_path / "in", with_ct=False)
+    volume = load_pet_volume(list(study.pet_files))
+    node = DEFAULT_LESIONS[1]  # 18 mm across: a target as a lesion (>= 10 mm), and as a node (>= 15 mm)
+    small = DEFAULT_LESIONS[3]  # about 20 mm across as well
+    (as_node,) = segment_lesions(volume, PetQuantSettings(), [ReaderSeed(node.centre_mm, lymph_node=True)])
+    m = as_node.measurements
+    assert m.lymph_node and m.recist_target == (m.short_axis_mm >= 15.0)
+    (as_lesion,) = segment_lesions(volume, PetQuantSettings(), [ReaderSeed(small.centre_mm)])
+    assert not as_lesion.measurements.lymph_node and as_lesion.measurements.recist_target

@@ -33,3 +33,10 @@ def test_oblique_lesion_long_axis_is_its_true_length() -> None:
 def test_small_lesion_is_not_a_target() -> None:
     diameters = axial_diameters(_ellipse(3.0, 4.0, 1.0), 1.0, 1.0)
     assert diameters.long_axis_mm < 10.0 and not diameters.target
+
+
+def test_lymph_node_is_a_target_by_its_short_axis() -> None:
+    elongated = _ellipse(4.0, 12.0, 1.0)  # about 24 x 8 mm
+    assert axial_diameters(elongated, 1.0, 1.0).target  # as a lesion: long axis >= 10 mm
+    assert not axial_diameters(elongated, 1.0, 1.0, lymph_node=True).target  # as a node: short axis < 15 mm
+    assert axial_diameters(_ellipse(9.0, 12.0, 1.0), 1.0, 1.0, lymph_node=True).target  # short axis about 18 mm
