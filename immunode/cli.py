@@ -206,10 +206,18 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
 def cmd_train_cytact(args: argparse.Namespace) -> int:
     from models.training import TrainingSettings
     from pipelines.cytact_training import ManifestError, train_from_manifest
+    from storage import index
+    from storage.files import FileLayout
 
     settings = _settings(args)
     configure_logging(settings.logging)
     training = TrainingSettings(epochs=args.epochs, copies_per_lesion=args.copies, folds=args.folds)
+    layout = FileLayout(settings.storage.root)
+
+    def stored_series(series_uid: str) -> list[Path]:
+        with _index_session(args) as session:
+            return index.series_paths(session, layout, series_uid)
+
     try:
         card = train_from_manifest(
             Path(args.manifest),
@@ -220,6 +228,7 @@ def cmd_train_cytact(args: argparse.Namespace) -> int:
             args.version,
             args.training_data,
             args.synthetic,
+            stored_series,
         )
     except (ManifestError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

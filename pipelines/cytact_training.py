@@ -1,7 +1,8 @@
 """`immunode train cytact --manifest FILE`: lesion cubes from PET series named in a manifest, then the
 CytAct network's cross-validation and final training (models.training), weights saved with a model card.
 
-Manifest (CSV): `pet` (a folder holding one PET series; relative paths are relative to the manifest), the
+Manifest (CSV): `pet` (a folder holding one PET series, relative to the manifest, or the Series Instance
+UID of a PET series in the node's store), the
 lesion as a seed `seed_x,seed_y,seed_z` (patient mm; segmented with the adaptive threshold) or a `mask`
 (NIfTI in the PET's frame), and the target `cytact` (e.g. from `immunode cytact-from-expression`).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,16 +39,28 @@ def _dicom_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file())
 
 
-def manifest_cubes(manifest: Path, params: PetQuantSettings) -> tuple[np.ndarray, np.ndarray]:
+def _series_files(value: str, manifest: Path, stored_series: Callable[[str], list[Path]] | None) -> list[Path]:
+    folder = (manifest.parent / value).resolve()
+    if folder.is_dir():
+        return _dicom_files(folder)
+    files = stored_series(value) if stored_series is not None else []
+    if not files:
+        raise PipelineError(f"{value!r} is neither a folder nor a series in the node's store")
+    return files
+
+
+def manifest_cubes(
+    manifest: Path, params: PetQuantSettings, stored_series: Callable[[str], list[Path]] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cubes and targets of the manifest's lesions; `stored_series` finds a Series Instance UID's files."""
     rows = list(csv.DictReader(manifest.open(newline="", encoding="utf-8-sig")))
     cubes, targets, volumes = [], [], {}
     for number, row in enumerate(rows, start=2):
         try:
-            folder = (manifest.parent / row["pet"]).resolve()
             target = float(row["cytact"])
-            if folder not in volumes:
-                volumes[folder] = load_pet_volume(_dicom_files(folder))
-            volume = volumes[folder]
+            if row["pet"] not in volumes:
+                volumes[row["pet"]] = load_pet_volume(_series_files(row["pet"], manifest, stored_series))
+            volume = volumes[row["pet"]]
             spacing_zyx = tuple(volume.geometry.spacing_mm[::-1])
             if row.get("mask"):
                 mask_image = sitk.ReadImage(str(manifest.parent / row["mask"]))
@@ -84,9 +98,10 @@ def train_from_manifest(
     version: str,
     training_data: str,
     synthetic: bool,
+    stored_series: Callable[[str], list[Path]] | None = None,
 ) -> ModelCard:
     deterministic_torch()
-    cubes, targets = manifest_cubes(manifest, params)
+    cubes, targets = manifest_cubes(manifest, params, stored_series)
     folds = min(settings.folds, len(targets))
     validation = cross_validate(cubes, targets, replace(settings, folds=folds))
     model = train_model(cubes, targets, settings, settings.seed)

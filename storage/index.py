@@ -193,6 +193,15 @@ def study_ct_paths(session: Session, layout: FileLayout, job_id: int, pet_series
     return max(by_series.values(), key=len) if by_series else []
 
 
+def series_paths(session: Session, layout: FileLayout, series_instance_uid: str) -> list[Path]:
+    rows = session.scalars(
+        select(Instance.path)
+        .join(Series, Series.id == Instance.series_fk)
+        .where(Series.series_instance_uid == series_instance_uid)
+    ).all()
+    return [layout.absolute(path) for path in rows]
+
+
 def previous_report_path(
     session: Session, layout: FileLayout, study_uid: str, source_series_uid: str, job_id: int
 ) -> tuple[int, Path] | None:

@@ -7,24 +7,40 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import yaml
 
+from dicom_node.ingest import parse_received
 from immunode.cli import main as cli_main
 from models.cards import load_verified
 from models.synthetic_lesions import cytact_function
 from pipelines.geometry import to_sitk
 from pipelines.pet_volume import load_pet_volume
+from storage.database import Database
+from storage.files import FileLayout
+from storage.store import InstanceStore
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
 pytestmark = pytest.mark.usefixtures("torch_threads_restored")
 
 
-def test_manifest_with_seeds_and_a_mask_trains_weights_with_a_card(tmp_path: Path, capsys) -> None:
+def test_manifest_with_seeds_and_a_mask_trains_weights_with_a_card(tmp_path: Path, capsys, make_settings) -> None:
+    settings = make_settings()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    store = InstanceStore(Database(settings.database_url), FileLayout(settings.storage.root))
     rows = ["pet,seed_x,seed_y,seed_z,mask,cytact"]
     for index in range(2):
         study = write_study(tmp_path / f"s{index}", with_ct=False, shape_zyx=(70, 96, 96))
+        # The first series is named by its folder, the second by its UID in the node's store.
+        pet = f"s{index}/PT" if index == 0 else study.pet_series_uid
+        if index == 1:
+            for path in study.pet_files:
+                data = path.read_bytes()
+                store.store(parse_received(data), data, "STORESCU")
         for lesion in DEFAULT_LESIONS:
             x, y, z = lesion.centre_mm
-            rows.append(f"s{index}/PT,{x + 2},{y},{z},,{cytact_function(lesion.suv, 0.0, 0.1):.4f}")
+            rows.append(f"{pet},{x + 2},{y},{z},,{cytact_function(lesion.suv, 0.0, 0.1):.4f}")
+    store.database.dispose()
     # One lesion given as a NIfTI mask in the PET's frame instead of a seed.
     volume = load_pet_volume(list(study.pet_files))
     mask = np.zeros(volume.suv.shape, dtype=np.uint8)
@@ -35,6 +51,8 @@ def test_manifest_with_seeds_and_a_mask_trains_weights_with_a_card(tmp_path: Pat
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "weights"
     arguments = [
+        "--config",
+        str(config),
         "train",
         "cytact",
         "--manifest",
