@@ -8,6 +8,7 @@ the final model on all lesions. Deterministic: running it again reproduces the w
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
@@ -20,6 +21,8 @@ from models.cards import ModelCard, card_path, load_card, save_weights
 from models.cytact import CubeSpec, predict
 from models.synthetic_lesions import make_cohort
 from models.training import TrainingSettings, deterministic_torch, train_model
+
+logger = logging.getLogger(__name__)
 
 NAME = "immunode-cytact-cnn"
 VERSION = "1.0.0-synthetic"
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-cv", action="store_true", help="keep the card's metrics; retrain the final model only")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # this script is an entry point
     if args.skip_cv and card_path(WEIGHTS).exists():
         metrics = load_card(card_path(WEIGHTS)).metrics
     else:
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         parameters={**replace(SETTINGS).as_dict(), "cube_mm": CubeSpec().size_mm, "voxel_mm": CubeSpec().voxel_mm},
     )
     saved = save_weights(model.state_dict(), WEIGHTS, card)
-    print(f"{WEIGHTS} sha256 {saved.sha256}; pooled out-of-fold Spearman rho {metrics.get('spearman_rho')}")
+    logger.info("%s sha256 %s; pooled out-of-fold Spearman rho %s", WEIGHTS, saved.sha256, metrics.get("spearman_rho"))
     return 0
 
 
