@@ -31,6 +31,11 @@ SR_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
 }
 ANNOTATION_CLASSES = {str(SegmentationStorage), str(RTStructureSetStorage)} | SR_CLASSES
+# Images an SR annotation's 2D coordinates can point at.
+IMAGE_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image
+    "1.2.840.10008.5.1.4.1.1.128",  # PET Image
+}
 LYMPH_NODE_CODE = "59441001"  # SCT Lymph node
 LYMPH_NODE_LABEL = re.compile(r"(lymph|\bnode|\bLN\b)", re.IGNORECASE)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pydicom
 
 from immunode.config import Settings
-from pipelines.annotations import ANNOTATION_CLASSES
+from pipelines.annotations import ANNOTATION_CLASSES, IMAGE_CLASSES, SR_CLASSES
 from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import write_pet_report
@@ -72,13 +72,10 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         pipeline, study_uid = job.pipeline, job.study.study_instance_uid
         inputs = index.job_series_paths(session, layout, job_id)
         annotations = list(index.study_instances(session, layout, job_id, ANNOTATION_CLASSES).values())
-        image_paths = index.study_instances(session, layout, job_id) if annotations else {}
-    # SR annotations in 2D image coordinates need the geometry of the image they point at.
-    images = {
-        uid: pydicom.dcmread(path, stop_before_pixels=True)
-        for uid, path in image_paths.items()
-        if path not in annotations
-    }
+        # Only SR annotations (2D image coordinates) need the geometry of the images they point at.
+        has_sr = bool(index.study_instances(session, layout, job_id, SR_CLASSES))
+        image_paths = index.study_instances(session, layout, job_id, IMAGE_CLASSES) if has_sr else {}
+    images = {uid: pydicom.dcmread(path, stop_before_pixels=True) for uid, path in image_paths.items()}
     if pipeline != "pet_quant":
         with database.session() as session:
             index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")

@@ -398,4 +398,4 @@ def write_pet_report(
         for path in written:
             path.unlink(missing_ok=True)
         raise
-    return Report(files=tuple(files), lesion_count=len(result.lesions), summary=summary)
+    return Report(files=tuple(files), summary=summary)

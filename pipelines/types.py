@@ -211,7 +211,6 @@ class AlgorithmIdentity:
     # sha256 of the weights that produced the result; for a weight-free algorithm, of its parameters.
     parameters_sha256: str
     parameters: str
-    family: str = "image processing"
 
 
 # --- report / dispatch ---------------------------------------------------------------------------------------
@@ -229,7 +228,6 @@ class ReportFile:
 @dataclass(frozen=True)
 class Report:
     files: tuple[ReportFile, ...]
-    lesion_count: int
     summary: str
 
 

@@ -29,26 +29,28 @@ def dciodvfy_errors(path: Path) -> list[str]:
     return [line.strip() for line in lines if line.strip().startswith("Error")]
 
 
-def validate_segmentation(path: Path, expected_segments: int) -> None:
+def _validated(path: Path, kind: str, read):  # noqa: ANN001, ANN202 - read: highdicom reader for the kind
+    """The object read back with highdicom, after dciodvfy found no error; OutputInvalid otherwise."""
     errors = dciodvfy_errors(path)
     if errors:
-        raise OutputInvalid(f"SEG failed dciodvfy: {'; '.join(errors[:5])}")
+        raise OutputInvalid(f"{kind} failed dciodvfy: {'; '.join(errors[:5])}")
     try:
-        seg = hd.seg.segread(path)
+        return read(path)
     except Exception as error:  # highdicom raises several types on malformed objects
-        raise OutputInvalid(f"SEG does not read back with highdicom: {error}") from error
+        raise OutputInvalid(f"{kind} does not read back with highdicom: {error}") from error
+
+
+def validate_segmentation(path: Path, expected_segments: int) -> None:
+    seg = _validated(path, "SEG", hd.seg.segread)
     if len(seg.SegmentSequence) != expected_segments:
         raise OutputInvalid(f"SEG reads back with {len(seg.SegmentSequence)} segments, expected {expected_segments}")
 
 
 def validate_report(path: Path, expected_groups: int) -> None:
-    errors = dciodvfy_errors(path)
-    if errors:
-        raise OutputInvalid(f"SR failed dciodvfy: {'; '.join(errors[:5])}")
+    sr = _validated(path, "SR", hd.sr.srread)
     try:
-        sr = hd.sr.srread(path)
         groups = sr.content.get_volumetric_roi_measurement_groups()
     except Exception as error:
-        raise OutputInvalid(f"SR does not read back with highdicom: {error}") from error
+        raise OutputInvalid(f"SR content does not read back with highdicom: {error}") from error
     if len(groups) != expected_groups:
         raise OutputInvalid(f"SR reads back with {len(groups)} measurement groups, expected {expected_groups}")

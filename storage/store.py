@@ -30,11 +30,8 @@ from storage.schema import Event, Instance, Patient, Series, Study, StudyState, 
 logger = logging.getLogger(__name__)
 
 
-def record_event(session: Session, level: str, message: str, study_instance_uid: str = "") -> None:
-    session.add(Event(level=level, message=message, study_instance_uid=study_instance_uid[:64]))
-
-
-def _event(executor: Session | Connection, level: str, message: str, study_instance_uid: str = "") -> None:
+def record_event(executor: Session | Connection, level: str, message: str, study_instance_uid: str = "") -> None:
+    """An event for `immunode status`; works inside an ORM session and on the ingest path's Core connection."""
     executor.execute(
         insert(Event).values(at=utcnow(), level=level, message=message, study_instance_uid=study_instance_uid[:64])
     )
@@ -127,7 +124,7 @@ class InstanceStore:
         else:
             study_id = study.id
             if study.patient_fk != patient_id:
-                _event(
+                record_event(
                     session,
                     "WARNING",
                     f"instance {header.sop_instance_uid} names another patient than "
@@ -162,7 +159,7 @@ class InstanceStore:
                 .values(last_received_at=now, state=StudyState.RECEIVING, revision=Study.revision + 1)
             )
             revision = session.scalar(select(Study.revision).where(Study.id == study_id))
-            _event(session, "INFO", f"study re-opened by new instances (revision {revision})", study_uid)
+            record_event(session, "INFO", f"study re-opened by new instances (revision {revision})", study_uid)
 
     def _index_new(
         self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
