@@ -175,8 +175,17 @@ class PetQuantSettings(Strict):
         return self
 
 
+class ResponseModelSettings(Strict):
+    """Patient-level response models added to the PET report when the patient has imported data."""
+
+    # Trained weights (with their .card.json); None: that model is not run and the SR says so.
+    expression_weights: Path | None = None
+    fusion_weights: Path | None = None
+
+
 class PipelineSettings(Strict):
     pet_quant: PetQuantSettings = PetQuantSettings()
+    response: ResponseModelSettings = ResponseModelSettings()
 
 
 class LoggingSettings(Strict):

@@ -75,6 +75,20 @@ class CytActNet(nn.Module):
         return self.head(self.embedding(cubes)).squeeze(-1)
 
 
+def predict_with_embeddings(model: CytActNet, cubes: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted CytAct [n] and lesion embeddings [n, embedding] (the fusion's imaging modality)."""
+    model.eval()
+    scores, embeddings = [], []
+    with torch.no_grad():
+        for start in range(0, len(cubes), batch_size):
+            embedding = model.embedding(torch.from_numpy(np.ascontiguousarray(cubes[start : start + batch_size])))
+            embeddings.append(embedding.numpy())
+            scores.append(model.head(embedding).squeeze(-1).numpy())
+    if not scores:
+        return np.zeros(0, dtype=np.float32), np.zeros((0, model.head.in_features), dtype=np.float32)
+    return np.concatenate(scores), np.concatenate(embeddings)
+
+
 def predict(model: CytActNet, cubes: np.ndarray, batch_size: int = 64) -> np.ndarray:
     model.eval()
     outputs = []

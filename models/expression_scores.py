@@ -71,3 +71,27 @@ def cytact_scores(table: ExpressionTable) -> dict[str, tuple[float, float | None
     return {
         sample: (float(cytact[i]), None if ifng is None else float(ifng[i])) for i, sample in enumerate(table.samples)
     }
+
+
+# Sample-intrinsic scores, stored with each imported profile (they need no cohort to z-score against).
+CYTACT_PSEUDOCOUNT = 0.01
+
+
+def per_million(values: dict[str, float]) -> dict[str, float]:
+    """Values scaled to parts per million of the sample's total (TPM stays TPM; counts become CPM)."""
+    total = sum(values.values())
+    return {gene: value * 1e6 / total for gene, value in values.items()} if total > 0 else dict(values)
+
+
+def sample_cytact(per_million_values: dict[str, float]) -> float | None:
+    """Rooney et al. 2015: geometric mean of GZMA and PRF1 (TPM, pseudocount 0.01); None if either is absent."""
+    if not all(gene in per_million_values for gene in CYTACT_GENES):
+        return None
+    return float(np.sqrt(np.prod([per_million_values[g] + CYTACT_PSEUDOCOUNT for g in CYTACT_GENES])))
+
+
+def sample_ifng6(per_million_values: dict[str, float]) -> float | None:
+    """Ayers et al. 2017 6-gene IFN-gamma score as the mean log2(TPM + 1) of its genes; None if any is absent."""
+    if not all(gene in per_million_values for gene in IFNG_GENES):
+        return None
+    return float(np.mean([np.log2(per_million_values[g] + 1.0) for g in IFNG_GENES]))

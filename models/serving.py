@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch import nn
+
 from models.cards import ModelCard, load_verified
 from models.cytact import CytActNet
+from models.errors import ModelError
+from models.expression_transformer import ExpressionTransformer, TransformerSettings
+from models.fusion import FusionSettings, new_model
 
 SHIPPED_CYTACT_WEIGHTS = Path(__file__).parent / "weights" / "cytact-synthetic-v1.pt"
 
@@ -15,5 +20,32 @@ def load_cytact(weights: Path | None) -> tuple[CytActNet, ModelCard]:
     state, card = load_verified(weights or SHIPPED_CYTACT_WEIGHTS)
     model = CytActNet()
     model.load_state_dict(state)
+    model.eval()
+    return model, card
+
+
+def load_expression(weights: Path) -> tuple[ExpressionTransformer, tuple[str, ...], ModelCard]:
+    """The expression transformer, the panel genes it was trained on (in input order) and its card."""
+    state, card = load_verified(weights)
+    try:
+        settings = TransformerSettings(**card.parameters["transformer"])
+        genes = tuple(card.parameters["genes"])
+        model = ExpressionTransformer(len(genes), settings)
+        model.load_state_dict(state)
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise ModelError(f"{weights}: not expression-transformer weights ({error})") from None
+    model.eval()
+    return model, genes, card
+
+
+def load_fusion(weights: Path) -> tuple[nn.Module, ModelCard]:
+    """The fusion model (attention or concatenation ablation) and its card."""
+    state, card = load_verified(weights)
+    try:
+        parameters = card.parameters
+        model = new_model(parameters["kind"], dict(parameters["dims"]), FusionSettings(**parameters["settings"]))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{weights}: not fusion weights ({error})") from None
     model.eval()
     return model, card

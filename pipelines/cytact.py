@@ -11,7 +11,7 @@ import logging
 import numpy as np
 
 from immunode.config import CytActSettings
-from models.cytact import lesion_cube, predict
+from models.cytact import lesion_cube, predict_with_embeddings
 from models.serving import load_cytact
 from pipelines.types import CytActSummary, Lesion, ModelIdentity, PetVolume
 
@@ -36,8 +36,11 @@ def lesion_cytact(
             for lesion in lesions
         ]
     )
-    scores = predict(model, cubes)
-    scored = tuple(dataclasses.replace(lesion, cytact=float(score)) for lesion, score in zip(lesions, scores))
+    scores, embeddings = predict_with_embeddings(model, cubes)
+    scored = tuple(
+        dataclasses.replace(lesion, cytact=float(score), embedding=tuple(float(v) for v in embedding))
+        for lesion, score, embedding in zip(lesions, scores, embeddings)
+    )
     variance = float(np.var(scores, ddof=1)) if len(scores) >= 2 else None
     summary = CytActSummary(
         model=ModelIdentity(card.name, card.version, card.sha256, card.synthetic_training_data),

@@ -19,3 +19,11 @@ class OutputInvalid(PipelineError):
 
 class NothingToAnalyse(PipelineError):
     """The study holds no series the pipeline can use."""
+
+
+class ImportRejected(PipelineError):
+    """An import file has rejected values; nothing of it was stored. `problems` lists every one."""
+
+    def __init__(self, problems: list) -> None:
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s); nothing imported:\n" + "\n".join(f"  {p}" for p in problems))

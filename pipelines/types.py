@@ -6,8 +6,9 @@ Raw pydicom datasets appear only at the DICOM edges (parsing received bytes, bui
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +166,7 @@ class Lesion:
     offset: tuple[int, int, int]
     mask: np.ndarray = field(repr=False)
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
+    embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
     location: str = ""  # coarse anatomical location from the CT, when derivable
 
     def box(self) -> tuple[slice, slice, slice]:
@@ -194,6 +196,23 @@ class CytActSummary:
     heterogeneity_cutoff: float
 
 
+@dataclass(frozen=True)
+class ResponsePredictions:
+    """Patient-level response models served with the PET report; each part says why when it is absent."""
+
+    expression_probability: float | None = None
+    expression_model: ModelIdentity | None = None
+    expression_sample: str = ""
+    expression_not_computed: str = ""
+    fusion_probability: float | None = None
+    fusion_weights: tuple[tuple[str, float], ...] = ()  # (modality, weight) of the modalities present
+    fusion_model: ModelIdentity | None = None
+    fusion_not_computed: str = ""
+    lipi: str = ""  # good / intermediate / poor
+    dnlr: float | None = None
+    lipi_not_computed: str = ""
+
+
 @dataclass(frozen=True, eq=False)
 class PetQuantResult:
     volume: PetVolume
@@ -202,6 +221,7 @@ class PetQuantResult:
     cytact: CytActSummary | None = None
     cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
     reader_seeds: int = 0  # semi-automatic mode: how many reader annotation seeds defined the lesions
+    response: ResponsePredictions | None = None  # imported expression / clinical data models, when run
 
 
 @dataclass(frozen=True)
@@ -211,6 +231,84 @@ class AlgorithmIdentity:
     # sha256 of the weights that produced the result; for a weight-free algorithm, of its parameters.
     parameters_sha256: str
     parameters: str
+
+
+# --- imported genomic and clinical data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImportProblem:
+    """One rejected value of an import file: where it is and why (rows count from 1, the header is row 1)."""
+
+    file: str
+    row: int
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f", column {self.column!r}" if self.column else "")
+        return f"{self.file}: {where}: {self.reason}"
+
+
+@dataclass(frozen=True, eq=False)
+class ExpressionProfile:
+    """A tumour mRNA expression profile of one sample, mapped to its patient."""
+
+    sample_id: str
+    patient_id: str
+    issuer_of_patient_id: str
+    units: str  # "tpm" or "counts"
+    values: Mapping[str, float]  # gene symbol (upper case) → value
+    cytact: float | None = None  # Rooney 2015: geometric mean of GZMA and PRF1
+    ifng6: float | None = None  # Ayers 2017: mean log2(x + 1) of the six IFN-gamma genes
+
+
+@dataclass(frozen=True)
+class ExpressionImport:
+    file: str
+    orientation: str  # "genes x samples" or "samples x genes", as detected or forced
+    orientation_reason: str
+    genes: int
+    profiles: tuple[ExpressionProfile, ...]
+
+
+@dataclass(frozen=True)
+class ClinicalVariables:
+    """Clinical variables of one patient as imported; dNLR and LIPI are derived at import."""
+
+    patient_id: str
+    issuer_of_patient_id: str = ""
+    age_years: float | None = None
+    sex: str = ""  # M, F, O or empty
+    ecog: int | None = None
+    ldh: float | None = None
+    ldh_uln: float | None = None
+    neutrophils: float | None = None  # 10^9/L
+    white_cells: float | None = None  # 10^9/L
+    therapy_start: date | None = None
+    best_response: str = ""  # CR, PR, SD, PD, NE or empty
+    pfs_months: float | None = None
+    pfs_event: bool | None = None
+    os_months: float | None = None
+    os_event: bool | None = None
+    dnlr: float | None = None
+    lipi: str = ""  # good / intermediate / poor; empty when dNLR or LDH/ULN is unknown
+
+
+@dataclass(frozen=True)
+class ClinicalImport:
+    file: str
+    records: tuple[ClinicalVariables, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class PatientData:
+    """What the store holds about a patient beyond images, for the response models."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    expression: ExpressionProfile | None
+    clinical: ClinicalVariables | None
 
 
 # --- report / dispatch ---------------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ the same values and a migration never has to alter a database enum type.
 from __future__ import annotations
 
 import enum
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -214,6 +216,51 @@ class LesionResult(Base):
     cytact: Mapped[float | None] = mapped_column(Float, nullable=True)
     # Identity of the model that predicted `cytact` (empty when none ran).
     cytact_model: Mapped[str] = mapped_column(String(128), default="")
+    # The CytAct network's lesion embedding (the attention fusion's imaging modality), when the model ran.
+    embedding: Mapped[list | None] = mapped_column(JSON, nullable=True)
+
+
+class ExpressionSample(Base):
+    """One imported tumour mRNA expression profile and the scores derived from it."""
+
+    __tablename__ = "expression_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sample_id: Mapped[str] = mapped_column(String(128), unique=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    units: Mapped[str] = mapped_column(String(16))  # "tpm" or "counts", as stated at import
+    source_file: Mapped[str] = mapped_column(String(255), default="")
+    # {gene symbol: value} as imported (all genes of the file, not only a panel).
+    values: Mapped[dict] = mapped_column(JSON)
+    cytact: Mapped[float | None] = mapped_column(Float, nullable=True)  # Rooney 2015 geometric mean
+    ifng6: Mapped[float | None] = mapped_column(Float, nullable=True)  # Ayers 2017 6-gene mean log2
+    imported_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class ClinicalRecord(Base):
+    """Imported clinical variables of one patient, with derived NLR and LIPI category."""
+
+    __tablename__ = "clinical_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), unique=True)
+    age_years: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sex: Mapped[str] = mapped_column(String(1), default="")  # DICOM codes M, F, O; empty when unknown
+    ecog: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    ldh: Mapped[float | None] = mapped_column(Float, nullable=True)  # U/L
+    ldh_uln: Mapped[float | None] = mapped_column(Float, nullable=True)
+    neutrophils: Mapped[float | None] = mapped_column(Float, nullable=True)  # 10^9/L
+    white_cells: Mapped[float | None] = mapped_column(Float, nullable=True)  # 10^9/L
+    therapy_start: Mapped[date | None] = mapped_column(Date, nullable=True)
+    best_response: Mapped[str] = mapped_column(String(2), default="")  # RECIST: CR PR SD PD NE
+    pfs_months: Mapped[float | None] = mapped_column(Float, nullable=True)
+    pfs_event: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    os_months: Mapped[float | None] = mapped_column(Float, nullable=True)
+    os_event: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    dnlr: Mapped[float | None] = mapped_column(Float, nullable=True)  # neutrophils / (white cells - neutrophils)
+    lipi: Mapped[str] = mapped_column(String(16), default="")  # good / intermediate / poor; empty: not derivable
+    source_file: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
 class Event(Base):

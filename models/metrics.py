@@ -1,0 +1,64 @@
+"""Classification metrics of the response models, reported per split and as the mean over splits.
+
+Thresholded metrics use probability >= 0.5. ROC AUC and average precision are undefined (NaN) when the
+evaluated labels hold one class only; means skip NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from sklearn import metrics
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=float)
+    predicted = (probabilities >= threshold).astype(int)
+    both_classes = len(np.unique(labels)) == 2
+    return {
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
+        "average_precision": (
+            float(metrics.average_precision_score(labels, probabilities)) if labels.any() else float("nan")
+        ),
+    }
+
+
+def mean_metrics(per_split: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over splits ("mean average precision" is the mean of average_precision)."""
+    means = {}
+    for name in METRIC_NAMES:
+        values = np.array([row[name] for row in per_split], dtype=float)
+        means[name] = float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
+    return means
+
+
+def bootstrap_interval(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    metric: Callable[[np.ndarray, np.ndarray], float],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of `metric` over resampled patients; resamples with one class are skipped."""
+    rng = np.random.default_rng(seed)
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    values = []
+    for _ in range(resamples):
+        rows = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[rows])) < 2:
+            continue
+        values.append(metric(labels[rows], probabilities[rows]))
+    if not values:
+        return float("nan"), float("nan")
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
