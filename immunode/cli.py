@@ -1,4 +1,4 @@
-"""Command line of the node: serve, status, check-config, retry, process."""
+"""Command line of the node: serve, status, check-config, retry, process, import, train, evaluate."""
 
 from __future__ import annotations
 
@@ -239,6 +239,178 @@ def cmd_train_cytact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _delimiter(text: str | None) -> str | None:
+    return {"tab": "\t", "comma": ",", "semicolon": ";"}.get(text or "", text or None)
+
+
+def _print_problems(error: Exception) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return 1
+
+
+def cmd_import_expression(args: argparse.Namespace) -> int:
+    from pipelines.errors import ImportRejected
+    from pipelines.imports import read_expression_file
+    from storage import patient_data
+
+    orientation = {"genes-x-samples": "genes x samples", "samples-x-genes": "samples x genes"}.get(args.orientation)
+    try:
+        imported = read_expression_file(
+            Path(args.file), Path(args.mapping), args.units, orientation, _delimiter(args.delimiter)
+        )
+    except ImportRejected as error:
+        with _index_session(args) as session:
+            patient_data.record_import_rejected(session, Path(args.file).name, len(error.problems))
+        return _print_problems(error)
+    with _index_session(args) as session:
+        new, updated = patient_data.upsert_expression(session, imported)
+    print(f"{imported.file}: read as {imported.orientation} ({imported.orientation_reason}); units {args.units}")
+    if args.units == "counts":
+        print("  raw counts: scores use counts per million of the library total (no gene-length correction)")
+    print(f"  {len(imported.profiles)} sample(s), {imported.genes} genes: {new} new, {updated} updated")
+    for profile in imported.profiles:
+        cytact = "n/a (GZMA or PRF1 absent)" if profile.cytact is None else f"{profile.cytact:.3f}"
+        ifng = "n/a (a gene absent)" if profile.ifng6 is None else f"{profile.ifng6:.3f}"
+        print(f"  {profile.sample_id} -> patient {profile.patient_id}: CytAct {cytact}, IFN-gamma 6-gene {ifng}")
+    return 0
+
+
+def cmd_import_clinical(args: argparse.Namespace) -> int:
+    from pipelines.errors import ImportRejected
+    from pipelines.imports import read_clinical_file
+    from storage import patient_data
+
+    try:
+        imported = read_clinical_file(Path(args.file), _delimiter(args.delimiter))
+    except ImportRejected as error:
+        with _index_session(args) as session:
+            patient_data.record_import_rejected(session, Path(args.file).name, len(error.problems))
+        return _print_problems(error)
+    with _index_session(args) as session:
+        new, updated = patient_data.upsert_clinical(session, imported)
+    print(f"{imported.file}: {len(imported.records)} patient(s): {new} new, {updated} updated")
+    for record in imported.records:
+        dnlr = "n/a" if record.dnlr is None else f"{record.dnlr:.2f}"
+        print(f"  {record.patient_id}: dNLR {dnlr}, LIPI {record.lipi or 'n/a (dNLR or LDH/ULN unknown)'}")
+    return 0
+
+
+def _transformer_settings(args: argparse.Namespace):  # noqa: ANN202
+    from models.expression_transformer import TransformerSettings
+
+    return TransformerSettings(epochs=args.epochs, layers=args.layers, heads=args.heads, seed=args.seed)
+
+
+def cmd_train_expression(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from pipelines.response_research import CohortError, train_expression
+
+    configure_logging(_settings(args).logging)
+    try:
+        result = train_expression(
+            Path(args.cohort),
+            Path(args.out),
+            Path(args.panel) if args.panel else None,
+            _transformer_settings(args),
+            args.splits,
+            args.baselines,
+            args.name,
+            args.version,
+            args.training_data,
+            args.synthetic,
+        )
+    except (CohortError, ModelError, OSError) as error:
+        return _print_problems(error)
+    auc = result.means["transformer"]["roc_auc"]
+    print(f"report {result.report}; transformer mean ROC AUC {auc:.3f}")
+    print(f"weights {result.weights} sha256 {result.card.sha256}")
+    print("Set pipelines.response.expression_weights to this file to use it in the node's reports.")
+    return 0
+
+
+def cmd_evaluate_expression(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from pipelines.response_research import CohortError, evaluate_expression
+
+    weights = args.weights or _settings(args).pipelines.response.expression_weights
+    if weights is None:
+        return _print_problems(ValueError("give --weights or set pipelines.response.expression_weights"))
+    try:
+        values = evaluate_expression(Path(args.cohort), Path(weights), Path(args.out))
+    except (CohortError, ModelError, OSError) as error:
+        return _print_problems(error)
+    print(", ".join(f"{name} {value:.3f}" for name, value in values.items()) + f"; report in {args.out}")
+    return 0
+
+
+def _fusion_inputs(args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int):  # noqa: ANN202
+    from pipelines.response_research import fusion_cohort_data, read_fusion_cohort
+    from storage import patient_data
+
+    cohort = read_fusion_cohort(Path(args.cohort))
+    with _index_session(args) as session:
+        patients = patient_data.all_patient_data(session)
+        embeddings = patient_data.latest_lesion_embeddings(session)
+    return fusion_cohort_data(cohort, patients, embeddings, expression_weights, imaging_dim)
+
+
+def cmd_train_fusion(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from models.fusion import FusionSettings
+    from pipelines.response_research import CohortError, train_fusion_model
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    expression_weights = args.expression_weights or settings.pipelines.response.expression_weights
+    try:
+        data, keys, expression_sha, cytact_model = _fusion_inputs(
+            args, Path(expression_weights) if expression_weights else None, args.imaging_dim
+        )
+        result = train_fusion_model(
+            data,
+            keys,
+            Path(args.out),
+            expression_sha,
+            cytact_model,
+            FusionSettings(epochs=args.epochs, seed=args.seed),
+            args.bootstrap,
+            args.name,
+            args.version,
+            args.training_data,
+            args.synthetic,
+        )
+    except (CohortError, ModelError, OSError, ValueError) as error:
+        return _print_problems(error)
+    for kind, values in result.test_metrics.items():
+        low, high = result.intervals[kind]["roc_auc"]
+        print(f"{kind}: test ROC AUC {values['roc_auc']:.3f} (95 % CI {low:.3f}-{high:.3f})")
+    print(f"report {result.report}; weights {result.weights} sha256 {result.card.sha256}")
+    print("Set pipelines.response.fusion_weights to this file to use it in the node's reports.")
+    return 0
+
+
+def cmd_evaluate_fusion(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from models.serving import load_fusion
+    from pipelines.response_research import CohortError, evaluate_fusion_model
+
+    settings = _settings(args)
+    weights = args.weights or settings.pipelines.response.fusion_weights
+    if weights is None:
+        return _print_problems(ValueError("give --weights or set pipelines.response.fusion_weights"))
+    expression_weights = args.expression_weights or settings.pipelines.response.expression_weights
+    try:
+        _, card = load_fusion(Path(weights))
+        data, keys, _, _ = _fusion_inputs(
+            args, Path(expression_weights) if expression_weights else None, card.parameters["dims"]["imaging"]
+        )
+        values = evaluate_fusion_model(data, keys, Path(weights), Path(args.out))
+    except (CohortError, ModelError, OSError, ValueError) as error:
+        return _print_problems(error)
+    print(", ".join(f"{name} {value:.3f}" for name, value in values.items()) + f"; report in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"immunode {__version__}")
@@ -284,6 +456,66 @@ def build_parser() -> argparse.ArgumentParser:
     cytact.add_argument("--training-data", default="", help="description of the cohort for the model card")
     cytact.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
     cytact.set_defaults(handler=cmd_train_cytact)
+    from models.expression_baselines import BASELINES
+
+    expression = models.add_parser("expression", help="the expression transformer and its baselines on a cohort")
+    expression.add_argument("--cohort", required=True, help="CSV/TSV: sample_id, response, then one column per gene")
+    expression.add_argument("--out", default="expression-model", help="folder for weights, card and report")
+    expression.add_argument("--panel", help="gene panel TSV (default: the shipped immune panel)")
+    expression.add_argument("--splits", type=int, default=5)
+    expression.add_argument("--epochs", type=int, default=60)
+    expression.add_argument("--layers", type=int, default=8)
+    expression.add_argument("--heads", type=int, default=4, help="must divide the 20-D embedding")
+    expression.add_argument("--seed", type=int, default=0)
+    expression.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    expression.add_argument("--name", default="immunode-expression-transformer")
+    expression.add_argument("--version", default="1.0.0")
+    expression.add_argument("--training-data", default="")
+    expression.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+    expression.set_defaults(handler=cmd_train_expression)
+    fusion = models.add_parser("fusion", help="the attention fusion on a cohort of patients in the store")
+    fusion.add_argument("--cohort", required=True, help="CSV: PatientID, IssuerOfPatientID, response")
+    fusion.add_argument("--out", default="fusion-model")
+    fusion.add_argument("--expression-weights", help="default: pipelines.response.expression_weights")
+    fusion.add_argument("--imaging-dim", type=int, default=32, help="size of the CytAct lesion embedding")
+    fusion.add_argument("--epochs", type=int, default=300)
+    fusion.add_argument("--bootstrap", type=int, default=1000)
+    fusion.add_argument("--seed", type=int, default=0)
+    fusion.add_argument("--name", default="immunode-attention-fusion")
+    fusion.add_argument("--version", default="1.0.0")
+    fusion.add_argument("--training-data", default="")
+    fusion.add_argument("--synthetic", action="store_true")
+    fusion.set_defaults(handler=cmd_train_fusion)
+    evaluate = commands.add_parser("evaluate", help="apply trained weights to a labelled cohort; report")
+    evaluated = evaluate.add_subparsers(dest="model", required=True)
+    expression_eval = evaluated.add_parser("expression")
+    expression_eval.add_argument("--cohort", required=True)
+    expression_eval.add_argument("--weights", help="default: pipelines.response.expression_weights")
+    expression_eval.add_argument("--out", default="expression-evaluation")
+    expression_eval.set_defaults(handler=cmd_evaluate_expression)
+    fusion_eval = evaluated.add_parser("fusion")
+    fusion_eval.add_argument("--cohort", required=True)
+    fusion_eval.add_argument("--weights", help="default: pipelines.response.fusion_weights")
+    fusion_eval.add_argument("--expression-weights", help="default: pipelines.response.expression_weights")
+    fusion_eval.add_argument("--out", default="fusion-evaluation")
+    fusion_eval.set_defaults(handler=cmd_evaluate_fusion)
+    imports = commands.add_parser("import", help="import expression or clinical data into the store")
+    kinds = imports.add_subparsers(dest="kind", required=True)
+    expression_import = kinds.add_parser("expression", help="an expression matrix (CSV/TSV) and a sample mapping")
+    expression_import.add_argument("file")
+    expression_import.add_argument("--mapping", required=True, help="CSV: sample_id, PatientID, IssuerOfPatientID")
+    expression_import.add_argument("--units", required=True, choices=("tpm", "counts"))
+    expression_import.add_argument("--orientation", choices=("genes-x-samples", "samples-x-genes"))
+    expression_import.add_argument(
+        "--delimiter", help="tab, comma, semicolon or a character (default from the extension)"
+    )
+    expression_import.set_defaults(handler=cmd_import_expression)
+    clinical_import = kinds.add_parser("clinical", help="a clinical table (CSV/TSV), one row per patient")
+    clinical_import.add_argument("file")
+    clinical_import.add_argument(
+        "--delimiter", help="tab, comma, semicolon or a character (default from the extension)"
+    )
+    clinical_import.set_defaults(handler=cmd_import_clinical)
     return parser
 
 

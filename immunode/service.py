@@ -11,7 +11,7 @@ from dicom_node.dispatch import dispatch_due
 from dicom_node.scp import StorageSCP
 from immunode.config import ConfigError, Settings
 from models.errors import ModelError
-from models.serving import load_cytact
+from models.serving import load_cytact, load_expression, load_fusion
 from pipelines import flow
 from pipelines.worker import JobRunner
 from storage.database import Database
@@ -23,6 +23,17 @@ logger = logging.getLogger(__name__)
 
 def verify_model_weights(settings: Settings) -> None:
     """Refuse to start with configured weights that are missing or do not match their model card."""
+    response = settings.pipelines.response
+    for key, path, loader in (
+        ("expression_weights", response.expression_weights, load_expression),
+        ("fusion_weights", response.fusion_weights, load_fusion),
+    ):
+        if path is not None:
+            try:
+                card = loader(path)[-1]
+            except ModelError as error:
+                raise ConfigError(f"pipelines.response.{key}: {error}") from None
+            logger.info("%s %s %s sha256 %s", key, card.name, card.version, card.sha256[:16])
     cytact = settings.pipelines.pet_quant.cytact
     if not cytact.enabled:
         return

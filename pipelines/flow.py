@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import defaultdict
 from collections.abc import Callable
@@ -25,9 +26,10 @@ from pipelines.annotations import ANNOTATION_CLASSES, IMAGE_CLASSES, SR_CLASSES
 from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import write_pet_report
+from pipelines.response_models import predict_response
 from pipelines.routing import route
-from pipelines.types import PetQuantResult, Report, ReportFile
-from storage import index
+from pipelines.types import PatientData, PetQuantResult, Report, ReportFile
+from storage import index, patient_data
 from storage.database import Database
 from storage.files import FileLayout
 from storage.schema import Job, JobState
@@ -58,9 +60,15 @@ def _analyse_and_report_series(
     annotations: list[Path] | None = None,
     images: dict[str, pydicom.Dataset] | None = None,
     ct_paths: list[Path] | None = None,
+    patient: PatientData | None = None,
 ) -> tuple[PetQuantResult, Report]:
     params = settings.pipelines.pet_quant
     result = analyse_pet_series(paths, params, annotations or (), images, ct_paths or ())
+    embeddings = [lesion.embedding for lesion in result.lesions if lesion.embedding is not None]
+    response = predict_response(
+        patient, embeddings, result.cytact.model if result.cytact else None, settings.pipelines.response
+    )
+    result = dataclasses.replace(result, response=response)
     previous = pydicom.dcmread(previous_report) if previous_report is not None and previous_report.exists() else None
     return result, write_pet_report(result, algorithm_identity(params), summarise(result), previous, new_path)
 
@@ -75,6 +83,8 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         # Only SR annotations (2D image coordinates) need the geometry of the images they point at.
         has_sr = bool(index.study_instances(session, layout, job_id, SR_CLASSES))
         image_paths = index.study_instances(session, layout, job_id, IMAGE_CLASSES) if has_sr else {}
+        identity = patient_data.study_patient(session, study_uid)
+        patient = patient_data.patient_data(session, *identity) if identity else None
     images = {uid: pydicom.dcmread(path, stop_before_pixels=True) for uid, path in image_paths.items()}
     if pipeline != "pet_quant":
         with database.session() as session:
@@ -97,6 +107,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
                 annotations,
                 images,
                 ct_paths,
+                patient,
             )
         except PipelineError as error:
             problems.append(f"series {series_uid}: {error}")

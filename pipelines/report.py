@@ -25,6 +25,7 @@ from pipelines.types import (
     PetQuantResult,
     Report,
     ReportFile,
+    ResponsePredictions,
 )
 from pipelines.validation import validate_report, validate_segmentation
 
@@ -59,6 +60,22 @@ LOCATIONS = {
     "head and neck": codes.SCT.HeadAndNeck,
 }
 RECIST_TARGET = hd.sr.CodedConcept("RECIST_TARGET", PRIVATE_SCHEME, "Meets RECIST 1.1 target lesion size rule")
+RESPONSE_EXPRESSION = hd.sr.CodedConcept(
+    "ICI_RESP_EXPR", PRIVATE_SCHEME, "ICI response probability, expression transformer"
+)
+RESPONSE_FUSION = hd.sr.CodedConcept("ICI_RESP_FUSION", PRIVATE_SCHEME, "ICI response probability, attention fusion")
+MODALITY_WEIGHTS = {
+    modality: hd.sr.CodedConcept(f"FUSW_{modality.upper()}", PRIVATE_SCHEME, f"Fusion modality weight, {modality}")
+    for modality in ("imaging", "genomic", "clinical")
+}
+DNLR = hd.sr.CodedConcept("DNLR", PRIVATE_SCHEME, "Derived neutrophil-to-lymphocyte ratio")
+LIPI = hd.sr.CodedConcept("LIPI", PRIVATE_SCHEME, "Lung Immune Prognostic Index")
+LIPI_VALUES = {
+    "good": hd.sr.CodedConcept("LIPI_GOOD", PRIVATE_SCHEME, "LIPI good"),
+    "intermediate": hd.sr.CodedConcept("LIPI_INTERMED", PRIVATE_SCHEME, "LIPI intermediate"),
+    "poor": hd.sr.CodedConcept("LIPI_POOR", PRIVATE_SCHEME, "LIPI poor"),
+}
+NOT_A_PREDICTION = "Research reference, not a prediction of treatment response for this patient."
 SYNTHETIC_WEIGHTS = "SYNTHETIC DEMONSTRATION WEIGHTS - trained on simulated lesions, no biological meaning"
 
 
@@ -213,6 +230,91 @@ def cytact_statement(result: PetQuantResult) -> str:
     return text
 
 
+def _lipi_algorithm() -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name="immunode-lipi", version=__version__, parameters=["Mezquita 2018", "dNLR > 3", "LDH > ULN"]
+    )
+
+
+def _response_group(
+    response: ResponsePredictions, series_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """Patient-level response models: probabilities, fusion modality weights, dNLR and LIPI."""
+    measurements, evaluations = [], []
+    if response.expression_probability is not None and response.expression_model is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=RESPONSE_EXPRESSION,
+                value=response.expression_probability,
+                unit=UNIT_NONE,
+                algorithm_id=_model_algorithm(response.expression_model),
+            )
+        )
+    if response.fusion_probability is not None and response.fusion_model is not None:
+        fusion = _model_algorithm(response.fusion_model)
+        measurements.append(
+            hd.sr.Measurement(
+                name=RESPONSE_FUSION, value=response.fusion_probability, unit=UNIT_NONE, algorithm_id=fusion
+            )
+        )
+        measurements += [
+            hd.sr.Measurement(name=MODALITY_WEIGHTS[m], value=weight, unit=UNIT_NONE, algorithm_id=fusion)
+            for m, weight in response.fusion_weights
+        ]
+    if response.dnlr is not None:
+        measurements.append(
+            hd.sr.Measurement(name=DNLR, value=response.dnlr, unit=UNIT_NONE, algorithm_id=_lipi_algorithm())
+        )
+    if response.lipi:
+        evaluations.append(hd.sr.QualitativeEvaluation(LIPI, LIPI_VALUES[response.lipi]))
+    if not measurements and not evaluations:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-response", series_uid]),
+            identifier="Patient-level response models",
+        ),
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def _identity_text(model: ModelIdentity) -> str:
+    text = f"{model.name} {model.version} (weights sha256:{model.weights_sha256})"
+    return text + (" [SYNTHETIC training data, no clinical meaning]" if model.synthetic else "")
+
+
+def response_statements(response: ResponsePredictions | None) -> list[str]:
+    if response is None:
+        return []
+    statements = []
+    if response.expression_probability is not None and response.expression_model is not None:
+        statements.append(
+            f"Expression transformer {_identity_text(response.expression_model)}: response probability "
+            f"{response.expression_probability:.3f} from expression sample {response.expression_sample}. "
+            + NOT_A_PREDICTION
+        )
+    else:
+        statements.append(f"Expression transformer not computed: {response.expression_not_computed}.")
+    if response.fusion_probability is not None and response.fusion_model is not None:
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in response.fusion_weights)
+        notes = f" ({response.fusion_not_computed})" if response.fusion_not_computed else ""
+        statements.append(
+            f"Attention fusion {_identity_text(response.fusion_model)}: response probability "
+            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. " + NOT_A_PREDICTION
+        )
+    else:
+        statements.append(f"Attention fusion not computed: {response.fusion_not_computed}.")
+    if response.lipi:
+        statements.append(
+            f"LIPI (Mezquita 2018, from imported clinical data): {response.lipi}; dNLR {response.dnlr:.2f}. "
+            "Prognostic index, research reference."
+        )
+    else:
+        statements.append(f"LIPI not computed: {response.lipi_not_computed}.")
+    return statements
+
+
 def _lesion_group(
     lesion: Lesion,
     segmentation: hd.seg.Segmentation,
@@ -317,6 +419,7 @@ def build_measurement_report(
     )
     if groups and result.cytact is not None:
         groups.append(_patient_cytact_group(result.cytact, result.volume.series_instance_uid))
+    response_group = _response_group(result.response, result.volume.series_instance_uid) if result.response else None
     if not groups:
         # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
         groups = [
@@ -332,12 +435,16 @@ def build_measurement_report(
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
             )
         ]
+    if response_group is not None:
+        groups.append(response_group)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context,
         procedure_reported=PET_WHOLE_BODY,
         imaging_measurements=groups,
     )
-    report[0].ContentSequence.append(_research_use_container(summary, [cytact_statement(result)]))
+    report[0].ContentSequence.append(
+        _research_use_container(summary, [cytact_statement(result), *response_statements(result.response)])
+    )
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
     document = hd.sr.Comprehensive3DSR(
         evidence=evidence,

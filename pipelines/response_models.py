@@ -55,10 +55,6 @@ def model_identity(card) -> ModelIdentity:  # noqa: ANN001 - models.cards.ModelC
     return ModelIdentity(card.name, card.version, card.sha256, card.synthetic_training_data)
 
 
-def cytact_model_key(model: ModelIdentity | None) -> str:
-    return f"{model.name} {model.version} sha256:{model.weights_sha256}" if model else ""
-
-
 def fusion_data(
     patients: Sequence[tuple[PatientData | None, Sequence[Sequence[float]] | None]],
     expression: tuple[ExpressionTransformer, tuple[str, ...]] | None,
@@ -143,7 +139,7 @@ def predict_response(
         values["fusion_not_computed"] = f"fusion model not usable: {error}"
         return ResponsePredictions(**values)
     parameters, notes = card.parameters, []
-    if parameters.get("cytact_model") != cytact_model_key(cytact_model):
+    if cytact_model is None or parameters.get("cytact_model") != cytact_model.key:
         lesion_embeddings = None
         if cytact_model is not None:
             notes.append("imaging left out: the fusion was trained on embeddings of another CytAct model")

@@ -286,16 +286,20 @@ def read_fusion_cohort(path: Path) -> list[tuple[str, str, str]]:
 def fusion_cohort_data(
     cohort: Sequence[tuple[str, str, str]],
     patients: dict[tuple[str, str], PatientData],
-    embeddings: dict[tuple[str, str], list[list[float]]],
+    embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]],
     expression_weights: Path | None,
     imaging_dim: int,
-) -> tuple[FusionData, list[tuple[str, str]], str]:
-    """Inputs and labels of the cohort's patients; the expression model's sha256 ('' when none)."""
+) -> tuple[FusionData, list[tuple[str, str]], str, str]:
+    """Inputs and labels of the cohort's patients, the expression model's sha256 ('' when none) and the key of
+    the CytAct model whose lesion embeddings are the imaging modality (patients analysed with another are
+    left without imaging)."""
     expression = None
     expression_sha = ""
     if expression_weights is not None:
         model, genes, card = load_expression(expression_weights)
         expression, expression_sha = (model, genes), card.sha256
+    imaging_models = [embeddings[k][0] for k in ((p, i) for p, i, _ in cohort) if k in embeddings]
+    cytact_model = max(set(imaging_models), key=imaging_models.count) if imaging_models else ""
     keys, labels, entries = [], [], []
     for number, (patient_id, issuer, response) in enumerate(cohort, start=2):
         key = (patient_id, issuer)
@@ -307,9 +311,10 @@ def fusion_cohort_data(
             continue
         labels.append(_label(text, number))
         keys.append(key)
-        entries.append((patient, embeddings.get(key)))
+        model_key, lesions = embeddings.get(key, ("", None))
+        entries.append((patient, lesions if model_key == cytact_model else None))
     data = fusion_data(entries, expression, imaging_dim, np.array(labels))
-    return data, keys, expression_sha
+    return data, keys, expression_sha, cytact_model
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,11 @@ class ModelIdentity:
     weights_sha256: str
     synthetic: bool  # trained on synthetic demonstration data only
 
+    @property
+    def key(self) -> str:
+        """How results name the model in the index (and the fusion model names its imaging source)."""
+        return f"{self.name} {self.version} sha256:{self.weights_sha256[:16]}"
+
 
 @dataclass(frozen=True)
 class CytActSummary:

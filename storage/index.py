@@ -266,7 +266,7 @@ def record_lesion_results(session: Session, job_id: int, result: PetQuantResult)
                 short_axis_mm=m.short_axis_mm,
                 recist_target=m.recist_target,
                 cytact=lesion.cytact,
-                cytact_model=f"{model.name} {model.version} sha256:{model.weights_sha256[:16]}" if model else "",
+                cytact_model=model.key if model else "",
                 embedding=list(lesion.embedding) if lesion.embedding is not None else None,
             )
         )

@@ -148,8 +148,8 @@ def study_patient(session: Session, study_instance_uid: str) -> tuple[str, str] 
     return (row.patient_id, row.issuer_of_patient_id) if row else None
 
 
-def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], list[list[float]]]:
-    """(PatientID, issuer) → lesion embeddings of the patient's most recent successful PET analysis."""
+def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], tuple[str, list[list[float]]]]:
+    """(PatientID, issuer) → (CytAct model key, lesion embeddings) of the most recent successful PET analysis."""
     jobs = session.execute(
         select(Patient.patient_id, Patient.issuer_of_patient_id, Job.id)
         .join(Study, Study.patient_fk == Patient.id)
@@ -157,13 +157,15 @@ def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], list[lis
         .where(Job.state == JobState.SUCCEEDED)
         .order_by(Job.id)
     ).all()
-    embeddings: dict[tuple[str, str], list[list[float]]] = {}
+    embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]] = {}
     for patient_id, issuer, job_id in jobs:  # in job order: a later analysis replaces an earlier one
-        rows = session.scalars(
-            select(LesionResult.embedding).where(LesionResult.job_fk == job_id, LesionResult.embedding.is_not(None))
+        rows = session.execute(
+            select(LesionResult.cytact_model, LesionResult.embedding).where(
+                LesionResult.job_fk == job_id, LesionResult.embedding.is_not(None)
+            )
         ).all()
         if rows:
-            embeddings[(patient_id, issuer)] = [list(r) for r in rows]
+            embeddings[(patient_id, issuer)] = (rows[0].cytact_model, [list(r.embedding) for r in rows])
     return embeddings
 
 
