@@ -79,7 +79,9 @@ def test_duplicate_genes_non_numeric_values_and_unknown_patients_are_all_reporte
 def test_counts_must_be_whole_numbers(tmp_path: Path) -> None:
     mapping = _write(tmp_path, "samples.csv", MAPPING)
     problems = _problems(
-        lambda: read_expression_file(_write(tmp_path, "c.tsv", GENES_BY_SAMPLES.replace("40", "40.5")), mapping, "counts")
+        lambda: read_expression_file(
+            _write(tmp_path, "c.tsv", GENES_BY_SAMPLES.replace("40", "40.5")), mapping, "counts"
+        )
     )
     assert problems == ["c.tsv: row 3, column 'T1': raw counts must be whole numbers, got 40.5"]
 
