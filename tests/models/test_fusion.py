@@ -73,3 +73,25 @@ def test_planted_signal_is_learned_and_absent_signal_is_not(signal: bool, expect
     assert (auc >= 0.8) is expect_high, auc
     assert np.all(weights[~data.present[test]] == 0)
     assert len(MODALITIES) == weights.shape[1]
+
+
+def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make_settings) -> None:  # noqa: ANN001
+    from immunode.config import ConfigError
+    from immunode.service import verify_model_weights
+    from models.cards import ModelCard, save_weights
+    from models.fusion import settings_dict
+
+    model = AttentionFusion(DIMS, FusionSettings())
+    card = ModelCard("test-fusion", "0", "", "", True, "synthetic", "tests", {}, {})
+    card = ModelCard(
+        **{
+            **card.__dict__,
+            "parameters": {"kind": "attention", "dims": DIMS, "settings": settings_dict(FusionSettings())},
+        }
+    )
+    weights = tmp_path / "fusion.pt"
+    save_weights(model.state_dict(), weights, card)
+    verify_model_weights(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
+    weights.write_bytes(weights.read_bytes() + b"tampered")
+    with pytest.raises(ConfigError, match="pipelines.response.fusion_weights: weights fusion.pt have sha256"):
+        verify_model_weights(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
