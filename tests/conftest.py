@@ -54,6 +54,19 @@ def reset_postgres(url: str) -> None:
     engine.dispose()
 
 
+@pytest.fixture(autouse=True)
+def root_logging_restored() -> Iterator[None]:
+    """Commands run in-process configure logging as entry points do; their handlers point at this test's
+    captured stream, which is closed afterwards, so the root logger is put back after each test."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 DATABASE_KINDS = ["sqlite"] + (["postgresql"] if POSTGRES_URL else [])
 
 
