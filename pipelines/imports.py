@@ -327,7 +327,7 @@ def read_clinical_file(path: Path, delimiter: str | None = None) -> ClinicalImpo
             continue
         seen[patient, issuer] = number
         parsed: dict[str, object] = {}
-        for column in header[2 if "IssuerOfPatientID" in header else 1 :]:
+        for column in header:
             if column in ("PatientID", "IssuerOfPatientID"):
                 continue
             value, reason = _clinical_value(column, cells[column])

@@ -164,3 +164,9 @@ def test_imports_are_idempotent_and_transactional(tmp_path: Path, make_settings,
             assert any("clinical.csv rejected with 1 problem(s)" in m for m in messages)
     finally:
         database.dispose()
+
+
+def test_clinical_columns_in_any_order(tmp_path: Path) -> None:
+    imported = read_clinical_file(_write(tmp_path, "c.tsv", "age\tPatientID\tecog\n61\tP9\t2\n"))
+    (record,) = imported.records
+    assert (record.patient_id, record.age_years, record.ecog, record.issuer_of_patient_id) == ("P9", 61.0, 2, "")
