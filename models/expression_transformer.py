@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import hashlib
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from models.errors import ModelError
+from models.training import balanced_rows
 
 DEFAULT_PANEL = Path(__file__).parent / "panels" / "immune-default.tsv"
 LOG_SCALE = 1e4
@@ -137,13 +138,7 @@ def balance_by_duplication(
     features: np.ndarray, labels: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Duplicate the smaller class (responders, usually) until the classes are 1:1."""
-    classes, counts = np.unique(labels, return_counts=True)
-    if len(classes) < 2 or counts[0] == counts[1]:
-        return features, labels
-    minority = classes[np.argmin(counts)]
-    minority_rows = np.flatnonzero(labels == minority)
-    extra = rng.choice(minority_rows, size=abs(counts[0] - counts[1]), replace=True)
-    rows = np.concatenate([np.arange(len(labels)), extra])
+    rows = balanced_rows(labels, rng)
     return features[rows], labels[rows]
 
 
@@ -216,7 +211,3 @@ def gene_importance(
     values = explainer.shap_values(torch.from_numpy(explained.astype(np.float32)), rseed=seed)
     values = np.asarray(values[0] if isinstance(values, list) else values)
     return np.abs(values.reshape(len(explained), -1)).mean(axis=0)
-
-
-def settings_dict(settings: TransformerSettings) -> dict:
-    return asdict(settings)

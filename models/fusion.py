@@ -15,11 +15,13 @@ weights' sha256 covers them.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+
+from models.training import balanced_rows
 
 MODALITIES = ("imaging", "genomic", "clinical")
 
@@ -156,16 +158,6 @@ def new_model(kind: str, dims: dict[str, int], settings: FusionSettings) -> nn.M
     raise ValueError(f"unknown fusion kind {kind!r}")
 
 
-def _oversample(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Row indices with the minority class resampled (with replacement) up to the majority count."""
-    classes, counts = np.unique(labels, return_counts=True)
-    rows = np.arange(len(labels))
-    if len(classes) < 2 or counts[0] == counts[1]:
-        return rows
-    minority = np.flatnonzero(labels == classes[np.argmin(counts)])
-    return np.concatenate([rows, rng.choice(minority, abs(counts[0] - counts[1]), replace=True)])
-
-
 def train_fusion(
     train: FusionData, validation: FusionData, kind: str = "attention", settings: FusionSettings = FusionSettings()
 ) -> nn.Module:
@@ -175,7 +167,7 @@ def train_fusion(
     model = new_model(kind, dims, settings)
     for i, (modality, values) in enumerate(train.inputs.items()):
         model.encoders.standardise[modality].fit(values[train.present[:, i]])
-    balanced = train.rows(_oversample(train.labels, rng))
+    balanced = train.rows(balanced_rows(train.labels, rng))
     inputs, present = balanced.tensors()
     labels = torch.from_numpy(balanced.labels.astype(np.float32))
     val_inputs, val_present = validation.tensors()
@@ -212,7 +204,3 @@ def predict(model: nn.Module, data: FusionData) -> tuple[np.ndarray, np.ndarray]
     with torch.no_grad():
         logits, weights = model(inputs, present)
     return torch.sigmoid(logits).numpy(), weights.numpy()
-
-
-def settings_dict(settings: FusionSettings) -> dict:
-    return asdict(settings)

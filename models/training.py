@@ -109,6 +109,16 @@ def cross_validate(cubes: np.ndarray, targets: np.ndarray, settings: TrainingSet
     return CrossValidation(out_of_fold, float(result.statistic), float(result.pvalue), tuple(fold_rho))
 
 
+def balanced_rows(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Row indices with the smaller class drawn again (with replacement) until the classes are 1:1."""
+    classes, counts = np.unique(labels, return_counts=True)
+    rows = np.arange(len(labels))
+    if len(classes) < 2 or counts[0] == counts[1]:
+        return rows
+    minority = np.flatnonzero(labels == classes[np.argmin(counts)])
+    return np.concatenate([rows, rng.choice(minority, size=abs(counts[0] - counts[1]), replace=True)])
+
+
 def deterministic_torch() -> None:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

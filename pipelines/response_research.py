@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +31,9 @@ from models.expression_transformer import (
     load_panel,
     panel_features,
     predict_proba,
-    settings_dict,
     train_transformer,
 )
 from models.fusion import MODALITIES, FusionData, FusionSettings, predict, train_fusion
-from models.fusion import settings_dict as fusion_settings_dict
 from models.metrics import METRIC_NAMES, bootstrap_interval, classification_metrics, mean_metrics
 from models.serving import load_expression, load_fusion
 from pipelines.response_models import fusion_data
@@ -212,7 +210,7 @@ def train_expression(
             intended_use="Research use only: ICI response probability from tumour mRNA expression.",
             metrics={"mean_over_splits": means[TRANSFORMER], "splits": splits},
             parameters={
-                "transformer": settings_dict(settings),
+                "transformer": asdict(settings),
                 "panel": panel.name,
                 "panel_sha256": panel.sha256,
                 "genes": list(panel.genes),
@@ -402,7 +400,7 @@ def train_fusion_model(
             parameters={
                 "kind": "attention",
                 "dims": dims,
-                "settings": fusion_settings_dict(settings),
+                "settings": asdict(settings),
                 "expression_weights_sha256": expression_sha256,
                 "cytact_model": cytact_model,
             },

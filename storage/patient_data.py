@@ -150,22 +150,23 @@ def study_patient(session: Session, study_instance_uid: str) -> tuple[str, str] 
 
 def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], tuple[str, list[list[float]]]]:
     """(PatientID, issuer) → (CytAct model key, lesion embeddings) of the most recent successful PET analysis."""
-    jobs = session.execute(
-        select(Patient.patient_id, Patient.issuer_of_patient_id, Job.id)
+    rows = session.execute(
+        select(
+            Patient.patient_id, Patient.issuer_of_patient_id, Job.id, LesionResult.cytact_model, LesionResult.embedding
+        )
         .join(Study, Study.patient_fk == Patient.id)
         .join(Job, Job.study_fk == Study.id)
-        .where(Job.state == JobState.SUCCEEDED)
-        .order_by(Job.id)
+        .join(LesionResult, LesionResult.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, LesionResult.embedding.is_not(None))
+        .order_by(Job.id, LesionResult.id)
     ).all()
+    latest_job: dict[tuple[str, str], int] = {}
     embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]] = {}
-    for patient_id, issuer, job_id in jobs:  # in job order: a later analysis replaces an earlier one
-        rows = session.execute(
-            select(LesionResult.cytact_model, LesionResult.embedding).where(
-                LesionResult.job_fk == job_id, LesionResult.embedding.is_not(None)
-            )
-        ).all()
-        if rows:
-            embeddings[(patient_id, issuer)] = (rows[0].cytact_model, [list(r.embedding) for r in rows])
+    for patient_id, issuer, job_id, model, embedding in rows:  # in job order: a later analysis replaces earlier
+        key = (patient_id, issuer)
+        if latest_job.get(key) != job_id:
+            latest_job[key], embeddings[key] = job_id, (model, [])
+        embeddings[key][1].append(list(embedding))
     return embeddings
 
 

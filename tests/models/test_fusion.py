@@ -76,17 +76,18 @@ def test_planted_signal_is_learned_and_absent_signal_is_not(signal: bool, expect
 
 
 def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make_settings) -> None:  # noqa: ANN001
+    from dataclasses import asdict
+
     from immunode.config import ConfigError
     from immunode.service import verify_model_weights
     from models.cards import ModelCard, save_weights
-    from models.fusion import settings_dict
 
     model = AttentionFusion(DIMS, FusionSettings())
     card = ModelCard("test-fusion", "0", "", "", True, "synthetic", "tests", {}, {})
     card = ModelCard(
         **{
             **card.__dict__,
-            "parameters": {"kind": "attention", "dims": DIMS, "settings": settings_dict(FusionSettings())},
+            "parameters": {"kind": "attention", "dims": DIMS, "settings": asdict(FusionSettings())},
         }
     )
     weights = tmp_path / "fusion.pt"
