@@ -96,7 +96,7 @@ class SeriesMatch(Strict):
 
 class RoutingRule(Strict):
     name: str
-    pipeline: Literal["pet_quant"]
+    pipeline: Literal["pet_quant", "ct_radiomics"]
     # The rule fires when at least one series of the study matches.
     series: SeriesMatch = SeriesMatch(modality="PT")
 
@@ -104,7 +104,12 @@ class RoutingRule(Strict):
 class RoutingSettings(Strict):
     study_stable_s: float = Field(120.0, ge=0)
     poll_interval_s: float = Field(5.0, gt=0)
-    rules: list[RoutingRule] = Field(default_factory=lambda: [RoutingRule(name="pet-lesions", pipeline="pet_quant")])
+    rules: list[RoutingRule] = Field(
+        default_factory=lambda: [
+            RoutingRule(name="pet-lesions", pipeline="pet_quant"),
+            RoutingRule(name="ct-radiomics", pipeline="ct_radiomics", series=SeriesMatch(modality="CT")),
+        ]
+    )
 
 
 class WorkerSettings(Strict):
@@ -183,9 +188,86 @@ class ResponseModelSettings(Strict):
     fusion_weights: Path | None = None
 
 
+def _valid_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as error:
+        raise ValueError(f"invalid regular expression: {error}") from None
+    return value
+
+
+class PairingSettings(Strict):
+    """How a follow-up CT finds its baseline (same PatientID and IssuerOfPatientID, CT, within the window)."""
+
+    window_min_weeks: float = Field(6.0, ge=0)  # the baseline is at least this long before the follow-up ...
+    window_max_weeks: float = Field(16.0, gt=0)  # ... and at most this long
+    # With an imported therapy start date: the baseline must be on or before it, the follow-up after it.
+    use_therapy_start: bool = True
+    # How long a follow-up waits for a baseline being retrieved or analysed before it runs without one.
+    baseline_wait_s: float = Field(3600.0, ge=0)
+
+    @model_validator(mode="after")
+    def _window_is_a_window(self) -> PairingSettings:
+        if self.window_max_weeks <= self.window_min_weeks:
+            raise ValueError("window_max_weeks must be greater than window_min_weeks")
+        return self
+
+
+class RegistrationSettings(Strict):
+    """Follow-up (T1) CT registered to baseline (T0): rigid, then B-spline where rigid leaves a poor fit."""
+
+    deformable: Literal["auto", "always", "never"] = "auto"
+    # auto: deformable when the correlation of the rigidly aligned CTs (within the body) stays below this.
+    deformable_below_correlation: float = Field(0.9, gt=0, le=1)
+    # A follow-up lesion matches the baseline lesion whose mapped centroid is nearest, within this distance.
+    match_distance_mm: float = Field(20.0, gt=0)
+
+
+class CtRadiomicsSettings(Strict):
+    """CT radiomics, delta-radiomics and resistance pattern of the longitudinal CT method."""
+
+    # An annotation label (RTSTRUCT ROI name, SEG segment label) matching this marks the primary tumour;
+    # every other lesion is a metastasis.
+    primary_label: str = "(?i)(primary|^GTV)"
+    # Labels matching this are lymph nodes (RECIST 1.1 short-axis rule).
+    lymph_node_label: str = r"(?i)(lymph|\bnode|\bLN\b)"
+    # When no label names a primary: "largest" (the largest lesion by volume) or "none" (all metastases).
+    primary_rule: Literal["largest", "none"] = "largest"
+    pet_fallback: bool = True  # without CT annotations: PET lesions of the same study on the CT grid
+    max_lesions: int = Field(20, ge=1)
+    extraction_processes: int = Field(2, ge=1, le=64)  # worker processes for the volumes of one study
+    per_lesion_features: bool = True  # also extract each lesion on its own (besides P and M)
+    # A matched lesion is progressive when its RECIST diameter grew by at least this much ...
+    progression_percent: float = Field(20.0, ge=0)
+    progression_min_mm: float = Field(5.0, ge=0)  # ... and by at least this many millimetres
+    oligo_max_lesions: int = Field(3, ge=1)  # new + progressive lesions up to this many: oligo-progression
+    # The published delta-radiomics signature (CSV as ../shared/data/delta_radiomics_published.csv):
+    # its features are reported in the follow-up SR with the nearer published group median.
+    published_signature: Path | None = None
+    # A classifier from `immunode train ar-signature` (.json with its .card.json); None: no class in the SR.
+    ar_signature: Path | None = None
+    pairing: PairingSettings = PairingSettings()
+    registration: RegistrationSettings = RegistrationSettings()
+
+    @field_validator("primary_label", "lymph_node_label")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return _valid_regex(value)
+
+
 class PipelineSettings(Strict):
     pet_quant: PetQuantSettings = PetQuantSettings()
     response: ResponseModelSettings = ResponseModelSettings()
+    ct_radiomics: CtRadiomicsSettings = CtRadiomicsSettings()
+
+
+class QueryRetrieveSettings(Strict):
+    """A PACS asked for missing baselines (C-FIND at study level, then C-MOVE to this node)."""
+
+    ae_title: str
+    host: str
+    port: int = Field(ge=1, le=65535)
+    timeout_s: float = Field(30.0, gt=0)
 
 
 class LoggingSettings(Strict):
@@ -203,7 +285,19 @@ class Settings(Strict):
     workers: WorkerSettings = WorkerSettings()
     dispatch: DispatchSettings = DispatchSettings()
     pipelines: PipelineSettings = PipelineSettings()
+    query_retrieve: QueryRetrieveSettings | None = None
     logging: LoggingSettings = LoggingSettings()
+
+    @model_validator(mode="after")
+    def _retrieve_peer_may_send(self) -> Settings:
+        peer = self.query_retrieve
+        if peer is not None and not self.peers.accept_any:
+            if not any(p.ae_title == peer.ae_title for p in self.peers.allowed):
+                raise ValueError(
+                    f"query_retrieve.ae_title {peer.ae_title!r} must also be in peers.allowed, "
+                    "or the baselines it sends by C-MOVE are refused"
+                )
+        return self
 
     @model_validator(mode="after")
     def _unique_destination_names(self) -> Settings:

@@ -3,24 +3,28 @@
 Settings as published: resampling to 1 × 1 × 1 mm with linear interpolation, bin width 25 (HU), the original
 image and all eight wavelet decompositions, all feature classes. The extraction is a plain pyradiomics
 call with `PARAMETERS`; the parameter file is stored with every result (`parameter_file_text`).
-
-Groundwork of the CT radiomics issue: CT loading, RTSTRUCT contours rasterised on the CT grid and the
-extraction itself. Pairing, deltas, Q/R retrieval, lesion tracking and reporting are not built yet.
+The volumes of one study (P, M and, optionally, each lesion) are extracted in parallel worker processes,
+each reading the whole CT from a memory-mapped file, so the values equal a direct call (tested).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
 import yaml
-from matplotlib.path import Path as PolygonPath
 
+from pipelines.ct_lesions import load_ct_volume
 from pipelines.errors import PipelineError
+from pipelines.geometry import to_sitk
+from pipelines.types import FeatureSet, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -55,48 +59,18 @@ def parameter_file_text(parameters: dict = PARAMETERS) -> str:
 
 def load_ct(paths: Sequence[Path]) -> sitk.Image:
     """A CT series as a SimpleITK image in HU, slices ordered along the slice normal."""
-    headers = []
-    for path in paths:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        normal = np.cross(*np.reshape(np.asarray(ds.ImageOrientationPatient, dtype=float), (2, 3)))
-        headers.append((float(np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float))), str(path)))
-    if len(headers) < 2:
-        raise RadiomicsError("a CT series needs at least two slices")
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames([path for _, path in sorted(headers)])
-    return reader.Execute()
+    ct = load_ct_volume(paths)
+    return to_sitk(ct.hu, ct.geometry)
 
 
-def rtstruct_mask(rtstruct: Path, ct: sitk.Image, roi_names: Sequence[str]) -> sitk.Image:
-    """The union of the named ROIs' closed planar contours, rasterised on the CT grid (even-odd rule, so
-    that contours inside contours are holes); a voxel is inside when its centre is."""
-    ds = pydicom.dcmread(rtstruct)
-    numbers = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
-    wanted = {n for n, name in numbers.items() if name in roi_names}
-    if not wanted:
-        raise RadiomicsError(
-            f"{rtstruct.name}: no ROI named {', '.join(roi_names)} (has {', '.join(numbers.values())})"
-        )
-    size = ct.GetSize()  # x, y, z
-    mask = np.zeros(size[::-1], dtype=np.uint8)
-    columns, rows = np.meshgrid(np.arange(size[0]), np.arange(size[1]))
-    centres = np.column_stack([columns.ravel(), rows.ravel()])
-    for roi in ds.ROIContourSequence:
-        if int(roi.ReferencedROINumber) not in wanted:
-            continue
-        for contour in getattr(roi, "ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            index = np.array([ct.TransformPhysicalPointToContinuousIndex(tuple(p)) for p in points])
-            z = int(round(float(np.median(index[:, 2]))))
-            if not 0 <= z < size[2] or len(index) < 3:
-                continue
-            inside = PolygonPath(index[:, :2]).contains_points(centres).reshape(size[1], size[0])
-            mask[z] ^= inside.astype(np.uint8)
-    if not mask.any():
-        raise RadiomicsError(f"{rtstruct.name}: the contours of {', '.join(roi_names)} cover no CT voxel")
-    image = sitk.GetImageFromArray(mask)
-    image.CopyInformation(ct)
-    return image
+def parameters_sha256(parameters: dict = PARAMETERS) -> str:
+    return hashlib.sha256(parameter_file_text(parameters).encode()).hexdigest()
+
+
+def pyradiomics_version() -> str:
+    import radiomics
+
+    return str(radiomics.__version__)
 
 
 def extract_features(ct: sitk.Image, mask: sitk.Image, parameters: dict = PARAMETERS) -> dict[str, float]:
@@ -106,3 +80,52 @@ def extract_features(ct: sitk.Image, mask: sitk.Image, parameters: dict = PARAME
     extractor = featureextractor.RadiomicsFeatureExtractor(parameters)
     result = extractor.execute(ct, mask)
     return {name: float(value) for name, value in result.items() if not name.startswith("diagnostics_")}
+
+
+def _extract_one(
+    name: str, ct_file: Path, box: tuple[slice, ...], mask_box: np.ndarray, geometry: VolumeGeometry, parameters: dict
+) -> tuple[str, int, float, dict[str, float]]:
+    """Worker: one volume's features (runs in a separate process on the whole CT, memory-mapped)."""
+    begun = time.perf_counter()
+    hu = np.load(ct_file, mmap_mode="r")
+    mask = np.zeros(hu.shape, dtype=np.uint8)
+    mask[box] = mask_box
+    features = extract_features(to_sitk(np.asarray(hu), geometry), to_sitk(mask, geometry), parameters)
+    return name, int(mask_box.sum()), time.perf_counter() - begun, features
+
+
+def extract_volumes(
+    hu: np.ndarray,
+    geometry: VolumeGeometry,
+    masks: Mapping[str, np.ndarray],
+    processes: int,
+    workdir: Path,
+    tracking_uids: Mapping[str, str] | None = None,
+    parameters: dict = PARAMETERS,
+) -> tuple[FeatureSet, ...]:
+    """Features of every named mask, extracted in up to `processes` worker processes.
+
+    Workers get the whole CT (a memory-mapped file in `workdir`), not a crop: pyradiomics places its 1 mm
+    grid relative to the image's own voxel grid, so a cropped image would give slightly different values."""
+    ct_file = Path(workdir) / "ct-hu.npy"
+    np.save(ct_file, np.ascontiguousarray(hu, dtype=np.float32))
+    tasks = []
+    for name, mask in masks.items():
+        if not mask.any():
+            raise RadiomicsError(f"volume {name} has no voxel")
+        found = np.argwhere(mask)
+        box = tuple(slice(int(a), int(b) + 1) for a, b in zip(found.min(axis=0), found.max(axis=0)))
+        tasks.append((name, ct_file, box, mask[box].astype(np.uint8), geometry, parameters))
+    try:
+        if processes <= 1 or len(tasks) <= 1:
+            results = [_extract_one(*task) for task in tasks]
+        else:
+            context = get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(processes, len(tasks)), mp_context=context) as pool:
+                results = [future.result() for future in [pool.submit(_extract_one, *task) for task in tasks]]
+    finally:
+        ct_file.unlink(missing_ok=True)
+    for name, voxels, seconds, _ in results:
+        logger.info("radiomics volume %s: %d voxels in %.2f s", name, voxels, seconds)
+    uids = tracking_uids or {}
+    return tuple(FeatureSet(n, voxels, seconds, features, uids.get(n, "")) for n, voxels, seconds, features in results)

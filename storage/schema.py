@@ -46,6 +46,8 @@ class StudyState(enum.Enum):
 
 
 class JobState(enum.Enum):
+    PAIRING = "PAIRING"  # a longitudinal job looking for its baseline (decided by the pairing stage)
+    WAITING_BASELINE = "WAITING_BASELINE"  # baseline being retrieved or analysed; resumes or times out
     PENDING = "PENDING"
     RUNNING = "RUNNING"
     SUCCEEDED = "SUCCEEDED"
@@ -57,6 +59,15 @@ class DeliveryState(enum.Enum):
     PENDING = "PENDING"  # waiting for its next attempt (next_attempt_at)
     SENT = "SENT"
     DEAD = "DEAD"  # attempts exhausted; `immunode retry` re-queues
+
+
+class PairingOutcome(enum.Enum):
+    PAIRED = "PAIRED"  # a stored baseline was chosen
+    BASELINE_ITSELF = "BASELINE_ITSELF"  # the study is a baseline (retrieved for, or earlier than, a follow-up)
+    NO_BASELINE = "NO_BASELINE"  # none stored and none found on the query/retrieve peer (or none configured)
+    RETRIEVING = "RETRIEVING"  # found on the query/retrieve peer; C-MOVE requested, job waits
+    WAITING = "WAITING"  # stored baseline not analysed yet; job waits for its result
+    TIMED_OUT = "TIMED_OUT"  # the awaited baseline did not arrive or was not analysed in time
 
 
 class OutputKind(enum.Enum):
@@ -150,6 +161,8 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
     summary: Mapped[str] = mapped_column(Text, default="")
+    # WAITING_BASELINE jobs run without their baseline after this time.
+    waiting_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     outputs: Mapped[list[Output]] = relationship(back_populates="job")
@@ -261,6 +274,93 @@ class ClinicalRecord(Base):
     lipi: Mapped[str] = mapped_column(String(16), default="")  # good / intermediate / poor; empty: not derivable
     source_file: Mapped[str] = mapped_column(String(255), default="")
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
+class Pairing(Base):
+    """A baseline pairing decision for a longitudinal job: what was chosen (or not) and why."""
+
+    __tablename__ = "pairings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    decided_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    outcome: Mapped[PairingOutcome] = mapped_column(_enum(PairingOutcome))
+    # The chosen or awaited baseline study (it may not be stored yet while it is retrieved).
+    baseline_study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class RadiomicsExtraction(Base):
+    """One pyradiomics extraction of one volume of a study (P, M or one lesion), with its parameter file."""
+
+    __tablename__ = "radiomics_extractions"
+    __table_args__ = (UniqueConstraint("job_fk", "volume", name="uq_radiomics_job_volume"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    ct_series_uid: Mapped[str] = mapped_column(String(64))
+    volume: Mapped[str] = mapped_column(String(16))  # "P" primary, "M" merged metastases, "L<n>" one lesion
+    tracking_uid: Mapped[str] = mapped_column(String(64), default="")  # of the lesion, for "L<n>"
+    voxel_count: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float)
+    pyradiomics_version: Mapped[str] = mapped_column(String(32))
+    parameters: Mapped[str] = mapped_column(Text)  # the parameter file (YAML) exactly as used
+    parameters_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class RadiomicFeature(Base):
+    __tablename__ = "radiomic_features"
+    __table_args__ = (UniqueConstraint("extraction_fk", "name", name="uq_radiomic_feature"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    extraction_fk: Mapped[int] = mapped_column(ForeignKey("radiomics_extractions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))  # pyradiomics name, e.g. original_glcm_ClusterTendency
+    value: Mapped[float] = mapped_column(Float)
+
+
+class CtLesionResult(Base):
+    """A lesion on CT of a CT radiomics job: role, RECIST diameters and its tracking identity."""
+
+    __tablename__ = "ct_lesion_results"
+    __table_args__ = (UniqueConstraint("job_fk", "lesion_number", name="uq_ct_lesion_result"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    lesion_number: Mapped[int] = mapped_column(Integer)
+    tracking_uid: Mapped[str] = mapped_column(String(64), index=True)
+    tracking_identifier: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))  # primary / metastasis
+    source: Mapped[str] = mapped_column(String(16))  # annotation / pet
+    label: Mapped[str] = mapped_column(String(64), default="")
+    lymph_node: Mapped[bool] = mapped_column(Boolean, default=False)
+    volume_ml: Mapped[float] = mapped_column(Float)
+    long_axis_mm: Mapped[float] = mapped_column(Float)
+    short_axis_mm: Mapped[float] = mapped_column(Float)
+    centroid: Mapped[list] = mapped_column(JSON)  # patient coordinates (mm)
+    status: Mapped[str] = mapped_column(String(16), default="")  # baseline / matched / new
+    progressive: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class CtAssessment(Base):
+    """Patient-level outcome of a CT radiomics job: time point, baseline, RECIST and resistance pattern."""
+
+    __tablename__ = "ct_assessments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
+    time_point: Mapped[str] = mapped_column(String(8))  # T0 / T1
+    baseline_study_uid: Mapped[str] = mapped_column(String(64), default="")
+    sum_diameters_t0_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    sum_diameters_t1_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    percent_change: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recist_category: Mapped[str] = mapped_column(String(4), default="")  # CR PR SD PD
+    new_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    progressive_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pattern: Mapped[str] = mapped_column(String(16), default="")  # oligo / systemic / none
+    deltas: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"P_original_...": delta or null}
+    signature_class: Mapped[str] = mapped_column(String(16), default="")
+    signature_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Event(Base):

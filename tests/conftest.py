@@ -93,7 +93,12 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             },
             "storage": {"root": str(tmp_path / "store"), "min_free_mb": 0},
             "database": {"url": database_url},
-            "routing": {"study_stable_s": 1.0, "poll_interval_s": 0.2},
+            # PET only unless a test asks for more (the CT pipeline has its own tests).
+            "routing": {
+                "study_stable_s": 1.0,
+                "poll_interval_s": 0.2,
+                "rules": [{"name": "pet-lesions", "pipeline": "pet_quant", "series": {"modality": "PT"}}],
+            },
             "workers": {"processes": 1, "job_cpu_limit_s": 300},
             "dispatch": {"max_attempts": 4, "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "timeout_s": 10},
             "logging": {"level": "INFO"},
