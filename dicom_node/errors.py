@@ -17,3 +17,7 @@ class UndecodableDataset(ReceiveError):
 
 class DatasetInvalid(ReceiveError):
     """The data set decodes but cannot be stored: identifying attributes missing or invalid, pixel data short."""
+
+
+class RetrieveError(Exception):
+    """A query (C-FIND) or retrieval (C-MOVE) at the query/retrieve peer failed; the message says how."""

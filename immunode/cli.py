@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -85,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage import index
+    from storage import index, radiomics
     from storage.schema import Delivery, DeliveryState, Job, JobState, Output, Study
 
     with _index_session(args) as session:
@@ -100,9 +101,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in JobState))
         for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)).all():
-            line = f"  job {job.id:<5} {job.pipeline:<10} {job.state.value:<10} study {job.study.study_instance_uid}"
+            line = f"  job {job.id:<5} {job.pipeline:<12} {job.state.value:<16} study {job.study.study_instance_uid}"
             if job.state is JobState.FAILED:
                 line += f"\n      reason: {job.error}"
+            pairing = radiomics.latest_pairing(session, job.id) if job.pipeline == radiomics.PIPELINE else None
+            if pairing is not None:
+                line += f"\n      baseline: {pairing.outcome.value} {pairing.reason}"
+                if job.state is JobState.WAITING_BASELINE and job.waiting_until:
+                    line += f" (waiting for baseline until {job.waiting_until:%Y-%m-%d %H:%M:%S}Z)"
             print(line)
         print("Deliveries")
         counts = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
@@ -200,6 +206,91 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
     result.unmatched = unmatched
     report = outcomes.write_report(table, result, cutoff, Path(args.out))
     print(f"report: {report}")
+    return 0
+
+
+def _delta_table(args: argparse.Namespace):  # noqa: ANN202 - DeltaTable
+    from pipelines import radiomics_research as research
+    from storage import radiomics
+
+    labels = research.read_labels(Path(args.labels)) if args.labels else None
+    if args.table:
+        table = research.read_table(Path(args.table))
+        if labels is not None:
+            keep = [i for i, p in enumerate(table.patients) if p in labels]
+            systemic = [labels[table.patients[i]] for i in keep]
+            table = research.DeltaTable(
+                tuple(table.patients[i] for i in keep),
+                np.array(systemic, dtype=bool),
+                table.features,
+                table.values[keep],
+            )
+        return table
+    with _index_session(args) as session:
+        return research.table_from_store(radiomics.delta_table(session), labels)
+
+
+def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
+    from pipelines import radiomics_research as research
+
+    try:
+        table = _delta_table(args)
+        kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed)
+    except (OSError, research.DeltaTableError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"{len(table.patients)} patients ({int(table.systemic.sum())} systemic, {int((~table.systemic).sum())} oligo); "
+        f"{len(table.features)} Δ features, {len(kept)} kept after the Spearman |rho| >= 0.99 filter"
+    )
+    for result in results[: args.top]:
+        print(
+            f"  {result.feature:<60} MW p {result.mann_whitney_p:.3g}  perm p {result.permutation_p:.3g}  "
+            f"AUC {result.auc:.2f}  median oligo {result.median_oligo:.3g} systemic {result.median_systemic:.3g}"
+        )
+    print(f"written: {Path(args.out) / 'feature_tests.csv'}, {Path(args.out) / 'kept_features.txt'}")
+    return 0
+
+
+def cmd_train_ar_signature(args: argparse.Namespace) -> int:
+    from models import ar_signature
+    from models.errors import ModelError
+    from pipelines import radiomics_research as research
+    from pipelines.delta_radiomics import read_published_signature
+
+    try:
+        table = _delta_table(args)
+        if args.features:
+            features = [f.strip() for f in args.features.split(",") if f.strip()]
+        elif args.published:
+            features = [f.name for f in read_published_signature(Path(args.published))]
+        else:
+            raise research.DeltaTableError("name the features: --published CSV or --features a,b,...")
+        missing = [f for f in features if f not in table.features]
+        if missing:
+            raise research.DeltaTableError(f"features not in the table: {', '.join(missing)}")
+        columns = [table.features.index(f) for f in features]
+        values = table.values[:, columns]
+        complete = ~np.isnan(values).any(axis=1)
+        signature = ar_signature.fit(values[complete], features, table.systemic[complete])
+        from sklearn.metrics import roc_auc_score
+
+        predicted = [signature.probability_systemic(dict(zip(features, row))) for row in values[complete]]
+        metrics = {
+            "patients": int(complete.sum()),
+            "left_out_undefined": int((~complete).sum()),
+            "training_auc": float(roc_auc_score(table.systemic[complete], predicted)),
+        }
+        out = Path(args.out)
+        card = ar_signature.save(signature, out / "ar-signature.pt", args.training_data, args.synthetic, metrics)
+    except (OSError, ModelError, research.DeltaTableError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(
+        f"trained on {metrics['patients']} patients ({metrics['left_out_undefined']} left out: undefined Δ); "
+        f"training AUC {metrics['training_auc']:.3f} (optimistic: not held out)"
+    )
+    print(f"weights: {out / 'ar-signature.pt'} sha256 {card.sha256[:16]}; set pipelines.ct_radiomics.ar_signature")
     return 0
 
 
@@ -443,8 +534,30 @@ def build_parser() -> argparse.ArgumentParser:
     analyse.add_argument("--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events")
     analyse.add_argument("--out", default="outcome-report", help="folder for report.md, plots and patients.csv")
     analyse.set_defaults(handler=cmd_analyse_outcomes)
+    analyse_radiomics = commands.add_parser(
+        "analyse-radiomics",
+        help="Δ-radiomics statistics between oligo and systemic progression (research use)",
+    )
+    analyse_radiomics.add_argument(
+        "--table", help="CSV: PatientID, IssuerOfPatientID, pattern, Δ features (default: the node's paired follow-ups)"
+    )
+    analyse_radiomics.add_argument("--labels", help="CSV: PatientID, IssuerOfPatientID, pattern (overrides)")
+    analyse_radiomics.add_argument("--out", default="radiomics-analysis")
+    analyse_radiomics.add_argument("--permutations", type=int, default=1000)
+    analyse_radiomics.add_argument("--seed", type=int, default=0)
+    analyse_radiomics.add_argument("--top", type=int, default=20, help="features printed")
+    analyse_radiomics.set_defaults(handler=cmd_analyse_radiomics)
     train = commands.add_parser("train", help="train a model")
     models = train.add_subparsers(dest="model", required=True)
+    signature = models.add_parser("ar-signature", help="oligo vs systemic classifier from Δ radiomic features")
+    signature.add_argument("--table", help="CSV as for analyse-radiomics (default: the node's paired follow-ups)")
+    signature.add_argument("--labels", help="CSV: PatientID, IssuerOfPatientID, pattern")
+    signature.add_argument("--published", help="use the features of the published signature table")
+    signature.add_argument("--features", help="comma-separated Δ feature names")
+    signature.add_argument("--out", default="ar-signature")
+    signature.add_argument("--training-data", default="")
+    signature.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+    signature.set_defaults(handler=cmd_train_ar_signature)
     cytact = models.add_parser("cytact", help="the CytAct network from a manifest of PET lesions and targets")
     cytact.add_argument("--manifest", required=True, help="CSV: pet, seed_x/seed_y/seed_z or mask, cytact")
     cytact.add_argument("--out", default="cytact-weights", help="folder for the weights and their card")

@@ -10,9 +10,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from dicom_node.dispatch import dispatch_due
 from dicom_node.scp import StorageSCP
 from immunode.config import ConfigError, Settings
+from models.ar_signature import load as load_ar_signature
 from models.errors import ModelError
 from models.serving import load_cytact, load_expression, load_fusion
 from pipelines import flow
+from pipelines.delta_radiomics import read_published_signature
+from pipelines.errors import PipelineError
 from pipelines.worker import JobRunner
 from storage.database import Database
 from storage.files import FileLayout
@@ -34,6 +37,18 @@ def verify_model_weights(settings: Settings) -> None:
             except ModelError as error:
                 raise ConfigError(f"pipelines.response.{key}: {error}") from None
             logger.info("%s %s %s sha256 %s", key, card.name, card.version, card.sha256[:16])
+    ct = settings.pipelines.ct_radiomics
+    if ct.ar_signature is not None:
+        try:
+            card = load_ar_signature(ct.ar_signature)[1]
+        except ModelError as error:
+            raise ConfigError(f"pipelines.ct_radiomics.ar_signature: {error}") from None
+        logger.info("ar_signature %s %s sha256 %s", card.name, card.version, card.sha256[:16])
+    if ct.published_signature is not None:
+        try:
+            read_published_signature(ct.published_signature)
+        except PipelineError as error:
+            raise ConfigError(f"pipelines.ct_radiomics.published_signature: {error}") from None
     cytact = settings.pipelines.pet_quant.cytact
     if not cytact.enabled:
         return
@@ -74,6 +89,7 @@ class Node:
         if removed or resumed:
             logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
         self._every(self.route_once, "route")
+        self._every(self.pair_once, "pair")
         self._every(self.run_once, "run")
         self._every(self.dispatch_once, "dispatch")
         self.scheduler.start()
@@ -82,6 +98,9 @@ class Node:
 
     def route_once(self) -> None:
         flow.route_quiet_studies(self.settings, self.database)
+
+    def pair_once(self) -> None:
+        flow.pair_jobs(self.settings, self.database)
 
     def run_once(self) -> None:
         self.runner.submit_pending()

@@ -214,6 +214,15 @@ def assign_roles(
 ) -> tuple[tuple[CtLesion, ...], str]:
     """Lesions (largest first, at most `max_lesions`) with their roles, and how the primary was chosen."""
     kept = sorted(regions, key=lambda r: -int(r.mask.sum()))[: settings.max_lesions]
+    # One voxel belongs to one lesion (the SEG is a label map): a larger lesion keeps shared voxels.
+    claimed = np.zeros(ct.geometry.shape, dtype=bool)
+    separate = []
+    for region in kept:
+        own = region.mask & ~claimed
+        claimed |= own
+        if own.any():
+            separate.append(replace(region, mask=own))
+    kept = separate
     if len(kept) < len(regions):
         logger.warning("study %s: %d lesions, the largest %d kept", ct.study_instance_uid, len(regions), len(kept))
     primary = re.compile(settings.primary_label)

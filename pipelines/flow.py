@@ -3,8 +3,11 @@
     receive   dicom_node.scp.StorageSCP          C-ECHO / C-STORE from allowed peers (SCP threads)
     store     storage.store.InstanceStore        fsync'd file + committed index row, then status 0x0000
     route     route_quiet_studies()              studies quiet for the stability time → jobs (scheduler)
+    pair      pair_jobs()                        CT jobs: find the baseline in the store, else C-FIND/C-MOVE
+                                                 it from the Q/R peer and wait (scheduler)
     analyse   run_job() → pipelines.pet_quant    SUV volume, lesions, measurements (worker process)
-    report    pipelines.report                   SEG + TID 1500 SR, dciodvfy + highdicom read-back gate
+                        → pipelines.ct_radiomics CT lesions, tracking, RECIST, radiomics, Δ (worker process)
+    report    pipelines.report / ct_report       SEG + TID 1500 SR, dciodvfy + highdicom read-back gate
     dispatch  dicom_node.dispatch.dispatch_due   C-STORE to destinations, back-off, dead letters (scheduler)
 
 `process_folder()` runs analyse + report on files in a folder without network or index (research use).
@@ -14,25 +17,33 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
+from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
+from dicom_node import qr
+from dicom_node.errors import RetrieveError
 from immunode.config import Settings
+from pipelines import ct_radiomics
 from pipelines.annotations import ANNOTATION_CLASSES, IMAGE_CLASSES, SR_CLASSES
+from pipelines.ct_report import write_ct_report
 from pipelines.errors import NothingToAnalyse, PipelineError
+from pipelines.pairing import choose_baseline, search_window
 from pipelines.pet_quant import algorithm_identity, analyse_pet_series, summarise
 from pipelines.report import write_pet_report
 from pipelines.response_models import predict_response
 from pipelines.routing import route
-from pipelines.types import PatientData, PetQuantResult, Report, ReportFile
+from pipelines.types import PairingDecisionKind, PatientData, PetQuantResult, Report, ReportFile
 from storage import index, patient_data
+from storage import radiomics as radiomics_store
 from storage.database import Database
 from storage.files import FileLayout
-from storage.schema import Job, JobState
+from storage.schema import Job, JobState, PairingOutcome, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +61,151 @@ def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
             "study %s revision %d complete: %d job(s)", study.study_instance_uid, study.revision, len(decisions)
         )
     return job_ids
+
+
+def pair_jobs(settings: Settings, database: Database) -> None:
+    """Pair stage: decide each new CT job's baseline, and release waiting jobs whose baseline is ready or late."""
+    with database.session() as session:
+        new = radiomics_store.jobs_in_state(session, JobState.PAIRING)
+        waiting = radiomics_store.jobs_in_state(session, JobState.WAITING_BASELINE)
+    for job_id, study_uid, _ in new:
+        _pair_new_job(settings, database, job_id, study_uid)
+    for job_id, _, until in waiting:
+        _release_if_ready(database, job_id, until)
+
+
+def _record(database: Database, job_id: int, outcome: PairingOutcome, reason: str, **kwargs) -> None:  # noqa: ANN003
+    logger.info("job %d pairing %s: %s", job_id, outcome.value, reason)
+    with database.session() as session:
+        radiomics_store.record_pairing(session, job_id, outcome, reason, **kwargs)
+
+
+def _pair_new_job(settings: Settings, database: Database, job_id: int, study_uid: str) -> None:
+    rules = settings.pipelines.ct_radiomics.pairing
+    with database.session() as session:
+        if radiomics_store.awaited_baseline(session, study_uid):
+            decision = (PairingOutcome.BASELINE_ITSELF, "awaited as the baseline of a waiting follow-up")
+            facts = None
+        else:
+            facts = radiomics_store.study_facts(session, study_uid)
+            candidates = radiomics_store.candidate_studies(session, facts)
+            therapy = radiomics_store.therapy_start(session, facts)
+    if facts is None:
+        _record(database, job_id, *decision)
+        return
+    choice = choose_baseline(facts, candidates, rules, therapy)
+    wait_until = utcnow() + timedelta(seconds=rules.baseline_wait_s)
+    if choice.kind is PairingDecisionKind.BASELINE_ITSELF:
+        _record(database, job_id, PairingOutcome.BASELINE_ITSELF, choice.reason)
+    elif choice.kind is PairingDecisionKind.PAIRED:
+        baseline_uid = choice.baseline.study_instance_uid
+        with database.session() as session:
+            state = radiomics_store.study_ct_job_state(session, baseline_uid)
+        if state in (JobState.PAIRING, JobState.WAITING_BASELINE, JobState.PENDING, JobState.RUNNING):
+            reason = f"{choice.reason}; its CT analysis is {state.value}: waiting"
+            _record(
+                database,
+                job_id,
+                PairingOutcome.WAITING,
+                reason,
+                baseline_uid=baseline_uid,
+                next_state=JobState.WAITING_BASELINE,
+                waiting_until=wait_until,
+            )
+        else:
+            note = (
+                ""
+                if state is JobState.SUCCEEDED
+                else f"; the baseline has no CT analysis result ({state.value if state else 'never analysed'})"
+            )
+            _record(database, job_id, PairingOutcome.PAIRED, choice.reason + note, baseline_uid=baseline_uid)
+    else:
+        _retrieve_or_go_without(settings, database, job_id, facts, choice.reason, therapy, wait_until)
+
+
+def _retrieve_or_go_without(settings, database, job_id, facts, reason, therapy, wait_until) -> None:  # noqa: ANN001
+    peer = settings.query_retrieve
+    if peer is None or facts.study_date is None:
+        _record(
+            database,
+            job_id,
+            PairingOutcome.NO_BASELINE,
+            f"{reason}; no query/retrieve peer configured" if peer is None else reason,
+        )
+        return
+    rules = settings.pipelines.ct_radiomics.pairing
+    earliest, latest = search_window(facts.study_date, rules)
+    try:
+        found = qr.find_studies(
+            peer, settings.node.ae_title, facts.patient_id, facts.issuer_of_patient_id, earliest, latest
+        )
+        remote = choose_baseline(facts, found, rules, therapy)
+        if remote.kind is not PairingDecisionKind.PAIRED:
+            _record(
+                database,
+                job_id,
+                PairingOutcome.NO_BASELINE,
+                f"{reason}; not at {peer.ae_title} either: {remote.reason}",
+            )
+            return
+        status = qr.move_study(peer, settings.node.ae_title, remote.baseline.study_instance_uid)
+    except RetrieveError as error:
+        _record(database, job_id, PairingOutcome.NO_BASELINE, f"{reason}; query/retrieve failed: {error}")
+        return
+    _record(
+        database,
+        job_id,
+        PairingOutcome.RETRIEVING,
+        f"{reason}; at {peer.ae_title}: {remote.reason}; C-MOVE {status}; "
+        f"waiting until {wait_until:%Y-%m-%d %H:%M:%S} UTC",
+        baseline_uid=remote.baseline.study_instance_uid,
+        next_state=JobState.WAITING_BASELINE,
+        waiting_until=wait_until,
+    )
+
+
+def _release_if_ready(database: Database, job_id: int, until: datetime | None) -> None:
+    with database.session() as session:
+        pairing = radiomics_store.latest_pairing(session, job_id)
+        baseline_uid = pairing.baseline_study_uid if pairing else ""
+        state = radiomics_store.study_ct_job_state(session, baseline_uid) if baseline_uid else None
+        job = session.get(Job, job_id)
+        followup = radiomics_store.study_facts(session, job.study.study_instance_uid)
+        baseline = radiomics_store.study_facts(session, baseline_uid) if baseline_uid else None
+    if state is JobState.SUCCEEDED and baseline is not None:
+        same = (baseline.patient_id, baseline.issuer_of_patient_id) == (
+            followup.patient_id,
+            followup.issuer_of_patient_id,
+        )
+        if same:
+            _record(
+                database, job_id, PairingOutcome.PAIRED, f"baseline {baseline_uid} analysed", baseline_uid=baseline_uid
+            )
+        else:
+            _record(
+                database,
+                job_id,
+                PairingOutcome.NO_BASELINE,
+                f"study {baseline_uid} arrived with PatientID {baseline.patient_id!r} issuer "
+                f"{baseline.issuer_of_patient_id!r}, not the follow-up's: not paired",
+            )
+    elif state is JobState.FAILED:
+        _record(
+            database,
+            job_id,
+            PairingOutcome.PAIRED,
+            f"baseline {baseline_uid} analysis failed; reported without Δ",
+            baseline_uid=baseline_uid,
+        )
+    elif until is None or utcnow() >= until:
+        what = "not analysed" if state else "not received"
+        _record(
+            database,
+            job_id,
+            PairingOutcome.TIMED_OUT,
+            f"baseline {baseline_uid} {what} in time; reported without Δ",
+            baseline_uid=baseline_uid,
+        )
 
 
 def _analyse_and_report_series(
@@ -86,6 +242,8 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         identity = patient_data.study_patient(session, study_uid)
         patient = patient_data.patient_data(session, *identity) if identity else None
     images = {uid: pydicom.dcmread(path, stop_before_pixels=True) for uid, path in image_paths.items()}
+    if pipeline == "ct_radiomics":
+        return _run_ct_job(settings, database, layout, job_id)
     if pipeline != "pet_quant":
         with database.session() as session:
             index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")
@@ -127,6 +285,56 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
             index.record_lesion_results(session, job_id, result)
         detail = " ".join(summaries) + (" Not analysed: " + "; ".join(problems) if problems else "")
         index.finish_job(session, job_id, JobState.SUCCEEDED, detail)
+    return JobState.SUCCEEDED
+
+
+BASELINE_OUTCOMES = {PairingOutcome.PAIRED, PairingOutcome.TIMED_OUT, PairingOutcome.RETRIEVING, PairingOutcome.WAITING}
+
+
+def _run_ct_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
+    """Analyse + report of the longitudinal CT method for one job (the pairing stage decided the baseline)."""
+    with database.session() as session:
+        ct_paths, pet_paths = radiomics_store.ct_job_inputs(session, layout, job_id)
+        classes = {str(SegmentationStorage), str(RTStructureSetStorage)}
+        annotations = list(index.study_instances(session, layout, job_id, classes).values())
+        pairing = radiomics_store.latest_pairing(session, job_id)
+        expected = pairing is not None and pairing.outcome in BASELINE_OUTCOMES
+        baseline = None
+        if pairing is not None and pairing.outcome is PairingOutcome.PAIRED and pairing.baseline_study_uid:
+            baseline = radiomics_store.load_baseline(session, layout, pairing.baseline_study_uid)
+        reason = pairing.reason if pairing else "no pairing decision"
+    params = settings.pipelines.ct_radiomics
+    try:
+        if not ct_paths:
+            raise NothingToAnalyse("no CT series selected for analysis")
+        with tempfile.TemporaryDirectory(prefix="radiomics-", dir=layout.root) as workdir:
+            result = ct_radiomics.analyse_ct_study(
+                ct_paths,
+                annotations,
+                pet_paths,
+                params,
+                settings.pipelines.pet_quant,
+                baseline,
+                reason,
+                Path(workdir),
+                baseline_expected=expected,
+            )
+        summary = ct_radiomics.summarise(result)
+        report = write_ct_report(
+            result, ct_radiomics.algorithm_identity(params), summary, lambda: layout.new_output_path(job_id)
+        )
+    except PipelineError as error:
+        logger.warning("job %d: %s", job_id, error)
+        with database.session() as session:
+            index.finish_job(session, job_id, JobState.FAILED, str(error))
+        return JobState.FAILED
+    destinations = [d.name for d in settings.result_destinations()]
+    with database.session() as session:
+        index.record_outputs(
+            session, layout, job_id, [(f, result.ct_series_uid, None) for f in report.files], destinations
+        )
+        radiomics_store.record_ct_result(session, job_id, result)
+        index.finish_job(session, job_id, JobState.SUCCEEDED, summary)
     return JobState.SUCCEEDED
 
 

@@ -19,6 +19,7 @@ from immunode import __version__
 from pipelines.lesions import label_volume
 from pipelines.types import (
     AlgorithmIdentity,
+    CtLesion,
     CytActSummary,
     Lesion,
     ModelIdentity,
@@ -110,7 +111,7 @@ def _seg_algorithm(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSeq
     )
 
 
-def _sr_algorithm(identity: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
+def sr_algorithm(identity: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
     return hd.sr.AlgorithmIdentification(
         name=identity.name,
         version=identity.version,
@@ -119,7 +120,11 @@ def _sr_algorithm(identity: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
 
 
 def build_segmentation(
-    source_images: Sequence[Dataset], lesions: Sequence[Lesion], identity: AlgorithmIdentity
+    source_images: Sequence[Dataset],
+    lesions: Sequence[Lesion] | Sequence[CtLesion],
+    identity: AlgorithmIdentity,
+    content_description: str = "FDG-avid lesions; research use only",
+    series_description: str = "immunode PET lesions (RESEARCH USE ONLY)",
 ) -> hd.seg.Segmentation:
     descriptions = [
         hd.seg.SegmentDescription(
@@ -149,16 +154,16 @@ def build_segmentation(
         manufacturer_model_name=identity.name,
         software_versions=__version__,
         device_serial_number="1",
-        content_description="FDG-avid lesions; research use only",
+        content_description=content_description,
         content_label="LESIONS",
-        series_description="immunode PET lesions (RESEARCH USE ONLY)",
+        series_description=series_description,
     )
     conform_copied_attributes(segmentation)
     return segmentation
 
 
-def _referenced_segment(
-    lesion: Lesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset]
+def referenced_segment(
+    lesion: Lesion | CtLesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset]
 ) -> hd.sr.ReferencedSegment:
     # Built explicitly: highdicom's ReferencedSegment.from_segmentation fails on a single-segment SEG,
     # whose segment identification sits in the shared, not per-frame, functional groups.
@@ -171,13 +176,13 @@ def _referenced_segment(
     )
 
 
-def _model_algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
+def model_algorithm(model: ModelIdentity) -> hd.sr.AlgorithmIdentification:
     parameters = [f"sha256:{model.weights_sha256}"] + (["synthetic demonstration weights"] if model.synthetic else [])
     return hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=parameters)
 
 
 def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    algorithm = _model_algorithm(summary.model)
+    algorithm = model_algorithm(summary.model)
 
     def value(number: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
         return hd.sr.Measurement(
@@ -247,11 +252,11 @@ def _response_group(
                 name=RESPONSE_EXPRESSION,
                 value=response.expression_probability,
                 unit=UNIT_NONE,
-                algorithm_id=_model_algorithm(response.expression_model),
+                algorithm_id=model_algorithm(response.expression_model),
             )
         )
     if response.fusion_probability is not None and response.fusion_model is not None:
-        fusion = _model_algorithm(response.fusion_model)
+        fusion = model_algorithm(response.fusion_model)
         measurements.append(
             hd.sr.Measurement(
                 name=RESPONSE_FUSION, value=response.fusion_probability, unit=UNIT_NONE, algorithm_id=fusion
@@ -322,7 +327,7 @@ def _lesion_group(
     identity: AlgorithmIdentity,
     model: ModelIdentity | None,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
-    algorithm = _sr_algorithm(identity)
+    algorithm = sr_algorithm(identity)
     m = lesion.measurements
 
     def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
@@ -350,11 +355,11 @@ def _lesion_group(
     ]
     if lesion.cytact is not None and model is not None:
         measurements.append(
-            hd.sr.Measurement(name=CYTACT, value=lesion.cytact, unit=UNIT_NONE, algorithm_id=_model_algorithm(model))
+            hd.sr.Measurement(name=CYTACT, value=lesion.cytact, unit=UNIT_NONE, algorithm_id=model_algorithm(model))
         )
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
-        referenced_segment=_referenced_segment(lesion, segmentation, source_images),
+        referenced_segment=referenced_segment(lesion, segmentation, source_images),
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         finding_sites=_finding_sites(lesion),
@@ -372,7 +377,7 @@ def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
     return sites or None
 
 
-def _research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
+def research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
@@ -431,7 +436,7 @@ def build_measurement_report(
                     identifier="FDG-avid lesions",
                 ),
                 finding_type=codes.SCT.Lesion,
-                algorithm_id=_sr_algorithm(identity),
+                algorithm_id=sr_algorithm(identity),
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
             )
         ]
@@ -443,7 +448,7 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(
-        _research_use_container(summary, [cytact_statement(result), *response_statements(result.response)])
+        research_use_container(summary, [cytact_statement(result), *response_statements(result.response)])
     )
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
     document = hd.sr.Comprehensive3DSR(

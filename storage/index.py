@@ -81,7 +81,8 @@ def complete_study(session: Session, completed: CompletedStudy, decisions: tuple
         return []  # re-opened meanwhile: the next poll sees the new revision
     study.state = StudyState.COMPLETE
     study.completed_at = utcnow()
-    superseded = session.scalars(select(Job).where(Job.study_fk == study.id, Job.state == JobState.PENDING)).all()
+    waiting = (JobState.PENDING, JobState.PAIRING, JobState.WAITING_BASELINE)
+    superseded = session.scalars(select(Job).where(Job.study_fk == study.id, Job.state.in_(waiting))).all()
     for job in superseded:
         job.state = JobState.SUPERSEDED
         job.error = f"superseded by revision {study.revision}"
@@ -93,6 +94,8 @@ def complete_study(session: Session, completed: CompletedStudy, decisions: tuple
             rule=decision.rule,
             series_uids=" ".join(decision.series_instance_uids),
             study_revision=study.revision,
+            # Longitudinal jobs first go through the pairing stage (baseline search, retrieval, waiting).
+            state=JobState.PAIRING if decision.pipeline == "ct_radiomics" else JobState.PENDING,
         )
         session.add(job)
         session.flush()

@@ -347,3 +347,149 @@ def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLe
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = rois, contours, observations
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+@dataclass(frozen=True)
+class CtLesionSpec:
+    label: str  # RTSTRUCT ROI name, e.g. "Primary tumour", "Met liver", "LN mediastinal"
+    centre_mm: tuple[float, float, float]  # in the patient's anatomy (before the scan's shift)
+    radius_mm: float
+    hu: float = 60.0
+
+
+@dataclass(frozen=True)
+class SyntheticCtStudy:
+    study_uid: str
+    ct_series_uid: str
+    ct_files: tuple[Path, ...]
+    rtstruct: Path | None
+
+
+def write_ct_study(
+    folder: Path,
+    lesions: tuple[CtLesionSpec, ...],
+    study_date: str,
+    shift_mm: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    patient_id: str = "SYN001",
+    issuer: str = "IMMUNODE-TEST",
+    shape_zyx: tuple[int, int, int] = (36, 80, 96),
+    spacing_xyz: tuple[float, float, float] = (3.0, 3.0, 4.0),
+    with_rtstruct: bool = True,
+    seed: int = 1,
+) -> SyntheticCtStudy:
+    """A chest-abdomen CT (body, lungs, liver, spine) with textured spherical lesions, the whole anatomy moved
+    by `shift_mm` in the scanner (a patient positioned differently), and an RTSTRUCT contouring every lesion
+    slice by slice under its label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    origin = tuple(-(n - 1) * s / 2 for n, s in zip(shape_zyx[::-1], spacing_xyz))
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
+    # Anatomy coordinates of each voxel: scanner position minus the shift.
+    ax = origin[0] + x * spacing_xyz[0] - shift_mm[0]
+    ay = origin[1] + y * spacing_xyz[1] - shift_mm[1]
+    az = origin[2] + z * spacing_xyz[2] - shift_mm[2]
+    body = (ax / 130.0) ** 2 + (ay / 95.0) ** 2 <= 1.0
+    hu = np.where(body, 40.0, -1000.0)
+    lungs = (((ax + 60) / 40.0) ** 2 + (ay / 50.0) ** 2 + ((az - 30) / 60.0) ** 2 <= 1) | (
+        ((ax - 60) / 40.0) ** 2 + (ay / 50.0) ** 2 + ((az - 30) / 60.0) ** 2 <= 1
+    )
+    hu[lungs] = -850.0
+    hu[((ax - 35) / 60.0) ** 2 + ((ay - 10) / 45.0) ** 2 + ((az + 45) / 40.0) ** 2 <= 1] = 60.0  # liver
+    hu[(ax / 12.0) ** 2 + ((ay - 70) / 12.0) ** 2 <= 1] = 700.0  # spine
+    rng = np.random.default_rng(seed)
+    for lesion in lesions:
+        cx, cy, cz = lesion.centre_mm
+        inside = (ax - cx) ** 2 + (ay - cy) ** 2 + (az - cz) ** 2 <= lesion.radius_mm**2
+        hu[inside] = lesion.hu + rng.normal(0, 15, int(inside.sum()))  # heterogeneous: texture for radiomics
+    hu += rng.normal(0, 5, hu.shape)
+    when = datetime.strptime(study_date, "%Y%m%d").replace(hour=10)
+    files = []
+    for k in range(shape_zyx[0]):
+        ct = _base("CT", study_uid, series_uid, frame_uid, CTImageStorage, when, patient_id, "siemens")
+        ct.IssuerOfPatientID = issuer
+        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ct.InstanceNumber = k + 1
+        ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ct.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing_xyz[2]]
+        ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+        ct.SliceThickness = spacing_xyz[2]
+        ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
+        ct.PixelRepresentation = 1
+        ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
+        ct.KVP = 120
+        ct.AcquisitionNumber = 1
+        ct.PixelData = np.round(np.clip(hu[k] + 1024, 0, 4095)).astype(np.int16).tobytes()
+        path = folder / "CT" / f"ct_{k:04d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ct.save_as(path, enforce_file_format=True)
+        files.append(path)
+    rtstruct = None
+    if with_rtstruct:
+        rtstruct = _ct_rtstruct(folder / "RS.dcm", files[0], lesions, shift_mm, origin[2], spacing_xyz[2], shape_zyx[0])
+    return SyntheticCtStudy(study_uid, series_uid, tuple(files), rtstruct)
+
+
+def _ct_rtstruct(path, first_ct, lesions, shift_mm, z0, dz, slices):  # noqa: ANN001, ANN202
+    ct = pydicom.dcmread(first_ct, stop_before_pixels=True)
+    ds = _base(
+        "RTSTRUCT",
+        ct.StudyInstanceUID,
+        generate_uid(),
+        ct.FrameOfReferenceUID,
+        RTStructureSetStorage,
+        datetime(2026, 3, 2, 11, 0),
+        ct.PatientID,
+        "siemens",
+    )
+    ds.IssuerOfPatientID = ct.IssuerOfPatientID
+    ds.StudyDate, ds.StudyTime = ct.StudyDate, ct.StudyTime
+    for keyword in (
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "ImageOrientationPatient",
+        "PatientPosition",
+        "BodyPartExamined",
+        "PositionReferenceIndicator",
+    ):
+        delattr(ds, keyword)
+    ds.Manufacturer = "Reader workstation"
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SeriesNumber = 50
+    ds.StructureSetLabel = "Lesions"
+    ds.StructureSetDate, ds.StructureSetTime = ct.StudyDate, "110000"
+    frame = Dataset()
+    frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
+    ds.ReferencedFrameOfReferenceSequence = [frame]
+    rois, contours, observations = [], [], []
+    angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
+    for number, lesion in enumerate(lesions, start=1):
+        roi = Dataset()
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, ct.FrameOfReferenceUID, lesion.label
+        roi.ROIGenerationAlgorithm = "MANUAL"
+        rois.append(roi)
+        cx, cy, cz = (c + s for c, s in zip(lesion.centre_mm, shift_mm))
+        items = []
+        for k in range(slices):
+            zk = z0 + k * dz
+            if abs(zk - cz) >= lesion.radius_mm:
+                continue
+            r = np.sqrt(lesion.radius_mm**2 - (zk - cz) ** 2)
+            points = np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(32, zk)])
+            contour = Dataset()
+            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 32
+            contour.ContourData = [f"{v:.2f}" for v in points.flatten()]
+            items.append(contour)
+        roi_contour = Dataset()
+        roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
+        roi_contour.ContourSequence = items
+        contours.append(roi_contour)
+        observation = Dataset()
+        observation.ObservationNumber, observation.ReferencedROINumber = number, number
+        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
+        observations.append(observation)
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = rois, contours, observations
+    ds.save_as(path, enforce_file_format=True)
+    return path
