@@ -31,7 +31,7 @@ class ArSignature:
     def probability_systemic(self, values: Mapping[str, float | None]) -> float:
         missing = [name for name in self.features if values.get(name) is None]
         if missing:
-            raise ModelError(f"Δ not defined for {', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}")
+            raise ModelError(f"delta not defined for {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
         x = (np.array([values[name] for name in self.features], dtype=float) - self.mean) / self.scale
         return float(1.0 / (1.0 + np.exp(-(x @ self.coefficients + self.intercept))))
 

@@ -85,7 +85,7 @@ def analyse_ct_study(
     elif paired:
         not_reported = "the baseline has no stored features"
     else:
-        not_reported = "no baseline: Δ features need T0 and T1"
+        not_reported = "no baseline: delta features need T0 and T1"
     if not paired or not baseline.features:
         class_not_given = not_reported
     # T0: this study is the baseline (no earlier one exists); "unpaired": a baseline was expected but has no result.

@@ -194,7 +194,7 @@ def _release_if_ready(database: Database, job_id: int, until: datetime | None) -
             database,
             job_id,
             PairingOutcome.PAIRED,
-            f"baseline {baseline_uid} analysis failed; reported without Δ",
+            f"baseline {baseline_uid} analysis failed; reported without delta features",
             baseline_uid=baseline_uid,
         )
     elif until is None or utcnow() >= until:
@@ -203,7 +203,7 @@ def _release_if_ready(database: Database, job_id: int, until: datetime | None) -
             database,
             job_id,
             PairingOutcome.TIMED_OUT,
-            f"baseline {baseline_uid} {what} in time; reported without Δ",
+            f"baseline {baseline_uid} {what} in time; reported without delta features",
             baseline_uid=baseline_uid,
         )
 

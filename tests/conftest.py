@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from immunode.config import Settings, parse_settings
+from immunode.service import Node
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -201,3 +202,18 @@ def torch_threads_restored() -> Iterator[None]:
     yield
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture
+def start_node():
+    nodes: list = []
+
+    def starter(settings: Settings) -> Node:
+        node = Node(settings)
+        node.start()
+        nodes.append(node)
+        return node
+
+    yield starter
+    for node in nodes:
+        node.stop()

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import highdicom as hd
 import pydicom
-import pytest
 from sqlalchemy import select
 
 from immunode.cli import main as cli_main
@@ -15,21 +14,6 @@ from immunode.service import Node
 from storage.schema import Delivery, DeliveryState, Event, Job, JobState, LesionResult, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
-
-
-@pytest.fixture
-def start_node():
-    nodes: list[Node] = []
-
-    def starter(settings) -> Node:
-        node = Node(settings)
-        node.start()
-        nodes.append(node)
-        return node
-
-    yield starter
-    for node in nodes:
-        node.stop()
 
 
 def _destination(port: int, name: str = "pacs") -> list[dict]:

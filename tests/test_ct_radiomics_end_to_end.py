@@ -1,0 +1,289 @@
+"""The longitudinal CT method through the node: dcmtk storescu sends a baseline and a follow-up CT with reader
+contours; the node pairs them from its store (or retrieves the baseline from dcmtk's dcmqrscp), tracks the
+lesions, computes RECIST, Δ radiomics and the resistance pattern, and sends SEG + TID 1500 SR to storescp."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from storage.schema import (
+    CtAssessment,
+    CtLesionResult,
+    Job,
+    JobState,
+    Pairing,
+    PairingOutcome,
+    RadiomicFeature,
+    RadiomicsExtraction,
+    Study,
+)
+from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
+from tests.synthetic import CtLesionSpec, write_ct_study
+
+BASELINE_LESIONS = (
+    CtLesionSpec("Primary tumour", (-55, 0, 30), 12),
+    CtLesionSpec("Met liver", (40, 10, -45), 9),
+    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
+    CtLesionSpec("Met liver 2", (60, 30, -30), 7),
+)
+# Follow-up: primary grows (progressive), liver metastasis shrinks, node stable, liver metastasis 2 gone,
+# two new metastases; the patient lies 6, -4, 9 mm off the baseline position.
+FOLLOW_UP_LESIONS = (
+    CtLesionSpec("Primary tumour", (-55, 0, 30), 15),
+    CtLesionSpec("Met liver", (40, 10, -45), 6),
+    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
+    CtLesionSpec("Met new", (-20, 40, -40), 7),
+    CtLesionSpec("Met new 2", (20, -40, -10), 6),
+)
+SHIFT_MM = (6.0, -4.0, 9.0)
+PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
+CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
+
+
+def _study_files(study) -> list[Path]:  # noqa: ANN001
+    return list(study.ct_files) + [study.rtstruct]
+
+
+def _job_of(node, study_uid: str) -> Job | None:  # noqa: ANN001
+    with node.database.session() as session:
+        return session.scalar(
+            select(Job).join(Study, Study.id == Job.study_fk).where(Study.study_instance_uid == study_uid)
+        )
+
+
+def _finished(node, study_uid: str) -> Job | None:  # noqa: ANN001
+    job = _job_of(node, study_uid)
+    return job if job is not None and job.state in (JobState.SUCCEEDED, JobState.FAILED) else None
+
+
+def _pairings(node, job_id: int) -> list[Pairing]:  # noqa: ANN001
+    with node.database.session() as session:
+        return list(session.scalars(select(Pairing).where(Pairing.job_fk == job_id).order_by(Pairing.id)).all())
+
+
+def _reports(pacs: StoreSCP) -> dict[str, list[pydicom.Dataset]]:
+    found: dict[str, list[pydicom.Dataset]] = {}
+    for path in pacs.received():
+        ds = pydicom.dcmread(path)
+        assert not dciodvfy_errors(path), dciodvfy_errors(path)
+        found.setdefault(str(ds.StudyInstanceUID), []).append(ds)
+    return found
+
+
+def _sr(datasets: list[pydicom.Dataset]) -> hd.sr.Comprehensive3DSR:
+    (sr,) = [ds for ds in datasets if ds.Modality == "SR"]
+    return hd.sr.Comprehensive3DSR.from_dataset(sr)
+
+
+def _tracking(sr: hd.sr.Comprehensive3DSR) -> dict[str, str]:
+    """Lesion label in the SEG-referenced groups → tracking UID, via the group's tracking identifier text."""
+    return {str(g.tracking_identifier): str(g.tracking_uid) for g in sr.content.get_volumetric_roi_measurement_groups()}
+
+
+def _texts(sr: hd.sr.Comprehensive3DSR) -> list[str]:
+    texts = []
+
+    def walk(items) -> None:  # noqa: ANN001
+        for item in items:
+            if item.ValueType == "TEXT":
+                texts.append(str(item.TextValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return texts
+
+
+def _coded(sr: hd.sr.Comprehensive3DSR, name: str) -> list[str]:
+    values = []
+
+    def walk(items) -> None:  # noqa: ANN001
+        for item in items:
+            if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == name:
+                values.append(str(item.ConceptCodeSequence[0].CodeValue))
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return values
+
+
+def _numbers(sr: hd.sr.Comprehensive3DSR) -> dict[str, float]:
+    values = {}
+
+    def walk(items) -> None:  # noqa: ANN001
+        for item in items:
+            if item.ValueType == "NUM":
+                values[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = float(
+                    item.MeasuredValueSequence[0].NumericValue
+                )
+            walk(item.get("ContentSequence", []))
+
+    walk(sr.ContentSequence)
+    return values
+
+
+def test_follow_up_paired_from_the_store_tracked_and_reported(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node, database_url: str
+) -> None:
+    baseline = write_ct_study(tmp_path / "t0", BASELINE_LESIONS, "20260105")
+    follow_up = write_ct_study(tmp_path / "t1", FOLLOW_UP_LESIONS, "20260316", shift_mm=SHIFT_MM, seed=2)
+    settings = make_settings(
+        database_url,
+        routing=CT_RULES,
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        pipelines={"ct_radiomics": {"published_signature": str(PUBLISHED)}},
+    )
+    node = start_node(settings)
+    # Both at once: the follow-up must wait for the baseline's analysis, then pair with it.
+    assert storescu(node.port, _study_files(baseline) + _study_files(follow_up)).returncode == 0
+    t0_job = wait_until(lambda: _finished(node, baseline.study_uid), timeout_s=300)
+    t1_job = wait_until(lambda: _finished(node, follow_up.study_uid), timeout_s=300)
+    assert t0_job.state is JobState.SUCCEEDED, t0_job.error
+    assert t1_job.state is JobState.SUCCEEDED, t1_job.error
+    t0_pairing = [p.outcome for p in _pairings(node, t0_job.id)]
+    assert t0_pairing == [PairingOutcome.NO_BASELINE]
+    t1_pairings = _pairings(node, t1_job.id)
+    assert [p.outcome for p in t1_pairings] == [PairingOutcome.WAITING, PairingOutcome.PAIRED]
+    assert all(p.baseline_study_uid == baseline.study_uid for p in t1_pairings)
+    assert "PD" in t1_job.summary and "2 new, 1 progressive: pattern oligo" in t1_job.summary
+
+    with node.database.session() as session:
+        lesions = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t1_job.id)).all()
+        by_label = {row.label: row for row in lesions}
+        before = {
+            row.label: row
+            for row in session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t0_job.id)).all()
+        }
+        assessment = session.scalar(select(CtAssessment).where(CtAssessment.job_fk == t1_job.id))
+        extractions = session.scalars(select(RadiomicsExtraction)).all()
+        features = {
+            (e.job_fk, e.volume): dict(
+                session.execute(
+                    select(RadiomicFeature.name, RadiomicFeature.value).where(RadiomicFeature.extraction_fk == e.id)
+                ).all()
+            )
+            for e in extractions
+            if e.volume in ("P", "M")
+        }
+    # Matched lesions keep the baseline identity; new ones do not.
+    for label in ("Primary tumour", "Met liver", "LN mediastinal"):
+        assert by_label[label].tracking_uid == before[label].tracking_uid and by_label[label].status == "matched"
+    for label in ("Met new", "Met new 2"):
+        assert by_label[label].status == "new"
+        assert by_label[label].tracking_uid not in {row.tracking_uid for row in before.values()}
+    assert by_label["Primary tumour"].role == "primary" and by_label["Met liver"].role == "metastasis"
+    assert by_label["Primary tumour"].progressive and not by_label["LN mediastinal"].progressive
+    assert assessment.time_point == "T1" and assessment.recist_category == "PD" and assessment.pattern == "oligo"
+    assert assessment.new_lesions == 2 and assessment.progressive_lesions == 1
+    # Features per study and volume in SQL, with the parameter file, for both time points.
+    assert {v for (_, v) in features} == {"P", "M"} and len(features[(t1_job.id, "P")]) > 800
+    assert all("binWidth: 25" in e.parameters and e.parameters_sha256 for e in extractions)
+    name = "original_glcm_ClusterTendency"
+    expected = (features[(t1_job.id, "P")][name] - features[(t0_job.id, "P")][name]) / features[(t0_job.id, "P")][name]
+    assert assessment.deltas[f"P_{name}"] == pytest.approx(expected)
+
+    reports = wait_until(lambda: (r := _reports(pacs)) and sum(len(v) for v in r.values()) >= 4 and r, timeout_s=120)
+    t0_sr, t1_sr = _sr(reports[baseline.study_uid]), _sr(reports[follow_up.study_uid])
+    t0_ids, t1_ids = _tracking(t0_sr), _tracking(t1_sr)
+    assert len(t0_ids) == 4 and len(t1_ids) == 5
+    shared = set(t0_ids.values()) & set(t1_ids.values())
+    assert len(shared) == 3  # primary, liver metastasis and node carry the same tracking UID in both SRs
+    # Time point context, the baseline reference and the research wording.
+    texts = _texts(t1_sr)
+    assert "T1 follow-up" in texts and "T0 baseline" in _texts(t0_sr)
+    other = t1_sr.PertinentOtherEvidenceSequence[0]
+    assert other.StudyInstanceUID == baseline.study_uid
+    referenced = {
+        str(i.ReferencedSOPInstanceUID) for s in other.ReferencedSeriesSequence for i in s.ReferencedSOPSequence
+    }
+    assert str(t0_sr.SOPInstanceUID) in referenced
+    assert any(f"Baseline (T0): study {baseline.study_uid}" in t and str(t0_sr.SOPInstanceUID) in t for t in texts)
+    published = [t for t in texts if t.startswith("delta P_") or t.startswith("delta M_")]
+    assert len(published) == 15
+    assert all("Research reference, not a diagnosis" in t or "not defined" in t for t in published)
+    assert any("no class is given" in t for t in texts)
+    assert _coded(t1_sr, "RECIST_RESP") == ["RECIST_PD"] and _coded(t1_sr, "AR_PATTERN") == ["AR_OLIGO"]
+    numbers = _numbers(t1_sr)
+    assert numbers["Number of new lesions"] == 2 and numbers["Number of progressive lesions"] == 1
+    assert numbers[f"delta P_{name}"] == pytest.approx(expected)
+    assert _coded(t0_sr, "RECIST_RESP") == []  # the baseline has no response
+
+
+DCMQRSCP_CONFIG = """NetworkTCPPort  = {port}
+MaxPDUSize      = 16384
+MaxAssociations = 16
+HostTable BEGIN
+immunode = ({node_ae}, 127.0.0.1, {node_port})
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+QRPACS {storage} RW (200, 1024mb) ANY
+AETable END
+"""
+
+
+@pytest.fixture
+def qr_pacs(tmp_path: Path):  # noqa: ANN201
+    """dcmtk dcmqrscp as the hospital's query/retrieve PACS; `start(node_port)` writes its config and runs it."""
+    processes: list[subprocess.Popen] = []
+
+    def start(node_port: int) -> int:
+        storage = tmp_path / "qr-storage"
+        storage.mkdir()
+        port = free_port()
+        config = tmp_path / "dcmqrscp.cfg"
+        config.write_text(DCMQRSCP_CONFIG.format(port=port, node_ae="IMMUNODE", node_port=node_port, storage=storage))
+        process = subprocess.Popen(
+            [require_tool("dcmqrscp"), "-c", str(config), str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        processes.append(process)
+        from tests.conftest import _port_open
+
+        wait_until(lambda: _port_open(port), 10)
+        return port
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
+
+
+def test_missing_baseline_retrieved_from_a_query_retrieve_peer(
+    tmp_path: Path, make_settings, qr_pacs, start_node
+) -> None:
+    baseline = write_ct_study(tmp_path / "t0", BASELINE_LESIONS, "20260105")
+    follow_up = write_ct_study(tmp_path / "t1", FOLLOW_UP_LESIONS, "20260316", shift_mm=SHIFT_MM, seed=2)
+    node_port = free_port()
+    qr_port = qr_pacs(node_port)
+    # The PACS holds the baseline; the node never saw it.
+    assert storescu(qr_port, _study_files(baseline), called="QRPACS").returncode == 0
+    settings = make_settings(
+        node={"port": node_port},
+        routing=CT_RULES,
+        peers={"allowed": [{"ae_title": "STORESCU", "host": "127.0.0.1"}, {"ae_title": "QRPACS", "host": "127.0.0.1"}]},
+        pipelines={"ct_radiomics": {"pairing": {"baseline_wait_s": 240}}},
+        query_retrieve={"ae_title": "QRPACS", "host": "127.0.0.1", "port": qr_port, "timeout_s": 30},
+    )
+    node = start_node(settings)
+    assert storescu(node.port, _study_files(follow_up)).returncode == 0
+    waiting = wait_until(
+        lambda: (j := _job_of(node, follow_up.study_uid)) and j.state is JobState.WAITING_BASELINE and j,
+        timeout_s=60,
+    )
+    (retrieving,) = _pairings(node, waiting.id)
+    assert retrieving.outcome is PairingOutcome.RETRIEVING and retrieving.baseline_study_uid == baseline.study_uid
+    t1_job = wait_until(lambda: _finished(node, follow_up.study_uid), timeout_s=300)
+    assert t1_job.state is JobState.SUCCEEDED, t1_job.error
+    t0_job = _finished(node, baseline.study_uid)
+    assert t0_job.state is JobState.SUCCEEDED
+    assert [p.outcome for p in _pairings(node, t0_job.id)] == [PairingOutcome.BASELINE_ITSELF]
+    assert [p.outcome for p in _pairings(node, t1_job.id)] == [PairingOutcome.RETRIEVING, PairingOutcome.PAIRED]
+    assert "pattern oligo" in t1_job.summary
