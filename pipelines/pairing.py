@@ -75,12 +75,13 @@ def choose_baseline(
         else:
             eligible.append(candidate)
     window = f"window {earliest}..{latest}" + (f", therapy start {therapy}" if therapy else "")
+    detail = f" (rejected: {'; '.join(notes)})" if notes else ""
     if not eligible:
-        detail = f" (rejected: {'; '.join(notes)})" if notes else ""
         return PairingChoice(PairingDecisionKind.NO_BASELINE, None, f"no baseline in the {window}{detail}")
     chosen = max(eligible, key=lambda c: (c.study_date, c.study_instance_uid))
     others = len(eligible) - 1
     reason = f"baseline {chosen.study_instance_uid} of {chosen.study_date} ({window}" + (
         f"; latest of {others + 1} eligible)" if others else ")"
     )
+    reason += detail
     return PairingChoice(PairingDecisionKind.PAIRED, chosen, reason)

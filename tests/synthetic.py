@@ -357,6 +357,25 @@ class CtLesionSpec:
     hu: float = 60.0
 
 
+# A longitudinal pair for the CT method, with known changes.
+BASELINE_LESIONS = (
+    CtLesionSpec("Primary tumour", (-55, 0, 30), 12),
+    CtLesionSpec("Met liver", (40, 10, -45), 9),
+    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
+    CtLesionSpec("Met liver 2", (60, 30, -30), 7),
+)
+# Follow-up: primary grows (progressive), liver metastasis shrinks, node stable, liver metastasis 2 gone,
+# two new metastases; the patient lies 6, -4, 9 mm off the baseline position.
+FOLLOW_UP_LESIONS = (
+    CtLesionSpec("Primary tumour", (-55, 0, 30), 15),
+    CtLesionSpec("Met liver", (40, 10, -45), 6),
+    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
+    CtLesionSpec("Met new", (-20, 40, -40), 7),
+    CtLesionSpec("Met new 2", (20, -40, -10), 6),
+)
+SHIFT_MM = (6.0, -4.0, 9.0)
+
+
 @dataclass(frozen=True)
 class SyntheticCtStudy:
     study_uid: str

@@ -24,24 +24,8 @@ from storage.schema import (
     Study,
 )
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
-from tests.synthetic import CtLesionSpec, write_ct_study
+from tests.synthetic import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study
 
-BASELINE_LESIONS = (
-    CtLesionSpec("Primary tumour", (-55, 0, 30), 12),
-    CtLesionSpec("Met liver", (40, 10, -45), 9),
-    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
-    CtLesionSpec("Met liver 2", (60, 30, -30), 7),
-)
-# Follow-up: primary grows (progressive), liver metastasis shrinks, node stable, liver metastasis 2 gone,
-# two new metastases; the patient lies 6, -4, 9 mm off the baseline position.
-FOLLOW_UP_LESIONS = (
-    CtLesionSpec("Primary tumour", (-55, 0, 30), 15),
-    CtLesionSpec("Met liver", (40, 10, -45), 6),
-    CtLesionSpec("LN mediastinal", (0, -20, 20), 9),
-    CtLesionSpec("Met new", (-20, 40, -40), 7),
-    CtLesionSpec("Met new 2", (20, -40, -10), 6),
-)
-SHIFT_MM = (6.0, -4.0, 9.0)
 PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
 CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
 
