@@ -212,3 +212,20 @@ def test_analyse_radiomics_and_train_signature_from_a_table(tmp_path: Path, caps
     bad.write_text("PatientID,pattern,P_a\nP1,progressive,1\n")
     assert cli_main(["analyse-radiomics", "--table", str(bad), "--out", str(out)]) == 1
     assert "bad.csv: row 2, column 'pattern': pattern must be oligo or systemic" in capsys.readouterr().err
+
+
+def test_rigid_then_deformable_registration_recovers_the_shift(tmp_path: Path) -> None:
+    from immunode.config import RegistrationSettings
+    from pipelines.geometry import to_sitk
+    from pipelines.tracking import register
+
+    t0 = load_ct_volume(write_ct_study(tmp_path / "a", BASELINE_LESIONS, "20260105", with_rtstruct=False).ct_files)
+    t1_study = write_ct_study(tmp_path / "b", BASELINE_LESIONS, "20260316", shift_mm=SHIFT_MM, with_rtstruct=False)
+    t1 = load_ct_volume(t1_study.ct_files)
+    fixed, moving = to_sitk(t0.hu, t0.geometry), to_sitk(t1.hu, t1.geometry)
+    for mode in ("never", "always"):
+        registration = register(fixed, moving, RegistrationSettings(deformable=mode))
+        mapped = np.array(registration.t0_to_t1((-55.0, 0.0, 30.0)))
+        assert np.allclose(mapped, np.add((-55.0, 0.0, 30.0), SHIFT_MM), atol=2.5), (mode, mapped)
+        assert registration.correlation > 0.9
+        assert ("B-spline" in registration.description) == (mode == "always")
