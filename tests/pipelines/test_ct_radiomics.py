@@ -229,3 +229,29 @@ def test_rigid_then_deformable_registration_recovers_the_shift(tmp_path: Path) -
         assert np.allclose(mapped, np.add((-55.0, 0.0, 30.0), SHIFT_MM), atol=2.5), (mode, mapped)
         assert registration.correlation > 0.9
         assert ("B-spline" in registration.description) == (mode == "always")
+
+
+def test_lesions_from_a_dicom_seg_on_the_ct(tmp_path: Path) -> None:
+    """A reader's SEG on the CT (here written with highdicom from contoured lesions) gives the same lesions."""
+    import re
+
+    import pydicom
+
+    from pipelines.ct_lesions import annotation_regions, assign_roles
+    from pipelines.ct_radiomics import algorithm_identity
+    from pipelines.report import build_segmentation
+
+    study = write_ct_study(tmp_path, BASELINE_LESIONS, "20260105")
+    ct = load_ct_volume(study.ct_files)
+    settings = CtRadiomicsSettings()
+    node = re.compile(settings.lymph_node_label)
+    from_contours, _ = assign_roles(annotation_regions([study.rtstruct], ct, node), ct, settings)
+    seg = build_segmentation([pydicom.dcmread(p) for p in ct.paths], from_contours, algorithm_identity(settings))
+    for description, lesion in zip(seg.SegmentSequence, from_contours):
+        description.SegmentLabel = lesion.label  # as a reader's SEG would name them
+    seg.save_as(tmp_path / "reader-seg.dcm")
+    from_seg, reason = assign_roles(annotation_regions([tmp_path / "reader-seg.dcm"], ct, node), ct, settings)
+    assert [lesion.label for lesion in from_seg] == [lesion.label for lesion in from_contours]
+    for a, b in zip(from_seg, from_contours):
+        assert a.offset == b.offset and np.array_equal(a.mask, b.mask) and a.role is b.role
+    assert "primary from the label (Primary tumour)" in reason
