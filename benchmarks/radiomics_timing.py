@@ -28,9 +28,7 @@ def main() -> None:
     import re
 
     with tempfile.TemporaryDirectory() as folder:
-        study = write_ct_study(
-            Path(folder), lesions, "20260105", shape_zyx=(60, 128, 160), spacing_xyz=(2.0, 2.0, 3.0)
-        )
+        study = write_ct_study(Path(folder), lesions, "20260105", shape_zyx=(60, 128, 160), spacing_xyz=(2.0, 2.0, 3.0))
         ct = load_ct_volume(study.ct_files)
         regions = annotation_regions([study.rtstruct], ct, re.compile("node"))
         masks = {region.label: region.mask for region in regions}

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -216,16 +215,7 @@ def _delta_table(args: argparse.Namespace):  # noqa: ANN202 - DeltaTable
     labels = research.read_labels(Path(args.labels)) if args.labels else None
     if args.table:
         table = research.read_table(Path(args.table))
-        if labels is not None:
-            keep = [i for i, p in enumerate(table.patients) if p in labels]
-            systemic = [labels[table.patients[i]] for i in keep]
-            table = research.DeltaTable(
-                tuple(table.patients[i] for i in keep),
-                np.array(systemic, dtype=bool),
-                table.features,
-                table.values[keep],
-            )
-        return table
+        return table if labels is None else research.relabelled(table, labels)
     with _index_session(args) as session:
         return research.table_from_store(radiomics.delta_table(session), labels)
 
@@ -266,21 +256,7 @@ def cmd_train_ar_signature(args: argparse.Namespace) -> int:
             features = [f.name for f in read_published_signature(Path(args.published))]
         else:
             raise research.DeltaTableError("name the features: --published CSV or --features a,b,...")
-        missing = [f for f in features if f not in table.features]
-        if missing:
-            raise research.DeltaTableError(f"features not in the table: {', '.join(missing)}")
-        columns = [table.features.index(f) for f in features]
-        values = table.values[:, columns]
-        complete = ~np.isnan(values).any(axis=1)
-        signature = ar_signature.fit(values[complete], features, table.systemic[complete])
-        from sklearn.metrics import roc_auc_score
-
-        predicted = [signature.probability_systemic(dict(zip(features, row))) for row in values[complete]]
-        metrics = {
-            "patients": int(complete.sum()),
-            "left_out_undefined": int((~complete).sum()),
-            "training_auc": float(roc_auc_score(table.systemic[complete], predicted)),
-        }
+        signature, metrics = research.train_signature(table, features)
         out = Path(args.out)
         card = ar_signature.save(signature, out / "ar-signature.pt", args.training_data, args.synthetic, metrics)
     except (OSError, ModelError, research.DeltaTableError, ValueError) as error:

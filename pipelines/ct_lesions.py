@@ -278,7 +278,3 @@ def volume_masks(lesions: Sequence[CtLesion], shape: tuple[int, int, int], per_l
             mask[lesion.box()] = lesion.mask
             masks[f"L{lesion.number}"] = mask
     return masks
-
-
-def with_tracking(lesion: CtLesion, uid: str, identifier: str) -> CtLesion:
-    return replace(lesion, tracking_uid=uid, tracking_identifier=identifier)

@@ -12,8 +12,6 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from immunode import __version__
 from immunode.config import CtRadiomicsSettings, PetQuantSettings
 from models.ar_signature import load as load_ar_signature
@@ -143,8 +141,3 @@ def summarise(result: CtRadiomicsResult) -> str:
             f"{r.new_lesions} new, {r.progressive_lesions} progressive: pattern {r.pattern}."
         )
     return text
-
-
-def delta_values(result: CtRadiomicsResult) -> np.ndarray:
-    """Δ of the published features in published order (NaN where not defined), for tests and research."""
-    return np.array([np.nan if f.delta is None else f.delta for f in result.signature_features], dtype=float)

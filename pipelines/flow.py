@@ -24,7 +24,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pydicom
-from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
 from dicom_node import qr
 from dicom_node.errors import RetrieveError
@@ -83,15 +82,12 @@ def _record(database: Database, job_id: int, outcome: PairingOutcome, reason: st
 def _pair_new_job(settings: Settings, database: Database, job_id: int, study_uid: str) -> None:
     rules = settings.pipelines.ct_radiomics.pairing
     with database.session() as session:
-        if radiomics_store.awaited_baseline(session, study_uid):
-            decision = (PairingOutcome.BASELINE_ITSELF, "awaited as the baseline of a waiting follow-up")
-            facts = None
-        else:
-            facts = radiomics_store.study_facts(session, study_uid)
-            candidates = radiomics_store.candidate_studies(session, facts)
-            therapy = radiomics_store.therapy_start(session, facts)
-    if facts is None:
-        _record(database, job_id, *decision)
+        awaited = radiomics_store.awaited_baseline(session, study_uid)
+        facts = radiomics_store.study_facts(session, study_uid)
+        candidates = radiomics_store.candidate_studies(session, facts)
+        therapy = radiomics_store.therapy_start(session, facts)
+    if awaited:
+        _record(database, job_id, PairingOutcome.BASELINE_ITSELF, "awaited as the baseline of a waiting follow-up")
         return
     choice = choose_baseline(facts, candidates, rules, therapy)
     wait_until = utcnow() + timedelta(seconds=rules.baseline_wait_s)
@@ -234,6 +230,9 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
     with database.session() as session:
         job = session.get(Job, job_id)
         pipeline, study_uid = job.pipeline, job.study.study_instance_uid
+    if pipeline == "ct_radiomics":
+        return _run_ct_job(settings, database, layout, job_id)
+    with database.session() as session:
         inputs = index.job_series_paths(session, layout, job_id)
         annotations = list(index.study_instances(session, layout, job_id, ANNOTATION_CLASSES).values())
         # Only SR annotations (2D image coordinates) need the geometry of the images they point at.
@@ -242,8 +241,6 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         identity = patient_data.study_patient(session, study_uid)
         patient = patient_data.patient_data(session, *identity) if identity else None
     images = {uid: pydicom.dcmread(path, stop_before_pixels=True) for uid, path in image_paths.items()}
-    if pipeline == "ct_radiomics":
-        return _run_ct_job(settings, database, layout, job_id)
     if pipeline != "pet_quant":
         with database.session() as session:
             index.finish_job(session, job_id, JobState.FAILED, f"unknown pipeline {pipeline!r}")
@@ -295,8 +292,8 @@ def _run_ct_job(settings: Settings, database: Database, layout: FileLayout, job_
     """Analyse + report of the longitudinal CT method for one job (the pairing stage decided the baseline)."""
     with database.session() as session:
         ct_paths, pet_paths = radiomics_store.ct_job_inputs(session, layout, job_id)
-        classes = {str(SegmentationStorage), str(RTStructureSetStorage)}
-        annotations = list(index.study_instances(session, layout, job_id, classes).values())
+        # CT lesions come from SEG and RTSTRUCT (SR annotations hold points, not regions).
+        annotations = list(index.study_instances(session, layout, job_id, ANNOTATION_CLASSES - SR_CLASSES).values())
         pairing = radiomics_store.latest_pairing(session, job_id)
         expected = pairing is not None and pairing.outcome in BASELINE_OUTCOMES
         baseline = None

@@ -9,10 +9,9 @@ each reading the whole CT from a memory-mapped file, so the values equal a direc
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -21,7 +20,6 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
-from pipelines.ct_lesions import load_ct_volume
 from pipelines.errors import PipelineError
 from pipelines.geometry import to_sitk
 from pipelines.types import FeatureSet, VolumeGeometry
@@ -55,16 +53,6 @@ class RadiomicsError(PipelineError):
 
 def parameter_file_text(parameters: dict = PARAMETERS) -> str:
     return yaml.safe_dump(parameters, sort_keys=True)
-
-
-def load_ct(paths: Sequence[Path]) -> sitk.Image:
-    """A CT series as a SimpleITK image in HU, slices ordered along the slice normal."""
-    ct = load_ct_volume(paths)
-    return to_sitk(ct.hu, ct.geometry)
-
-
-def parameters_sha256(parameters: dict = PARAMETERS) -> str:
-    return hashlib.sha256(parameter_file_text(parameters).encode()).hexdigest()
 
 
 def pyradiomics_version() -> str:

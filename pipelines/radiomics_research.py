@@ -119,3 +119,35 @@ def analyse(
         for result in results:
             writer.writerow(asdict(result))
     return kept, results
+
+
+def relabelled(table: DeltaTable, labels: dict[tuple[str, str], bool]) -> DeltaTable:
+    """Only the labelled patients, with the given patterns."""
+    keep = [i for i, patient in enumerate(table.patients) if patient in labels]
+    return DeltaTable(
+        tuple(table.patients[i] for i in keep),
+        np.array([labels[table.patients[i]] for i in keep], dtype=bool),
+        table.features,
+        table.values[keep],
+    )
+
+
+def train_signature(table: DeltaTable, features: Sequence[str]):  # noqa: ANN201 - (ArSignature, metrics)
+    """Fit the classifier on patients whose Δ is defined for every named feature; training metrics."""
+    from sklearn.metrics import roc_auc_score
+
+    from models import ar_signature
+
+    missing = [f for f in features if f not in table.features]
+    if missing:
+        raise DeltaTableError(f"features not in the table: {', '.join(missing)}")
+    values = table.values[:, [table.features.index(f) for f in features]]
+    complete = ~np.isnan(values).any(axis=1)
+    signature = ar_signature.fit(values[complete], features, table.systemic[complete])
+    predicted = [signature.probability_systemic(dict(zip(features, row))) for row in values[complete]]
+    metrics = {
+        "patients": int(complete.sum()),
+        "left_out_undefined": int((~complete).sum()),
+        "training_auc": float(roc_auc_score(table.systemic[complete], predicted)),
+    }
+    return signature, metrics

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import SimpleITK as sitk
 from scipy.optimize import linear_sum_assignment
 
 from immunode.config import CtRadiomicsSettings, RegistrationSettings
+from pipelines.recist import RECIST_MIN_LONG_AXIS_MM, RECIST_MIN_NODE_SHORT_AXIS_MM
 from pipelines.types import BaselineLesion, CtLesion, LesionChange, RecistAssessment
 
 logger = logging.getLogger(__name__)
@@ -117,8 +118,6 @@ def match_lesions(
     settings: CtRadiomicsSettings,
 ) -> tuple[list[CtLesion], tuple[LesionChange, ...]]:
     """Follow-up lesions carrying the matched baseline identity (new ones keep their own) and the changes."""
-    from pipelines.ct_lesions import with_tracking
-
     mapped = np.array([registration.t0_to_t1(b.centroid_mm) for b in baseline]).reshape(-1, 3)
     current = np.array([f.centroid_mm for f in followup], dtype=float).reshape(-1, 3)
     distances = np.linalg.norm(mapped[:, None, :] - current[None, :, :], axis=-1)
@@ -134,7 +133,7 @@ def match_lesions(
         if index in pairs:
             b_index, distance = pairs[index]
             before = baseline[b_index]
-            lesion = with_tracking(lesion, before.tracking_uid, before.tracking_identifier)
+            lesion = replace(lesion, tracking_uid=before.tracking_uid, tracking_identifier=before.tracking_identifier)
             grown = lesion.recist_diameter_mm - before.recist_diameter_mm
             progressive = (
                 before.recist_diameter_mm > 0
@@ -155,7 +154,7 @@ def match_lesions(
                 )
             )
         else:
-            lesion = with_tracking(lesion, lesion.tracking_uid, f"New CT lesion {lesion.number}")
+            lesion = replace(lesion, tracking_identifier=f"New CT lesion {lesion.number}")
             changes.append(
                 LesionChange(
                     lesion.tracking_uid,
@@ -188,7 +187,9 @@ def match_lesions(
 
 
 def measurable(lesion: BaselineLesion) -> bool:
-    return lesion.short_axis_mm >= 15.0 if lesion.lymph_node else lesion.long_axis_mm >= 10.0
+    if lesion.lymph_node:
+        return lesion.short_axis_mm >= RECIST_MIN_NODE_SHORT_AXIS_MM
+    return lesion.long_axis_mm >= RECIST_MIN_LONG_AXIS_MM
 
 
 def assess(

@@ -41,13 +41,13 @@ PIPELINE = "ct_radiomics"
 
 def _series_paths(session: Session, layout: FileLayout, study_fk: int, modality: str) -> dict[str, list[Path]]:
     rows = session.execute(
-        select(Series.series_instance_uid, Series.frame_of_reference_uid, Instance.path)
+        select(Series.series_instance_uid, Instance.path)
         .join(Instance, Instance.series_fk == Series.id)
         .where(Series.study_fk == study_fk, Series.modality == modality)
         .order_by(Instance.id)
     ).all()
     paths: dict[str, list[Path]] = defaultdict(list)
-    for series_uid, _, path in rows:
+    for series_uid, path in rows:
         paths[series_uid].append(layout.absolute(path))
     return dict(paths)
 

@@ -289,19 +289,23 @@ def write_study(
     return SyntheticStudy(study_uid, pet_uid, ct_uid, tuple(pet_files), tuple(ct_files), lesions, spacing_xyz)
 
 
-def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLesion, ...]) -> Path:
-    """A reader's RT Structure Set with one closed planar contour (an octagon at the centre slice) per lesion."""
-    pet = pydicom.dcmread(study.pet_files[0], stop_before_pixels=True)
+def _save_rtstruct(path: Path, image: Path, rois: list[tuple[str, list[np.ndarray]]]) -> Path:
+    """A reader's RT Structure Set in the image's study and frame of reference: one ROI per (name, closed
+    planar contours as N x 3 patient points)."""
+    reference = pydicom.dcmread(image, stop_before_pixels=True)
+    frame_uid = reference.FrameOfReferenceUID
     ds = _base(
         "RTSTRUCT",
-        study.study_uid,
+        reference.StudyInstanceUID,
         generate_uid(),
-        pet.FrameOfReferenceUID,
+        frame_uid,
         RTStructureSetStorage,
         datetime(2026, 3, 2, 11, 0),
-        pet.PatientID,
+        reference.PatientID,
         "siemens",
     )
+    ds.IssuerOfPatientID = reference.IssuerOfPatientID
+    ds.StudyDate, ds.StudyTime = reference.StudyDate, reference.StudyTime
     for keyword in (
         "SamplesPerPixel",
         "PhotometricInterpretation",
@@ -318,35 +322,46 @@ def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLe
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.SeriesNumber = 50
     ds.StructureSetLabel = "Lesions"
-    ds.StructureSetDate, ds.StructureSetTime = "20260302", "110000"
+    ds.StructureSetDate, ds.StructureSetTime = reference.StudyDate, "110000"
     frame = Dataset()
-    frame.FrameOfReferenceUID = pet.FrameOfReferenceUID
+    frame.FrameOfReferenceUID = frame_uid
     ds.ReferencedFrameOfReferenceSequence = [frame]
-    rois, contours, observations = [], [], []
-    for number, lesion in enumerate(lesions, start=1):
+    structures, contours, observations = [], [], []
+    for number, (name, polygons) in enumerate(rois, start=1):
         roi = Dataset()
-        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, pet.FrameOfReferenceUID, f"L{number}"
+        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, frame_uid, name
         roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
-        cx, cy, cz = lesion.centre_mm
-        angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
-        points = np.column_stack(
-            [cx + 0.7 * lesion.radius_mm * np.cos(angles), cy + 0.7 * lesion.radius_mm * np.sin(angles), np.full(8, cz)]
-        )
-        contour = Dataset()
-        contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 8
-        contour.ContourData = [f"{v:.2f}" for v in points.flatten()]
+        structures.append(roi)
+        items = []
+        for points in polygons:
+            contour = Dataset()
+            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", len(points)
+            contour.ContourData = [f"{v:.2f}" for v in points.flatten()]
+            items.append(contour)
         roi_contour = Dataset()
         roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
-        roi_contour.ContourSequence = [contour]
+        roi_contour.ContourSequence = items
         contours.append(roi_contour)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
         observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
         observations.append(observation)
-    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = rois, contours, observations
+    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = structures, contours, observations
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLesion, ...]) -> Path:
+    """A reader's RT Structure Set with one closed planar contour (an octagon at the centre slice) per lesion."""
+    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    rois = []
+    for number, lesion in enumerate(lesions, start=1):
+        cx, cy, cz = lesion.centre_mm
+        r = 0.7 * lesion.radius_mm
+        rois.append(
+            (f"L{number}", [np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(8, cz)])])
+        )
+    return _save_rtstruct(path, study.pet_files[0], rois)
 
 
 @dataclass(frozen=True)
@@ -449,66 +464,17 @@ def write_ct_study(
 
 
 def _ct_rtstruct(path, first_ct, lesions, shift_mm, z0, dz, slices):  # noqa: ANN001, ANN202
-    ct = pydicom.dcmread(first_ct, stop_before_pixels=True)
-    ds = _base(
-        "RTSTRUCT",
-        ct.StudyInstanceUID,
-        generate_uid(),
-        ct.FrameOfReferenceUID,
-        RTStructureSetStorage,
-        datetime(2026, 3, 2, 11, 0),
-        ct.PatientID,
-        "siemens",
-    )
-    ds.IssuerOfPatientID = ct.IssuerOfPatientID
-    ds.StudyDate, ds.StudyTime = ct.StudyDate, ct.StudyTime
-    for keyword in (
-        "SamplesPerPixel",
-        "PhotometricInterpretation",
-        "BitsAllocated",
-        "BitsStored",
-        "HighBit",
-        "ImageOrientationPatient",
-        "PatientPosition",
-        "BodyPartExamined",
-        "PositionReferenceIndicator",
-    ):
-        delattr(ds, keyword)
-    ds.Manufacturer = "Reader workstation"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SeriesNumber = 50
-    ds.StructureSetLabel = "Lesions"
-    ds.StructureSetDate, ds.StructureSetTime = ct.StudyDate, "110000"
-    frame = Dataset()
-    frame.FrameOfReferenceUID = ct.FrameOfReferenceUID
-    ds.ReferencedFrameOfReferenceSequence = [frame]
-    rois, contours, observations = [], [], []
+    """Every lesion contoured on each CT slice it crosses (circles of the sphere's section)."""
     angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
-    for number, lesion in enumerate(lesions, start=1):
-        roi = Dataset()
-        roi.ROINumber, roi.ReferencedFrameOfReferenceUID, roi.ROIName = number, ct.FrameOfReferenceUID, lesion.label
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
+    rois = []
+    for lesion in lesions:
         cx, cy, cz = (c + s for c, s in zip(lesion.centre_mm, shift_mm))
-        items = []
+        polygons = []
         for k in range(slices):
             zk = z0 + k * dz
             if abs(zk - cz) >= lesion.radius_mm:
                 continue
             r = np.sqrt(lesion.radius_mm**2 - (zk - cz) ** 2)
-            points = np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(32, zk)])
-            contour = Dataset()
-            contour.ContourGeometricType, contour.NumberOfContourPoints = "CLOSED_PLANAR", 32
-            contour.ContourData = [f"{v:.2f}" for v in points.flatten()]
-            items.append(contour)
-        roi_contour = Dataset()
-        roi_contour.ReferencedROINumber, roi_contour.ROIDisplayColor = number, [255, 0, 0]
-        roi_contour.ContourSequence = items
-        contours.append(roi_contour)
-        observation = Dataset()
-        observation.ObservationNumber, observation.ReferencedROINumber = number, number
-        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
-        observations.append(observation)
-    ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = rois, contours, observations
-    ds.save_as(path, enforce_file_format=True)
-    return path
+            polygons.append(np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(32, zk)]))
+        rois.append((lesion.label, polygons))
+    return _save_rtstruct(path, first_ct, rois)
