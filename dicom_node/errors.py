@@ -16,8 +16,17 @@ class UndecodableDataset(ReceiveError):
 
 
 class DatasetInvalid(ReceiveError):
-    """The data set decodes but cannot be stored: identifying attributes missing or invalid, pixel data short."""
+    """The data set decodes but cannot be stored: identifying attributes missing or invalid, a SOP class other
+    than the request's, image attributes or pixel data that do not fit each other."""
+
+
+class DatasetTooLarge(ReceiveError):
+    """A deflated data set that inflates beyond the configured limit (a deflate bomb, or simply too big)."""
 
 
 class RetrieveError(Exception):
     """A query (C-FIND) or retrieval (C-MOVE) at the query/retrieve peer failed; the message says how."""
+
+
+class TlsSetupError(Exception):
+    """A configured TLS certificate, key or CA file cannot be used; start-up stops naming the key."""

@@ -8,6 +8,7 @@ the PACS as a storage peer (`peers.allowed`); the config check enforces the latt
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import date
 
 from pydicom.dataset import Dataset
@@ -15,9 +16,12 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
 
 from dicom_node.errors import RetrieveError
+from dicom_node.tls import tls_arguments
 from immunode.config import QueryRetrieveSettings
 from pipelines.pairing import parse_study_date
 from pipelines.types import StudyFacts
+from storage.audit import AuditEntry
+from storage.schema import AuditDirection, AuditKind, AuditOutcome, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -25,15 +29,50 @@ PENDING = {0xFF00, 0xFF01}
 MOVE_PENDING = {0xFF00}
 
 
-def _associate(peer: QueryRetrieveSettings, calling_ae_title: str, context: str):  # noqa: ANN202
+Audit = Callable[[AuditEntry], None]
+
+
+def _audit(
+    audit: Audit | None,
+    kind: AuditKind,
+    peer: QueryRetrieveSettings,
+    calling_ae_title: str,
+    outcome: AuditOutcome,
+    detail: str,
+    studies: tuple[str, ...] = (),
+    instances: int = 0,
+) -> None:
+    if audit is not None:
+        audit(
+            AuditEntry(
+                direction=AuditDirection.OUTBOUND,
+                kind=kind,
+                outcome=outcome,
+                calling_ae_title=calling_ae_title,
+                called_ae_title=peer.ae_title,
+                peer_host=peer.host,
+                peer_port=peer.port,
+                tls=peer.tls is not None,
+                detail=detail[:500],
+                instances=instances,
+                study_uids=studies,
+                at=utcnow(),
+            )
+        )
+
+
+def _associate(peer: QueryRetrieveSettings, calling_ae_title: str, context: str, audit: Audit | None, kind: AuditKind):  # noqa: ANN202
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     ae.add_requested_context(context)
     try:
-        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
+        assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, tls_args=tls_arguments(peer.tls, peer.host))
     except OSError as error:
+        _audit(audit, kind, peer, calling_ae_title, AuditOutcome.FAILED, f"cannot connect: {error}")
         raise RetrieveError(f"cannot connect to {peer.ae_title} at {peer.host}:{peer.port}: {error}") from None
     if not assoc.is_established:
+        outcome = AuditOutcome.REJECTED if assoc.is_rejected else AuditOutcome.FAILED
+        _audit(audit, kind, peer, calling_ae_title, outcome, "association not accepted")
         raise RetrieveError(f"{peer.ae_title} at {peer.host}:{peer.port} did not accept the association")
     return assoc
 
@@ -45,6 +84,7 @@ def find_studies(
     issuer: str,
     earliest: date,
     latest: date,
+    audit: Audit | None = None,
 ) -> list[StudyFacts]:
     """The peer's studies of the PatientID in the date range. Where the peer returns no IssuerOfPatientID the
     candidate carries the follow-up's issuer provisionally: the stored copy is checked again on arrival."""
@@ -55,8 +95,9 @@ def find_studies(
     query.StudyInstanceUID = ""
     query.StudyDate = f"{earliest:%Y%m%d}-{latest:%Y%m%d}"
     query.ModalitiesInStudy = ""
-    assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelFind)
+    assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelFind, audit, AuditKind.QUERY)
     found = []
+    failure = ""
     try:
         for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
             code = getattr(status, "Status", None)
@@ -76,29 +117,45 @@ def find_studies(
                 )
             elif code not in PENDING and code != 0x0000:
                 raise RetrieveError(f"C-FIND at {peer.ae_title} failed with status 0x{code:04X}")
+    except RetrieveError as error:
+        failure = str(error)
+        raise
     finally:
         if assoc.is_established:
             assoc.release()
+        outcome = AuditOutcome.FAILED if failure else AuditOutcome.COMPLETED
+        detail = failure or f"C-FIND: {len(found)} study(ies)"
+        _audit(audit, AuditKind.QUERY, peer, calling_ae_title, outcome, detail)
     logger.info("C-FIND at %s: %d study(ies) in %s..%s", peer.ae_title, len(found), earliest, latest)
     return [f for f in found if f.study_instance_uid]
 
 
-def move_study(peer: QueryRetrieveSettings, calling_ae_title: str, study_uid: str) -> str:
+def move_study(peer: QueryRetrieveSettings, calling_ae_title: str, study_uid: str, audit: Audit | None = None) -> str:
     """Ask the peer to send the study to us; returns a summary of the final status (raises on failure)."""
     query = Dataset()
     query.QueryRetrieveLevel = "STUDY"
     query.StudyInstanceUID = study_uid
-    assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelMove)
+    assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelMove, audit, AuditKind.RETRIEVE)
     final = None
+    failure = ""
     try:
         for status, _ in assoc.send_c_move(query, calling_ae_title, StudyRootQueryRetrieveInformationModelMove):
             if status is None or "Status" not in status:
                 raise RetrieveError(f"C-MOVE at {peer.ae_title}: no response (timeout or abort)")
             if status.Status not in MOVE_PENDING:
                 final = status
+    except RetrieveError as error:
+        failure = str(error)
+        raise
     finally:
         if assoc.is_established:
             assoc.release()
+        code = f"0x{final.Status:04X}" if final is not None else "none"
+        ok = final is not None and final.Status in (0x0000, 0xB000)
+        outcome = AuditOutcome.COMPLETED if ok and not failure else AuditOutcome.FAILED
+        completed = int(final.get("NumberOfCompletedSuboperations", 0) or 0) if final is not None else 0
+        detail = failure or f"C-MOVE to {calling_ae_title}: final status {code}"
+        _audit(audit, AuditKind.RETRIEVE, peer, calling_ae_title, outcome, detail, (study_uid,), completed)
     if final is None:
         raise RetrieveError(f"C-MOVE at {peer.ae_title}: no final status")
     counts = (

@@ -1,29 +1,36 @@
-"""Storage SCP: C-ECHO and C-STORE of PET, CT and annotation objects from allowed peers.
+"""Storage SCP: C-ECHO and C-STORE from allowed peers, plain and/or over TLS, every connection audited.
 
-Handlers only decode the header, write durably, index and answer: analysis runs elsewhere.
+Handlers only validate, write durably, index and answer: analysis runs elsewhere. The transport
+(`dicom_node.transport`) keeps hostile connections from holding the node; association requests are checked
+here (calling AE and address, called AE, the number of negotiated associations).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-import socket
+import ssl
 import threading
 import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from pydicom import uid as uids
 from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import AssociationServer, ThreadedAssociationServer
+from pynetdicom.transport import AssociationServer
 
 from dicom_node import status
-from dicom_node.errors import ReceiveError
-from dicom_node.ingest import parse_received
+from dicom_node.errors import DatasetInvalid, ReceiveError
+from dicom_node.ingest import check_dataset
+from dicom_node.transport import Connection, TransportGuard, make_server_class
 from immunode.config import NodeSettings, PeerSettings
+from storage.audit import AuditEntry, AuditTrail, EventEntry
 from storage.errors import StorageError
-from storage.store import InstanceStore, record_event
+from storage.schema import AuditDirection, AuditKind, AuditOutcome
+from storage.store import InstanceStore
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +64,10 @@ COMPRESSED_CANDIDATES = [
     uids.JPEG2000,
     uids.RLELossless,
 ]
-# A-ASSOCIATE-RJ: rejected-permanent, by the service user, calling AE title not recognised.
-REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED = 0x01, 0x01, 0x03
+# A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason.
+REJECT_CALLING_AE = (0x01, 0x01, 0x03, "calling AE title not recognised")
+REJECT_CALLED_AE = (0x01, 0x01, 0x07, "called AE title not recognised")
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02, "local limit exceeded (maximum associations)")
 
 
 def accepted_transfer_syntaxes() -> list[str]:
@@ -71,15 +80,6 @@ def accepted_transfer_syntaxes() -> list[str]:
         except NotImplementedError:
             continue
     return UNCOMPRESSED_SYNTAXES + compressed
-
-
-class _NoDelayServer(ThreadedAssociationServer):
-    """Disables Nagle's algorithm on accepted sockets: small C-STORE responses go out at once."""
-
-    def get_request(self):  # noqa: ANN201 - socketserver signature
-        connection, address = super().get_request()
-        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return connection, address
 
 
 def peer_allowed(peers: PeerSettings, ae_title: str, host: str) -> bool:
@@ -97,19 +97,49 @@ def peer_allowed(peers: PeerSettings, ae_title: str, host: str) -> bool:
     return False
 
 
+@dataclass
+class _Association:
+    """What one association did, for its audit record."""
+
+    calling: str = ""
+    called: str = ""
+    rejected: str = ""
+    established: bool = False
+    ended: AuditOutcome | None = None
+    stored: int = 0
+    refused: int = 0
+    studies: list[str] = field(default_factory=list)
+
+
 class StorageSCP:
     def __init__(
         self,
         node: NodeSettings,
         peers: PeerSettings,
         store: InstanceStore,
+        trail: AuditTrail,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.node = node
         self.peers = peers
         self.store = store
-        self._server: AssociationServer | None = None
+        self.trail = trail
+        self.tls_context = tls_context
+        self._servers: list[AssociationServer] = []
+        self._associations: dict[int, _Association] = {}
+        self._lock = threading.Lock()
+        self.guard = TransportGuard(
+            max_pdu_bytes=node.max_pdu_bytes,
+            pdu_timeout_s=node.network_timeout_s,
+            handshake_timeout_s=node.acse_timeout_s,
+            max_pending=node.max_pending_connections,
+            on_closed=self._on_connection_closed,
+        )
         self.ae = AE(ae_title=node.ae_title)
-        self.ae.maximum_associations = node.max_associations
+        # pynetdicom counts every connected thread (pending and dying ones too) against its limit; the SCP
+        # applies its own limit to negotiated associations (`_on_requested`) and the transport bounds pending
+        # connections, so pynetdicom's is only a far ceiling.
+        self.ae.maximum_associations = 100 * (node.max_associations + node.max_pending_connections)
         self.ae.network_timeout = node.network_timeout_s
         self.ae.acse_timeout = node.acse_timeout_s
         self.ae.dimse_timeout = node.dimse_timeout_s
@@ -118,56 +148,168 @@ class StorageSCP:
         for sop_class in STORAGE_SOP_CLASSES.values():
             self.ae.add_supported_context(sop_class, syntaxes)
         self.ae.add_supported_context(Verification)
+        self._max_inflated = node.max_inflated_mb * 1024 * 1024
 
-    def start(self, port: int | None = None) -> int:
-        """Start listening (non-blocking); returns the bound port (0 in settings or argument: a free one)."""
+    def start(self, port: int | None = None, tls_port: int | None = None) -> tuple[int | None, int | None]:
+        """Start listening (non-blocking); returns the bound (plain, TLS) ports, None where not listening.
+        A port of 0 (in settings or argument) binds a free one."""
+        plain = self._serve(self.node.port if port is None else port, None) if self.node.plain else None
+        secure = None
+        if self.node.tls is not None and self.tls_context is not None:
+            secure = self._serve(self.node.tls.port if tls_port is None else tls_port, self.tls_context)
+        return plain, secure
+
+    def _serve(self, port: int, tls_context: ssl.SSLContext | None) -> int:
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
         ]
-        address = (self.node.host, self.node.port if port is None else port)
-        # As AE.start_server(block=False) does, but with our server class (TCP_NODELAY on accepted sockets).
-        self._server = self.ae.make_server(address, evt_handlers=handlers, server_class=_NoDelayServer)
-        threading.Thread(target=self._server.serve_forever, name="immunode-scp", daemon=True).start()
-        self.ae._servers.append(self._server)  # so that AE.shutdown() and server.shutdown() find it
-        bound = self._server.server_address[1]
-        logger.info("SCP %s listening on %s:%d", self.node.ae_title, self.node.host, bound)
+        server_class = make_server_class(self.guard, tls_context)
+        server = self.ae.make_server((self.node.host, port), evt_handlers=handlers, server_class=server_class)
+        threading.Thread(target=server.serve_forever, name="immunode-scp", daemon=True).start()
+        self.ae._servers.append(server)  # so that AE.shutdown() and server.shutdown() find it
+        self._servers.append(server)
+        bound = server.server_address[1]
+        logger.info(
+            "SCP %s listening on %s:%d (%s)",
+            self.node.ae_title,
+            self.node.host,
+            bound,
+            "TLS" if tls_context else "plain",
+        )
         return bound
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server = None
+        """Stop listening and abort the associations still open (a sender retries what was not answered)."""
+        for server in self._servers:
+            server.shutdown()
+        self._servers = []
+        for assoc in self.ae.active_associations:
+            if assoc.is_acceptor:
+                assoc.abort()
+
+    # --- association ---------------------------------------------------------------------------------------
+
+    def _state(self, assoc: object) -> _Association:
+        with self._lock:
+            return self._associations.setdefault(id(assoc), _Association())
 
     def _on_requested(self, event: Event) -> None:
-        requestor = event.assoc.requestor
-        # At EVT_REQUESTED the A-ASSOCIATE-RQ primitive is the only place the calling AE title is set yet.
-        ae_title = str(requestor.primitive.calling_ae_title).strip()
-        if peer_allowed(self.peers, ae_title, requestor.address):
+        assoc = event.assoc
+        self.guard.negotiating(assoc)
+        primitive = assoc.requestor.primitive
+        # At EVT_REQUESTED the A-ASSOCIATE-RQ primitive is the only place the AE titles are set yet.
+        state = self._state(assoc)
+        state.calling = str(primitive.calling_ae_title).strip()
+        state.called = str(primitive.called_ae_title).strip()
+        reason = None
+        if not peer_allowed(self.peers, state.calling, assoc.requestor.address):
+            reason = REJECT_CALLING_AE
+        elif not self.node.accept_any_called_ae and state.called != self.node.ae_title:
+            reason = REJECT_CALLED_AE
+        else:
+            established = sum(1 for a in self.ae.active_associations if a.is_acceptor and a.is_established)
+            if established >= self.node.max_associations:
+                reason = REJECT_LOCAL_LIMIT
+        if reason is None:
             return
-        logger.warning("association from unknown peer %r at %s rejected", ae_title[:16], requestor.address)
-        self._record("WARNING", f"association from unknown peer {ae_title[:16]!r} at {requestor.address} rejected")
-        event.assoc.acse.send_reject(REJECT_PERMANENT, SOURCE_SERVICE_USER, REASON_CALLING_AE_NOT_RECOGNISED)
+        state.rejected = reason[3]
+        logger.warning(
+            "association %r -> %r from %s rejected: %s",
+            state.calling[:16],
+            state.called[:16],
+            assoc.requestor.address,
+            reason[3],
+        )
+        assoc.acse.send_reject(*reason[:3])
         # As pynetdicom's own negotiation does: let the DUL flush the A-ASSOCIATE-RJ before the socket closes.
-        event.assoc.kill()
+        assoc.kill()
+
+    def _on_established(self, event: Event) -> None:
+        self._state(event.assoc).established = True
+
+    def _on_ended(self, event: Event) -> None:
+        state = self._state(event.assoc)
+        state.ended = AuditOutcome.COMPLETED if event.event is evt.EVT_RELEASED else AuditOutcome.ABORTED
+
+    def _on_connection_closed(self, connection: Connection, assoc: object | None) -> None:
+        """The transport's report that a connection ended: its audit record."""
+        with self._lock:
+            state = self._associations.pop(id(assoc), None) if assoc is not None else None
+        if state is None and connection.bytes_received == 0:
+            logger.debug("connection from %s:%d closed without data", connection.host, connection.port)
+            return
+        if state is None:
+            kind, outcome = AuditKind.CONNECTION, AuditOutcome.CLOSED
+            detail = connection.closed_reason or "closed before an association request"
+        else:
+            kind = AuditKind.ASSOCIATION
+            if state.rejected:
+                outcome, detail = AuditOutcome.REJECTED, state.rejected
+            elif state.ended is not None:
+                outcome, detail = state.ended, connection.closed_reason
+            elif state.established:
+                outcome, detail = AuditOutcome.ABORTED, connection.closed_reason or "connection dropped"
+            else:
+                outcome, detail = AuditOutcome.CLOSED, connection.closed_reason or "closed during negotiation"
+            if state.refused:
+                detail = f"{detail}; {state.refused} instance(s) refused".lstrip("; ")
+        self.trail.audit(
+            AuditEntry(
+                direction=AuditDirection.INBOUND,
+                kind=kind,
+                outcome=outcome,
+                calling_ae_title=state.calling if state else "",
+                called_ae_title=state.called if state else "",
+                peer_host=connection.host,
+                peer_port=connection.port,
+                tls=connection.tls,
+                tls_peer_subject=connection.tls_subject,
+                detail=detail,
+                instances=state.stored if state else 0,
+                study_uids=tuple(state.studies) if state else (),
+                at=datetime.fromtimestamp(connection.opened_at, timezone.utc).replace(tzinfo=None),
+            )
+        )
+
+    # --- DIMSE ---------------------------------------------------------------------------------------------
 
     def _on_echo(self, event: Event) -> int:
         return status.SUCCESS
 
     def _on_store(self, event: Event) -> int:
         started = time.perf_counter()
-        calling = str(event.assoc.requestor.ae_title).strip()
-        affected = str(event.request.AffectedSOPInstanceUID or "")
+        state = self._state(event.assoc)
+        calling = state.calling or str(event.assoc.requestor.ae_title).strip()
+        request = event.request
+        affected = str(request.AffectedSOPInstanceUID or "")
+        affected_class = str(request.AffectedSOPClassUID or "")
         try:
+            if affected_class != str(event.context.abstract_syntax):
+                raise DatasetInvalid("the request's Affected SOP Class differs from its presentation context's")
+            header = check_dataset(
+                request.DataSet.getvalue(),
+                event.context.transfer_syntax,
+                affected_class,
+                affected,
+                self._max_inflated,
+            )
             data = event.encoded_dataset(include_meta=True)
-            header = parse_received(data, affected)
             stored = self.store.store(header, data, calling)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
-            logger.warning("C-STORE from %s refused with 0x%04X: %s", calling, code, error)
+            logger.warning("C-STORE from %r refused with 0x%04X: %s", calling[:16], code, error)
+            state.refused += 1
             self._record_refusal(calling, affected, code, str(error), getattr(error, "study_instance_uid", ""))
             return code
+        state.stored += 1
+        study = stored.header.study_instance_uid
+        if study not in state.studies:
+            state.studies.append(study)
         logger.debug(
             "stored %s (%s) in %.1f ms",
             stored.header.sop_instance_uid,
@@ -177,15 +319,7 @@ class StorageSCP:
         return status.SUCCESS
 
     def _record_refusal(self, calling: str, affected: str, code: int, reason: str, study_uid: str) -> None:
+        """Every refusal is recorded in the index, or spooled while the index is unavailable."""
         affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
-        message = f"C-STORE of {affected_text!r} from {calling!r} refused with 0x{code:04X}: {reason}"
-        self._record("ERROR", message, study_uid)
-
-    def _record(self, level: str, message: str, study_uid: str = "") -> None:
-        """Record a refusal in the index. If the index itself is down the refusal status still goes out and
-        the log, already written by the caller, is the only record: the failure to record is logged too."""
-        try:
-            with self.store.database.session() as session:
-                record_event(session, level, message, study_uid)
-        except StorageError:
-            logger.exception("could not record in the index: %s", message)
+        message = f"C-STORE of {affected_text!r} from {calling[:16]!r} refused with 0x{code:04X}: {reason}"
+        self.trail.event(EventEntry("ERROR", message, study_uid[:64]))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dicom_node.errors import DatasetInvalid, UndecodableDataset
-from storage.errors import IndexUnavailable, InvalidIdentifier, OutOfResources
+from dicom_node.errors import DatasetInvalid, DatasetTooLarge, UndecodableDataset
+from storage.errors import IdentityMismatch, IndexUnavailable, InvalidIdentifier, OutOfResources
 
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -11,10 +11,15 @@ DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 CANNOT_DECODE = 0xC210  # pynetdicom's "unable to decode the dataset"
 PROCESSING_FAILURE = 0x0110
+# In the "cannot understand" range: the instance contradicts the patient or study the index holds for its
+# study or series; resending it unchanged will not help (PS3.4 leaves Cxxx to the implementation).
+IDENTITY_CONFLICT = 0xC100
 
 STORE_STATUS: dict[type[Exception], int] = {
     OutOfResources: OUT_OF_RESOURCES,
     IndexUnavailable: OUT_OF_RESOURCES,  # cannot be stored now; the sender should retry later
+    DatasetTooLarge: OUT_OF_RESOURCES,  # a deflated data set beyond node.max_inflated_mb
+    IdentityMismatch: IDENTITY_CONFLICT,
     UndecodableDataset: CANNOT_DECODE,
     DatasetInvalid: DATASET_DOES_NOT_MATCH_SOP_CLASS,
     InvalidIdentifier: DATASET_DOES_NOT_MATCH_SOP_CLASS,

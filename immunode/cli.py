@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -18,6 +20,7 @@ from sqlalchemy.orm import Session
 from immunode import __version__
 from immunode.config import ConfigError, Settings, load_settings
 from immunode.logging_setup import configure_logging
+from storage.schema import utcnow
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG_ENV = "IMMUNODE_CONFIG"
@@ -85,9 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage import index, radiomics
-    from storage.schema import Delivery, DeliveryState, Job, JobState, Output, Study
+    from storage import audit, index, integrity, radiomics, runs
+    from storage.schema import AuditOutcome, Delivery, DeliveryState, Job, JobState, Output, Study
 
+    settings = _settings(args)
     with _index_session(args) as session:
         print("Studies")
         studies = session.scalars(select(Study).order_by(Study.id.desc()).limit(args.limit)).all()
@@ -124,11 +128,70 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"{delivery.destination}: {delivery.state.value}, {delivery.attempts} attempt(s); "
                 f"{delivery.last_error or 'not yet attempted'}"
             )
+        print("Identity conflicts (instances refused, not merged)")
+        total, conflicts = integrity.conflicts(session, args.limit)
+        print(f"  {total} in all" + ("" if total else "; none"))
+        for c in conflicts:
+            print(
+                f"  {c.at:%Y-%m-%d %H:%M:%S}Z {c.kind.value} study {c.study_instance_uid} instance "
+                f"{c.sop_instance_uid}: named {c.received}, the index holds {c.indexed}"
+            )
+        print("Quarantine (files found without an index row that could not be indexed)")
+        total, files = integrity.quarantined(session, args.limit)
+        run = runs.latest_run(session)
+        if run is not None:
+            print(
+                f"  this run started {run.started_at:%Y-%m-%d %H:%M:%S}Z on {run.host}: reconciliation indexed "
+                f"{run.orphans_indexed} and quarantined {run.orphans_quarantined} file(s); "
+                f"{run.unclean_runs} earlier run(s) ended without a clean stop"
+            )
+        print(f"  {total} file(s) in quarantine")
+        for q in files:
+            print(f"  {q.at:%Y-%m-%d %H:%M:%S}Z {q.path} {q.sop_instance_uid}: {q.reason}")
+        spooled = audit.spooled_count(settings.storage.root / "spool")
+        if spooled:
+            print(f"Spooled records not yet in the index: {spooled} (written when the index is available)")
+        print("Recent rejected or failed associations")
+        refused = [a for a in audit.audit_records(session, limit=200) if a.outcome not in (AuditOutcome.COMPLETED,)][
+            : args.limit
+        ]
+        for a in refused:
+            print(f"  {a.at:%Y-%m-%d %H:%M:%S}Z {a.line()}")
         print("Recent problems")
         for event in index.recent_events(session, args.limit):
             study = f" [{event.study_instance_uid}]" if event.study_instance_uid else ""
             print(f"  {event.at:%Y-%m-%d %H:%M:%S}Z {event.level}{study} {event.message}")
     return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from storage import audit
+
+    since = _parse_since(args.since) if args.since else None
+    with _index_session(args) as session:
+        records = audit.audit_records(session, since, args.limit)
+    for record in reversed(records):
+        ended = f" .. {record.ended_at:%H:%M:%S}Z"
+        print(f"{record.at:%Y-%m-%d %H:%M:%S}Z{ended} {record.line().removeprefix('audit ')}")
+    if not records:
+        print("no audit records" + (f" since {since:%Y-%m-%d %H:%M:%S}Z" if since else ""))
+    return 0
+
+
+UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def _parse_since(text: str) -> datetime:
+    """An ISO date or date-time (UTC), or a duration back from now: 30m, 12h, 7d."""
+    match = re.fullmatch(r"(\d+)([mhd])", text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return utcnow() - timedelta(**{UNITS[unit]: amount})
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ConfigError(f"--since {text!r}: give an ISO date/date-time (UTC) or a duration like 12h or 7d") from None
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -490,6 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check-config", help="validate a config file and report every problem")
     check.add_argument("file", nargs="?")
     check.set_defaults(handler=cmd_check_config)
+    audit = commands.add_parser("audit", help="the audit trail: every association and outbound send, newest last")
+    audit.add_argument("--since", help="ISO date/date-time (UTC) or a duration back from now, e.g. 12h, 7d")
+    audit.add_argument("--limit", type=int, default=200)
+    audit.set_defaults(handler=cmd_audit)
     retry = commands.add_parser("retry", help="re-queue dead deliveries (all, or by id) and failed jobs by id")
     retry.add_argument("--delivery", type=int, action="append", default=[], help="delivery id (repeatable)")
     retry.add_argument("--job", type=int, action="append", default=[], help="failed job id (repeatable)")

@@ -62,13 +62,13 @@ def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
     return job_ids
 
 
-def pair_jobs(settings: Settings, database: Database) -> None:
+def pair_jobs(settings: Settings, database: Database, audit: qr.Audit | None = None) -> None:
     """Pair stage: decide each new CT job's baseline, and release waiting jobs whose baseline is ready or late."""
     with database.session() as session:
         new = radiomics_store.jobs_in_state(session, JobState.PAIRING)
         waiting = radiomics_store.jobs_in_state(session, JobState.WAITING_BASELINE)
     for job_id, study_uid, _ in new:
-        _pair_new_job(settings, database, job_id, study_uid)
+        _pair_new_job(settings, database, job_id, study_uid, audit)
     for job_id, _, until in waiting:
         _release_if_ready(database, job_id, until)
 
@@ -79,7 +79,7 @@ def _record(database: Database, job_id: int, outcome: PairingOutcome, reason: st
         radiomics_store.record_pairing(session, job_id, outcome, reason, **kwargs)
 
 
-def _pair_new_job(settings: Settings, database: Database, job_id: int, study_uid: str) -> None:
+def _pair_new_job(settings: Settings, database: Database, job_id: int, study_uid: str, audit: qr.Audit | None) -> None:
     rules = settings.pipelines.ct_radiomics.pairing
     with database.session() as session:
         awaited = radiomics_store.awaited_baseline(session, study_uid)
@@ -116,10 +116,10 @@ def _pair_new_job(settings: Settings, database: Database, job_id: int, study_uid
             )
             _record(database, job_id, PairingOutcome.PAIRED, choice.reason + note, baseline_uid=baseline_uid)
     else:
-        _retrieve_or_go_without(settings, database, job_id, facts, choice.reason, therapy, wait_until)
+        _retrieve_or_go_without(settings, database, job_id, facts, choice.reason, therapy, wait_until, audit)
 
 
-def _retrieve_or_go_without(settings, database, job_id, facts, reason, therapy, wait_until) -> None:  # noqa: ANN001
+def _retrieve_or_go_without(settings, database, job_id, facts, reason, therapy, wait_until, audit) -> None:  # noqa: ANN001
     peer = settings.query_retrieve
     if peer is None or facts.study_date is None:
         _record(
@@ -133,7 +133,7 @@ def _retrieve_or_go_without(settings, database, job_id, facts, reason, therapy, 
     earliest, latest = search_window(facts.study_date, rules)
     try:
         found = qr.find_studies(
-            peer, settings.node.ae_title, facts.patient_id, facts.issuer_of_patient_id, earliest, latest
+            peer, settings.node.ae_title, facts.patient_id, facts.issuer_of_patient_id, earliest, latest, audit
         )
         remote = choose_baseline(facts, found, rules, therapy)
         if remote.kind is not PairingDecisionKind.PAIRED:
@@ -144,7 +144,7 @@ def _retrieve_or_go_without(settings, database, job_id, facts, reason, therapy, 
                 f"{reason}; not at {peer.ae_title} either: {remote.reason}",
             )
             return
-        status = qr.move_study(peer, settings.node.ae_title, remote.baseline.study_instance_uid)
+        status = qr.move_study(peer, settings.node.ae_title, remote.baseline.study_instance_uid, audit)
     except RetrieveError as error:
         _record(database, job_id, PairingOutcome.NO_BASELINE, f"{reason}; query/retrieve failed: {error}")
         return

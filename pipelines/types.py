@@ -541,6 +541,7 @@ class DueDelivery:
     path: Path
     sop_instance_uid: str
     attempts: int
+    sha256: str = ""  # of the output as written and validated ("" for outputs indexed before it was kept)
 
 
 @dataclass(frozen=True)

@@ -15,3 +15,13 @@ class IndexUnavailable(StorageError):
 
 class InvalidIdentifier(StorageError):
     """A received identifier (UID, patient ID) is not valid for its DICOM value representation."""
+
+
+class IdentityMismatch(StorageError):
+    """The instance contradicts the index: another patient than its study's, or a series (or SOP instance)
+    indexed under another study. Refused and recorded, never merged."""
+
+    def __init__(self, message: str, study_instance_uid: str, conflict: object) -> None:
+        super().__init__(message)
+        self.study_instance_uid = study_instance_uid
+        self.conflict = conflict  # storage.store.Conflict

@@ -1,8 +1,10 @@
 """File layout of the storage root. Every path is chosen here, never built from received values.
 
 <root>/incoming/<uuid>.part          being written; removed or renamed, never left behind on success
-<root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances
+<root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances (the day is the day of receipt, UTC)
 <root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
+<root>/quarantine/<uuid>.dcm         files found without an index row that could not be indexed
+<root>/spool/records.jsonl           audit records and refusals written while the index was unavailable
 """
 
 from __future__ import annotations
@@ -11,18 +13,28 @@ import errno
 import os
 import shutil
 import uuid
-from datetime import datetime, timezone
+from collections.abc import Iterator
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 from storage.errors import OutOfResources
 
+FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool")
+
 
 class FileLayout:
-    def __init__(self, root: Path, min_free_mb: int = 0) -> None:
+    def __init__(self, root: Path, min_free_mb: int = 0, private: bool = False) -> None:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_mb * 1024 * 1024
-        for folder in ("incoming", "objects", "outputs"):
+        for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        if private:
+            # Readable by the service user only, whatever the folder's mode was when it was made.
+            os.chmod(self.root, 0o700)
+
+    @property
+    def spool(self) -> Path:
+        return self.root / "spool"
 
     def absolute(self, relative: str | Path) -> Path:
         return self.root / relative
@@ -63,6 +75,27 @@ class FileLayout:
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"cannot write: {error.strerror}") from error
             raise OutOfResources(f"cannot write {final_path.name}: {error.strerror}") from error
+
+    def object_files(self, since: date | None = None) -> Iterator[Path]:
+        """Files under objects/, in day folders from `since` on (all when None)."""
+        for year in sorted((self.root / "objects").iterdir()):
+            for month in sorted(year.iterdir()) if year.is_dir() else ():
+                for day in sorted(month.iterdir()) if month.is_dir() else ():
+                    try:
+                        folder_date = date(int(year.name), int(month.name), int(day.name))
+                    except ValueError:
+                        folder_date = None  # not a folder of ours: scanned in a full scan only
+                    if since is not None and (folder_date is None or folder_date < since):
+                        continue
+                    yield from (p for p in day.iterdir() if p.is_file() and p.suffix == ".dcm")
+
+    def quarantine(self, path: Path) -> Path:
+        """Move a file into quarantine/ under a new name; returns where it went."""
+        target = self.root / "quarantine" / f"{uuid.uuid4().hex}.dcm"
+        os.replace(path, target)
+        fsync_directory(target.parent)
+        fsync_directory(path.parent)
+        return target
 
     def remove_stale_partials(self) -> int:
         """Delete leftovers of writes interrupted by a crash (called at start-up)."""

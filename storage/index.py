@@ -5,6 +5,7 @@ Every function takes an open session; the caller owns the transaction (`Database
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -242,6 +243,7 @@ def record_outputs(
             source_series_uid=source_series_uid,
             series_instance_uid=report_file.series_instance_uid,
             path=layout.relative(report_file.path),
+            sha256=hashlib.sha256(report_file.path.read_bytes()).hexdigest(),
             supersedes_fk=supersedes,
         )
         session.add(output)
@@ -333,14 +335,16 @@ def requeue_job_or_fail(session: Session, job_id: int, reason: str, max_attempts
 
 def due_deliveries(session: Session, layout: FileLayout, now: datetime) -> dict[str, list[DueDelivery]]:
     rows = session.execute(
-        select(Delivery.id, Delivery.destination, Output.path, Output.sop_instance_uid, Delivery.attempts)
+        select(
+            Delivery.id, Delivery.destination, Output.path, Output.sop_instance_uid, Delivery.attempts, Output.sha256
+        )
         .join(Output, Output.id == Delivery.output_fk)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
         .order_by(Delivery.id)
     ).all()
     batches: dict[str, list[DueDelivery]] = defaultdict(list)
-    for delivery_id, destination, path, uid, attempts in rows:
-        batches[destination].append(DueDelivery(delivery_id, destination, layout.absolute(path), uid, attempts))
+    for delivery_id, destination, path, uid, attempts, digest in rows:
+        batches[destination].append(DueDelivery(delivery_id, destination, layout.absolute(path), uid, attempts, digest))
     return dict(batches)
 
 

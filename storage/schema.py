@@ -75,6 +75,33 @@ class OutputKind(enum.Enum):
     SR = "SR"
 
 
+class ConflictKind(enum.Enum):
+    PATIENT = "PATIENT"  # PatientID / IssuerOfPatientID differ from those of the instance's study
+    STUDY = "STUDY"  # the series (or the SOP instance) is indexed under another study
+
+
+class AuditDirection(enum.Enum):
+    INBOUND = "INBOUND"  # a peer connected to this node
+    OUTBOUND = "OUTBOUND"  # this node connected to a peer (results sent, query/retrieve)
+
+
+class AuditKind(enum.Enum):
+    ASSOCIATION = "ASSOCIATION"  # an inbound association request, accepted or rejected
+    CONNECTION = "CONNECTION"  # an inbound connection that never made an association request
+    SEND = "SEND"  # results sent by C-STORE
+    QUERY = "QUERY"  # C-FIND at the query/retrieve peer
+    RETRIEVE = "RETRIEVE"  # C-MOVE at the query/retrieve peer
+
+
+class AuditOutcome(enum.Enum):
+    COMPLETED = "COMPLETED"  # association released normally; outbound: every operation succeeded
+    REJECTED = "REJECTED"  # A-ASSOCIATE-RJ (sent to or received from the peer)
+    ABORTED = "ABORTED"  # A-ABORT or a dropped connection after negotiation
+    CLOSED = "CLOSED"  # connection closed or timed out before an association was negotiated
+    FAILED = "FAILED"  # outbound: no association, or no operation succeeded
+    PARTIAL = "PARTIAL"  # outbound: some operations failed
+
+
 class Patient(Base):
     __tablename__ = "patients"
     __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id", name="uq_patient_identity"),)
@@ -180,6 +207,8 @@ class Output(Base):
     # The analysed series this object was derived from.
     source_series_uid: Mapped[str] = mapped_column(String(64), default="")
     path: Mapped[str] = mapped_column(String(255))
+    # Of the file as written and validated: dispatch sends nothing whose bytes changed since.
+    sha256: Mapped[str] = mapped_column(String(64), default="")
     # The SR this one supersedes (an earlier revision of the same study), if any.
     supersedes_fk: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
@@ -374,3 +403,75 @@ class Event(Base):
     # UID of the study concerned when known (a rejected instance may not name a decodable study).
     study_instance_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
     message: Mapped[str] = mapped_column(Text)
+
+
+class IdentityConflict(Base):
+    """An instance refused because its identity contradicts what the index holds for its study or series."""
+
+    __tablename__ = "identity_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, index=True)
+    kind: Mapped[ConflictKind] = mapped_column(_enum(ConflictKind))
+    study_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    received_patient_id: Mapped[str] = mapped_column(String(64))
+    received_issuer: Mapped[str] = mapped_column(String(64))
+    indexed_patient_id: Mapped[str] = mapped_column(String(64))
+    indexed_issuer: Mapped[str] = mapped_column(String(64))
+    indexed_study_uid: Mapped[str] = mapped_column(String(64))
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+
+
+class QuarantinedFile(Base):
+    """A file found in the object store without an index row (a crash between write and commit) that could
+    not be indexed; moved to `<root>/quarantine/` with the reason."""
+
+    __tablename__ = "quarantined_files"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, index=True)
+    path: Mapped[str] = mapped_column(String(255))  # relative to the storage root, under quarantine/
+    original_path: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    study_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+
+
+class NodeRun(Base):
+    """One run of `immunode serve`: a run without `stopped_at` ended without a clean stop, and the object
+    store is reconciled with the index from its start date on."""
+
+    __tablename__ = "node_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    host: Mapped[str] = mapped_column(String(255), default="")
+    pid: Mapped[int] = mapped_column(Integer, default=0)
+    clean_stop: Mapped[bool] = mapped_column(Boolean, default=False)  # false with stopped_at: found dead later
+    orphans_indexed: Mapped[int] = mapped_column(Integer, default=0)
+    orphans_quarantined: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class AuditRecord(Base):
+    """Who connected, or whom this node connected to, and what came of it: one row per connection."""
+
+    __tablename__ = "audit_records"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow, index=True)  # connection opened
+    ended_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+    direction: Mapped[AuditDirection] = mapped_column(_enum(AuditDirection))
+    kind: Mapped[AuditKind] = mapped_column(_enum(AuditKind))
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    called_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    peer_host: Mapped[str] = mapped_column(String(64), default="")
+    peer_port: Mapped[int] = mapped_column(Integer, default=0)
+    tls: Mapped[bool] = mapped_column(Boolean, default=False)
+    tls_peer_subject: Mapped[str] = mapped_column(String(255), default="")
+    outcome: Mapped[AuditOutcome] = mapped_column(_enum(AuditOutcome))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    instances: Mapped[int] = mapped_column(Integer, default=0)
+    study_uids: Mapped[list] = mapped_column(JSON, default=list)

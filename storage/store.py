@@ -5,9 +5,17 @@ Duplicate SOP Instance UID policy (one index row per UID, always):
 - different bytes: the newer copy replaces the stored file (a modality's or PACS's correction), the
   index row is updated and the study re-opens so that its analysis re-runs (`REPLACED`).
 
+Identity policy: the first instance indexed for a Study Instance UID fixes the study's patient
+(PatientID and IssuerOfPatientID, compared exactly, empty included), and the first for a Series Instance
+UID fixes the series' study. An instance that contradicts either is refused (`IdentityMismatch`, a
+failure status) and the conflict is recorded (`identity_conflicts`, shown by `immunode status`); nothing
+of it is stored. A resent SOP Instance UID must name the same study and series as the indexed one.
+
 The common path (a new instance of a known series) is one transaction of two statements, so that
 ingest stays close to the speed of a bare receiver while every acknowledged instance is on disk and
-in the index.
+in the index. The series cache only ever holds rows that are committed: it is filled after the commit,
+never inside the transaction, so a rolled-back transaction cannot leave ids behind that the database
+then hands to another patient's rows.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, bindparam, insert, select, update
@@ -24,8 +33,19 @@ from sqlalchemy.orm import Session
 
 from pipelines.types import InstanceHeader, StoredInstance, StoreOutcome
 from storage.database import Database
+from storage.errors import IdentityMismatch, StorageError
 from storage.files import FileLayout
-from storage.schema import Event, Instance, Patient, Series, Study, StudyState, utcnow
+from storage.schema import (
+    ConflictKind,
+    Event,
+    IdentityConflict,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +57,50 @@ def record_event(executor: Session | Connection, level: str, message: str, study
     )
 
 
+@dataclass(frozen=True)
+class SeriesKey:
+    """Committed index rows of one series and the identity they were filed under."""
+
+    study_id: int
+    series_id: int
+    study_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """What an instance claims against what the index holds."""
+
+    kind: ConflictKind
+    indexed_study_uid: str
+    indexed_patient_id: str
+    indexed_issuer: str
+
+    def describe(self, header: InstanceHeader) -> str:
+        if self.kind is ConflictKind.PATIENT:
+            return (
+                f"instance {header.sop_instance_uid} names another patient (PatientID/IssuerOfPatientID) than "
+                f"study {header.study_instance_uid} already holds: refused, not merged"
+            )
+        return (
+            f"instance {header.sop_instance_uid} names study {header.study_instance_uid} but its series "
+            f"{header.series_instance_uid} (or the instance itself) is indexed under study "
+            f"{self.indexed_study_uid}: refused, not merged"
+        )
+
+
+def _check_identity(key: SeriesKey, header: InstanceHeader) -> None:
+    if key.study_instance_uid != header.study_instance_uid:
+        kind = ConflictKind.STUDY
+    elif (key.patient_id, key.issuer_of_patient_id) != (header.patient_id, header.issuer_of_patient_id):
+        kind = ConflictKind.PATIENT
+    else:
+        return
+    conflict = Conflict(kind, key.study_instance_uid, key.patient_id, key.issuer_of_patient_id)
+    raise IdentityMismatch(conflict.describe(header), header.study_instance_uid, conflict)
+
+
 class InstanceStore:
     def __init__(self, database: Database, layout: FileLayout) -> None:
         self.database = database
@@ -44,8 +108,8 @@ class InstanceStore:
         # One index writer at a time in this process: concurrent associations of one study would
         # otherwise race to insert the same patient, study or series row.
         self._index_lock = threading.Lock()
-        # Row ids of series already indexed (series rows are never deleted), to skip their look-up.
-        self._series_ids: dict[str, tuple[int, int]] = {}
+        # Committed series rows by Series Instance UID (series rows are never deleted), to skip the look-up.
+        self._series: dict[str, SeriesKey] = {}
         # The hot-path statements, built once. INSERT .. ON CONFLICT DO NOTHING: a known UID inserts
         # nothing and takes the duplicate path.
         dialect_insert = postgresql_insert if database.engine.dialect.name == "postgresql" else sqlite_insert
@@ -61,21 +125,14 @@ class InstanceStore:
         )
 
     def store(self, header: InstanceHeader, data: bytes, calling_ae_title: str) -> StoredInstance:
-        """Raises storage.errors.OutOfResources or IndexUnavailable; on error nothing new is left behind."""
+        """Raises storage.errors.OutOfResources, IndexUnavailable or IdentityMismatch; on error nothing new
+        is left behind."""
         digest = hashlib.sha256(data).hexdigest()
         self.layout.check_free_space(len(data))
         final_path = self.layout.new_object_path()
         self.layout.write_durably(data, final_path)
         try:
-            with self._index_lock:
-                try:
-                    with self.database.transaction() as connection:
-                        self._index_new(connection, header, final_path, len(data), digest, calling_ae_title)
-                    return StoredInstance(header, final_path, digest, StoreOutcome.NEW)
-                except IntegrityErrorOnInstance:
-                    pass
-                with self.database.session() as session:
-                    outcome, kept_path, replaced = self._index_again(session, header, final_path, len(data), digest)
+            outcome, kept_path, replaced = self._index(header, final_path, len(data), digest, calling_ae_title)
         except BaseException:
             final_path.unlink(missing_ok=True)
             raise
@@ -86,11 +143,111 @@ class InstanceStore:
             logger.info("instance %s replaced by a different copy", header.sop_instance_uid)
         return StoredInstance(header, kept_path, digest, outcome)
 
-    def _ids(self, session: Session | Connection, header: InstanceHeader) -> tuple[int, int]:
-        """(study id, series id), creating patient, study and series rows as needed."""
-        cached = self._series_ids.get(header.series_instance_uid)
+    def index_existing(self, header: InstanceHeader, path: Path, size: int, digest: str) -> StoreOutcome:
+        """Index a file already durable in the object store (start-up reconciliation of a crash between
+        write and commit). Only a new instance is indexed: a SOP Instance UID already indexed keeps its
+        acknowledged copy, and the caller disposes of this one (`DUPLICATE_IDENTICAL` or `REPLACED`)."""
+        with self._index_lock:
+            try:
+                with self.database.transaction() as connection:
+                    key = self._index_new(connection, header, path, size, digest, "")
+                self._series[header.series_instance_uid] = key
+                return StoreOutcome.NEW
+            except _AlreadyIndexed:
+                pass
+            with self.database.session() as session:
+                indexed = session.scalar(
+                    select(Instance.sha256).where(Instance.sop_instance_uid == header.sop_instance_uid)
+                )
+        return StoreOutcome.DUPLICATE_IDENTICAL if indexed == digest else StoreOutcome.REPLACED
+
+    def _index(
+        self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
+    ) -> tuple[StoreOutcome, Path, Path | None]:
+        try:
+            with self._index_lock:
+                try:
+                    with self.database.transaction() as connection:
+                        key = self._index_new(connection, header, path, size, digest, calling_ae_title)
+                    self._series[header.series_instance_uid] = key  # committed: now it may be cached
+                    return StoreOutcome.NEW, path, None
+                except _AlreadyIndexed:
+                    pass
+                with self.database.session() as session:
+                    outcome, kept, replaced, key = self._index_again(session, header, path, size, digest)
+                self._series[header.series_instance_uid] = key
+                return outcome, kept, replaced
+        except IdentityMismatch as error:
+            self._record_conflict(header, error, calling_ae_title)
+            raise
+
+    def _record_conflict(self, header: InstanceHeader, error: IdentityMismatch, calling_ae_title: str) -> None:
+        conflict = error.conflict
+        logger.warning("%s (from %r)", error, calling_ae_title[:16])
+        try:
+            with self.database.session() as session:
+                session.add(
+                    IdentityConflict(
+                        kind=conflict.kind,
+                        study_instance_uid=header.study_instance_uid,
+                        series_instance_uid=header.series_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        received_patient_id=header.patient_id,
+                        received_issuer=header.issuer_of_patient_id,
+                        indexed_patient_id=conflict.indexed_patient_id,
+                        indexed_issuer=conflict.indexed_issuer,
+                        indexed_study_uid=conflict.indexed_study_uid,
+                        calling_ae_title=calling_ae_title[:16],
+                    )
+                )
+        except StorageError as record_error:
+            # The refusal still goes out; the SCP's refusal record (spooled when the index is down) names it.
+            logger.error("identity conflict of %s not recorded: %s", header.sop_instance_uid, record_error)
+
+    def _key(self, session: Session | Connection, header: InstanceHeader) -> SeriesKey:
+        """The series' committed rows, creating patient, study and series rows as needed; raises
+        IdentityMismatch when the instance contradicts the study's patient or the series' study."""
+        cached = self._series.get(header.series_instance_uid)
         if cached is not None:
+            _check_identity(cached, header)
             return cached
+        row = session.execute(
+            select(Series.id, Study.id, Study.study_instance_uid, Patient.patient_id, Patient.issuer_of_patient_id)
+            .join(Study, Study.id == Series.study_fk)
+            .join(Patient, Patient.id == Study.patient_fk)
+            .where(Series.series_instance_uid == header.series_instance_uid)
+        ).first()
+        if row is not None:
+            key = SeriesKey(row[1], row[0], row[2], row[3], row[4])
+            _check_identity(key, header)
+            return key
+        study = session.execute(
+            select(Study.id, Patient.patient_id, Patient.issuer_of_patient_id)
+            .join(Patient, Patient.id == Study.patient_fk)
+            .where(Study.study_instance_uid == header.study_instance_uid)
+        ).first()
+        if study is not None:
+            study_id = study[0]
+            _check_identity(SeriesKey(study_id, 0, header.study_instance_uid, study[1], study[2]), header)
+        else:
+            study_id = self._new_study(session, header)
+        series_id = session.scalar(
+            insert(Series)
+            .returning(Series.id)
+            .values(
+                series_instance_uid=header.series_instance_uid,
+                study_fk=study_id,
+                modality=header.modality,
+                series_number=header.series_number,
+                series_description=header.series_description,
+                manufacturer=header.manufacturer,
+                frame_of_reference_uid=header.frame_of_reference_uid,
+            )
+        )
+        return SeriesKey(study_id, series_id, header.study_instance_uid, header.patient_id, header.issuer_of_patient_id)
+
+    @staticmethod
+    def _new_study(session: Session | Connection, header: InstanceHeader) -> int:
         patient_id = session.scalar(
             select(Patient.id).where(
                 Patient.patient_id == header.patient_id, Patient.issuer_of_patient_id == header.issuer_of_patient_id
@@ -102,51 +259,21 @@ class InstanceStore:
                 .returning(Patient.id)
                 .values(patient_id=header.patient_id, issuer_of_patient_id=header.issuer_of_patient_id)
             )
-        study = session.execute(
-            select(Study.id, Study.patient_fk).where(Study.study_instance_uid == header.study_instance_uid)
-        ).first()
-        if study is None:
-            now = utcnow()
-            study_id = session.scalar(
-                insert(Study)
-                .returning(Study.id)
-                .values(
-                    study_instance_uid=header.study_instance_uid,
-                    patient_fk=patient_id,
-                    study_date=header.study_date,
-                    accession_number=header.accession_number,
-                    state=StudyState.RECEIVING,
-                    revision=1,
-                    first_received_at=now,
-                    last_received_at=now,
-                )
+        now = utcnow()
+        return session.scalar(
+            insert(Study)
+            .returning(Study.id)
+            .values(
+                study_instance_uid=header.study_instance_uid,
+                patient_fk=patient_id,
+                study_date=header.study_date,
+                accession_number=header.accession_number,
+                state=StudyState.RECEIVING,
+                revision=1,
+                first_received_at=now,
+                last_received_at=now,
             )
-        else:
-            study_id = study.id
-            if study.patient_fk != patient_id:
-                record_event(
-                    session,
-                    "WARNING",
-                    f"instance {header.sop_instance_uid} names another patient than "
-                    "its study; indexed under the study's patient",
-                    header.study_instance_uid,
-                )
-        series_id = session.scalar(select(Series.id).where(Series.series_instance_uid == header.series_instance_uid))
-        if series_id is None:
-            series_id = session.scalar(
-                insert(Series)
-                .returning(Series.id)
-                .values(
-                    series_instance_uid=header.series_instance_uid,
-                    study_fk=study_id,
-                    modality=header.modality,
-                    series_number=header.series_number,
-                    series_description=header.series_description,
-                    manufacturer=header.manufacturer,
-                    frame_of_reference_uid=header.frame_of_reference_uid,
-                )
-            )
-        return study_id, series_id
+        )
 
     def _mark_received(self, session: Session | Connection, study_id: int, study_uid: str) -> None:
         """Refresh the study's last-received time; a complete study re-opens at the next revision."""
@@ -163,14 +290,14 @@ class InstanceStore:
 
     def _index_new(
         self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
-    ) -> None:
-        study_id, series_id = self._ids(session, header)
+    ) -> SeriesKey:
+        key = self._key(session, header)
         inserted = session.execute(
             self._insert_instance,
             {
                 "sop_instance_uid": header.sop_instance_uid,
                 "sop_class_uid": header.sop_class_uid,
-                "series_fk": series_id,
+                "series_fk": key.series_id,
                 "instance_number": header.instance_number,
                 "transfer_syntax_uid": header.transfer_syntax_uid,
                 "path": self.layout.relative(path),
@@ -183,27 +310,40 @@ class InstanceStore:
         )
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
         if inserted.first() is None:
-            raise IntegrityErrorOnInstance()
-        self._mark_received(session, study_id, header.study_instance_uid)
-        self._series_ids[header.series_instance_uid] = (study_id, series_id)
+            raise _AlreadyIndexed()
+        self._mark_received(session, key.study_id, header.study_instance_uid)
+        return key
 
     def _index_again(
         self, session: Session, header: InstanceHeader, path: Path, size: int, digest: str
-    ) -> tuple[StoreOutcome, Path, Path | None]:
-        """A SOP Instance UID already indexed: apply the duplicate policy."""
+    ) -> tuple[StoreOutcome, Path, Path | None, SeriesKey]:
+        """A SOP Instance UID already indexed: apply the duplicate policy (same study and series only)."""
         instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid))
+        key = self._key(session, header)
+        if instance.series_fk != key.series_id:
+            indexed = instance.series.study
+            conflict = Conflict(
+                ConflictKind.STUDY,
+                indexed.study_instance_uid,
+                indexed.patient.patient_id,
+                indexed.patient.issuer_of_patient_id,
+            )
+            raise IdentityMismatch(
+                f"instance {header.sop_instance_uid} is indexed under series {instance.series.series_instance_uid}, "
+                f"not {header.series_instance_uid}: refused, not moved",
+                header.study_instance_uid,
+                conflict,
+            )
         instance.times_received += 1
-        study_id, series_id = self._ids(session, header)
         if instance.sha256 == digest:
             with session.no_autoflush:
-                study = session.get(Study, study_id)
+                study = session.get(Study, key.study_id)
             if study.state is StudyState.RECEIVING:
                 study.last_received_at = utcnow()
-            return StoreOutcome.DUPLICATE_IDENTICAL, self.layout.absolute(instance.path), None
+            return StoreOutcome.DUPLICATE_IDENTICAL, self.layout.absolute(instance.path), None, key
         replaced = self.layout.absolute(instance.path)
         instance.path, instance.size_bytes, instance.sha256 = self.layout.relative(path), size, digest
         instance.received_at = utcnow()
-        instance.series_fk = series_id
         record_event(
             session,
             "INFO",
@@ -211,9 +351,9 @@ class InstanceStore:
             "the newer copy replaced the stored one",
             header.study_instance_uid,
         )
-        self._mark_received(session, study_id, header.study_instance_uid)
-        return StoreOutcome.REPLACED, path, replaced
+        self._mark_received(session, key.study_id, header.study_instance_uid)
+        return StoreOutcome.REPLACED, path, replaced, key
 
 
-class IntegrityErrorOnInstance(Exception):
+class _AlreadyIndexed(Exception):
     """The SOP Instance UID is already indexed (the duplicate path follows)."""

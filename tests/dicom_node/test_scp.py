@@ -19,11 +19,12 @@ from sqlalchemy import func, select
 
 from dicom_node import status
 from dicom_node.scp import StorageSCP
+from storage.audit import AuditTrail
 from storage.database import Database
 from storage.files import FileLayout
-from storage.schema import Event, Instance, Series
+from storage.schema import AuditOutcome, AuditRecord, Event, Instance, Series
 from storage.store import InstanceStore
-from tests.conftest import require_tool, storescu
+from tests.conftest import require_tool, storescu, wait_until
 from tests.synthetic import write_study
 
 
@@ -31,9 +32,10 @@ from tests.synthetic import write_study
 def node(tmp_path: Path, make_settings):
     settings = make_settings()
     database = Database(settings.database_url)
-    store = InstanceStore(database, FileLayout(settings.storage.root))
-    scp = StorageSCP(settings.node, settings.peers, store)
-    port = scp.start()
+    layout = FileLayout(settings.storage.root)
+    store = InstanceStore(database, layout)
+    scp = StorageSCP(settings.node, settings.peers, store, AuditTrail(database, layout.spool))
+    port, _ = scp.start()
     yield scp, port, database
     scp.stop()
     database.dispose()
@@ -47,6 +49,13 @@ def small_study(tmp_path_factory):
 def _instance_count(database: Database) -> int:
     with database.session() as session:
         return session.scalar(select(func.count(Instance.id)))
+
+
+def _audit(database: Database, **match) -> AuditRecord | None:
+    with database.session() as session:
+        records = session.scalars(select(AuditRecord).order_by(AuditRecord.id)).all()
+    found = [r for r in records if all(getattr(r, k) == v for k, v in match.items())]
+    return found[-1] if found else None
 
 
 def _events(database: Database) -> list[str]:
@@ -82,7 +91,9 @@ def test_unknown_calling_ae_is_rejected_at_association(node, small_study) -> Non
     assert completed.returncode != 0
     assert "Rejected" in completed.stderr or "rejected" in completed.stderr.lower()
     assert _instance_count(database) == 0
-    assert any("INTRUDER" in message for message in _events(database))
+    record = wait_until(lambda: _audit(database, calling_ae_title="INTRUDER"), 10)
+    assert record.outcome is AuditOutcome.REJECTED and "calling AE title not recognised" in record.detail
+    assert record.peer_host == "127.0.0.1" and record.called_ae_title == "IMMUNODE"
 
 
 def test_unsupported_sop_class_gets_no_presentation_context(node, tmp_path: Path, small_study) -> None:

@@ -31,7 +31,7 @@ def test_batch_to_a_working_pacs_is_one_association(tmp_path: Path, files) -> No
     pacs = StoreSCP(tmp_path / "pacs", free_port())
     pacs.start()
     try:
-        results = send_batch(_destination(pacs.port), "IMMUNODE", files, timeout_s=10)
+        results = send_batch(_destination(pacs.port), "IMMUNODE", files, timeout_s=10).results
     finally:
         pacs.stop()
     assert [r.ok for r in results] == [True] * len(files)
@@ -39,7 +39,7 @@ def test_batch_to_a_working_pacs_is_one_association(tmp_path: Path, files) -> No
 
 
 def test_destination_down_is_not_a_success(files) -> None:
-    results = send_batch(_destination(free_port()), "IMMUNODE", files, timeout_s=5)
+    results = send_batch(_destination(free_port()), "IMMUNODE", files, timeout_s=5).results
     assert not any(r.ok for r in results) and all(r.detail for r in results)
 
 
@@ -55,7 +55,7 @@ def test_refused_association_is_not_a_success(tmp_path: Path, files) -> None:
             ),
             10,
         )
-        results = send_batch(_destination(port), "IMMUNODE", files, timeout_s=5)
+        results = send_batch(_destination(port), "IMMUNODE", files, timeout_s=5).results
     finally:
         refusing.terminate()
         refusing.wait(10)
@@ -72,7 +72,7 @@ def _pynetdicom_peer(handler) -> tuple[object, int]:  # noqa: ANN001
 def test_failure_status_is_not_a_success(files) -> None:
     server, port = _pynetdicom_peer(lambda event: 0xA700)
     try:
-        results = send_batch(_destination(port), "IMMUNODE", files, timeout_s=5)
+        results = send_batch(_destination(port), "IMMUNODE", files, timeout_s=5).results
     finally:
         server.shutdown()
     assert not any(r.ok for r in results)
@@ -86,7 +86,7 @@ def test_no_response_within_the_timeout_is_not_a_success(files) -> None:
 
     server, port = _pynetdicom_peer(slow)
     try:
-        results = send_batch(_destination(port), "IMMUNODE", files[:1], timeout_s=1)
+        results = send_batch(_destination(port), "IMMUNODE", files[:1], timeout_s=1).results
     finally:
         server.shutdown()
     assert results[0].ok is False

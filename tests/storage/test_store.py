@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+from io import BytesIO
 from pathlib import Path
 
+import pydicom
 import pytest
-from sqlalchemy import func, inspect, select
+from pydicom.uid import generate_uid
+from sqlalchemy import event, func, inspect, select
+from sqlalchemy.exc import OperationalError
 
 from dicom_node.ingest import parse_received
 from pipelines.types import StoreOutcome
+from storage import integrity
 from storage.database import Database, upgrade
-from storage.errors import OutOfResources
+from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources
 from storage.files import FileLayout
-from storage.schema import Instance, Patient, Study, StudyState
+from storage.schema import ConflictKind, Instance, Patient, Series, Study, StudyState
 from storage.store import InstanceStore
 from tests.synthetic import write_study
 
@@ -109,3 +114,130 @@ def test_failed_index_commit_removes_the_new_file(tmp_path: Path, database_url: 
     with pytest.raises(RuntimeError):
         store.store(parse_received(data), data, "STORESCU")
     assert not any((tmp_path / "root" / "objects").rglob("*.dcm"))
+
+
+# --- nothing is ever filed under the wrong patient ---------------------------------------------------------
+
+
+def _filed(database: Database) -> dict[str, tuple[str, str, str, str]]:
+    """SOP Instance UID -> (PatientID, issuer, Study UID, Series UID) as indexed."""
+    with database.session() as session:
+        rows = session.execute(
+            select(
+                Instance.sop_instance_uid,
+                Patient.patient_id,
+                Patient.issuer_of_patient_id,
+                Study.study_instance_uid,
+                Series.series_instance_uid,
+            )
+            .join(Series, Series.id == Instance.series_fk)
+            .join(Study, Study.id == Series.study_fk)
+            .join(Patient, Patient.id == Study.patient_fk)
+        ).all()
+    return {uid: tuple(rest) for uid, *rest in rows}
+
+
+def _sent(files) -> dict[str, tuple[str, str, str, str]]:
+    sent = {}
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        sent[ds.SOPInstanceUID] = (ds.PatientID, ds.IssuerOfPatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID)
+    return sent
+
+
+def test_a_failed_commit_leaves_nothing_cached_and_every_patient_is_filed_right(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The index commit of patient A's first instance fails (disk full, connection lost at commit). Then
+    patient B arrives, then A's instances are resent. Every instance must be indexed under the patient,
+    study and series it names (today's code filed A's under B: SQLite reuses rolled-back row ids and the
+    series cache still held them)."""
+    a = write_study(tmp_path / "a", with_ct=False, shape_zyx=(4, 16, 16), lesions=(), patient_id="PATIENT-A")
+    b = write_study(tmp_path / "b", with_ct=False, shape_zyx=(4, 16, 16), lesions=(), patient_id="PATIENT-B")
+    store = _store(tmp_path, database_url)
+    failures = iter([True])
+
+    def fail_once(connection) -> None:
+        if next(failures, False):
+            raise OperationalError("COMMIT", {}, Exception("disk I/O error (injected)"))
+
+    event.listen(store.database.engine, "commit", fail_once)
+    first = a.pet_files[0].read_bytes()
+    with pytest.raises(IndexUnavailable):
+        store.store(parse_received(first), first, "STORESCU")
+    for path in b.pet_files + a.pet_files:
+        data = path.read_bytes()
+        store.store(parse_received(data), data, "STORESCU")
+    assert _filed(store.database) == _sent(a.pet_files + b.pet_files)
+    assert not any((tmp_path / "root" / "incoming").iterdir())
+    stored_files = list((tmp_path / "root" / "objects").rglob("*.dcm"))
+    assert len(stored_files) == len(a.pet_files) + len(b.pet_files)
+
+
+def test_an_instance_naming_another_patient_is_refused_and_recorded(tmp_path: Path, database_url: str) -> None:
+    study = write_study(tmp_path / "s", with_ct=False, shape_zyx=(3, 16, 16), lesions=(), patient_id="REAL-ID")
+    store = _store(tmp_path, database_url)
+    for path in study.pet_files[:2]:
+        data = path.read_bytes()
+        store.store(parse_received(data), data, "STORESCU")
+    stray = pydicom.dcmread(study.pet_files[2])
+    stray.PatientID = "../../../../etc/passwd"
+    data = _bytes(stray)
+    with pytest.raises(IdentityMismatch, match="another patient"):
+        store.store(parse_received(data), data, "STRAY")
+    # The issuer counts too: same PatientID, other issuer, is another patient.
+    stray.PatientID, stray.IssuerOfPatientID = "REAL-ID", "OTHER-HOSPITAL"
+    data = _bytes(stray)
+    with pytest.raises(IdentityMismatch):
+        store.store(parse_received(data), data, "STRAY")
+    assert _filed(store.database) == _sent(study.pet_files[:2])
+    with store.database.session() as session:
+        total, conflicts = integrity.conflicts(session, 10)
+    assert total == 2 and {c.kind for c in conflicts} == {ConflictKind.PATIENT}
+    assert "../../../../etc/passwd" in conflicts[-1].received and "REAL-ID" in conflicts[-1].indexed
+    assert len(list((tmp_path / "root" / "objects").rglob("*.dcm"))) == 2  # nothing of the refused kept
+
+
+def test_a_series_or_instance_named_under_another_study_is_refused(tmp_path: Path, database_url: str) -> None:
+    study = write_study(tmp_path / "s", with_ct=False, shape_zyx=(3, 16, 16), lesions=(), patient_id="P1")
+    store = _store(tmp_path, database_url)
+    data = study.pet_files[0].read_bytes()
+    store.store(parse_received(data), data, "STORESCU")
+    moved = pydicom.dcmread(study.pet_files[1])
+    moved.StudyInstanceUID = generate_uid()  # same series UID, another study
+    data = _bytes(moved)
+    with pytest.raises(IdentityMismatch, match="indexed under study"):
+        store.store(parse_received(data), data, "STORESCU")
+    again = pydicom.dcmread(study.pet_files[0])
+    again.SeriesInstanceUID = generate_uid()  # an indexed SOP Instance UID resent in another series
+    data = _bytes(again)
+    with pytest.raises(IdentityMismatch):
+        store.store(parse_received(data), data, "STORESCU")
+    assert _filed(store.database) == _sent(study.pet_files[:1])
+    with store.database.session() as session:
+        assert {c.kind for c in integrity.conflicts(session, 10)[1]} == {ConflictKind.STUDY}
+
+
+def test_a_stray_first_instance_does_not_capture_the_study(tmp_path: Path, database_url: str) -> None:
+    """The first instance of a study fixes its patient; a stray one arriving first makes the real ones be
+    refused with the conflict recorded (never silently merged under the stray's PatientID)."""
+    study = write_study(tmp_path / "s", with_ct=False, shape_zyx=(3, 16, 16), lesions=(), patient_id="REAL-ID")
+    store = _store(tmp_path, database_url)
+    stray = pydicom.dcmread(study.pet_files[0])
+    stray.PatientID = "../../../../etc/passwd"
+    data = _bytes(stray)
+    store.store(parse_received(data), data, "STRAY")
+    for path in study.pet_files[1:]:
+        data = path.read_bytes()
+        with pytest.raises(IdentityMismatch):
+            store.store(parse_received(data), data, "STORESCU")
+    filed = _filed(store.database)
+    assert len(filed) == 1 and all(patient != "REAL-ID" for patient, *_ in filed.values())
+    with store.database.session() as session:
+        assert integrity.conflicts(session, 10)[0] == 2
+
+
+def _bytes(ds: pydicom.Dataset) -> bytes:
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
