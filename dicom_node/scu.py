@@ -20,6 +20,8 @@ from pathlib import Path
 import pydicom
 from pynetdicom import AE, build_context
 
+from dicom_node.errors import ReceiveError
+from dicom_node.ingest import parse_received
 from dicom_node.tls import tls_arguments
 from dicom_node.transport import describe_subject
 from immunode.config import Destination
@@ -55,7 +57,10 @@ def _read(item: OutboundFile) -> pydicom.Dataset | str:
     if item.sha256 and hashlib.sha256(data).hexdigest() != item.sha256:
         return f"result file {item.path.name} changed since it was written and validated (sha256 differs)"
     try:
+        parse_received(data)  # the whole file parses, as anything the node receives must
         return pydicom.dcmread(BytesIO(data))
+    except ReceiveError as error:
+        return f"result file {item.path.name} does not read as DICOM: {error}"
     except Exception as error:  # pydicom raises many types on bad input; all mean "not sendable"
         return f"result file {item.path.name} does not read as DICOM: {error.__class__.__name__}: {error}"
 

@@ -67,7 +67,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from immunode.service import Node
 
     settings = _settings(args)
+    if settings.storage.private:
+        # Before anything is created: storage root, index, log and outputs for the service user only.
+        os.umask(0o077)
     configure_logging(settings.logging)
+    if settings.storage.private and settings.logging.file is not None:
+        settings.logging.file.chmod(0o600)  # a log file made before the setting was on
     node = Node(settings)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,109 @@
+"""The audit trail: every association and refusal recorded, spooled while the index is unavailable and
+written when it is back; `immunode audit` lists the records; the log has one line each. Files the node
+creates are readable by the service user only."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from sqlalchemy import select
+
+from immunode.cli import main as cli_main
+from storage.errors import IndexUnavailable
+from storage.schema import AuditKind, AuditOutcome, AuditRecord, Event
+from tests.conftest import REPO, free_port, storescu, wait_until
+from tests.synthetic import write_study
+
+
+class _Down:
+    """The index as seen while its database is unreachable."""
+
+    def session(self):  # noqa: ANN201
+        raise IndexUnavailable("index transaction failed: OperationalError: connection refused (injected)")
+
+    transaction = session
+
+
+def test_refusals_are_spooled_while_the_index_is_down_and_written_after(
+    tmp_path: Path, make_settings, start_node, database_url: str
+) -> None:
+    node = start_node(make_settings(database_url))
+    pet = write_study(tmp_path / "s", with_ct=False, shape_zyx=(2, 16, 16), lesions=()).pet_files
+    database = node.database
+    node.trail.database = _Down()
+    node.store.database = _Down()
+    try:
+        intruder = storescu(node.port, [pet[0]], calling="INTRUDER")
+        assert intruder.returncode != 0
+        storescu(node.port, [pet[0]])  # the index cannot commit: 0xA700, and the refusal is spooled
+        wait_until(lambda: node.trail.spooled() >= 3, 10)  # two audit records and one refusal event
+    finally:
+        node.trail.database = database
+        node.store.database = database
+    assert node.trail.flush_spool() >= 3
+    assert node.trail.spooled() == 0
+    with database.session() as session:
+        audits = session.scalars(select(AuditRecord)).all()
+        events = [e.message for e in session.scalars(select(Event)).all()]
+    assert any(a.calling_ae_title == "INTRUDER" and a.outcome is AuditOutcome.REJECTED for a in audits)
+    assert any(a.calling_ae_title == "STORESCU" and "1 instance(s) refused" in a.detail for a in audits)
+    assert any("refused with 0xA700" in m for m in events)
+
+
+def test_audit_command_and_log_lines(tmp_path: Path, make_settings, start_node, capsys, caplog) -> None:
+    caplog.set_level("INFO", logger="storage.audit")
+    settings = make_settings()
+    node = start_node(settings)
+    pet = write_study(tmp_path / "s", with_ct=False, shape_zyx=(2, 16, 16), lesions=()).pet_files
+    assert storescu(node.port, list(pet)).returncode == 0
+    assert storescu(node.port, [pet[0]], calling="INTRUDER").returncode != 0
+    wait_until(lambda: len([r for r in caplog.records if r.getMessage().startswith("audit ")]) >= 2, 10)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("audit ")]
+    assert any("'STORESCU' -> 'IMMUNODE' 127.0.0.1" in line and "COMPLETED, 2 instance(s)" in line for line in lines)
+    assert any("'INTRUDER'" in line and "REJECTED" in line for line in lines)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    capsys.readouterr()
+    assert cli_main(["--config", str(config), "audit", "--since", "1h"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and "COMPLETED, 2 instance(s)" in out[0] and "REJECTED" in out[1]
+    assert cli_main(["--config", str(config), "audit", "--since", "2999-01-01"]) == 0
+    assert "no audit records" in capsys.readouterr().out
+    with node.database.session() as session:
+        kinds = {r.kind for r in session.scalars(select(AuditRecord)).all()}
+    assert kinds == {AuditKind.ASSOCIATION}
+
+
+def test_storage_root_index_and_log_are_private(tmp_path: Path, make_settings) -> None:
+    """`immunode serve` as a service runs it: files and folders it creates are for the service user only."""
+    port = free_port()
+    settings = make_settings(node={"port": port}, logging={"level": "INFO", "file": str(tmp_path / "log" / "node.log")})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        pet = write_study(tmp_path / "s", with_ct=False, shape_zyx=(1, 16, 16), lesions=()).pet_files
+        wait_until(lambda: storescu(port, [pet[0]]).returncode == 0, 60, 0.5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    root = settings.storage.root
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    assert mode(root) == 0o700
+    assert mode(root / "index.sqlite3") == 0o600
+    assert mode(tmp_path / "log" / "node.log") == 0o600
+    (stored,) = list((root / "objects").rglob("*.dcm"))
+    assert mode(stored) == 0o600 and mode(stored.parent) == 0o700
