@@ -71,7 +71,8 @@ class Outcome:
 
 def seeds() -> list[Seed]:
     """Real PET files: every SUV reference case's middle slice, and a few slices of sts_002 and sts_003."""
-    paths = [sorted((case / "PT").glob("*.dcm"))[10] for case in sorted((SHARED / "suv_dro").glob("DRO_*")) if case.is_dir()]
+    cases = sorted(case for case in (SHARED / "suv_dro").glob("DRO_*") if case.is_dir())
+    paths = [sorted((case / "PT").glob("*.dcm"))[10] for case in cases]
     for study in ("sts_002", "sts_003"):
         paths += sorted(p for p in (SHARED / study / "PET").glob("*.dcm") if "RTSTRUCT" not in p.name)[::12]
     found = []

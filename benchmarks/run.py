@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from dicom_node.scp import StorageSCP  # noqa: E402
 from immunode.config import parse_settings  # noqa: E402
+from storage.audit import AuditTrail  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.files import FileLayout  # noqa: E402
 from storage.schema import Delivery, DeliveryState, Job, Output, OutputKind, Study  # noqa: E402
@@ -66,8 +67,9 @@ def ingest_immunode(folder: Path, work: Path) -> float:
         {"node": {"host": "127.0.0.1", "port": free_port()}, "storage": {"root": str(work), "min_free_mb": 0}}
     )
     database = Database(settings.database_url)
-    scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, FileLayout(work)))
-    port = scp.start()
+    layout = FileLayout(work)
+    scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, layout), AuditTrail(database, layout.spool))
+    port, _ = scp.start()
     try:
         return send(port, folder, "IMMUNODE")
     finally:

@@ -195,3 +195,18 @@ def test_unusable_tls_files_stop_start_up_naming_the_key(make_settings, tmp_path
     )
     with pytest.raises(ConfigError, match="node.tls"):
         Node(settings)
+
+
+def test_a_client_that_never_starts_its_handshake_blocks_no_one(tls_node: Node, certs: Certificates) -> None:
+    """pynetdicom's own server runs the handshake in its accepting thread: one silent client would keep
+    every other out. Here each handshake runs in its connection's thread."""
+    import socket
+
+    silent = [socket.create_connection(("127.0.0.1", tls_node.tls_port)) for _ in range(3)]
+    try:
+        started = time.monotonic()
+        assert _dcmtk("echoscu", tls_node.tls_port, tls=_client_tls(certs)).returncode == 0
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()
