@@ -138,7 +138,8 @@ def end_to_end(study_folder: Path, work: Path) -> tuple[float, int]:
     )
     config = work / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    server = subprocess.Popen([str(Path(sys.executable).parent / "immunode"), "--config", str(config), "serve"])
+    # The working tree's code, as the tests use it (python -m from the repository root).
+    server = subprocess.Popen([sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"], cwd=REPO)
     peak_kb = 0
     try:
         wait_until(

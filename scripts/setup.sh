@@ -22,4 +22,6 @@ PYTHON=${PYTHON:-python3}
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch first and exactly: this version resolves to the CPU build (no CUDA download).
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+# A regular (not editable) install: the package data installs without setuptools notes; tests and the
+# worker processes they start import the working tree, which comes first on their path.
+.venv/bin/python -m pip install -q ".[test]"

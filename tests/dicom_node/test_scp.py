@@ -194,3 +194,28 @@ def test_truncated_file_is_refused_by_storescu_without_harm(node, tmp_path: Path
     completed = storescu(port, [path])
     assert completed.returncode != 0 or "A900" in completed.stderr or "C210" in completed.stderr.upper()
     assert _instance_count(database) == 0
+
+
+def test_a_conflicting_instance_gets_a_failure_status_and_status_shows_it(
+    node, tmp_path: Path, small_study, make_settings, capsys
+) -> None:
+    import yaml
+
+    from immunode.cli import main as cli_main
+
+    _, port, database = node
+    assert storescu(port, list(small_study.pet_files[:2])).returncode == 0
+    stray = pydicom.dcmread(small_study.pet_files[2])
+    stray.PatientID = "../../../../etc/passwd"
+    path = tmp_path / "stray.dcm"
+    stray.save_as(path)
+    completed = storescu(port, [path], extra=["-v"])
+    assert "Error: CannotUnderstand" in completed.stdout + completed.stderr  # 0xC100, a failure status
+    assert _instance_count(database) == 2
+    config = tmp_path / "config.yaml"
+    settings = make_settings(storage={"root": str(Path(database.url.split("///")[1]).parent), "min_free_mb": 0})
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    assert cli_main(["--config", str(config), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "Identity conflicts" in out and "1 in all" in out
+    assert stray.SOPInstanceUID in out and "'../../../../etc/passwd'" in out
