@@ -20,7 +20,7 @@ from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, MPEGTransferSyntaxes
 from pynetdicom import sop_class
 
 from dicom_node.encoding import PixelShape, inflate, walk
@@ -30,7 +30,7 @@ from pipelines.types import InstanceHeader
 # PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 DEFAULT_MAX_INFLATED_BYTES = 512 * 1024 * 1024
-VIDEO_SYNTAX_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11")  # MPEG-2/4, HEVC: one stream
+VIDEO_SYNTAXES = {str(syntax) for syntax in MPEGTransferSyntaxes}  # MPEG-2/4, HEVC: one stream for all frames
 
 HEADER_KEYWORDS = [
     "SpecificCharacterSet",
@@ -243,7 +243,7 @@ def _check_pixels(ds: Dataset, pixels: PixelShape | None, sop_class_uid: str, sy
     if syntax.is_encapsulated:
         if not pixels.encapsulated:
             raise DatasetInvalid(f"native (unencapsulated) {pixels.keyword} under the compressed syntax {syntax}")
-        video = str(syntax).startswith(VIDEO_SYNTAX_PREFIXES)
+        video = str(syntax) in VIDEO_SYNTAXES
         if pixels.fragments < (1 if video else frames):
             raise DatasetInvalid(f"{pixels.fragments} pixel data fragment(s) for {frames} frame(s)")
         return

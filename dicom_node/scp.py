@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from pydicom import uid as uids
-from pydicom.pixels import get_decoder
 from pynetdicom import AE, evt
 from pynetdicom.events import Event
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 from pynetdicom.transport import AssociationServer
 
 from dicom_node import status
@@ -34,35 +33,16 @@ from storage.store import InstanceStore
 
 logger = logging.getLogger(__name__)
 
-STORAGE_SOP_CLASSES = {
-    "CT Image Storage": uids.CTImageStorage,
-    "Enhanced CT Image Storage": uids.EnhancedCTImageStorage,
-    "PET Image Storage": uids.PositronEmissionTomographyImageStorage,
-    "Enhanced PET Image Storage": uids.EnhancedPETImageStorage,
-    "Segmentation Storage": uids.SegmentationStorage,
-    "RT Structure Set Storage": uids.RTStructureSetStorage,
-    "Basic Text SR Storage": uids.BasicTextSRStorage,
-    "Enhanced SR Storage": uids.EnhancedSRStorage,
-    "Comprehensive SR Storage": uids.ComprehensiveSRStorage,
-    "Comprehensive 3D SR Storage": uids.Comprehensive3DSRStorage,
-    "Extensible SR Storage": uids.ExtensibleSRStorage,
-}
-UNCOMPRESSED_SYNTAXES = [
-    uids.ExplicitVRLittleEndian,
-    uids.ImplicitVRLittleEndian,
-    uids.DeflatedExplicitVRLittleEndian,
-    uids.ExplicitVRBigEndian,
-]
-COMPRESSED_CANDIDATES = [
-    uids.JPEGBaseline8Bit,
-    uids.JPEGExtended12Bit,
-    uids.JPEGLossless,
-    uids.JPEGLosslessSV1,
-    uids.JPEGLSLossless,
-    uids.JPEGLSNearLossless,
-    uids.JPEG2000Lossless,
-    uids.JPEG2000,
-    uids.RLELossless,
+# Every storage SOP class is accepted (a PACS forwards whole studies: RT Plan, RT Dose, reports...); what no
+# pipeline uses is stored and indexed all the same. `node.storage_sop_classes` may restrict the list.
+STORAGE_SOP_CLASSES = {name: str(uid) for name, uid in _STORAGE_CLASSES.items()}
+# Every transfer syntax a storage SCP can receive pixel data in: stored as received, decoded only when a
+# pipeline reads it (the compressed ones through pylibjpeg). JPIP-referenced syntaxes carry no pixel data in
+# the data set and the SMPTE ST 2110 ones are not for storage.
+TRANSFER_SYNTAXES = [
+    str(syntax)
+    for syntax in uids.AllTransferSyntaxes
+    if "JPIP" not in syntax.name and not str(syntax).startswith("1.2.840.10008.1.2.7.")
 ]
 # A-ASSOCIATE-RJ (PS3.8 9.3.4): result, source, reason.
 REJECT_CALLING_AE = (0x01, 0x01, 0x03, "calling AE title not recognised")
@@ -70,16 +50,18 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07, "called AE title not recognised")
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02, "local limit exceeded (maximum associations)")
 
 
-def accepted_transfer_syntaxes() -> list[str]:
-    """Uncompressed and deflated syntaxes, plus the compressed ones whose decoders are installed."""
-    compressed = []
-    for syntax in COMPRESSED_CANDIDATES:
-        try:
-            if get_decoder(syntax).is_available:
-                compressed.append(syntax)
-        except NotImplementedError:
-            continue
-    return UNCOMPRESSED_SYNTAXES + compressed
+def storage_sop_classes(selection: list[str] | None) -> dict[str, str]:
+    """Name -> UID of the storage classes offered: all, or those named (by keyword or UID) in the config."""
+    if selection is None:
+        return dict(STORAGE_SOP_CLASSES)
+    by_uid = {uid: name for name, uid in STORAGE_SOP_CLASSES.items()}
+    chosen = {}
+    for item in selection:
+        if item in STORAGE_SOP_CLASSES:
+            chosen[item] = STORAGE_SOP_CLASSES[item]
+        elif item in by_uid:
+            chosen[by_uid[item]] = item
+    return chosen
 
 
 def peer_allowed(peers: PeerSettings, ae_title: str, host: str) -> bool:
@@ -144,9 +126,8 @@ class StorageSCP:
         self.ae.acse_timeout = node.acse_timeout_s
         self.ae.dimse_timeout = node.dimse_timeout_s
         self.ae.maximum_pdu_size = node.max_pdu_bytes
-        syntaxes = accepted_transfer_syntaxes()
-        for sop_class in STORAGE_SOP_CLASSES.values():
-            self.ae.add_supported_context(sop_class, syntaxes)
+        for sop_class in storage_sop_classes(node.storage_sop_classes).values():
+            self.ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
         self._max_inflated = node.max_inflated_mb * 1024 * 1024
 

@@ -76,6 +76,8 @@ class NodeSettings(Strict):
     # Plain (unencrypted) DICOM on `port`; false leaves only the TLS port open.
     plain: bool = True
     tls: TlsServerSettings | None = None
+    # Storage SOP classes offered (keywords such as CTImageStorage, or UIDs); None: every storage class.
+    storage_sop_classes: list[str] | None = None
     # Association requests whose called AE title is not `ae_title` are rejected unless this is true.
     accept_any_called_ae: bool = False
     # Negotiated associations at once; requests beyond are rejected as "local limit exceeded" (transient).
@@ -90,6 +92,18 @@ class NodeSettings(Strict):
     max_pdu_bytes: int = Field(1048576, ge=4096, le=64 * 1024 * 1024)
     # A deflated data set may inflate to at most this much; beyond, the instance is refused (0xA700).
     max_inflated_mb: int = Field(512, ge=1)
+
+    @field_validator("storage_sop_classes")
+    @classmethod
+    def _known_classes(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            from pynetdicom.sop_class import _STORAGE_CLASSES
+
+            known = set(_STORAGE_CLASSES) | {str(uid) for uid in _STORAGE_CLASSES.values()}
+            unknown = [item for item in value if item not in known]
+            if unknown:
+                raise ValueError(f"not storage SOP classes: {', '.join(unknown[:5])}")
+        return value
 
     @model_validator(mode="after")
     def _something_listens(self) -> NodeSettings:

@@ -8,7 +8,7 @@ classifier's class, and a reference to the baseline study and its SR. Built with
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import highdicom as hd
@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
+from pipelines.output_sources import conform_sources
 from pipelines.report import (
     MANUFACTURER,
     NOT_A_PREDICTION,
@@ -33,6 +34,7 @@ from pipelines.report import (
     model_algorithm,
     referenced_segment,
     research_use_container,
+    source_statements,
     sr_algorithm,
 )
 from pipelines.types import AlgorithmIdentity, CtLesion, CtRadiomicsResult, LesionChange, Report, ReportFile
@@ -238,6 +240,7 @@ def build_ct_report(
     result: CtRadiomicsResult,
     identity: AlgorithmIdentity,
     summary: str,
+    notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = sr_algorithm(identity)
     time_point = _time_point(result)
@@ -263,7 +266,7 @@ def build_ct_report(
     report = hd.sr.MeasurementReport(
         observation_context=observation_context, procedure_reported=CT_PROCEDURE, imaging_measurements=groups
     )
-    report[0].ContentSequence.append(research_use_container(summary, statements(result)))
+    report[0].ContentSequence.append(research_use_container(summary, statements(result) + source_statements(notes)))
     evidence = [*source_images, segmentation]
     baseline = result.baseline
     if baseline is not None and baseline.report_path is not None and baseline.report_path.exists():
@@ -290,6 +293,7 @@ def write_ct_report(
 ) -> Report:
     """Build, save and validate the SEG and SR; an invalid object is deleted, never returned."""
     source_images = [pydicom.dcmread(path) for path in result.ct_paths]
+    notes = conform_sources(source_images)
     written: list[Path] = []
     try:
         segmentation = build_segmentation(
@@ -304,7 +308,7 @@ def write_ct_report(
         segmentation.save_as(seg_path)
         written.append(seg_path)
         validate_segmentation(seg_path, len(result.lesions))
-        document = build_ct_report(source_images, segmentation, result, identity, summary)
+        document = build_ct_report(source_images, segmentation, result, identity, summary, notes)
         sr_path = new_path()
         document.save_as(sr_path)
         written.append(sr_path)

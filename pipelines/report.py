@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 
 from immunode import __version__
 from pipelines.lesions import label_volume
+from pipelines.output_sources import conform_sources
 from pipelines.types import (
     AlgorithmIdentity,
     CtLesion,
@@ -377,6 +378,15 @@ def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
     return sites or None
 
 
+def source_statements(notes: Sequence[str]) -> list[str]:
+    """What was conformed in the source images' copied attributes (the sources themselves are unchanged)."""
+    if not notes:
+        return []
+    return [
+        "Source attributes conformed before deriving this object (the stored images are unchanged): " + "; ".join(notes)
+    ]
+
+
 def research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
@@ -402,6 +412,7 @@ def build_measurement_report(
     identity: AlgorithmIdentity,
     previous_report: Dataset | None,
     summary: str,
+    notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     observation_context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(
@@ -448,7 +459,9 @@ def build_measurement_report(
         imaging_measurements=groups,
     )
     report[0].ContentSequence.append(
-        research_use_container(summary, [cytact_statement(result), *response_statements(result.response)])
+        research_use_container(
+            summary, [cytact_statement(result), *response_statements(result.response), *source_statements(notes)]
+        )
     )
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])
     document = hd.sr.Comprehensive3DSR(
@@ -477,6 +490,7 @@ def write_pet_report(
 ) -> Report:
     """Build, save and validate the SEG (if any lesion) and SR; an invalid object is deleted, never returned."""
     source_images = [pydicom.dcmread(path) for path in result.volume.source_paths]
+    notes = conform_sources(source_images)
     written: list[Path] = []
     files: list[ReportFile] = []
     try:
@@ -496,7 +510,9 @@ def write_pet_report(
                     str(segmentation.SeriesInstanceUID),
                 )
             )
-        document = build_measurement_report(source_images, segmentation, result, identity, previous_report, summary)
+        document = build_measurement_report(
+            source_images, segmentation, result, identity, previous_report, summary, notes
+        )
         sr_path = new_path()
         document.save_as(sr_path)
         written.append(sr_path)

@@ -37,7 +37,17 @@ def _worker_entry(settings: Settings, job_id: int) -> str:
     database = Database(settings.database_url, migrate=False)
     try:
         layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
-        return flow.run_job(settings, database, layout, job_id).value
+        try:
+            return flow.run_job(settings, database, layout, job_id).value
+        except Exception as error:
+            # A deterministic failure of the analysis (a bug, data it cannot handle): the job fails with the
+            # reason, the traceback goes to the log; retrying would fail the same way. Only a worker that
+            # dies (killed, out of memory, CPU limit) is retried, by the runner.
+            logger.exception("job %d: unexpected error in the pipeline", job_id)
+            reason = f"unexpected error in the pipeline: {error.__class__.__name__}: {error} (traceback in the log)"
+            with database.session() as session:
+                index.finish_job(session, job_id, JobState.FAILED, reason[:2000])
+            return JobState.FAILED.value
     finally:
         database.dispose()
 

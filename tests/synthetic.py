@@ -478,3 +478,49 @@ def _ct_rtstruct(path, first_ct, lesions, shift_mm, z0, dz, slices):  # noqa: AN
             polygons.append(np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(32, zk)]))
         rois.append((lesion.label, polygons))
     return _save_rtstruct(path, first_ct, rois)
+
+
+def write_rt_plan_and_dose(folder: Path, image: Dataset) -> tuple[Path, Path]:
+    """An RT Plan (no pixel data) and a multi-frame RT Dose in the image's study and frame of reference, as a
+    planning system leaves them beside the images; no pipeline uses them, a PACS forwards them anyway."""
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = Dataset()
+    plan.file_meta = FileMetaDataset()
+    plan.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    plan.SOPClassUID = plan.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan
+    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex"):
+        setattr(plan, keyword, image.get(keyword, ""))
+    plan.StudyInstanceUID, plan.FrameOfReferenceUID = image.StudyInstanceUID, image.FrameOfReferenceUID
+    plan.SeriesInstanceUID = generate_uid()
+    plan.Modality, plan.SeriesNumber, plan.InstanceNumber = "RTPLAN", 90, 1
+    plan.StudyDate, plan.StudyTime = image.StudyDate, image.get("StudyTime", "")
+    plan.RTPlanLabel, plan.RTPlanGeometry = "PLAN1", "PATIENT"
+    plan_path = folder / "rtplan.dcm"
+    plan.save_as(plan_path, enforce_file_format=True)
+
+    dose = Dataset()
+    dose.file_meta = FileMetaDataset()
+    dose.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dose.SOPClassUID = dose.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.2"  # RT Dose
+    dose.SOPInstanceUID = dose.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex"):
+        setattr(dose, keyword, image.get(keyword, ""))
+    dose.StudyInstanceUID, dose.FrameOfReferenceUID = image.StudyInstanceUID, image.FrameOfReferenceUID
+    dose.SeriesInstanceUID = generate_uid()
+    dose.Modality, dose.SeriesNumber, dose.InstanceNumber = "RTDOSE", 91, 1
+    dose.StudyDate, dose.StudyTime = image.StudyDate, image.get("StudyTime", "")
+    frames, rows, columns = 4, 8, 8
+    dose.SamplesPerPixel, dose.PhotometricInterpretation = 1, "MONOCHROME2"
+    dose.BitsAllocated, dose.BitsStored, dose.HighBit, dose.PixelRepresentation = 32, 32, 31, 0
+    dose.Rows, dose.Columns, dose.NumberOfFrames = rows, columns, frames
+    dose.PixelSpacing = [5.0, 5.0]
+    dose.ImagePositionPatient = list(image.ImagePositionPatient)
+    dose.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    dose.GridFrameOffsetVector = [5.0 * k for k in range(frames)]
+    dose.FrameIncrementPointer = 0x3004000C
+    dose.DoseUnits, dose.DoseType, dose.DoseSummationType, dose.DoseGridScaling = "GY", "PHYSICAL", "PLAN", 1e-4
+    dose.PixelData = (np.arange(frames * rows * columns, dtype=np.uint32) * 10).tobytes()
+    dose_path = folder / "rtdose.dcm"
+    dose.save_as(dose_path, enforce_file_format=True)
+    return plan_path, dose_path

@@ -3,6 +3,7 @@ payloads no well-behaved sender produces (bytes that are not DICOM)."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import time
 from io import BytesIO
@@ -25,7 +26,7 @@ from storage.files import FileLayout
 from storage.schema import AuditOutcome, AuditRecord, Event, Instance, Series
 from storage.store import InstanceStore
 from tests.conftest import require_tool, storescu, wait_until
-from tests.synthetic import write_study
+from tests.synthetic import write_rt_plan_and_dose, write_study
 
 
 @pytest.fixture
@@ -96,15 +97,44 @@ def test_unknown_calling_ae_is_rejected_at_association(node, small_study) -> Non
     assert record.peer_host == "127.0.0.1" and record.called_ae_title == "IMMUNODE"
 
 
-def test_unsupported_sop_class_gets_no_presentation_context(node, tmp_path: Path, small_study) -> None:
+def test_a_class_left_out_by_the_config_gets_no_presentation_context(
+    make_settings, tmp_path: Path, small_study
+) -> None:
+    settings = make_settings(
+        node={"storage_sop_classes": ["PositronEmissionTomographyImageStorage", "1.2.840.10008.5.1.4.1.1.2"]}
+    )
+    database = Database(settings.database_url)
+    layout = FileLayout(settings.storage.root)
+    scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, layout), AuditTrail(database, layout.spool))
+    port, _ = scp.start()
+    try:
+        ds = pydicom.dcmread(small_study.ct_files[0])
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
+        path = tmp_path / "mr.dcm"
+        ds.save_as(path)
+        completed = storescu(port, [path])
+        assert "presentation context" in (completed.stdout + completed.stderr).lower()
+        assert _instance_count(database) == 0
+        assert storescu(port, [small_study.ct_files[0]]).returncode == 0
+    finally:
+        scp.stop()
+        database.dispose()
+
+
+def test_a_whole_study_folder_with_rt_plan_and_rt_dose_is_stored(node, tmp_path: Path, small_study) -> None:
+    """A PACS forwards whole studies: storescu scanning the study's folder must not halt at a class no
+    pipeline uses (an RT Plan and a multi-frame RT Dose here, beside the PET/CT)."""
     _, port, database = node
-    ds = pydicom.dcmread(small_study.ct_files[0])
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"  # MR Image Storage
-    path = tmp_path / "mr.dcm"
-    ds.save_as(path)
-    completed = storescu(port, [path])
-    assert "presentation context" in (completed.stdout + completed.stderr).lower()
-    assert _instance_count(database) == 0
+    folder = tmp_path / "study"
+    shutil.copytree(small_study.pet_files[0].parent, folder / "PT")
+    shutil.copytree(small_study.ct_files[0].parent, folder / "CT")
+    write_rt_plan_and_dose(folder / "RT", pydicom.dcmread(small_study.ct_files[0]))
+    completed = storescu(port, [folder], extra=["--scan-directories", "--recurse"])
+    assert completed.returncode == 0, completed.stderr
+    expected = len(list(folder.rglob("*.dcm")))
+    assert _instance_count(database) == expected
+    with database.session() as session:
+        assert {"RTPLAN", "RTDOSE", "PT", "CT"} <= set(session.scalars(select(Series.modality)).all())
 
 
 @pytest.mark.parametrize("hostile_uid", ["../../x", "1." + "2" * 70], ids=["path-traversal", "over-64-chars"])
