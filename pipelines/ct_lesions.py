@@ -6,6 +6,13 @@ the PET pipeline) mapped onto the CT grid (same frame of reference), else none (
 Roles: a label matching `primary_label` marks the primary tumour (several such labels: their union is the
 primary volume); without one, `primary_rule` decides ("largest" lesion by volume, or "none"). Every other
 lesion is a metastasis; metastases are merged into one volume (M) for extraction, as in the method.
+
+Not every contour is a lesion: an RTSTRUCT ROI whose RT ROI Interpreted Type is in `non_lesion_roi_types`
+(organs at risk, the body outline, planning volumes...) is left out whatever its name; an ROI without a
+type, and a SEG segment, is left out when its label matches `non_lesion_label` and not `lesion_label`, or
+(SEG) its property category is an anatomical structure. A GTV type always counts as a lesion. What was left
+out is logged and stated in the SR; the lesions keep their contour's name (the SEG segment label, the SR's
+tracking identifier).
 """
 
 from __future__ import annotations
@@ -16,16 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
-import pydicom
-from matplotlib.path import Path as PolygonPath
-from pydicom.uid import RTStructureSetStorage, SegmentationStorage, generate_uid
+from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from immunode.config import CtRadiomicsSettings, PetQuantSettings
+from immunode.config import AnnotationSettings, CtRadiomicsSettings, PetQuantSettings
+from pipelines.contours import LeftOut, annotated_regions, geometry_affine, resample_mask
 from pipelines.errors import NothingToAnalyse, SeriesNotUsable
-from pipelines.geometry import index_to_patient, patient_to_index
+from pipelines.geometry import index_to_patient
 from pipelines.lesions import segment_lesions
 from pipelines.pet_volume import geometry_order, load_pet_volume, read_headers
 from pipelines.recist import axial_diameters
@@ -77,96 +82,12 @@ def load_ct_volume(paths: Sequence[Path]) -> CtVolume:
     )
 
 
-def _rtstruct_regions(ds: pydicom.Dataset, ct: CtVolume, node_label: re.Pattern) -> list[_Region]:
-    """Each ROI's closed planar contours rasterised on the CT grid (even-odd rule: inner contours are holes;
-    a voxel is inside when its centre is)."""
-    rois = {int(r.ROINumber): r for r in ds.get("StructureSetROISequence", [])}
-    shape = ct.geometry.shape
-    rows, columns = np.meshgrid(np.arange(shape[1]), np.arange(shape[2]), indexing="ij")
-    centres = np.column_stack([columns.ravel(), rows.ravel()])
-    regions = []
-    for roi_contour in ds.get("ROIContourSequence", []):
-        roi = rois.get(int(roi_contour.ReferencedROINumber))
-        if roi is None or str(roi.get("ReferencedFrameOfReferenceUID", "")) != ct.frame_of_reference_uid:
-            continue
-        mask = np.zeros(shape, dtype=bool)
-        for contour in roi_contour.get("ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            index = patient_to_index(ct.geometry, points)  # [slice, row, column]
-            z = int(round(float(np.median(index[:, 0]))))
-            if not 0 <= z < shape[0] or len(index) < 3:
-                continue
-            inside = PolygonPath(index[:, [2, 1]]).contains_points(centres).reshape(shape[1], shape[2])
-            mask[z] ^= inside
-        name = str(roi.get("ROIName", f"ROI {roi.ROINumber}"))
-        if mask.any():
-            regions.append(_Region(name, mask, "annotation", bool(node_label.search(name))))
-        else:
-            logger.warning("RTSTRUCT %s: ROI %s covers no CT voxel; ignored", ds.SOPInstanceUID, roi.ROINumber)
-    return regions
-
-
-def _pull(source: np.ndarray, index_to_xyz: np.ndarray, ct: CtVolume) -> np.ndarray:
-    """A mask given on another grid (affine from [slice, row, column] to patient mm) sampled at the CT voxel
-    centres by nearest neighbour, only inside the region's bounding box."""
-    found = np.argwhere(source)
-    if not len(found):
-        return np.zeros(ct.geometry.shape, dtype=bool)
-    low, high = found.min(axis=0) - 1, found.max(axis=0) + 1
-    corners = np.array(
-        [[a, b, c, 1.0] for a in (low[0], high[0]) for b in (low[1], high[1]) for c in (low[2], high[2])]
-    )
-    ct_corners = patient_to_index(ct.geometry, (corners @ index_to_xyz.T)[:, :3])
-    start = np.clip(np.floor(ct_corners.min(axis=0)).astype(int), 0, None)
-    stop = np.minimum(np.ceil(ct_corners.max(axis=0)).astype(int) + 1, ct.geometry.shape)
-    grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(start, stop)], indexing="ij"), axis=-1)
-    xyz = index_to_patient(ct.geometry, grid.reshape(-1, 3))
-    inverse = np.linalg.inv(index_to_xyz)
-    source_index = np.rint((np.column_stack([xyz, np.ones(len(xyz))]) @ inverse.T)[:, :3]).astype(int)
-    valid = np.all((source_index >= 0) & (source_index < source.shape), axis=1)
-    values = np.zeros(len(xyz), dtype=bool)
-    values[valid] = source[tuple(source_index[valid].T)]
-    mask = np.zeros(ct.geometry.shape, dtype=bool)
-    mask[tuple(slice(a, b) for a, b in zip(start, stop))] = values.reshape(grid.shape[:3])
-    return mask
-
-
-def geometry_affine(geometry: VolumeGeometry) -> np.ndarray:
-    """4×4 affine from [slice, row, column, 1] to patient mm."""
-    affine = np.eye(4)
-    origin = index_to_patient(geometry, np.zeros(3))
-    for axis in range(3):
-        unit = np.zeros(3)
-        unit[axis] = 1.0
-        affine[:3, axis] = index_to_patient(geometry, unit) - origin
-    affine[:3, 3] = origin
-    return affine
-
-
-def _seg_regions(path: Path, ct: CtVolume, node_label: re.Pattern) -> list[_Region]:
-    seg = hd.seg.segread(path)
-    if str(seg.get("FrameOfReferenceUID", "")) != ct.frame_of_reference_uid:
-        return []
-    regions = []
-    for description in seg.SegmentSequence:
-        volume = seg.get_volume(segment_numbers=[description.SegmentNumber], combine_segments=True)
-        label = str(description.get("SegmentLabel", f"Segment {description.SegmentNumber}"))
-        mask = _pull(np.asarray(volume.array) > 0, np.asarray(volume.affine), ct)
-        if mask.any():
-            regions.append(_Region(label, mask, "annotation", bool(node_label.search(label))))
-    return regions
-
-
-def annotation_regions(annotations: Sequence[Path], ct: CtVolume, node_label: re.Pattern) -> list[_Region]:
-    regions: list[_Region] = []
-    for path in annotations:
-        header = pydicom.dcmread(path, stop_before_pixels=True)
-        sop_class = str(header.SOPClassUID)
-        if sop_class == RTStructureSetStorage:
-            regions += _rtstruct_regions(pydicom.dcmread(path), ct, node_label)
-        elif sop_class == SegmentationStorage:
-            regions += _seg_regions(path, ct, node_label)
-    return regions
+def annotation_regions(
+    annotations: Sequence[Path], ct: CtVolume, settings: AnnotationSettings
+) -> tuple[list[_Region], list[LeftOut]]:
+    """The readers' lesion regions (RTSTRUCT ROIs, SEG segments) on the CT grid, and what is not a lesion."""
+    found, left_out = annotated_regions(tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings)
+    return [_Region(r.label, r.mask, "annotation", r.lymph_node) for r in found], left_out
 
 
 def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSettings) -> list[_Region]:
@@ -179,7 +100,7 @@ def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSetting
     for lesion in segment_lesions(pet, params):
         full = np.zeros(pet.geometry.shape, dtype=bool)
         full[lesion.box()] = lesion.mask
-        mask = _pull(full, affine, ct)
+        mask = resample_mask(full, affine, ct.geometry)
         if mask.any():
             regions.append(_Region(f"PET lesion {lesion.number}", mask, "pet"))
     return regions
@@ -193,7 +114,7 @@ def _lesion(region: _Region, number: int, role: LesionRole, ct: CtVolume) -> CtL
     centroid_mm = tuple(round(float(v), 3) for v in centroid)
     return CtLesion(
         number=number,
-        tracking_identifier=f"CT lesion {number}",
+        tracking_identifier=f"CT lesion {number}" + (f": {region.label}"[:40] if region.source == "annotation" else ""),
         # Deterministic, so that analysing the same study again gives the same identity.
         tracking_uid=generate_uid(entropy_srcs=[ct.series_instance_uid, region.label, repr(centroid_mm)]),
         role=role,
@@ -247,10 +168,11 @@ def ct_lesions(
     pet_paths: Sequence[Path],
     settings: CtRadiomicsSettings,
     pet_params: PetQuantSettings,
-) -> tuple[tuple[CtLesion, ...], str, str]:
-    """(lesions, source, primary reason); raises NothingToAnalyse when no lesion is defined."""
-    node_label = re.compile(settings.lymph_node_label)
-    regions = annotation_regions(annotations, ct, node_label)
+    annotation_settings: AnnotationSettings | None = None,
+) -> tuple[tuple[CtLesion, ...], str, str, tuple[LeftOut, ...]]:
+    """(lesions, source, primary reason, annotated regions left out as not lesions); raises NothingToAnalyse
+    when no lesion is defined."""
+    regions, left_out = annotation_regions(annotations, ct, annotation_settings or AnnotationSettings())
     source = "annotation"
     if not regions and settings.pet_fallback and pet_paths:
         regions, source = pet_regions(pet_paths, ct, pet_params), "pet"
@@ -259,7 +181,7 @@ def ct_lesions(
         looked += " or PET lesions of the study" if settings.pet_fallback else ""
         raise NothingToAnalyse(f"no lesions defined on the CT: no {looked}")
     lesions, reason = assign_roles(regions, ct, settings)
-    return lesions, source, reason
+    return lesions, source, reason, tuple(left_out)
 
 
 def volume_masks(lesions: Sequence[CtLesion], shape: tuple[int, int, int], per_lesion: bool) -> dict[str, np.ndarray]:

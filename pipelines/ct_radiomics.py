@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from immunode import __version__
-from immunode.config import CtRadiomicsSettings, PetQuantSettings
+from immunode.config import AnnotationSettings, CtRadiomicsSettings, PetQuantSettings
 from models.ar_signature import load as load_ar_signature
 from models.errors import ModelError
 from pipelines.ct_lesions import ct_lesions, load_ct_volume, volume_masks
@@ -51,10 +51,13 @@ def analyse_ct_study(
     pairing_reason: str,
     workdir: Path,
     baseline_expected: bool = False,
+    annotation_settings: AnnotationSettings | None = None,
 ) -> CtRadiomicsResult:
     """Raises PipelineError subclasses (no lesions, unusable series) with the reason for the job record."""
     ct = load_ct_volume(ct_paths)
-    lesions, source, primary_reason = ct_lesions(ct, annotations, pet_paths, settings, pet_params)
+    lesions, source, primary_reason, left_out = ct_lesions(
+        ct, annotations, pet_paths, settings, pet_params, annotation_settings
+    )
     paired = baseline is not None and bool(baseline.lesions) and bool(baseline.ct_paths)
     registration_text, changes, recist = "", (), None
     if paired:
@@ -110,6 +113,7 @@ def analyse_ct_study(
         signature_not_reported=not_reported,
         signature_class=signature_class,
         signature_class_not_given=class_not_given,
+        not_lesions=tuple(f"{item.label}: {item.reason}" for item in left_out),
     )
 
 
@@ -133,6 +137,10 @@ def summarise(result: CtRadiomicsResult) -> str:
         f"({roles.count('primary')} primary, {roles.count('metastasis')} metastasis); "
         f"{len(result.features)} volume(s) extracted."
     )
+    labelled = [f"{x.tracking_identifier} ({x.role.value}, {x.volume_ml:.1f} ml)" for x in result.lesions]
+    text += " Lesions: " + "; ".join(labelled) + "."
+    if result.not_lesions:
+        text += f" Not lesions, left out: {'; '.join(result.not_lesions)}."
     if result.recist is not None:
         r = result.recist
         change = f"{r.percent_change:+.1f} %" if r.percent_change is not None else "n/a"

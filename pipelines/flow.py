@@ -315,6 +315,7 @@ def _run_ct_job(settings: Settings, database: Database, layout: FileLayout, job_
                 reason,
                 Path(workdir),
                 baseline_expected=expected,
+                annotation_settings=settings.pipelines.annotations,
             )
         summary = ct_radiomics.summarise(result)
         report = write_ct_report(

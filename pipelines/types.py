@@ -429,6 +429,8 @@ class CtRadiomicsResult:
     signature_not_reported: str = ""
     signature_class: SignatureClass | None = None
     signature_class_not_given: str = ""
+    # Annotated regions that are not lesions (organs at risk, body outline, planning volumes): "label: why".
+    not_lesions: tuple[str, ...] = ()
 
 
 # --- imported genomic and clinical data ----------------------------------------------------------------------

@@ -289,9 +289,11 @@ def write_study(
     return SyntheticStudy(study_uid, pet_uid, ct_uid, tuple(pet_files), tuple(ct_files), lesions, spacing_xyz)
 
 
-def _save_rtstruct(path: Path, image: Path, rois: list[tuple[str, list[np.ndarray]]]) -> Path:
+def _save_rtstruct(
+    path: Path, image: Path, rois: list[tuple[str, list[np.ndarray]]], types: dict[str, str] | None = None
+) -> Path:
     """A reader's RT Structure Set in the image's study and frame of reference: one ROI per (name, closed
-    planar contours as N x 3 patient points)."""
+    planar contours as N x 3 patient points); RT ROI Interpreted Type GTV unless `types` names another."""
     reference = pydicom.dcmread(image, stop_before_pixels=True)
     frame_uid = reference.FrameOfReferenceUID
     ds = _base(
@@ -304,7 +306,7 @@ def _save_rtstruct(path: Path, image: Path, rois: list[tuple[str, list[np.ndarra
         reference.PatientID,
         "siemens",
     )
-    ds.IssuerOfPatientID = reference.IssuerOfPatientID
+    ds.IssuerOfPatientID = reference.get("IssuerOfPatientID", "")
     ds.StudyDate, ds.StudyTime = reference.StudyDate, reference.StudyTime
     for keyword in (
         "SamplesPerPixel",
@@ -344,7 +346,8 @@ def _save_rtstruct(path: Path, image: Path, rois: list[tuple[str, list[np.ndarra
         contours.append(roi_contour)
         observation = Dataset()
         observation.ObservationNumber, observation.ReferencedROINumber = number, number
-        observation.RTROIInterpretedType, observation.ROIInterpreter = "GTV", ""
+        observation.RTROIInterpretedType = (types or {}).get(name, "GTV")
+        observation.ROIInterpreter = ""
         observations.append(observation)
     ds.StructureSetROISequence, ds.ROIContourSequence, ds.RTROIObservationsSequence = structures, contours, observations
     ds.save_as(path, enforce_file_format=True)
@@ -524,3 +527,88 @@ def write_rt_plan_and_dose(folder: Path, image: Dataset) -> tuple[Path, Path]:
     dose_path = folder / "rtdose.dcm"
     dose.save_as(dose_path, enforce_file_format=True)
     return plan_path, dose_path
+
+
+@dataclass(frozen=True)
+class PlanningCt:
+    study_uid: str
+    ct_files: tuple[Path, ...]
+    rtstruct: Path
+    gtv_centre_mm: tuple[float, float, float]
+    gtv_radius_mm: float
+
+
+def write_planning_ct(
+    folder: Path,
+    study_date: str,
+    shape_zyx: tuple[int, int, int] = (136, 512, 512),
+    spacing_xyz: tuple[float, float, float] = (0.977, 0.977, 3.0),
+    patient_id: str = "LUNG1-001",
+    frame_uid: str | None = None,
+    seed: int = 3,
+) -> PlanningCt:
+    """Shaped like a real de-identified lung planning CT: 136 slices of 512 x 512, Patient Identity Removed
+    YES without a De-identification Method, and an RTSTRUCT with GTV-1 (type GTV) inside the left lung and
+    Lung-Left, Lung-Right and Spinal-Cord (type ORGAN); the left lung's contour covers the GTV, as
+    planning contours often do. Written slice by slice (a 512 x 512 x 136 float volume would take 280 MB)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    frame_uid = frame_uid or generate_uid()
+    origin = tuple(-(n - 1) * sp / 2 for n, sp in zip(shape_zyx[::-1], spacing_xyz))
+    x = origin[0] + np.arange(shape_zyx[2]) * spacing_xyz[0]
+    y = origin[1] + np.arange(shape_zyx[1]) * spacing_xyz[1]
+    ay, ax = np.meshgrid(y, x, indexing="ij")
+    gtv_centre, gtv_radius = (75.0, -10.0, 20.0), 22.0
+    lungs = {"Lung-Left": (80.0, 0.0, 10.0, 60.0, 75.0, 150.0), "Lung-Right": (-80.0, 0.0, 10.0, 60.0, 75.0, 150.0)}
+    rng = np.random.default_rng(seed)
+    when = datetime.strptime(study_date, "%Y%m%d").replace(hour=9)
+    angles = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+    contours: dict[str, list[np.ndarray]] = {"GTV-1": [], "Lung-Left": [], "Lung-Right": [], "Spinal-Cord": []}
+    files = []
+    for k in range(shape_zyx[0]):
+        z = origin[2] + k * spacing_xyz[2]
+        hu = np.where((ax / 160.0) ** 2 + (ay / 110.0) ** 2 <= 1.0, 30.0, -1000.0)
+        for name, (cx, cy, cz, rx, ry, rz) in lungs.items():
+            t = 1 - ((z - cz) / rz) ** 2
+            if t > 0:
+                a, b = rx * np.sqrt(t), ry * np.sqrt(t)
+                hu[((ax - cx) / a) ** 2 + ((ay - cy) / b) ** 2 <= 1] = -850.0
+                contours[name].append(
+                    np.column_stack([cx + a * np.cos(angles), cy + b * np.sin(angles), np.full(48, z)])
+                )
+        cord = (ax / 7.0) ** 2 + ((ay - 75.0) / 7.0) ** 2 <= 1
+        hu[(ax / 16.0) ** 2 + ((ay - 75.0) / 16.0) ** 2 <= 1] = 700.0
+        hu[cord] = 35.0
+        contours["Spinal-Cord"].append(np.column_stack([7 * np.cos(angles), 75 + 7 * np.sin(angles), np.full(48, z)]))
+        dz = z - gtv_centre[2]
+        if abs(dz) < gtv_radius:
+            r = np.sqrt(gtv_radius**2 - dz**2)
+            inside = (ax - gtv_centre[0]) ** 2 + (ay - gtv_centre[1]) ** 2 <= r**2
+            hu[inside] = 45.0 + rng.normal(0, 20, int(inside.sum()))
+            contours["GTV-1"].append(
+                np.column_stack(
+                    [gtv_centre[0] + r * np.cos(angles), gtv_centre[1] + r * np.sin(angles), np.full(48, z)]
+                )
+            )
+        hu += rng.normal(0, 8, hu.shape)
+        ct = _base("CT", study_uid, series_uid, frame_uid, CTImageStorage, when, patient_id, "siemens")
+        del ct.IssuerOfPatientID
+        ct.PatientIdentityRemoved = "YES"  # and no De-identification Method: as in the research data set
+        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ct.InstanceNumber = k + 1
+        ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ct.ImagePositionPatient = [origin[0], origin[1], z]
+        ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+        ct.SliceThickness = spacing_xyz[2]
+        ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
+        ct.PixelRepresentation = 1
+        ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
+        ct.KVP = 120
+        ct.PixelData = np.round(np.clip(hu + 1024, 0, 4095)).astype(np.int16).tobytes()
+        path = folder / "CT" / f"ct_{k:04d}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ct.save_as(path, enforce_file_format=True)
+        files.append(path)
+    types = {"Lung-Left": "ORGAN", "Lung-Right": "ORGAN", "Spinal-Cord": "ORGAN"}
+    rtstruct = _save_rtstruct(folder / "RS.dcm", files[0], list(contours.items()), types)
+    return PlanningCt(study_uid, tuple(files), rtstruct, gtv_centre, gtv_radius)

@@ -24,7 +24,7 @@ from storage.schema import (
     Study,
 )
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
-from tests.synthetic import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study
+from tests.synthetic import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study, write_planning_ct
 
 PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
 CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
@@ -271,3 +271,46 @@ def test_missing_baseline_retrieved_from_a_query_retrieve_peer(
     assert [p.outcome for p in _pairings(node, t0_job.id)] == [PairingOutcome.BASELINE_ITSELF]
     assert [p.outcome for p in _pairings(node, t1_job.id)] == [PairingOutcome.RETRIEVING, PairingOutcome.PAIRED]
     assert "pattern oligo" in t1_job.summary
+
+
+def test_planning_ct_with_organ_contours_and_an_identical_follow_up(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
+    """Shaped like the real lung planning CT: 136 slices of 512 x 512, de-identified without a method, GTV-1
+    beside Lung-Left, Lung-Right and Spinal-Cord (ORGAN); a copy 10 weeks later as follow-up. The organs are
+    not lesions, GTV-1 keeps every voxel the left lung's contour shares with it, both SEGs are valid, every
+    delta is 0, and the follow-up's job (registration included) takes less than 60 s."""
+    baseline = write_planning_ct(tmp_path / "t0", "20260105")
+    follow_up = write_planning_ct(tmp_path / "t1", "20260316")  # the same images, 10 weeks later
+    settings = make_settings(
+        routing=CT_RULES,
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        pipelines={"ct_radiomics": {"published_signature": str(PUBLISHED)}},
+    )
+    node = start_node(settings)
+    assert storescu(node.port, list(baseline.ct_files) + [baseline.rtstruct]).returncode == 0
+    t0_job = wait_until(lambda: _finished(node, baseline.study_uid), timeout_s=300)
+    assert t0_job.state is JobState.SUCCEEDED, t0_job.error
+    assert storescu(node.port, list(follow_up.ct_files) + [follow_up.rtstruct]).returncode == 0
+    t1_job = wait_until(lambda: _finished(node, follow_up.study_uid), timeout_s=300)
+    assert t1_job.state is JobState.SUCCEEDED, t1_job.error
+    seconds = (t1_job.finished_at - t1_job.started_at).total_seconds()
+    assert seconds < 60, f"follow-up CT job took {seconds:.0f} s"
+    assert "Lung-Left: RT ROI Interpreted Type ORGAN" in t1_job.summary
+    with node.database.session() as session:
+        (lesion,) = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t1_job.id)).all()
+        assessment = session.scalar(select(CtAssessment).where(CtAssessment.job_fk == t1_job.id))
+        volumes = {e.volume for e in session.scalars(select(RadiomicsExtraction)).all()}
+    sphere_ml = 4 / 3 * 3.14159 * baseline.gtv_radius_mm**3 / 1000
+    assert lesion.label == "GTV-1" and lesion.role == "primary" and lesion.status == "matched"
+    assert lesion.volume_ml == pytest.approx(sphere_ml, rel=0.1)  # none of it lost to Lung-Left
+    assert "M" not in volumes  # the lungs and the cord are not "metastases"
+    assert assessment.deltas and all(value in (0.0, None) for value in assessment.deltas.values())
+    reports = wait_until(lambda: (r := _reports(pacs)) and sum(len(v) for v in r.values()) >= 4 and r, timeout_s=120)
+    for study in (baseline, follow_up):
+        (seg,) = [ds for ds in reports[study.study_uid] if ds.Modality == "SEG"]
+        assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["CT lesion 1: GTV-1"]
+        sr = _sr(reports[study.study_uid])
+        assert any("GTV-1" in identifier for identifier in _tracking(sr))
+        assert sr.PatientIdentityRemoved == "YES" and sr.DeidentificationMethod
+        assert any("Spinal-Cord: RT ROI Interpreted Type ORGAN" in t for t in _texts(sr))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from immunode.cli import main as cli_main
-from immunode.config import CtRadiomicsSettings, PetQuantSettings
+from immunode.config import AnnotationSettings, CtRadiomicsSettings, PetQuantSettings
 from models import ar_signature
 from pipelines.ct_lesions import ct_lesions, load_ct_volume
 from pipelines.ct_radiomics import analyse_ct_study
@@ -152,14 +152,14 @@ def test_relative_change_rule_for_a_zero_baseline() -> None:
 def test_pet_lesions_on_the_ct_grid_when_the_ct_has_no_annotation(tmp_path: Path) -> None:
     study = write_study(tmp_path)
     ct = load_ct_volume(study.ct_files)
-    lesions, source, reason = ct_lesions(ct, [], study.pet_files, CtRadiomicsSettings(), PetQuantSettings())
+    lesions, source, reason, _ = ct_lesions(ct, [], study.pet_files, CtRadiomicsSettings(), PetQuantSettings())
     assert source == "pet" and len(lesions) == 4
     # The largest (the 15 mm liver metastasis) is the primary under the default rule.
     primary = [lesion for lesion in lesions if lesion.role is LesionRole.PRIMARY]
     assert len(primary) == 1 and "rule 'largest'" in reason
     assert np.allclose(primary[0].centroid_mm, (30.0, 30.0, -40.0), atol=4.0)
     none_rule = CtRadiomicsSettings(primary_rule="none")
-    lesions, _, reason = ct_lesions(ct, [], study.pet_files, none_rule, PetQuantSettings())
+    lesions, _, reason, _ = ct_lesions(ct, [], study.pet_files, none_rule, PetQuantSettings())
     assert all(lesion.role is LesionRole.METASTASIS for lesion in lesions) and "rule 'none'" in reason
     with pytest.raises(NothingToAnalyse, match="no lesions defined on the CT"):
         ct_lesions(ct, [], [], CtRadiomicsSettings(), PetQuantSettings())
@@ -233,8 +233,6 @@ def test_rigid_then_deformable_registration_recovers_the_shift(tmp_path: Path) -
 
 def test_lesions_from_a_dicom_seg_on_the_ct(tmp_path: Path) -> None:
     """A reader's SEG on the CT (here written with highdicom from contoured lesions) gives the same lesions."""
-    import re
-
     import pydicom
 
     from pipelines.ct_lesions import annotation_regions, assign_roles
@@ -244,13 +242,13 @@ def test_lesions_from_a_dicom_seg_on_the_ct(tmp_path: Path) -> None:
     study = write_ct_study(tmp_path, BASELINE_LESIONS, "20260105")
     ct = load_ct_volume(study.ct_files)
     settings = CtRadiomicsSettings()
-    node = re.compile(settings.lymph_node_label)
-    from_contours, _ = assign_roles(annotation_regions([study.rtstruct], ct, node), ct, settings)
+    from_contours, _ = assign_roles(annotation_regions([study.rtstruct], ct, AnnotationSettings())[0], ct, settings)
     seg = build_segmentation([pydicom.dcmread(p) for p in ct.paths], from_contours, algorithm_identity(settings))
     for description, lesion in zip(seg.SegmentSequence, from_contours):
         description.SegmentLabel = lesion.label  # as a reader's SEG would name them
     seg.save_as(tmp_path / "reader-seg.dcm")
-    from_seg, reason = assign_roles(annotation_regions([tmp_path / "reader-seg.dcm"], ct, node), ct, settings)
+    regions, _ = annotation_regions([tmp_path / "reader-seg.dcm"], ct, AnnotationSettings())
+    from_seg, reason = assign_roles(regions, ct, settings)
     assert [lesion.label for lesion in from_seg] == [lesion.label for lesion in from_contours]
     for a, b in zip(from_seg, from_contours):
         assert a.offset == b.offset and np.array_equal(a.mask, b.mask) and a.role is b.role

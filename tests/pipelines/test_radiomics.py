@@ -4,13 +4,13 @@ CT and contour of sts_002, and coverage of the published signature's features.""
 from __future__ import annotations
 
 import csv
-import re
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from radiomics import featureextractor
 
+from immunode.config import AnnotationSettings
 from pipelines.ct_lesions import annotation_regions, load_ct_volume
 from pipelines.geometry import to_sitk
 from pipelines.radiomics import PARAMETERS, extract_volumes, parameter_file_text
@@ -21,7 +21,7 @@ from tests.conftest import SHARED_DATA, STS_002
 def ct_and_mask():  # noqa: ANN201
     folder = STS_002 / "CT"
     ct = load_ct_volume(sorted(folder.glob("0*.dcm")))
-    (region,) = annotation_regions([folder / "RTSTRUCT_RS.dcm"], ct, re.compile("node"))
+    (region,), _ = annotation_regions([folder / "RTSTRUCT_RS.dcm"], ct, AnnotationSettings())
     assert region.label == "GTV_Mass_CT"
     return ct, region.mask
 
