@@ -247,8 +247,11 @@ class PetQuantSettings(Strict):
     background_inner_mm: float = Field(10.0, ge=0)
     background_outer_mm: float = Field(20.0, gt=0)
     peak_sphere_ml: float = Field(1.0, gt=0)
-    # Semi-automatic mode: how far from a reader's seed the lesion maximum is looked for.
+    # Semi-automatic mode: how far from a reader's seed (a point) the lesion maximum is looked for ...
     seed_search_mm: float = Field(10.0, gt=0)
+    # ... and by how much a reader's region (RTSTRUCT ROI, SEG segment) is widened for the threshold (a contour
+    # drawn on the CT, or on a grid of its own, may cut the edge of the PET uptake).
+    reader_margin_mm: float = Field(5.0, ge=0)
     physiological: PhysiologicalSettings = PhysiologicalSettings()
     cytact: CytActSettings = CytActSettings()
 

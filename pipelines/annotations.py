@@ -1,25 +1,28 @@
-"""Reader annotations sent by the PACS, turned into lesion seeds for the semi-automatic mode of the PET
-immune-profiling method (lesions identified by a reader, then segmented automatically).
+"""Reader annotations sent by the PACS, for the semi-automatic mode of the PET immune-profiling method
+(lesions identified by a reader, then segmented by the method).
 
-One seed per annotated region, in patient coordinates: the centroid of an RTSTRUCT ROI's contour points,
-of a DICOM SEG segment's voxels, or of a TID 1500 SR region or point (3D coordinates, or 2D coordinates on
-an image of the same study). Only annotations in the PET's frame of reference are used.
+A region (an RTSTRUCT ROI, a DICOM SEG segment) is the reader's volume of interest: the method's threshold
+is applied inside it (`pipelines.lesions.segment_reader_regions`). A point (a TID 1500 SR point or region in
+3D coordinates, or 2D coordinates on an image of the study; an RTSTRUCT POINT ROI) marks a lesion: it keeps
+the seed behaviour. Only annotations in the PET's frame of reference are used; organs, the body outline and
+planning volumes are not lesions (`pipelines.contours`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
-import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
-from pipelines.types import ReaderSeed
+from immunode.config import AnnotationSettings
+from pipelines.contours import annotated_regions
+from pipelines.types import ReaderRegion, ReaderSeed, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -36,46 +39,10 @@ IMAGE_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.2",  # CT Image
     "1.2.840.10008.5.1.4.1.1.128",  # PET Image
 }
-LYMPH_NODE_CODE = "59441001"  # SCT Lymph node
-LYMPH_NODE_LABEL = re.compile(r"(lymph|\bnode|\bLN\b)", re.IGNORECASE)
 
 
 def _seed(position: np.ndarray, lymph_node: bool = False) -> ReaderSeed:
     return ReaderSeed(tuple(float(v) for v in position), lymph_node)  # type: ignore[arg-type]
-
-
-def _rtstruct_seeds(ds: Dataset, frame_of_reference_uid: str) -> list[ReaderSeed]:
-    frames = {
-        roi.ROINumber: str(roi.get("ReferencedFrameOfReferenceUID", ""))
-        for roi in ds.get("StructureSetROISequence", [])
-    }
-    names = {roi.ROINumber: str(roi.get("ROIName", "")) for roi in ds.get("StructureSetROISequence", [])}
-    seeds = []
-    for roi in ds.get("ROIContourSequence", []):
-        if frames.get(roi.ReferencedROINumber, frame_of_reference_uid) != frame_of_reference_uid:
-            continue
-        points = [np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for c in roi.get("ContourSequence", [])]
-        if points:
-            name = names.get(roi.ReferencedROINumber, "")
-            seeds.append(_seed(np.concatenate(points).mean(axis=0), bool(LYMPH_NODE_LABEL.search(name))))
-    return seeds
-
-
-def _seg_seeds(path: Path, frame_of_reference_uid: str) -> list[ReaderSeed]:
-    seg = hd.seg.segread(path)
-    if str(seg.get("FrameOfReferenceUID", "")) != frame_of_reference_uid:
-        return []
-    seeds = []
-    for description in seg.SegmentSequence:
-        volume = seg.get_volume(segment_numbers=[description.SegmentNumber], combine_segments=True)
-        indices = np.argwhere(volume.array > 0)
-        if len(indices):
-            types = description.get("SegmentedPropertyTypeCodeSequence") or []
-            node = any(t.CodeValue == LYMPH_NODE_CODE for t in types) or bool(
-                LYMPH_NODE_LABEL.search(str(description.get("SegmentLabel", "")))
-            )
-            seeds.append(_seed(volume.map_indices_to_reference(indices.mean(axis=0, keepdims=True))[0], node))
-    return seeds
 
 
 def _image_point_to_patient(image: Dataset, column_row: np.ndarray) -> np.ndarray:
@@ -113,22 +80,35 @@ def _sr_seeds(ds: Dataset, frame_of_reference_uid: str, images: dict[str, Datase
     return seeds
 
 
-def annotation_seeds(
-    annotation_paths: Iterable[Path], frame_of_reference_uid: str, image_headers: dict[str, Dataset]
-) -> list[ReaderSeed]:
-    """Seeds of every annotation in the frame of reference; an unreadable annotation is logged and skipped.
-    An RTSTRUCT ROI or SEG segment labelled a lymph node (name, or SEG property type SCT 59441001) marks a node."""
-    seeds: list[ReaderSeed] = []
-    for path in annotation_paths:
+@dataclass(frozen=True)
+class ReaderAnnotations:
+    regions: tuple[ReaderRegion, ...]
+    seeds: tuple[ReaderSeed, ...]
+    left_out: tuple[str, ...]  # "label: why" of annotated regions that are not lesions or not usable
+
+    @property
+    def count(self) -> int:
+        return len(self.regions) + len(self.seeds)
+
+
+def reader_annotations(
+    annotation_paths: Iterable[Path],
+    geometry: VolumeGeometry,
+    frame_of_reference_uid: str,
+    image_headers: dict[str, Dataset],
+    settings: AnnotationSettings,
+) -> ReaderAnnotations:
+    """Regions (RTSTRUCT, SEG) on the PET grid and point seeds (SR, RTSTRUCT points) of every annotation in the
+    frame of reference; an unreadable annotation is left out, saying why."""
+    paths = list(annotation_paths)
+    annotated = annotated_regions(paths, geometry, frame_of_reference_uid, settings)
+    seeds = list(annotated.points)
+    left_out = [f"{item.label}: {item.reason}" for item in annotated.left_out]
+    for path in paths:
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
-            sop_class = str(ds.SOPClassUID)
-            if sop_class == str(RTStructureSetStorage):
-                seeds += _rtstruct_seeds(ds, frame_of_reference_uid)
-            elif sop_class == str(SegmentationStorage):
-                seeds += _seg_seeds(path, frame_of_reference_uid)
-            elif sop_class in SR_CLASSES:
+            if str(ds.SOPClassUID) in SR_CLASSES:
                 seeds += _sr_seeds(ds, frame_of_reference_uid, image_headers)
-        except Exception as error:  # a malformed annotation must not stop the analysis of the study
-            logger.warning("annotation %s not usable: %s: %s", Path(path).name, error.__class__.__name__, error)
-    return seeds
+        except Exception as error:  # a malformed annotation must not stop the analysis; the SR says so
+            left_out.append(f"{Path(path).name}: not usable: {error.__class__.__name__}: {error}"[:300])
+    return ReaderAnnotations(annotated.regions, tuple(seeds), tuple(left_out))

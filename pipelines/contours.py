@@ -16,23 +16,13 @@ from matplotlib.path import Path as PolygonPath
 
 from immunode.config import AnnotationSettings
 from pipelines.geometry import index_to_patient, patient_to_index
-from pipelines.types import VolumeGeometry
+from pipelines.types import ReaderRegion, ReaderSeed, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 
 ANATOMICAL_STRUCTURE = "123037004"  # SCT: the SEG property category of organs, not lesions
 LYMPH_NODE_CODE = "59441001"  # SCT Lymph node
 LESION_TYPES = {"GTV"}
-
-
-@dataclass(frozen=True, eq=False)
-class AnnotatedRegion:
-    """A reader's region on the target grid (bool mask of the grid's shape)."""
-
-    label: str
-    mask: np.ndarray
-    lymph_node: bool
-    kind: str  # "RTSTRUCT" or "SEG"
 
 
 @dataclass(frozen=True)
@@ -103,9 +93,11 @@ def _rtstruct_regions(
     frame_of_reference_uid: str,
     settings: AnnotationSettings,
     left_out: list[LeftOut],
-) -> list[AnnotatedRegion]:
+    points: list[ReaderSeed],
+) -> list[ReaderRegion]:
     """Each lesion ROI's closed planar contours rasterised on the grid (even-odd rule: inner contours are
-    holes; a voxel is inside when its centre is; each contour on the slice nearest to its plane)."""
+    holes; a voxel is inside when its centre is; each contour on the slice nearest to its plane). An ROI of
+    POINT contours only marks a lesion: its centroid goes to `points`."""
     node_label = re.compile(settings.lymph_node_label)
     rois = {int(r.ROINumber): r for r in ds.get("StructureSetROISequence", [])}
     types = {
@@ -126,17 +118,23 @@ def _rtstruct_regions(
         if why:
             left_out.append(LeftOut(name, why))
             continue
+        contours = list(roi_contour.get("ContourSequence", []))
+        marks = [c for c in contours if str(c.get("ContourGeometricType", "")) == "POINT"]
+        if contours and len(marks) == len(contours):
+            xyz = np.concatenate([np.asarray(c.ContourData, dtype=float).reshape(-1, 3) for c in marks])
+            points.append(ReaderSeed(tuple(float(v) for v in xyz.mean(axis=0)), bool(node_label.search(name))))
+            continue
         mask = np.zeros(shape, dtype=bool)
-        for contour in roi_contour.get("ContourSequence", []):
-            points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
-            index = patient_to_index(geometry, points)  # [slice, row, column]
+        for contour in contours:
+            xyz = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+            index = patient_to_index(geometry, xyz)  # [slice, row, column]
             z = int(round(float(np.median(index[:, 0]))))
             if not 0 <= z < shape[0] or len(index) < 3:
                 continue
             inside = PolygonPath(index[:, [2, 1]]).contains_points(centres).reshape(shape[1], shape[2])
             mask[z] ^= inside
         if mask.any():
-            regions.append(AnnotatedRegion(name, mask, bool(node_label.search(name)), "RTSTRUCT"))
+            regions.append(ReaderRegion(name, mask, bool(node_label.search(name)), "RTSTRUCT"))
         else:
             logger.warning("RTSTRUCT %s: ROI %s covers no voxel of the grid; ignored", ds.SOPInstanceUID, name)
     return regions
@@ -148,7 +146,7 @@ def _seg_regions(
     frame_of_reference_uid: str,
     settings: AnnotationSettings,
     left_out: list[LeftOut],
-) -> list[AnnotatedRegion]:
+) -> list[ReaderRegion]:
     node_label = re.compile(settings.lymph_node_label)
     seg = hd.seg.segread(path)
     if str(seg.get("FrameOfReferenceUID", "")) != frame_of_reference_uid:
@@ -169,8 +167,15 @@ def _seg_regions(
         types = description.get("SegmentedPropertyTypeCodeSequence") or []
         node = any(str(t.CodeValue) == LYMPH_NODE_CODE for t in types) or bool(node_label.search(label))
         if mask.any():
-            regions.append(AnnotatedRegion(label, mask, node, "SEG"))
+            regions.append(ReaderRegion(label, mask, node, "SEG"))
     return regions
+
+
+@dataclass(frozen=True)
+class Annotated:
+    regions: tuple[ReaderRegion, ...]  # lesion regions on the grid
+    points: tuple[ReaderSeed, ...]  # lesions marked by a point only (RTSTRUCT POINT ROIs)
+    left_out: tuple[LeftOut, ...]  # annotated regions that are not lesions, and unusable annotations
 
 
 def annotated_regions(
@@ -178,18 +183,19 @@ def annotated_regions(
     geometry: VolumeGeometry,
     frame_of_reference_uid: str,
     settings: AnnotationSettings,
-) -> tuple[list[AnnotatedRegion], list[LeftOut]]:
-    """The lesion regions of every RTSTRUCT and SEG among `paths` in the frame of reference, on the grid, and
-    the annotated regions that are not lesions. An unreadable annotation is logged and skipped."""
-    regions: list[AnnotatedRegion] = []
+) -> Annotated:
+    """The lesion regions of every RTSTRUCT and SEG among `paths` in the frame of reference, on the grid;
+    point marks; the annotated regions that are not lesions. An unreadable annotation is left out, saying why."""
+    regions: list[ReaderRegion] = []
     left_out: list[LeftOut] = []
+    points: list[ReaderSeed] = []
     for path in paths:
         try:
             header = pydicom.dcmread(path, stop_before_pixels=True)
             sop_class = str(header.SOPClassUID)
             if sop_class == pydicom.uid.RTStructureSetStorage:
                 ds = pydicom.dcmread(path)
-                regions += _rtstruct_regions(ds, geometry, frame_of_reference_uid, settings, left_out)
+                regions += _rtstruct_regions(ds, geometry, frame_of_reference_uid, settings, left_out, points)
             elif sop_class == pydicom.uid.SegmentationStorage:
                 regions += _seg_regions(Path(path), geometry, frame_of_reference_uid, settings, left_out)
         except Exception as error:  # a malformed annotation must not stop the analysis; the SR says it was not used
@@ -197,4 +203,4 @@ def annotated_regions(
             left_out.append(LeftOut(Path(path).name, reason))
     for item in left_out:
         logger.info("annotation %r is not a lesion (%s); left out", item.label, item.reason)
-    return regions, left_out
+    return Annotated(tuple(regions), tuple(points), tuple(left_out))

@@ -86,8 +86,9 @@ def annotation_regions(
     annotations: Sequence[Path], ct: CtVolume, settings: AnnotationSettings
 ) -> tuple[list[_Region], list[LeftOut]]:
     """The readers' lesion regions (RTSTRUCT ROIs, SEG segments) on the CT grid, and what is not a lesion."""
-    found, left_out = annotated_regions(tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings)
-    return [_Region(r.label, r.mask, "annotation", r.lymph_node) for r in found], left_out
+    found = annotated_regions(tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings)
+    left_out = list(found.left_out) + [LeftOut("point mark", "a point, not a region, on the CT") for _ in found.points]
+    return [_Region(r.label, r.mask, "annotation", r.lymph_node) for r in found.regions], left_out
 
 
 def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSettings) -> list[_Region]:

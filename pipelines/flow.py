@@ -215,7 +215,9 @@ def _analyse_and_report_series(
     patient: PatientData | None = None,
 ) -> tuple[PetQuantResult, Report]:
     params = settings.pipelines.pet_quant
-    result = analyse_pet_series(paths, params, annotations or (), images, ct_paths or ())
+    result = analyse_pet_series(
+        paths, params, annotations or (), images, ct_paths or (), settings.pipelines.annotations
+    )
     embeddings = [lesion.embedding for lesion in result.lesions if lesion.embedding is not None]
     response = predict_response(
         patient, embeddings, result.cytact.model if result.cytact else None, settings.pipelines.response

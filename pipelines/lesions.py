@@ -24,7 +24,7 @@ from immunode.config import PetQuantSettings
 from pipelines.geometry import index_to_patient, patient_to_index
 from pipelines.physiological import physiological_regions
 from pipelines.recist import axial_diameters
-from pipelines.types import Lesion, LesionMeasurements, PetVolume, ReaderSeed, VolumeGeometry
+from pipelines.types import Lesion, LesionMeasurements, PetVolume, ReaderRegion, ReaderSeed, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
@@ -103,6 +103,113 @@ def seeded_candidates(
     return labels, count, nodes
 
 
+def _measured(
+    volume: PetVolume,
+    box: tuple[slice, ...],
+    lesion_box: np.ndarray,
+    box_suv: np.ndarray,
+    threshold: float,
+    i70: float,
+    background: float,
+    lymph_node: bool,
+    number: int,
+    peak_kernel: np.ndarray,
+) -> Lesion:
+    """A lesion (its voxels `lesion_box` inside `box`) with its measurements."""
+    geometry = volume.geometry
+    values = box_suv[lesion_box]
+    voxel_count = int(lesion_box.sum())
+    mtv_ml = voxel_count * geometry.voxel_volume_ml
+    suv_mean = float(values.mean())
+    filtered = ndimage.convolve(box_suv, peak_kernel, mode="nearest")
+    suv_peak = float(filtered[lesion_box].max())
+    tight = ndimage.find_objects(lesion_box.astype(np.uint8))[0]
+    diameters = axial_diameters(
+        lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0], lymph_node=lymph_node
+    )
+    offset = tuple(b.start + t.start for b, t in zip(box, tight))
+    centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
+    centroid_mm = index_to_patient(geometry, centroid_index)
+    return Lesion(
+        number=number,
+        tracking_identifier=f"Lesion {number}",
+        tracking_uid=tracking_uid(volume.study_instance_uid, volume.series_instance_uid, centroid_mm),
+        measurements=LesionMeasurements(
+            suv_max=float(values.max()),
+            suv_mean=suv_mean,
+            suv_peak=suv_peak,
+            metabolic_volume_ml=mtv_ml,
+            total_lesion_glycolysis=suv_mean * mtv_ml,
+            voxel_count=voxel_count,
+            threshold_suv=threshold,
+            i70_suv=i70,
+            background_suv=background,
+            centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
+            long_axis_mm=diameters.long_axis_mm,
+            short_axis_mm=diameters.short_axis_mm,
+            recist_target=diameters.target,
+            lymph_node=lymph_node,
+        ),
+        offset=offset,  # type: ignore[arg-type]
+        mask=lesion_box[tight].copy(),
+    )
+
+
+def segment_reader_regions(
+    volume: PetVolume, regions: Sequence[ReaderRegion], params: PetQuantSettings
+) -> tuple[Lesion, ...]:
+    """The method inside each reader's volume of interest: T = beta * I70 + I_background with I70 the mean
+    of the connected voxels above 70 % of the hottest voxel of the reader's region, the background a shell
+    around the region (as in automatic detection), and the lesion every voxel >= T inside the region widened
+    by `reader_margin_mm` (a contour drawn on CT or on a coarser grid may cut the PET edge), never inside
+    another reader's region. Regions without uptake above the background give no lesion (logged)."""
+    suv = volume.suv
+    spacing = _array_spacing(volume.geometry)
+    every = np.zeros(suv.shape, dtype=bool)
+    for region in regions:
+        every |= region.mask
+    margin = np.ceil((params.background_outer_mm + params.reader_margin_mm) / spacing).astype(int) + 1
+    peak_kernel = sphere_kernel(spacing, params.peak_sphere_ml).astype(np.float64)
+    peak_kernel /= peak_kernel.sum()
+    lesions: list[Lesion] = []
+    for region in sorted(regions, key=lambda r: -float(suv[r.mask].max())):
+        box = _box(ndimage.find_objects(region.mask.astype(np.uint8))[0], margin, suv.shape)
+        box_suv = suv[box].astype(np.float64)
+        inside = region.mask[box]
+        distance_mm = ndimage.distance_transform_edt(~inside, sampling=spacing)
+        voi = (distance_mm <= params.reader_margin_mm) & ~(every[box] & ~inside)
+        shell = (distance_mm > params.background_inner_mm) & (distance_mm <= params.background_outer_mm)
+        shell &= ~every[box]
+        background = float(box_suv[shell].mean()) if shell.any() else 0.0
+        seed = np.unravel_index(int(np.argmax(np.where(inside, box_suv, -np.inf))), box_suv.shape)
+        hot = _component_containing((box_suv >= params.i70_fraction * box_suv[seed]) & voi, seed)
+        i70 = float(box_suv[hot].mean())
+        threshold = params.beta * i70 + background
+        lesion_box = voi & (box_suv >= threshold)
+        if not lesion_box.any() or box_suv[seed] <= background:
+            logger.warning(
+                "series %s: reader region %r has no uptake above its background; no lesion",
+                volume.series_instance_uid,
+                region.label[:64],
+            )
+            continue
+        lesions.append(
+            _measured(
+                volume,
+                box,
+                lesion_box,
+                box_suv,
+                threshold,
+                i70,
+                background,
+                region.lymph_node,
+                len(lesions) + 1,
+                peak_kernel,
+            )  # fmt: skip
+        )
+    return tuple(lesions)
+
+
 def segment_lesions(
     volume: PetVolume,
     params: PetQuantSettings,
@@ -170,45 +277,19 @@ def segment_lesions(
         lesion_box = _component_containing((box_suv >= threshold) & allowed, seed)
         if not lesion_box.any():
             continue
-        values = box_suv[lesion_box]
-        voxel_count = int(lesion_box.sum())
-        mtv_ml = voxel_count * voxel_ml
-        suv_mean = float(values.mean())
-        filtered = ndimage.convolve(box_suv, peak_kernel, mode="nearest")
-        suv_peak = float(filtered[lesion_box].max())
-
         claimed[box] |= lesion_box
-        tight = ndimage.find_objects(lesion_box.astype(np.uint8))[0]
-        diameters = axial_diameters(
-            lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0], lymph_node=label in nodes
-        )
-        offset = tuple(b.start + t.start for b, t in zip(box, tight))
-        centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
-        centroid_mm = index_to_patient(geometry, centroid_index)
-        number = len(lesions) + 1
         lesions.append(
-            Lesion(
-                number=number,
-                tracking_identifier=f"Lesion {number}",
-                tracking_uid=tracking_uid(volume.study_instance_uid, volume.series_instance_uid, centroid_mm),
-                measurements=LesionMeasurements(
-                    suv_max=float(values.max()),
-                    suv_mean=suv_mean,
-                    suv_peak=suv_peak,
-                    metabolic_volume_ml=mtv_ml,
-                    total_lesion_glycolysis=suv_mean * mtv_ml,
-                    voxel_count=voxel_count,
-                    threshold_suv=threshold,
-                    i70_suv=i70,
-                    background_suv=background,
-                    centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
-                    long_axis_mm=diameters.long_axis_mm,
-                    short_axis_mm=diameters.short_axis_mm,
-                    recist_target=diameters.target,
-                    lymph_node=label in nodes,
-                ),
-                offset=offset,  # type: ignore[arg-type]
-                mask=lesion_box[tight].copy(),
-            )
+            _measured(
+                volume,
+                box,
+                lesion_box,
+                box_suv,
+                threshold,
+                i70,
+                background,
+                label in nodes,
+                len(lesions) + 1,
+                peak_kernel,
+            )  # fmt: skip
         )
     return tuple(lesions)

@@ -13,15 +13,18 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from immunode import __version__
-from immunode.config import PetQuantSettings
+from immunode.config import AnnotationSettings, PetQuantSettings
 from models.errors import ModelError
 from pipelines.anatomy import anatomy_for
-from pipelines.annotations import annotation_seeds
+from pipelines.annotations import ReaderAnnotations, reader_annotations
 from pipelines.cytact import lesion_cytact
-from pipelines.lesions import segment_lesions
+from pipelines.geometry import patient_to_index
+from pipelines.lesions import segment_lesions, segment_reader_regions
 from pipelines.pet_volume import load_pet_volume
-from pipelines.types import AlgorithmIdentity, PetQuantResult
+from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +42,52 @@ def algorithm_identity(params: PetQuantSettings) -> AlgorithmIdentity:
     )
 
 
+def _reader_lesions(volume, reader: ReaderAnnotations, params: PetQuantSettings, ct_hu) -> tuple[Lesion, ...]:  # noqa: ANN001
+    """Semi-automatic mode: the method inside each reader's region, then the point marks not inside one."""
+    lesions = list(segment_reader_regions(volume, reader.regions, params))
+    covered = np.zeros(volume.suv.shape, dtype=bool)
+    for region in reader.regions:
+        covered |= region.mask
+    points = []
+    for seed in reader.seeds:
+        index = np.round(patient_to_index(volume.geometry, np.asarray([seed.position_mm]))[0]).astype(int)
+        inside = np.all(index >= 0) and np.all(index < covered.shape) and covered[tuple(index)]
+        if not inside:
+            points.append(seed)
+    if points:
+        for lesion in segment_lesions(volume, params, points, ct_hu):
+            number = len(lesions) + 1
+            lesions.append(dataclasses.replace(lesion, number=number, tracking_identifier=f"Lesion {number}"))
+    return tuple(lesions)
+
+
 def analyse_pet_series(
     paths: Sequence[Path],
     params: PetQuantSettings,
     annotations: Sequence[Path] = (),
     images: dict | None = None,
     ct_paths: Sequence[Path] = (),
+    annotation_settings: AnnotationSettings | None = None,
 ) -> PetQuantResult:
     """SUV volume, lesions and measurements. With reader annotations (SEG, RTSTRUCT, SR) in the PET's frame
-    of reference, their regions define the lesions (semi-automatic mode); otherwise automatic detection."""
+    of reference, they define the lesions (semi-automatic mode: the threshold inside a reader's region, or
+    around a reader's point); otherwise automatic detection."""
     volume = load_pet_volume(paths)
-    seeds = annotation_seeds(annotations, volume.frame_of_reference_uid, images or {}) if annotations else []
+    reader = ReaderAnnotations((), (), ())
+    if annotations:
+        reader = reader_annotations(
+            annotations,
+            volume.geometry,
+            volume.frame_of_reference_uid,
+            images or {},
+            annotation_settings or AnnotationSettings(),
+        )
     anatomy = anatomy_for(volume, ct_paths)
-    lesions = segment_lesions(volume, params, seeds or None, anatomy.ct_hu if anatomy else None)
+    ct_hu = anatomy.ct_hu if anatomy else None
+    if reader.count:
+        lesions = _reader_lesions(volume, reader, params, ct_hu)
+    else:
+        lesions = segment_lesions(volume, params, None, ct_hu)
     if anatomy is not None:
         lesions = tuple(
             dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))
@@ -82,7 +118,8 @@ def analyse_pet_series(
         parameters=algorithm_identity(params).parameters,
         cytact=cytact,
         cytact_not_computed=not_computed,
-        reader_seeds=len(seeds),
+        reader_seeds=reader.count,
+        annotations_left_out=reader.left_out,
     )
 
 
@@ -94,6 +131,8 @@ def summarise(result: PetQuantResult) -> str:
         if result.reader_seeds
         else ", detected automatically."
     )
+    if result.annotations_left_out:
+        parts.append(f"Reader annotations not used as lesions: {'; '.join(result.annotations_left_out)}.")
     parts.append(f"SUV conversion: {conversion.method}.")
     for lesion in result.lesions:
         m = lesion.measurements

@@ -137,6 +137,16 @@ class ReaderSeed:
     lymph_node: bool = False  # the reader labelled it a lymph node (RECIST node rule applies)
 
 
+@dataclass(frozen=True, eq=False)
+class ReaderRegion:
+    """A reader's lesion region (RTSTRUCT ROI, SEG segment) on an image grid: a bool mask of the grid's shape."""
+
+    label: str
+    mask: np.ndarray = field(repr=False)
+    lymph_node: bool = False
+    kind: str = ""  # "RTSTRUCT" or "SEG"
+
+
 @dataclass(frozen=True)
 class LesionMeasurements:
     suv_max: float
@@ -225,7 +235,8 @@ class PetQuantResult:
     parameters: str  # the effective parameters, recorded in the report
     cytact: CytActSummary | None = None
     cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
-    reader_seeds: int = 0  # semi-automatic mode: how many reader annotation seeds defined the lesions
+    reader_seeds: int = 0  # semi-automatic mode: how many reader annotations (regions and points) defined lesions
+    annotations_left_out: tuple[str, ...] = ()  # "label: why" of annotated regions that are not lesions
     response: ResponsePredictions | None = None  # imported expression / clinical data models, when run
 
 

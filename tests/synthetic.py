@@ -355,15 +355,22 @@ def _save_rtstruct(
 
 
 def write_rtstruct(path: Path, study: SyntheticStudy, lesions: tuple[SyntheticLesion, ...]) -> Path:
-    """A reader's RT Structure Set with one closed planar contour (an octagon at the centre slice) per lesion."""
-    angles = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+    """A reader's RT Structure Set contouring each lesion on every PET slice it crosses (a 16-gon of the
+    sphere's section), as a reader's volume of interest would be drawn."""
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    slice_z = sorted(
+        float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in study.pet_files
+    )
     rois = []
     for number, lesion in enumerate(lesions, start=1):
         cx, cy, cz = lesion.centre_mm
-        r = 0.7 * lesion.radius_mm
-        rois.append(
-            (f"L{number}", [np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(8, cz)])])
-        )
+        polygons = []
+        for z in slice_z:
+            if abs(z - cz) >= lesion.radius_mm:
+                continue
+            r = np.sqrt(lesion.radius_mm**2 - (z - cz) ** 2)
+            polygons.append(np.column_stack([cx + r * np.cos(angles), cy + r * np.sin(angles), np.full(16, z)]))
+        rois.append((f"L{number}", polygons))
     return _save_rtstruct(path, study.pet_files[0], rois)
 
 

@@ -1,4 +1,7 @@
-"""Reader annotations (SEG, RTSTRUCT, TID 1500 SR with 3D or 2D coordinates) become lesion seeds."""
+"""Reader annotations: SEG segments and RTSTRUCT ROIs are regions on the PET grid (the method's volume of
+interest), TID 1500 SR points (3D or on an image) are seeds; organs and planning volumes are not lesions.
+The real expert contours of sts_002 and sts_003 (TCIA Soft-tissue-Sarcoma, IBSI/MIRP; CC BY 3.0) check that
+the method runs inside the reader's region."""
 
 from __future__ import annotations
 
@@ -11,15 +14,36 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from pipelines.annotations import annotation_seeds
-from pipelines.geometry import patient_to_index
+from immunode.config import AnnotationSettings, PetQuantSettings
+from pipelines.annotations import reader_annotations
+from pipelines.geometry import index_to_patient, patient_to_index
+from pipelines.pet_quant import analyse_pet_series
 from pipelines.pet_volume import load_pet_volume
+from tests.conftest import SHARED_DATA
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
+
+SETTINGS = AnnotationSettings()
+
+
+def annotation_seeds(paths, frame: str, images: dict):  # noqa: ANN001, ANN201
+    """The point seeds of annotations, on a PET grid that does not matter for points."""
+    volume = load_pet_volume(list(STUDY_FILES))
+    return list(reader_annotations(paths, volume.geometry, frame, images, SETTINGS).seeds)
+
+
+def annotation_regions(study, paths, frame: str):  # noqa: ANN001, ANN201
+    volume = load_pet_volume(list(study.pet_files))
+    return reader_annotations(paths, volume.geometry, frame, {}, SETTINGS), volume
+
+
+STUDY_FILES: list = []
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    return write_study(tmp_path_factory.mktemp("study"), with_ct=False)
+    written = write_study(tmp_path_factory.mktemp("study"), with_ct=False)
+    STUDY_FILES[:] = written.pet_files
+    return written
 
 
 def _near(seed, centre: tuple[float, float, float], tolerance_mm: float) -> bool:  # noqa: ANN001 - a ReaderSeed
@@ -60,37 +84,83 @@ def reader_seg(study, lesion, path: Path) -> Path:
     return path
 
 
-def test_rtstruct_roi_gives_one_seed_each(tmp_path: Path, study) -> None:
+def _centroid(region, volume) -> np.ndarray:  # noqa: ANN001
+    return index_to_patient(volume.geometry, np.argwhere(region.mask).mean(axis=0))
+
+
+def test_rtstruct_roi_gives_one_region_each(tmp_path: Path, study) -> None:
     path = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[:2])
     frame = pydicom.dcmread(study.pet_files[0]).FrameOfReferenceUID
-    seeds = annotation_seeds([path], frame, {})
-    assert len(seeds) == 2 and all(_near(s, t.centre_mm, 1.0) for s, t in zip(seeds, DEFAULT_LESIONS[:2]))
-    assert annotation_seeds([path], "1.2.3.999", {}) == []  # another frame of reference
-    assert not any(seed.lymph_node for seed in seeds)
+    found, volume = annotation_regions(study, [path], frame)
+    assert len(found.regions) == 2 and found.seeds == ()
+    for region, truth in zip(found.regions, DEFAULT_LESIONS[:2]):
+        assert np.linalg.norm(_centroid(region, volume) - truth.centre_mm) < 3.0
+        expected_ml = 4 / 3 * np.pi * truth.radius_mm**3 / 1000
+        assert region.mask.sum() * volume.geometry.voxel_volume_ml == pytest.approx(expected_ml, rel=0.35)
+    assert annotation_regions(study, [path], "1.2.3.999")[0].regions == ()  # another frame of reference
+    assert not any(region.lymph_node for region in found.regions)
 
 
 def test_rtstruct_roi_named_as_a_node_marks_a_lymph_node(tmp_path: Path, study) -> None:
-    import pydicom as dicom
-
     path = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[1:2])
-    ds = dicom.dcmread(path)
+    ds = pydicom.dcmread(path)
     ds.StructureSetROISequence[0].ROIName = "Mediastinal lymph node 4R"
     ds.save_as(path)
-    (seed,) = annotation_seeds(
-        [path],
-        ds.FrameOfReferenceUID
-        if "FrameOfReferenceUID" in ds
-        else ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID,
-        {},
-    )
-    assert seed.lymph_node
+    (region,) = annotation_regions(study, [path], ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID)[
+        0
+    ].regions
+    assert region.lymph_node
 
 
-def test_seg_segment_gives_its_centroid(tmp_path: Path, study) -> None:
+def test_organ_contours_are_not_lesions(tmp_path: Path, study) -> None:
+    path = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[:2])
+    ds = pydicom.dcmread(path)
+    ds.StructureSetROISequence[0].ROIName = "Liver"  # untyped, an organ's name
+    ds.RTROIObservationsSequence[0].RTROIInterpretedType = ""
+    ds.RTROIObservationsSequence[1].RTROIInterpretedType = "ORGAN"
+    ds.save_as(path)
+    found, _ = annotation_regions(study, [path], ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID)
+    assert found.regions == ()
+    assert any("Liver: its name marks an organ" in item for item in found.left_out)
+    assert any("RT ROI Interpreted Type ORGAN" in item for item in found.left_out)
+
+
+def test_seg_segment_gives_its_region(tmp_path: Path, study) -> None:
     path = reader_seg(study, DEFAULT_LESIONS[1], tmp_path / "seg.dcm")
     frame = pydicom.dcmread(study.pet_files[0]).FrameOfReferenceUID
-    (seed,) = annotation_seeds([path], frame, {})
-    assert _near(seed, DEFAULT_LESIONS[1].centre_mm, 2.0)
+    found, volume = annotation_regions(study, [path], frame)
+    (region,) = found.regions
+    assert np.linalg.norm(_centroid(region, volume) - DEFAULT_LESIONS[1].centre_mm) < 2.0
+
+
+@pytest.mark.parametrize("case", ["sts_002", "sts_003"])
+def test_the_method_runs_inside_the_readers_region_on_real_contours(case: str) -> None:
+    """The expert's RTSTRUCT on the PET is the volume of interest: the lesion is the voxels >= T inside it
+    (widened by the margin), T from that region; not the 2 ml core around the hottest voxel it once was."""
+    folder = SHARED_DATA / case / "PET"
+    paths = sorted(folder.glob("0*.dcm"))
+    params = PetQuantSettings()
+    result = analyse_pet_series(paths, params, [folder / "RTSTRUCT_RS.dcm"])
+    (lesion,) = result.lesions
+    volume = result.volume
+    found = reader_annotations(
+        [folder / "RTSTRUCT_RS.dcm"], volume.geometry, volume.frame_of_reference_uid, {}, SETTINGS
+    )
+    (region,) = found.regions
+    from scipy import ndimage
+
+    spacing = np.asarray(volume.geometry.spacing_mm[::-1])
+    widened = ndimage.distance_transform_edt(~region.mask, sampling=spacing) <= params.reader_margin_mm
+    mask = np.zeros(volume.suv.shape, dtype=bool)
+    mask[lesion.box()] = lesion.mask
+    m = lesion.measurements
+    assert not (mask & ~widened).any()  # inside the reader's region (and margin)
+    assert np.array_equal(mask, widened & (volume.suv >= m.threshold_suv))  # every voxel >= T in it
+    assert m.threshold_suv == pytest.approx(params.beta * m.i70_suv + m.background_suv)
+    region_ml = region.mask.sum() * volume.geometry.voxel_volume_ml
+    dice = 2 * (mask & region.mask).sum() / (mask.sum() + region.mask.sum())
+    assert m.metabolic_volume_ml > 0.4 * region_ml and dice >= {"sts_002": 0.55, "sts_003": 0.85}[case]
+    assert result.reader_seeds == 1
 
 
 def _sr(region, evidence: list[pydicom.Dataset], path: Path) -> Path:
@@ -144,4 +214,6 @@ def test_sr_points_in_3d_and_on_an_image_give_seeds(tmp_path: Path, study) -> No
 def test_malformed_annotation_is_skipped(tmp_path: Path, study) -> None:
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(b"not dicom")
-    assert annotation_seeds([broken], "1.2.3", {}) == []
+    volume = load_pet_volume(list(study.pet_files))
+    found = reader_annotations([broken], volume.geometry, "1.2.3", {}, SETTINGS)
+    assert found.regions == () and found.seeds == () and "broken.dcm: not usable" in found.left_out[0]
