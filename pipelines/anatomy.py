@@ -29,7 +29,8 @@ LUNG_MARGIN_MM = 5.0
 
 
 def load_ct_on_pet_grid(paths: Sequence[Path], pet: VolumeGeometry) -> np.ndarray:
-    """CT in HU resampled (linearly) onto the PET voxel grid."""
+    """CT in HU resampled (linearly) onto the PET voxel grid; NaN where the CT does not reach (a CT that
+    covers less than the PET must not pass for air, or for anything else)."""
     headers = read_headers(paths)
     datasets = [ds for _, ds in headers]
     order, geometry = geometry_order(datasets)
@@ -40,7 +41,7 @@ def load_ct_on_pet_grid(paths: Sequence[Path], pet: VolumeGeometry) -> np.ndarra
             ds.get("RescaleIntercept", 0) or 0
         )
     reference = to_sitk(np.zeros(pet.shape, dtype=np.float32), pet)
-    resampled = sitk.Resample(to_sitk(stack, geometry), reference, sitk.Transform(), sitk.sitkLinear, -1000.0)
+    resampled = sitk.Resample(to_sitk(stack, geometry), reference, sitk.Transform(), sitk.sitkLinear, np.nan)
     return sitk.GetArrayFromImage(resampled)
 
 
@@ -71,10 +72,16 @@ class AnatomyMap:
             self.lung_z = None
 
     def location(self, centroid_mm: Sequence[float]) -> str:
+        """ "" where the CT does not show the lesion's centroid, or shows no lungs to orient by."""
         if self.lung_z is None:
             return ""
         index = np.round(patient_to_index(self.geometry, np.asarray(centroid_mm))).astype(int)
-        index = np.clip(index, 0, np.asarray(self.lungs.shape) - 1)
+        if (
+            np.any(index < 0)
+            or np.any(index >= np.asarray(self.lungs.shape))
+            or not np.isfinite(self.ct_hu[tuple(index)])
+        ):
+            return ""  # outside the CT's coverage: no location is guessed
         if self.near_lungs[tuple(index)]:
             return "lung"
         z = float(centroid_mm[2])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 from pydicom.uid import generate_uid
@@ -25,9 +26,13 @@ from pipelines.geometry import index_to_patient, patient_to_index
 from pipelines.physiological import physiological_regions
 from pipelines.recist import axial_diameters
 from pipelines.types import Lesion, LesionMeasurements, PetVolume, ReaderRegion, ReaderSeed, VolumeGeometry
+from pipelines.uptake import split_uptake
 
 logger = logging.getLogger(__name__)
 CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+# The RECIST size rule is claimed only for a diameter of at least this many voxels: RECIST asks for twice the
+# slice thickness on coarse images, and our diameters run between the end voxels' outer edges (+1 voxel).
+PET_MEASURABLE_VOXELS = 3.0
 
 
 def _array_spacing(geometry: VolumeGeometry) -> np.ndarray:
@@ -127,6 +132,12 @@ def _measured(
     diameters = axial_diameters(
         lesion_box[tight], geometry.spacing_mm[1], geometry.spacing_mm[0], lymph_node=lymph_node
     )
+    # RECIST 1.1 measures on CT with slices of at most 5 mm; on coarser images the minimum measurable size is
+    # twice the slice thickness. A PET voxel is a slice in every direction here: the size rule is claimed only
+    # for a lesion at least `PET_MEASURABLE_VOXELS` of the largest voxel dimension across, and never below
+    # the RECIST minimum.
+    measured = diameters.short_axis_mm if lymph_node else diameters.long_axis_mm
+    target = diameters.target and measured >= PET_MEASURABLE_VOXELS * max(geometry.spacing_mm)
     offset = tuple(b.start + t.start for b, t in zip(box, tight))
     centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
     centroid_mm = index_to_patient(geometry, centroid_index)
@@ -147,7 +158,7 @@ def _measured(
             centroid_mm=tuple(float(v) for v in centroid_mm),  # type: ignore[arg-type]
             long_axis_mm=diameters.long_axis_mm,
             short_axis_mm=diameters.short_axis_mm,
-            recist_target=diameters.target,
+            recist_target=target,
             lymph_node=lymph_node,
         ),
         offset=offset,  # type: ignore[arg-type]
@@ -210,51 +221,145 @@ def segment_reader_regions(
     return tuple(lesions)
 
 
+@dataclass(frozen=True)
+class Detection:
+    """Lesions found automatically, and what the report must say about what was not reported."""
+
+    lesions: tuple[Lesion, ...]
+    excluded: tuple[str, ...] = ()  # physiological uptake left out: "organ: why"
+    candidates: int = 0  # foci that were lesion candidates (not physiological, large enough)
+    capped: int = 0  # lesions beyond `max_lesions`, not reported
+    too_small: int = 0  # lesions below `min_lesion_volume_ml` after the adaptive threshold, not reported
+    low_contrast: int = 0  # candidates whose SUVmax stays below `min_lesion_contrast` times their background
+
+    def notes(self, params: PetQuantSettings) -> tuple[str, ...]:
+        notes = []
+        if self.excluded:
+            notes.append("Left out as physiological uptake: " + "; ".join(self.excluded) + ".")
+        if self.too_small:
+            notes.append(
+                f"{self.too_small} candidate(s) below {params.min_lesion_volume_ml} ml after the adaptive "
+                "threshold, not reported."
+            )
+        if self.low_contrast:
+            notes.append(
+                f"{self.low_contrast} candidate(s) with SUVmax below {params.min_lesion_contrast} times their "
+                "background, not focal uptake, not reported."
+            )
+        if self.capped:
+            notes.append(
+                f"{self.capped + params.max_lesions} lesions found; only the {params.max_lesions} with the highest "
+                f"SUVmax are reported (pipelines.pet_quant.max_lesions), {self.capped} are not."
+            )
+        return tuple(notes)
+
+
+def detect_lesions(volume: PetVolume, params: PetQuantSettings, ct_hu: np.ndarray | None = None) -> Detection:
+    """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.uptake`), physiological
+    uptake left out (`pipelines.physiological`), the adaptive threshold of the method per remaining focus,
+    lesions below `min_lesion_volume_ml` dropped, at most `max_lesions` (highest SUVmax first)."""
+    # Regions under 10 ml are never split: the watershed is there to part organs from lesions touching them.
+    min_split = max(int(10.0 / volume.geometry.voxel_volume_ml), 8)
+    floor = params.plateau_suv_factor * params.detection_suv_threshold
+    foci, count = split_uptake(
+        volume.suv, params.detection_suv_threshold, params.split_saddle_fraction, min_split, floor
+    )
+    if count == 0:
+        return Detection(())
+    index = np.arange(1, count + 1)
+    voxel_ml = volume.geometry.voxel_volume_ml
+    voxel_counts = ndimage.sum_labels(np.ones_like(foci), foci, index)
+    kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0]
+    exclusions = physiological_regions(volume, foci, kept, params.physiological, ct_hu, floor)
+    for label, exclusion in exclusions.items():
+        logger.info(
+            "series %s: focus taken for physiological uptake (%s): %s; not reported",
+            volume.series_instance_uid,
+            exclusion.organ,
+            exclusion.reason,
+        )
+    kept = [label for label in kept if label not in exclusions]
+    # Far too small to reach the minimum volume even before the threshold: not even candidates.
+    kept = [label for label in kept if voxel_counts[label - 1] * voxel_ml >= min(params.min_lesion_volume_ml, 0.1)]
+    lesions, low_contrast = _threshold_candidates(volume, params, foci, count, kept, set(), params.min_lesion_contrast)
+    too_small = [lesion for lesion in lesions if lesion.measurements.metabolic_volume_ml < params.min_lesion_volume_ml]
+    lesions = [lesion for lesion in lesions if lesion.measurements.metabolic_volume_ml >= params.min_lesion_volume_ml]
+    capped = max(len(lesions) - params.max_lesions, 0)
+    if capped:
+        logger.warning(
+            "series %s: %d lesions, the %d with the highest SUVmax reported",
+            volume.series_instance_uid,
+            len(lesions),
+            params.max_lesions,
+        )
+    lesions = _renumbered(lesions[: params.max_lesions])
+    excluded = tuple(f"{e.organ} ({e.reason})" for e in exclusions.values())
+    return Detection(lesions, excluded, len(kept), capped, len(too_small), low_contrast)
+
+
+def _renumbered(lesions: Sequence[Lesion]) -> tuple[Lesion, ...]:
+    return tuple(
+        replace(lesion, number=number, tracking_identifier=f"Lesion {number}")
+        for number, lesion in enumerate(lesions, start=1)
+    )
+
+
 def segment_lesions(
     volume: PetVolume,
     params: PetQuantSettings,
     seeds: Sequence[ReaderSeed] | None = None,
     ct_hu: np.ndarray | None = None,
 ) -> tuple[Lesion, ...]:
-    """Automatic detection, or (with seeds) the semi-automatic mode; then the adaptive threshold per lesion."""
-    suv = volume.suv
-    geometry = volume.geometry
-    spacing = _array_spacing(geometry)
-    voxel_ml = geometry.voxel_volume_ml
-
-    nodes: set[int] = set()
+    """Automatic detection (`detect_lesions`), or (with seeds) the semi-automatic mode around reader points."""
     if seeds is None:
-        labels, count = ndimage.label(suv >= params.detection_suv_threshold, CONNECTIVITY)
-        minimum_ml = params.min_lesion_volume_ml
-    else:
-        labels, count, nodes = seeded_candidates(volume, seeds, params)
-        minimum_ml = 0.0  # a reader said it is a lesion
+        return detect_lesions(volume, params, ct_hu).lesions
+    labels, count, nodes = seeded_candidates(volume, seeds, params)
     if count == 0:
         return ()
-    index = np.arange(1, count + 1)
-    voxel_counts = ndimage.sum_labels(np.ones_like(suv, dtype=np.int32), labels, index)
-    maxima = ndimage.maximum(suv, labels, index)
-    kept = [int(i) for i, n in zip(index, voxel_counts) if n > 0 and n * voxel_ml >= minimum_ml]
-    excluded: dict[int, str] = {}
-    if seeds is None:  # a reader's seed is never overruled
-        excluded = physiological_regions(volume, labels, kept, params.physiological, ct_hu)
-        kept = [label for label in kept if label not in excluded]
-        for label, organ in excluded.items():
-            logger.info(
-                "series %s: region of SUVmax %.1f taken for physiological uptake (%s), not reported",
-                volume.series_instance_uid,
-                maxima[label - 1],
-                organ,
-            )
-    kept.sort(key=lambda i: -maxima[i - 1])
-    kept = kept[: params.max_lesions]
+    kept = list(range(1, count + 1))  # a reader said each is a lesion: no size or organ rule overrules it
+    return _renumbered(_threshold_candidates(volume, params, labels, count, kept, nodes)[0])
+
+
+def _plateau_background(
+    box_suv: np.ndarray, hot: np.ndarray, lesion_box: np.ndarray, spacing: np.ndarray, params: PetQuantSettings
+) -> float | None:
+    """The median SUV of the lesion's own voxels 10-20 mm from its hot (I70) core, when the lesion found with
+    the outer background is mostly such uptake (more than four times the core) and that uptake is low-grade
+    (below `plateau_suv_factor` times the detection threshold: avid muscle, lymphoid tissue). A warmer body
+    around a hot spot is tumour and stays in the lesion (None)."""
+    if int(lesion_box.sum()) <= 4 * int(hot.sum()):
+        return None
+    from_core = ndimage.distance_transform_edt(~hot, sampling=spacing)
+    ring = lesion_box & (from_core > params.background_inner_mm) & (from_core <= params.background_outer_mm)
+    if int(ring.sum()) < 8:
+        return None
+    level = float(np.median(box_suv[ring]))
+    return level if level < params.plateau_suv_factor * params.detection_suv_threshold else None
+
+
+def _threshold_candidates(
+    volume: PetVolume,
+    params: PetQuantSettings,
+    labels: np.ndarray,
+    count: int,
+    kept: list[int],
+    nodes: set[int],
+    min_contrast: float = 0.0,
+) -> tuple[list[Lesion], int]:
+    """The method's adaptive threshold for each kept candidate (highest SUVmax first), never taking voxels of
+    another candidate or focus (physiological ones included); candidates whose SUVmax is below `min_contrast`
+    times their background are not lesions. Returns the lesions and how many candidates that rule rejected."""
+    rejected = 0
+    suv = volume.suv
+    spacing = _array_spacing(volume.geometry)
+    maxima = ndimage.maximum(suv, labels, np.arange(1, count + 1))
+    kept = sorted(kept, key=lambda i: -maxima[i - 1])
     detected = labels > 0
     component_slices = ndimage.find_objects(labels)
     margin = np.ceil(params.background_outer_mm / spacing).astype(int) + 1
     peak_kernel = sphere_kernel(spacing, params.peak_sphere_ml).astype(np.float64)
     peak_kernel /= peak_kernel.sum()
     claimed = np.zeros(suv.shape, dtype=bool)
-
     lesions: list[Lesion] = []
     for label in kept:
         box = _box(component_slices[label - 1], margin, suv.shape)
@@ -264,19 +369,26 @@ def segment_lesions(
         shell = (distance_mm > params.background_inner_mm) & (distance_mm <= params.background_outer_mm)
         shell &= ~detected[box]
         background = float(box_suv[shell].mean()) if shell.any() else 0.0
-
         component_values = np.where(component, box_suv, -np.inf)
         seed = np.unravel_index(int(np.argmax(component_values)), box_suv.shape)
-        suv_max_detected = float(box_suv[seed])
-        hot = _component_containing(box_suv >= params.i70_fraction * suv_max_detected, seed)
+        hot = _component_containing((box_suv >= params.i70_fraction * box_suv[seed]) & component, seed)
         i70 = float(box_suv[hot].mean())
         threshold = params.beta * i70 + background
-
         allowed = (distance_mm <= params.background_inner_mm) & ~claimed[box]
-        allowed &= ~(detected[box] & ~component)  # never take voxels of another detected region
+        allowed &= ~(detected[box] & ~component)  # never take voxels of another focus
         lesion_box = _component_containing((box_suv >= threshold) & allowed, seed)
         if not lesion_box.any():
             continue
+        # A focus that is mostly low-grade uptake around a small hot core (a node on avid muscle): the uptake
+        # around the core, not the tissue outside the whole focus, is this lesion's background.
+        plateau = _plateau_background(box_suv, hot, lesion_box, spacing, params)
+        if plateau is not None and plateau > background:
+            background = plateau
+            threshold = params.beta * i70 + background
+            lesion_box = _component_containing((box_suv >= threshold) & allowed, seed)
+        if box_suv[seed] < min_contrast * background:
+            rejected += 1
+            continue  # not focal: uptake hardly above its surroundings (muscle, inflammation, noise)
         claimed[box] |= lesion_box
         lesions.append(
             _measured(
@@ -292,4 +404,4 @@ def segment_lesions(
                 peak_kernel,
             )  # fmt: skip
         )
-    return tuple(lesions)
+    return lesions, rejected

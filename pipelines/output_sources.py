@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
 MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "LT": 10240, "PN": 64, "UC": 2**32 - 2}
-DEIDENTIFICATION_NOT_STATED = "Not stated by the source: de-identified before receipt by immunode"
+DEIDENTIFICATION_NOT_STATED = "Not stated by the source; de-identified before receipt"
 
 
 def _copied_attributes(sop_class_uid: str) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from pipelines.anatomy import anatomy_for
 from pipelines.annotations import ReaderAnnotations, reader_annotations
 from pipelines.cytact import lesion_cytact
 from pipelines.geometry import patient_to_index
-from pipelines.lesions import segment_lesions, segment_reader_regions
+from pipelines.lesions import detect_lesions, segment_lesions, segment_reader_regions
 from pipelines.pet_volume import load_pet_volume
 from pipelines.types import AlgorithmIdentity, Lesion, PetQuantResult
 
@@ -84,10 +84,12 @@ def analyse_pet_series(
         )
     anatomy = anatomy_for(volume, ct_paths)
     ct_hu = anatomy.ct_hu if anatomy else None
+    notes: tuple[str, ...] = ()
     if reader.count:
         lesions = _reader_lesions(volume, reader, params, ct_hu)
     else:
-        lesions = segment_lesions(volume, params, None, ct_hu)
+        detection = detect_lesions(volume, params, ct_hu)
+        lesions, notes = detection.lesions, detection.notes(params)
     if anatomy is not None:
         lesions = tuple(
             dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))
@@ -120,6 +122,7 @@ def analyse_pet_series(
         cytact_not_computed=not_computed,
         reader_seeds=reader.count,
         annotations_left_out=reader.left_out,
+        detection_notes=notes,
     )
 
 
@@ -131,6 +134,7 @@ def summarise(result: PetQuantResult) -> str:
         if result.reader_seeds
         else ", detected automatically."
     )
+    parts += list(result.detection_notes)
     if result.annotations_left_out:
         parts.append(f"Reader annotations not used as lesions: {'; '.join(result.annotations_left_out)}.")
     parts.append(f"SUV conversion: {conversion.method}.")

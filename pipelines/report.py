@@ -79,6 +79,11 @@ LIPI_VALUES = {
 }
 NOT_A_PREDICTION = "Research reference, not a prediction of treatment response for this patient."
 SYNTHETIC_WEIGHTS = "SYNTHETIC DEMONSTRATION WEIGHTS - trained on simulated lesions, no biological meaning"
+RECIST_ON_PET = (
+    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node named "
+    "as such by a reader) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
+    "(three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
+)
 
 
 # Maximum value lengths of the string VRs that patient/study attributes copied from the source use.
@@ -460,7 +465,19 @@ def build_measurement_report(
     )
     report[0].ContentSequence.append(
         research_use_container(
-            summary, [cytact_statement(result), *response_statements(result.response), *source_statements(notes)]
+            summary,
+            [
+                *result.detection_notes,
+                *(
+                    [f"Reader annotations not used as lesions: {'; '.join(result.annotations_left_out)}."]
+                    if result.annotations_left_out
+                    else []
+                ),
+                RECIST_ON_PET,
+                cytact_statement(result),
+                *response_statements(result.response),
+                *source_statements(notes),
+            ],
         )
     )
     evidence = list(source_images) + ([segmentation] if segmentation is not None else [])

@@ -237,6 +237,8 @@ class PetQuantResult:
     cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
     reader_seeds: int = 0  # semi-automatic mode: how many reader annotations (regions and points) defined lesions
     annotations_left_out: tuple[str, ...] = ()  # "label: why" of annotated regions that are not lesions
+    # Automatic detection: physiological uptake left out, lesions too small or beyond the cap (for the SR).
+    detection_notes: tuple[str, ...] = ()
     response: ResponsePredictions | None = None  # imported expression / clinical data models, when run
 
 

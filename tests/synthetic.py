@@ -64,6 +64,76 @@ PHYSIOLOGICAL_LESIONS = (
 )
 
 
+# A head-and-neck FDG-PET/CT (3 mm voxels, the brain cut by the top of the field of view) with the normal
+# uptake that real studies show around head-and-neck cancer, and lesions touching it, shaped after the Siemens
+# study in which all eleven expert lesions lay in one connected region with physiological uptake.
+HEAD_NECK_SHAPE = (90, 96, 96)
+HEAD_NECK_SPACING = (3.0, 3.0, 3.0)
+HEAD_NECK_LESIONS = (
+    SyntheticLesion((-22.0, 5.0, 8.0), 11.0, 11.0),  # primary, right tonsil (engulfing it)
+    SyntheticLesion((-40.0, -18.0, -4.0), 8.0, 8.0),  # right level II node, touching the submandibular gland
+    SyntheticLesion((-34.0, -2.0, -38.0), 8.0, 8.0),  # right level III node
+    SyntheticLesion((38.0, -14.0, -20.0), 6.0, 6.5),  # left level II node, touching the submandibular gland
+    SyntheticLesion((-10.0, 28.0, 22.0), 6.0, 7.0),  # retropharyngeal node below the skull base
+    SyntheticLesion((30.0, 40.0, 45.0), 7.0, 9.0),  # skull-base lesion next to the brain
+    SyntheticLesion((14.0, -22.0, -58.0), 7.0, 7.0),  # left level IV node next to the vocal cords
+)
+
+
+def _head_neck_phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):  # noqa: ANN001, ANN202
+    z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
+    px = origin_xyz[0] + x * spacing_xyz[0]
+    py = origin_xyz[1] + y * spacing_xyz[1]
+    pz = origin_xyz[2] + z * spacing_xyz[2]
+    head = _ellipsoid(px, py, pz, (0, 5, 95), (78, 92, 80))
+    neck = ((px / 58.0) ** 2 + ((py - 8) / 62.0) ** 2 <= 1) & (pz > -90) & (pz <= 60)
+    shoulders = ((px / 175.0) ** 2 + ((py - 10) / 110.0) ** 2 <= 1) & (pz <= -70)
+    body = head | neck | shoulders
+    suv = np.where(body, 1.0, 0.02)
+    hu = np.where(body, 40.0, -1000.0)
+    for side in (-1, 1):
+        lung = _ellipsoid(px, py, pz, (70 * side, 15, -170), (50, 60, 75))
+        suv[lung], hu[lung] = 0.4, -850.0
+    skull = _ellipsoid(px, py, pz, (0, 15, 100), (70, 83, 59)) & ~_ellipsoid(px, py, pz, (0, 15, 100), (62, 75, 51))
+    suv[skull], hu[skull] = 1.0, 1200.0
+    brain = _ellipsoid(px, py, pz, (0, 15, 100), (62, 75, 51))
+    suv[brain], hu[brain] = 9.0, 35.0
+    tongue = _ellipsoid(px, py, pz, (0, -8, 12), (26, 24, 14))
+    suv[tongue] = 2.6  # tongue base and pharyngeal muscle: moderately avid, bridging the tonsils
+    # Pharyngeal constrictors, pterygoids and prevertebral muscle, up through the skull base: mildly avid, they
+    # join everything above SUV 2.5 from the neck to the brain into one connected region, as in the real study.
+    muscles = ((px / 34.0) ** 2 + ((py - 8) / 30.0) ** 2 <= 1) & (pz > -75) & (pz < 52)
+    suv[muscles & (suv < 2.7)] = 2.7
+    for side in (-1, 1):
+        for organ, (centre, radii, value) in {
+            "tonsil": ((20 * side, 5, 10), (6, 8, 10), 4.5),
+            "parotid": ((52 * side, 20, 28), (12, 16, 20), 3.0),
+            "submandibular": ((32 * side, -22, -6), (10, 10, 9), 3.0),
+            "vocal cord": ((6 * side, -14, -48), (3, 7, 5), 3.5),
+        }.items():
+            if organ == "tonsil" and side == -1:
+                continue  # the right tonsil is the primary tumour
+            suv[_ellipsoid(px, py, pz, centre, radii)] = value
+        fat = _ellipsoid(px, py, pz, (62 * side, 12, -66), (12, 12, 10))
+        suv[fat], hu[fat] = 4.0, -100.0  # supraclavicular brown fat
+    airway = ((px / 8.0) ** 2 + ((py + 5) / 9.0) ** 2 <= 1) & (pz > -130) & (pz < 30)
+    suv[airway], hu[airway] = 0.05, -1000.0
+    for lesion in lesions:
+        cx, cy, cz = lesion.centre_mm
+        inside = (px - cx) ** 2 + (py - cy) ** 2 + (pz - cz) ** 2 <= lesion.radius_mm**2
+        suv[inside], hu[inside] = lesion.suv, 45.0
+    sigma_vox = [blur_fwhm_mm / 2.3548 / s for s in (spacing_xyz[2], spacing_xyz[1], spacing_xyz[0])]
+    return ndimage.gaussian_filter(suv, sigma_vox), hu
+
+
+# A whole-body phantom with physiological uptake and lesions next to the brain, the bladder and the heart.
+WHOLE_BODY_NEIGHBOUR_LESIONS = PHYSIOLOGICAL_LESIONS + (
+    SyntheticLesion((82.0, 0.0, 192.0), 7.0, 8.0),  # beside the brain, outside the skull
+    SyntheticLesion((56.0, -12.0, -200.0), 8.0, 7.0),  # pelvic node beside the bladder
+    SyntheticLesion((-30.0, -30.0, 75.0), 8.0, 8.0),  # mediastinal node beside the heart
+)
+
+
 def _ellipsoid(px, py, pz, centre, radii):
     return sum(((p - c) / r) ** 2 for p, c, r in zip((px, py, pz), centre, radii)) <= 1.0
 
@@ -165,6 +235,7 @@ def write_study(
     with_ct: bool = True,
     dose_bq: float | None = 3.7e8,
     physiological: bool = False,
+    head_and_neck: bool = False,
 ) -> SyntheticStudy:
     """Write a PET (and CT) series into folder/PT and folder/CT; returns what was written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,7 +246,10 @@ def write_study(
         -(shape_zyx[1] - 1) * spacing_xyz[1] / 2,
         -(shape_zyx[0] - 1) * spacing_xyz[2] / 2,
     )
-    suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions, physiological=physiological)
+    if head_and_neck:
+        suv, hu = _head_neck_phantom(shape_zyx, spacing_xyz, origin, lesions)
+    else:
+        suv, hu = _phantom(shape_zyx, spacing_xyz, origin, lesions, physiological=physiological)
     injection = datetime(2026, 3, 2, 9, 5, 0)
     scan_start = injection + timedelta(minutes=62)
     decay_s = (scan_start - injection).total_seconds()
