@@ -12,6 +12,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -101,8 +102,10 @@ class StorageSCP:
         store: InstanceStore,
         trail: AuditTrail,
         tls_context: ssl.SSLContext | None = None,
+        on_stored: Callable[[str], None] | None = None,
     ) -> None:
         self.node = node
+        self.on_stored = on_stored  # called with the Study Instance UID after each instance stored
         self.peers = peers
         self.store = store
         self.trail = trail
@@ -291,6 +294,8 @@ class StorageSCP:
         study = stored.header.study_instance_uid
         if study not in state.studies:
             state.studies.append(study)
+        if self.on_stored is not None:
+            self.on_stored(study)
         logger.debug(
             "stored %s (%s) in %.1f ms",
             stored.header.sop_instance_uid,

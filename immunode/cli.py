@@ -89,7 +89,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         node.stop()
-    return 0
+    # Everything is recorded (jobs queued to resume, the clean stop): leave now rather than wait for a send to
+    # a slow destination or a timer thread to notice.
+    logging.shutdown()
+    os._exit(0)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -210,11 +213,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from pipelines import flow
+    from pipelines import jobs
 
     settings = _settings(args)
     configure_logging(settings.logging)
-    reports, problems = flow.process_folder(settings, Path(args.path), Path(args.out))
+    reports, problems = jobs.process_folder(settings, Path(args.path), Path(args.out))
     for report in reports:
         for file in report.files:
             print(f"{file.kind}: {file.path}")
@@ -617,7 +620,7 @@ def build_parser() -> argparse.ArgumentParser:
     cytact.add_argument("--training-data", default="", help="description of the cohort for the model card")
     cytact.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
     cytact.set_defaults(handler=cmd_train_cytact)
-    from models.expression_baselines import BASELINES
+    from models import EXPRESSION_BASELINES as BASELINES
 
     expression = models.add_parser("expression", help="the expression transformer and its baselines on a cohort")
     expression.add_argument("--cohort", required=True, help="CSV/TSV: sample_id, response, then one column per gene")

@@ -16,5 +16,8 @@ def configure_logging(settings: LoggingSettings) -> None:
         handlers.append(logging.FileHandler(settings.file, encoding="utf-8"))
     logging.basicConfig(level=settings.level, format=FORMAT, handlers=handlers, force=True)
     # pynetdicom logs every PDU, highdicom every copied module, apscheduler every poll at INFO: warnings only.
-    for chatty in ("pynetdicom", "highdicom", "apscheduler"):
+    for chatty in ("pynetdicom", "highdicom"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # The stages are started as events as well as on the poll: APScheduler's "skipped: already running"
+    # warnings are expected, its errors are not.
+    logging.getLogger("apscheduler").setLevel(max(logging.ERROR, logging.getLogger().level))

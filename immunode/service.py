@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -14,14 +15,13 @@ from dicom_node.scp import StorageSCP
 from dicom_node.tls import client_context, server_context
 from immunode.config import ConfigError, Settings
 from immunode.reconcile import reconcile
-from models.ar_signature import load as load_ar_signature
+from models.cards import SHIPPED_CYTACT_WEIGHTS, verify_card
 from models.errors import ModelError
-from models.serving import load_cytact, load_expression, load_fusion
 from pipelines import flow
 from pipelines.delta_radiomics import read_published_signature
 from pipelines.errors import PipelineError
 from pipelines.worker import JobRunner
-from storage import runs
+from storage import index, runs
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.files import FileLayout
@@ -31,54 +31,42 @@ logger = logging.getLogger(__name__)
 
 
 def verify_model_weights(settings: Settings) -> None:
-    """Refuse to start with configured weights that are missing or do not match their model card."""
+    """Refuse to start with configured weights that are missing or do not match their model card. Only the
+    sha256 against the card is checked here (no PyTorch in the node's own process); the workers load them."""
     response = settings.pipelines.response
-    for key, path, loader in (
-        ("expression_weights", response.expression_weights, load_expression),
-        ("fusion_weights", response.fusion_weights, load_fusion),
-    ):
-        if path is not None:
-            try:
-                card = loader(path)[-1]
-            except ModelError as error:
-                raise ConfigError(f"pipelines.response.{key}: {error}") from None
-            logger.info("%s %s %s sha256 %s", key, card.name, card.version, card.sha256[:16])
-    ct = settings.pipelines.ct_radiomics
-    if ct.ar_signature is not None:
+    checks = [
+        ("pipelines.response.expression_weights", response.expression_weights),
+        ("pipelines.response.fusion_weights", response.fusion_weights),
+        ("pipelines.ct_radiomics.ar_signature", settings.pipelines.ct_radiomics.ar_signature),
+    ]
+    cytact = settings.pipelines.pet_quant.cytact
+    if cytact.enabled:
+        checks.append(("pipelines.pet_quant.cytact.weights", cytact.weights or SHIPPED_CYTACT_WEIGHTS))
+    for key, path in checks:
+        if path is None:
+            continue
         try:
-            card = load_ar_signature(ct.ar_signature)[1]
+            card = verify_card(path)
         except ModelError as error:
-            raise ConfigError(f"pipelines.ct_radiomics.ar_signature: {error}") from None
-        logger.info("ar_signature %s %s sha256 %s", card.name, card.version, card.sha256[:16])
-    if ct.published_signature is not None:
+            raise ConfigError(f"{key}: {error}") from None
+        synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
+        logger.info("%s: %s %s sha256 %s%s", key, card.name, card.version, card.sha256[:16], synthetic)
+    published = settings.pipelines.ct_radiomics.published_signature
+    if published is not None:
         try:
-            read_published_signature(ct.published_signature)
+            read_published_signature(published)
         except PipelineError as error:
             raise ConfigError(f"pipelines.ct_radiomics.published_signature: {error}") from None
-    cytact = settings.pipelines.pet_quant.cytact
-    if not cytact.enabled:
-        return
-    try:
-        _, card = load_cytact(cytact.weights)
-    except ModelError as error:
-        raise ConfigError(f"pipelines.pet_quant.cytact.weights: {error}") from None
-    logger.info(
-        "CytAct weights %s %s sha256 %s%s",
-        card.name,
-        card.version,
-        card.sha256[:16],
-        " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else "",
-    )
 
 
 def tls_server_context(settings: Settings):  # noqa: ANN201 - ssl.SSLContext | None
     """The SCP's TLS context, and every configured client TLS context checked, before anything listens."""
-    for index, destination in enumerate(settings.destinations):
+    for number, destination in enumerate(settings.destinations):
         if destination.tls is not None:
             try:
                 client_context(destination.tls)
             except TlsSetupError as error:
-                raise ConfigError(f"destinations.{index}.tls: {error}") from None
+                raise ConfigError(f"destinations.{number}.tls: {error}") from None
     if settings.query_retrieve is not None and settings.query_retrieve.tls is not None:
         try:
             client_context(settings.query_retrieve.tls)
@@ -93,6 +81,11 @@ def tls_server_context(settings: Settings):  # noqa: ANN201 - ssl.SSLContext | N
 
 
 class Node:
+    """The running node. Stages hand work on as events, not only on the poll: an instance stored schedules the
+    study's completion check for when it can be quiet; a study routed or a job paired starts the job at
+    once; a finished job starts its dispatch (and the next job, and the pairing of any follow-up that waited
+    for it). The poll (`routing.poll_interval_s`) remains as the safety net and for back-off retries."""
+
     def __init__(self, settings: Settings) -> None:
         verify_model_weights(settings)
         tls_context = tls_server_context(settings)
@@ -102,22 +95,47 @@ class Node:
         self.database = Database(settings.database_url)
         self.trail = AuditTrail(self.database, self.layout.spool)
         self.store = InstanceStore(self.database, self.layout)
-        self.scp = StorageSCP(settings.node, settings.peers, self.store, self.trail, tls_context)
-        self.runner = JobRunner(settings, self.database)
+        self.scp = StorageSCP(settings.node, settings.peers, self.store, self.trail, tls_context, self._stored)
+        self.runner = JobRunner(settings, self.database, on_finished=self._job_finished)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.port: int | None = None
         self.tls_port: int | None = None
         self._run_id: int | None = None
         self._stopped = threading.Event()
+        self._route_due: datetime | None = None
+        self._route_lock = threading.Lock()
 
     def _every(self, function, name: str) -> None:  # noqa: ANN001 - a zero-argument callable
         self.scheduler.add_job(
             function, "interval", seconds=self.settings.routing.poll_interval_s, id=name, max_instances=1, coalesce=True
         )
 
+    def _kick(self, name: str, at: datetime | None = None) -> None:
+        """Run stage `name` now (or at `at`), unless it is due earlier anyway."""
+        if self._stopped.is_set() or not self.scheduler.running:
+            return
+        job = self.scheduler.get_job(name)
+        when = at or datetime.now(timezone.utc)
+        if job is not None and (job.next_run_time is None or when < job.next_run_time):
+            job.modify(next_run_time=when)
+
+    def _stored(self, study_instance_uid: str) -> None:
+        """An instance was stored: its study can be quiet `study_stable_s` from now."""
+        due = datetime.now(timezone.utc) + timedelta(seconds=self.settings.routing.study_stable_s + 0.05)
+        with self._route_lock:
+            if self._route_due is not None and self._route_due <= due:
+                return
+            self._route_due = due
+        self._kick("route", due)
+
+    def _job_finished(self, job_id: int) -> None:
+        self._kick("dispatch")
+        self._kick("run")
+        self._kick("pair")
+
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
-        """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed; then the
-        scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
+        """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
+        warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
         removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
         self._run_id = reconcile(
@@ -126,6 +144,7 @@ class Node:
         resumed = self.runner.resume_interrupted()
         if removed or resumed:
             logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
+        self.runner.warm_up()
         self._every(self.route_once, "route")
         self._every(self.pair_once, "pair")
         self._every(self.run_once, "run")
@@ -136,10 +155,23 @@ class Node:
         return self.port
 
     def route_once(self) -> None:
-        flow.route_quiet_studies(self.settings, self.database)
+        with self._route_lock:
+            self._route_due = None
+        if flow.route_quiet_studies(self.settings, self.database):
+            self._kick("pair")
+            self._kick("run")
+        stable = timedelta(seconds=self.settings.routing.study_stable_s)
+        with self.database.session() as session:
+            due = index.next_quiet_due(session, stable)
+        if due is not None:
+            at = due.replace(tzinfo=timezone.utc) + timedelta(seconds=0.05)
+            with self._route_lock:
+                self._route_due = at
+            self._kick("route", at)
 
     def pair_once(self) -> None:
         flow.pair_jobs(self.settings, self.database, self.trail.audit)
+        self._kick("run")
 
     def run_once(self) -> None:
         self.runner.submit_pending()
@@ -148,12 +180,15 @@ class Node:
         dispatch_due(self.settings, self.database, self.layout, trail=self.trail)
 
     def stop(self) -> None:
+        """Stop listening (open associations aborted), stop the stages, end the workers (their jobs queued to
+        resume), record the clean stop."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.scp.stop()
-        self.scheduler.shutdown(wait=True)
-        self.runner.shutdown()
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        self.runner.stop()
         if self._run_id is not None:
             with self.database.session() as session:
                 runs.end_run(session, self._run_id)

@@ -9,8 +9,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from models.errors import ModelError, WeightsMismatch
 
 
@@ -30,12 +28,17 @@ class ModelCard:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
 
+SHIPPED_CYTACT_WEIGHTS = Path(__file__).parent / "weights" / "cytact-synthetic-v1.pt"
+
+
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def save_weights(state_dict: dict, weights_path: Path, card: ModelCard) -> ModelCard:
     """Write the weights and their card (`<weights>.card.json`) with the weights' sha256 filled in."""
+    import torch  # only where weights are written or loaded: the node's own process never needs it
+
     buffer = io.BytesIO()
     torch.save(state_dict, buffer)
     weights_path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,8 +59,8 @@ def load_card(path: Path) -> ModelCard:
         raise ModelError(f"model card {path} cannot be read: {error}") from None
 
 
-def load_verified(weights_path: Path) -> tuple[dict, ModelCard]:
-    """The state dict and card of verified weights; raises WeightsMismatch or ModelError."""
+def verify_card(weights_path: Path) -> ModelCard:
+    """The card of weights whose sha256 matches it; raises WeightsMismatch or ModelError (no PyTorch needed)."""
     weights_path = Path(weights_path)
     card = load_card(card_path(weights_path))
     if not weights_path.exists():
@@ -67,5 +70,13 @@ def load_verified(weights_path: Path) -> tuple[dict, ModelCard]:
         raise WeightsMismatch(
             f"weights {weights_path.name} have sha256 {actual[:16]}…, their card says {card.sha256[:16]}…: refused"
         )
-    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    return card
+
+
+def load_verified(weights_path: Path) -> tuple[dict, ModelCard]:
+    """The state dict and card of verified weights; raises WeightsMismatch or ModelError."""
+    import torch
+
+    card = verify_card(weights_path)
+    state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
     return state, card

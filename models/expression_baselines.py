@@ -18,7 +18,9 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from torch import nn
 
-BASELINES = ("svm", "random_forest", "adaboost", "xgboost", "cnn1d")
+from models import EXPRESSION_BASELINES
+
+BASELINES = EXPRESSION_BASELINES
 SVM_GRID = {"svc__kernel": ["linear", "poly", "rbf"], "svc__C": [1, 10, 100], "svc__gamma": [1, 0.1, 0.001]}
 
 

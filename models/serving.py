@@ -6,13 +6,11 @@ from pathlib import Path
 
 from torch import nn
 
-from models.cards import ModelCard, load_verified
+from models.cards import SHIPPED_CYTACT_WEIGHTS, ModelCard, load_verified
 from models.cytact import CytActNet
 from models.errors import ModelError
 from models.expression_transformer import ExpressionTransformer, TransformerSettings
 from models.fusion import FusionSettings, new_model
-
-SHIPPED_CYTACT_WEIGHTS = Path(__file__).parent / "weights" / "cytact-synthetic-v1.pt"
 
 
 def load_cytact(weights: Path | None) -> tuple[CytActNet, ModelCard]:

@@ -41,6 +41,8 @@ def _copied_attributes(sop_class_uid: str) -> list[tuple[str, str]]:
 
 
 def _valid(vr: str, value: object) -> bool:
+    if vr in ("DS", "IS"):  # pydicom's number types: validate the text they are written as
+        value = str(value.original_string if getattr(value, "original_string", None) else value)
     try:
         validate_value(vr, value, pydicom_config.RAISE)
     except (ValueError, TypeError):

@@ -22,6 +22,7 @@ import yaml
 
 from pipelines.errors import PipelineError
 from pipelines.geometry import to_sitk
+from pipelines.processes import die_with_parent
 from pipelines.types import FeatureSet, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ def extract_volumes(
             results = [_extract_one(*task) for task in tasks]
         else:
             context = get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(processes, len(tasks)), mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(processes, len(tasks)), mp_context=context, initializer=die_with_parent
+            ) as pool:
                 results = [future.result() for future in [pool.submit(_extract_one, *task) for task in tasks]]
     finally:
         ct_file.unlink(missing_ok=True)

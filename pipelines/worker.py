@@ -1,8 +1,14 @@
 """Job execution in worker processes, so that a crash or runaway analysis never takes the SCP down.
 
-Each job runs in a fresh spawned process (max_tasks_per_child=1) under CPU-time and address-space
-limits; a killed or crashed worker breaks only its pool, which is rebuilt, and the job is retried or
-failed with the reason in the index.
+The workers are warm: spawned when the node starts, they import the analysis code (PyTorch, SimpleITK,
+pyradiomics, highdicom) before the first job, and each runs up to `JOBS_PER_WORKER` jobs before a fresh one
+replaces it (warming as it starts). Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured
+from the job's start) and the worker under the address-space limit (`job_memory_limit_mb`); a worker killed
+by a limit or a crash breaks only its pool, which is rebuilt, and the job is retried or failed with the
+reason in the index. A worker exits when the node is gone (`pipelines.processes.exit_with_parent`).
+
+Stopping (`stop`): the workers are ended at once and the jobs they were running go back to the queue with
+their attempt returned, to resume at the next start.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import logging
 import resource
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from functools import partial
@@ -17,7 +24,7 @@ from multiprocessing import get_context
 
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
-from pipelines import flow
+from pipelines.processes import exit_with_parent
 from storage import index
 from storage.database import Database
 from storage.files import FileLayout
@@ -25,20 +32,37 @@ from storage.schema import JobState
 
 logger = logging.getLogger(__name__)
 
+JOBS_PER_WORKER = 25  # then a fresh worker: memory a long-lived analysis process accumulates is returned
+
+
+def _warm(settings: Settings) -> None:
+    """Initializer of each worker process: limits, logging, and the analysis code imported before any job."""
+    exit_with_parent()
+    configure_logging(settings.logging)
+    if settings.workers.job_memory_limit_mb:
+        size = settings.workers.job_memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    from pipelines import jobs  # noqa: F401 - the import is the warming
+
+
+def _ready() -> bool:
+    return True
+
 
 def _worker_entry(settings: Settings, job_id: int) -> str:
-    """Entry point of a worker process."""
-    configure_logging(settings.logging)
-    limits = settings.workers
-    resource.setrlimit(resource.RLIMIT_CPU, (limits.job_cpu_limit_s, limits.job_cpu_limit_s + 5))
-    if limits.job_memory_limit_mb:
-        size = limits.job_memory_limit_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    """One job in a warm worker process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = used + settings.workers.job_cpu_limit_s
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    from pipelines import jobs
+
     database = Database(settings.database_url, migrate=False)
     try:
         layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
         try:
-            return flow.run_job(settings, database, layout, job_id).value
+            return jobs.run_job(settings, database, layout, job_id).value
         except Exception as error:
             # A deterministic failure of the analysis (a bug, data it cannot handle): the job fails with the
             # reason, the traceback goes to the log; retrying would fail the same way. Only a worker that
@@ -53,17 +77,30 @@ def _worker_entry(settings: Settings, job_id: int) -> str:
 
 
 class JobRunner:
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(
+        self, settings: Settings, database: Database, on_finished: Callable[[int], None] | None = None
+    ) -> None:
         self.settings = settings
         self.database = database
+        self.on_finished = on_finished
         self._lock = threading.Lock()
         self._running: dict[int, Future] = {}
+        self._stopping = False
         self._executor = self._new_executor()
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
-            max_workers=self.settings.workers.processes, mp_context=get_context("spawn"), max_tasks_per_child=1
+            max_workers=self.settings.workers.processes,
+            mp_context=get_context("spawn"),
+            initializer=_warm,
+            initargs=(self.settings,),
+            max_tasks_per_child=JOBS_PER_WORKER,
         )
+
+    def warm_up(self) -> None:
+        """Start the workers now, so that they have imported the analysis code before the first job."""
+        for _ in range(self.settings.workers.processes):
+            self._executor.submit(_ready)
 
     def resume_interrupted(self) -> int:
         with self.database.session() as session:
@@ -71,6 +108,8 @@ class JobRunner:
 
     def submit_pending(self) -> list[int]:
         with self._lock:
+            if self._stopping:
+                return []
             free = self.settings.workers.processes - len(self._running)
             if free <= 0:
                 return []
@@ -80,7 +119,7 @@ class JobRunner:
                 logger.info("job %d (%s) for study %s started", spec.job_id, spec.pipeline, spec.study_instance_uid)
                 try:
                     future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
-                except BrokenProcessPool:
+                except (BrokenProcessPool, RuntimeError):
                     self._executor = self._new_executor()
                     future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
                 self._running[spec.job_id] = future
@@ -90,27 +129,53 @@ class JobRunner:
     def _finished(self, job_id: int, future: Future) -> None:
         with self._lock:
             self._running.pop(job_id, None)
-        error = future.exception()
+            stopping = self._stopping
+        if stopping:
+            return  # stop() puts the job back in the queue
+        error = future.exception() if not future.cancelled() else None
+        if future.cancelled():
+            return
         if error is None:
             logger.info("job %d finished: %s", job_id, future.result())
-            return
-        if isinstance(error, BrokenProcessPool):
-            reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
-            with self._lock:
-                self._executor.shutdown(wait=False, cancel_futures=False)
-                self._executor = self._new_executor()
         else:
-            reason = f"{error.__class__.__name__}: {error}"
-        logger.error("job %d: %s", job_id, reason)
-        with self.database.session() as session:
-            state = index.requeue_job_or_fail(session, job_id, reason, self.settings.workers.max_attempts)
-        if state is JobState.FAILED:
-            logger.error("job %d failed for good", job_id)
+            if isinstance(error, BrokenProcessPool):
+                reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
+                with self._lock:
+                    self._executor.shutdown(wait=False, cancel_futures=False)
+                    self._executor = self._new_executor()
+            else:
+                reason = f"{error.__class__.__name__}: {error}"
+            logger.error("job %d: %s", job_id, reason)
+            with self.database.session() as session:
+                state = index.requeue_job_or_fail(session, job_id, reason, self.settings.workers.max_attempts)
+            if state is JobState.FAILED:
+                logger.error("job %d failed for good", job_id)
+        if self.on_finished is not None:
+            self.on_finished(job_id)
 
     @property
     def busy(self) -> int:
         with self._lock:
             return len(self._running)
 
-    def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def stop(self, grace_s: float = 2.0) -> int:
+        """End the workers now; the jobs they were running go back to the queue (attempt returned). Returns
+        how many jobs were interrupted."""
+        with self._lock:
+            self._stopping = True
+            interrupted = list(self._running)
+            processes = list(getattr(self._executor, "_processes", {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(grace_s)
+            if process.is_alive():
+                process.kill()
+                process.join(grace_s)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if interrupted:
+            with self.database.session() as session:
+                index.return_interrupted_jobs(session, interrupted)
+            logger.info("stop: job(s) %s interrupted, queued to resume at the next start", interrupted)
+        return len(interrupted)

@@ -44,6 +44,12 @@ from storage.store import record_event
 # --- route -------------------------------------------------------------------------------------------------
 
 
+def next_quiet_due(session: Session, stable_for: timedelta) -> datetime | None:
+    """When the next study still receiving becomes quiet (its last instance + the stability time), if any."""
+    last = session.scalar(select(func.min(Study.last_received_at)).where(Study.state == StudyState.RECEIVING))
+    return None if last is None else last + stable_for
+
+
 def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStudy]:
     """Studies still receiving whose last instance arrived at least `stable_for` ago."""
     cutoff = utcnow() - stable_for
@@ -130,6 +136,20 @@ def reset_interrupted_jobs(session: Session, max_attempts: int) -> int:
         else:
             job.state = JobState.PENDING
     return len(jobs)
+
+
+def return_interrupted_jobs(session: Session, job_ids: list[int]) -> None:
+    """A clean stop interrupted these running jobs: back to the queue, the attempt not counted."""
+    for job in session.scalars(select(Job).where(Job.id.in_(job_ids), Job.state == JobState.RUNNING)).all():
+        job.state = JobState.PENDING
+        job.attempts = max(job.attempts - 1, 0)
+        job.started_at = None
+        record_event(
+            session,
+            "INFO",
+            f"job {job.id} interrupted by a stop of the node; resumes at the next start",
+            job.study.study_instance_uid,
+        )
 
 
 def claim_pending_jobs(session: Session, limit: int) -> list[JobSpec]:

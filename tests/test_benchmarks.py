@@ -22,3 +22,5 @@ def test_benchmark_script_runs_small() -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "| immunode (fsync + index) |" in completed.stdout
     assert "| study complete -> SR accepted |" in completed.stdout
+    assert "| last instance -> SR accepted by the PACS, quiet time excluded |" in completed.stdout
+    assert "| idle `immunode serve` process, resident |" in completed.stdout
