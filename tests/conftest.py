@@ -217,3 +217,84 @@ def start_node():
     yield starter
     for node in nodes:
         node.stop()
+
+
+class Orthanc:
+    """A real PACS receiving results: Orthanc (Debian package `orthanc`), its REST API on loopback."""
+
+    def __init__(self, folder: Path, dicom_port: int, http_port: int, ae_title: str = "ORTHANC") -> None:
+        self.folder, self.dicom_port, self.http_port, self.ae_title = folder, dicom_port, http_port, ae_title
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import json
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        config = self.folder / "orthanc.json"
+        config.write_text(
+            json.dumps(
+                {
+                    "Name": "immunode-test-pacs",
+                    "StorageDirectory": str(self.folder / "storage"),
+                    "IndexDirectory": str(self.folder / "storage"),
+                    "DicomAet": self.ae_title,
+                    "DicomPort": self.dicom_port,
+                    "HttpPort": self.http_port,
+                    "RemoteAccessAllowed": False,
+                    "AuthenticationEnabled": False,
+                    "DicomCheckCalledAet": True,
+                    "DicomAlwaysAllowStore": True,
+                    "Plugins": [],
+                }
+            )
+        )
+        self.process = subprocess.Popen(
+            [require_tool("Orthanc"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_until(lambda: self._get("/system") is not None, 30)
+
+    def _get(self, path: str):  # noqa: ANN202 - parsed JSON, or None when Orthanc does not answer (yet)
+        import json
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+
+    def post(self, path: str, body: str):  # noqa: ANN201
+        import json
+        import urllib.request
+
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body.encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def series_of_study(self, study_instance_uid: str) -> list[dict]:
+        """Main DICOM tags of every series Orthanc holds under this Study Instance UID."""
+        found = self.post("/tools/lookup", study_instance_uid)
+        studies = [item["ID"] for item in found if item.get("Type") == "Study"]
+        if not studies:
+            return []
+        return [series["MainDicomTags"] for series in self._get(f"/studies/{studies[0]}/series") or []]
+
+    def instances_of_series(self, series_instance_uid: str) -> list[dict]:
+        found = self.post("/tools/lookup", series_instance_uid)
+        series = [item["ID"] for item in found if item.get("Type") == "Series"]
+        return self._get(f"/series/{series[0]}/instances") if series else []
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(20)
+            self.process = None
+
+
+@pytest.fixture
+def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
+    pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port())
+    pacs.start()
+    yield pacs
+    pacs.stop()

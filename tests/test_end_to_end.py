@@ -233,3 +233,36 @@ def test_crashing_worker_never_takes_the_scp_down(tmp_path: Path, make_settings,
         timeout=30,
     )
     assert echo.returncode == 0
+
+
+def test_orthanc_as_the_pacs_files_seg_and_sr_under_the_source_study(
+    tmp_path: Path, make_settings, start_node, orthanc
+) -> None:
+    """A real PACS: the node's SEG and SR, sent by C-STORE to Orthanc, are stored there under the study they
+    were derived from (checked through Orthanc's REST API)."""
+    study = write_study(tmp_path / "src", vendor="ge", shape_zyx=(40, 64, 64), lesions=DEFAULT_LESIONS[:2])
+    settings = make_settings(
+        destinations=[
+            {"name": "orthanc", "ae_title": orthanc.ae_title, "host": "127.0.0.1", "port": orthanc.dicom_port}
+        ]
+    )
+    node = start_node(settings)
+    assert storescu(node.port, list(study.pet_files) + list(study.ct_files)).returncode == 0
+    series = wait_until(
+        lambda: (
+            (found := orthanc.series_of_study(study.study_uid))
+            and {"SEG", "SR"} <= {s.get("Modality") for s in found}
+            and found
+        ),
+        timeout_s=180,
+    )
+    modalities = sorted(s.get("Modality") for s in series)
+    assert modalities == ["SEG", "SR"]  # only results go to the PACS, filed under the source study
+    derived = [s for s in series if s.get("Modality") in ("SEG", "SR")]
+    for tags in derived:
+        (instance,) = orthanc.instances_of_series(tags["SeriesInstanceUID"])
+        assert instance["MainDicomTags"]["SOPInstanceUID"]
+    assert {s["SeriesDescription"] for s in derived} == {
+        "immunode PET lesions (RESEARCH USE ONLY)",
+        "immunode PET lesion report (RESEARCH USE ONLY)",
+    }
