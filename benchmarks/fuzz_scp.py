@@ -174,7 +174,7 @@ class RawSender:
         self.port, self.calling = port, calling
         self._assocs: dict[tuple[str, str], object] = {}
 
-    def _assoc(self, sop_class: str, syntax: str):  # noqa: ANN202
+    def _assoc(self, sop_class: str, syntax: str):
         assoc = self._assocs.get((sop_class, syntax))
         if assoc is None or not assoc.is_established:
             ae = AE(ae_title=self.calling)

@@ -28,11 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from immunode.config import AnnotationSettings, PetQuantSettings  # noqa: E402
-from pipelines.contours import annotated_regions  # noqa: E402
-from pipelines.geometry import patient_to_index  # noqa: E402
-from pipelines.pet_quant import analyse_pet_series  # noqa: E402
-from pipelines.types import PetQuantResult, PetVolume  # noqa: E402
+from pipelines.imaging.contours import annotated_regions  # noqa: E402
+from pipelines.imaging.geometry import patient_to_index  # noqa: E402
+from pipelines.imaging.settings import AnnotationSettings  # noqa: E402
+from pipelines.pet.analysis import analyse_pet_series  # noqa: E402
+from pipelines.pet.settings import PetQuantSettings  # noqa: E402
+from pipelines.pet.types import PetQuantResult, PetVolume  # noqa: E402
 from tests.synthetic import (  # noqa: E402
     HEAD_NECK_LESIONS,
     HEAD_NECK_SHAPE,

@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipelines.ct_lesions import annotation_regions, load_ct_volume
-from pipelines.radiomics import extract_volumes
+from pipelines.ct.lesions import annotation_regions, load_ct_volume
+from pipelines.ct.radiomics import extract_volumes
 from tests.synthetic import CtLesionSpec, write_ct_study
 
 

@@ -28,12 +28,13 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common.states import OutputKind  # noqa: E402
 from dicom_node.scp import StorageSCP  # noqa: E402
 from immunode.config import parse_settings  # noqa: E402
 from storage.audit import AuditTrail  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.files import FileLayout  # noqa: E402
-from storage.schema import Delivery, DeliveryState, Job, Output, OutputKind, Study  # noqa: E402
+from storage.schema import Delivery, DeliveryState, Job, Output, Study  # noqa: E402
 from storage.store import InstanceStore  # noqa: E402
 from tests.conftest import StoreSCP, free_port, wait_until  # noqa: E402
 from tests.synthetic import SyntheticLesion, write_study  # noqa: E402
@@ -82,7 +83,7 @@ def ingest_bare_pynetdicom(folder: Path, work: Path) -> float:
     work.mkdir(parents=True, exist_ok=True)
     counter = iter(range(10**9))
 
-    def handle_store(event):  # noqa: ANN001, ANN202 - the pynetdicom documentation's fast-path example
+    def handle_store(event):  # the pynetdicom documentation's fast-path example
         with open(work / f"{next(counter)}.dcm", "wb") as handle:
             handle.write(event.encoded_dataset())
         return 0x0000
@@ -175,7 +176,7 @@ def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEn
         sender.start()
         database = Database(settings.database_url, migrate=False)
 
-        def sr_sent():  # noqa: ANN202
+        def sr_sent():
             nonlocal peak_kb
             peak_kb = max(peak_kb, _tree_rss_kb(server.pid))
             with database.session() as session:

@@ -9,16 +9,18 @@ shown by `immunode status`): the other deliveries to the same destination go on.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from dicom_node.scu import OutboundFile, send_batch
-from immunode.config import Settings
-from pipelines.types import SendResult
-from storage import index
+from dicom_node.settings import Destination, DispatchSettings
+from dicom_node.types import SendResult
 from storage.audit import AuditTrail
 from storage.database import Database
+from storage.deliveries import due_deliveries, record_delivery_attempt
 from storage.files import FileLayout
 from storage.schema import DeliveryState, utcnow
+from storage.types import DueDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -28,20 +30,22 @@ def backoff_delay_s(attempts_made: int, initial_s: float, maximum_s: float) -> f
 
 
 def dispatch_due(
-    settings: Settings,
+    ae_title: str,
+    destinations: Sequence[Destination],
+    settings: DispatchSettings,
     database: Database,
     layout: FileLayout,
     now: datetime | None = None,
     trail: AuditTrail | None = None,
 ) -> int:
-    """Send every delivery due now; returns how many were delivered."""
+    """Send every delivery due now (as `ae_title`); returns how many were delivered."""
     now = now or utcnow()
     with database.session() as session:
-        batches = index.due_deliveries(session, layout, now)
-    destinations = {d.name: d for d in settings.destinations}
+        batches = due_deliveries(session, layout, now)
+    by_name = {d.name: d for d in destinations}
     delivered = 0
     for name, batch in batches.items():
-        destination = destinations.get(name)
+        destination = by_name.get(name)
         if destination is None:
             results = [
                 SendResult(d.sop_instance_uid, False, f"destination {name!r} is no longer configured") for d in batch
@@ -50,9 +54,9 @@ def dispatch_due(
             try:
                 sent = send_batch(
                     destination,
-                    settings.node.ae_title,
+                    ae_title,
                     [OutboundFile(d.path, d.sha256) for d in batch],
-                    settings.dispatch.timeout_s,
+                    settings.timeout_s,
                 )
             except Exception as error:  # anything unforeseen fails this batch's attempt, recorded below
                 logger.exception("sending to %s failed", name)
@@ -65,19 +69,24 @@ def dispatch_due(
     return delivered
 
 
-def _record(settings: Settings, database: Database, name: str, batch, results, now: datetime) -> int:  # noqa: ANN001
+def _record(
+    settings: DispatchSettings,
+    database: Database,
+    name: str,
+    batch: Sequence[DueDelivery],
+    results: Sequence[SendResult],
+    now: datetime,
+) -> int:
     delivered = 0
     with database.session() as session:
         for d, result in zip(batch, results, strict=True):
-            delay = backoff_delay_s(
-                d.attempts + 1, settings.dispatch.backoff_initial_s, settings.dispatch.backoff_max_s
-            )
-            state = index.record_delivery_attempt(
+            delay = backoff_delay_s(d.attempts + 1, settings.backoff_initial_s, settings.backoff_max_s)
+            state = record_delivery_attempt(
                 session,
                 d.delivery_id,
                 result.ok,
                 result.detail,
-                settings.dispatch.max_attempts,
+                settings.max_attempts,
                 now + timedelta(seconds=delay),
             )
             if state is DeliveryState.SENT:

@@ -25,7 +25,7 @@ from pynetdicom import sop_class
 
 from dicom_node.encoding import PixelShape, inflate, walk
 from dicom_node.errors import DatasetInvalid, UndecodableDataset
-from pipelines.types import InstanceHeader
+from storage.types import InstanceHeader
 
 # PS3.5 9.1: digits and dots, no empty component, at most 64 characters.
 UID_PATTERN = re.compile(r"^[0-9]+(\.[0-9]+)*$")

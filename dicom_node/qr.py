@@ -13,13 +13,13 @@ from datetime import date
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove
 
+from common.types import StudyFacts, parse_dicom_date
 from dicom_node.errors import RetrieveError
+from dicom_node.settings import QueryRetrieveSettings
 from dicom_node.tls import tls_arguments
-from immunode.config import QueryRetrieveSettings
-from pipelines.pairing import parse_study_date
-from pipelines.types import StudyFacts
 from storage.audit import AuditEntry
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, utcnow
 
@@ -61,7 +61,9 @@ def _audit(
         )
 
 
-def _associate(peer: QueryRetrieveSettings, calling_ae_title: str, context: str, audit: Audit | None, kind: AuditKind):  # noqa: ANN202
+def _associate(
+    peer: QueryRetrieveSettings, calling_ae_title: str, context: str, audit: Audit | None, kind: AuditKind
+) -> Association:
     ae = AE(ae_title=calling_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = peer.timeout_s
     ae.add_requested_context(context)
@@ -111,8 +113,8 @@ def find_studies(
                         str(identifier.get("StudyInstanceUID", "")),
                         str(identifier.get("PatientID", "")),
                         str(identifier.get("IssuerOfPatientID", "") or issuer),
-                        parse_study_date(str(identifier.get("StudyDate", ""))),
-                        "CT" in modalities or not any(modalities),
+                        parse_dicom_date(str(identifier.get("StudyDate", ""))),
+                        frozenset(m for m in modalities if m),  # empty: the peer did not say
                     )
                 )
             elif code not in PENDING and code != 0x0000:

@@ -25,8 +25,8 @@ from pynetdicom.transport import AssociationServer
 from dicom_node import status
 from dicom_node.errors import DatasetInvalid, ReceiveError
 from dicom_node.ingest import check_dataset
+from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
-from immunode.config import NodeSettings, PeerSettings
 from storage.audit import AuditEntry, AuditTrail, EventEntry
 from storage.errors import StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome

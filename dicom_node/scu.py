@@ -19,13 +19,14 @@ from pathlib import Path
 
 import pydicom
 from pynetdicom import AE, build_context
+from pynetdicom.association import Association
 
 from dicom_node.errors import ReceiveError
 from dicom_node.ingest import parse_received
+from dicom_node.settings import Destination
 from dicom_node.tls import tls_arguments
 from dicom_node.transport import describe_subject
-from immunode.config import Destination
-from pipelines.types import SendResult
+from dicom_node.types import SendResult
 from storage.audit import AuditEntry
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, utcnow
 
@@ -140,7 +141,7 @@ def send_batch(
     return SentBatch(tuple(results), audit)
 
 
-def _send_one(assoc, ds: pydicom.Dataset) -> SendResult:  # noqa: ANN001 - pynetdicom Association
+def _send_one(assoc: Association, ds: pydicom.Dataset) -> SendResult:
     uid = str(ds.SOPInstanceUID)
     if not assoc.is_established:
         return SendResult(uid, False, "association ended before this instance was sent")
@@ -156,7 +157,7 @@ def _send_one(assoc, ds: pydicom.Dataset) -> SendResult:  # noqa: ANN001 - pynet
     return SendResult(uid, False, f"failure status 0x{code:04X}")
 
 
-def _peer_subject(assoc) -> str:  # noqa: ANN001 - pynetdicom Association
+def _peer_subject(assoc: Association) -> str:
     sock = getattr(assoc.dul.socket, "socket", None)
     try:
         return describe_subject(sock.getpeercert()) if sock is not None else ""

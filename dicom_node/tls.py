@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 
 from dicom_node.errors import TlsSetupError
-from immunode.config import TlsClientSettings, TlsServerSettings
+from dicom_node.settings import TlsClientSettings, TlsServerSettings
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 

@@ -109,7 +109,9 @@ def describe_subject(certificate: dict | None) -> str:
 class GuardedSocket(AssociationSocket):
     """An accepted connection's socket with a whole-PDU read deadline and a PDU length bound."""
 
-    def __init__(self, assoc, client_socket: socket.socket, connection: Connection, guard: TransportGuard) -> None:  # noqa: ANN001
+    def __init__(
+        self, assoc: Association, client_socket: socket.socket, connection: Connection, guard: TransportGuard
+    ) -> None:
         super().__init__(assoc, client_socket=client_socket)
         self.connection = connection
         self.guard = guard
@@ -285,7 +287,7 @@ class GuardedServer(ThreadedAssociationServer):
     daemon_threads = True
     block_on_close = False
 
-    def get_request(self):  # noqa: ANN201 - socketserver signature
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         connection, address = self.socket.accept()  # no TLS here: the handshake runs in the handler thread
         connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return connection, address
@@ -295,7 +297,7 @@ def make_server_class(guard: TransportGuard, tls_context: ssl.SSLContext | None)
     """A server class bound to this SCP's guard and TLS context (pynetdicom instantiates it)."""
 
     class BoundServer(GuardedServer):
-        def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - pynetdicom's constructor
+        def __init__(self, *args: object, **kwargs: object) -> None:  # pynetdicom's constructor
             kwargs["request_handler"] = GuardedRequestHandler
             kwargs.pop("ssl_context", None)
             super().__init__(*args, **kwargs)

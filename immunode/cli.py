@@ -13,14 +13,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from immunode import __version__
+from common.states import JobState
+from common.version import __version__
 from immunode.config import ConfigError, Settings, load_settings
 from immunode.logging_setup import configure_logging
 from storage.schema import utcnow
+
+if TYPE_CHECKING:
+    from models.expression_transformer import TransformerSettings
+    from models.fusion import FusionData
+    from research.radiomics import DeltaTable
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG_ENV = "IMMUNODE_CONFIG"
@@ -96,44 +102,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage import audit, index, integrity, radiomics, runs
-    from storage.schema import AuditOutcome, Delivery, DeliveryState, Job, JobState, Output, Study
+    from storage import audit, deliveries, events, integrity, jobs, runs, studies
+    from storage.schema import AuditOutcome, DeliveryState
 
     settings = _settings(args)
     with _index_session(args) as session:
         print("Studies")
-        studies = session.scalars(select(Study).order_by(Study.id.desc()).limit(args.limit)).all()
-        for study in studies:
+        for study in studies.recent_studies(session, args.limit):
             print(
-                f"  {study.study_instance_uid}  {study.state.value:<9} rev {study.revision}  "
+                f"  {study.study_instance_uid}  {study.state:<9} rev {study.revision}  "
                 f"last instance {study.last_received_at:%Y-%m-%d %H:%M:%S}Z"
             )
         print("Jobs")
-        counts = dict(session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state)).all())
+        counts = jobs.job_counts(session)
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in JobState))
-        for job in session.scalars(select(Job).order_by(Job.id.desc()).limit(args.limit)).all():
-            line = f"  job {job.id:<5} {job.pipeline:<12} {job.state.value:<16} study {job.study.study_instance_uid}"
+        for job in jobs.recent_jobs(session, args.limit):
+            line = f"  job {job.job_id:<5} {job.pipeline:<12} {job.state.value:<16} study {job.study_instance_uid}"
             if job.state is JobState.FAILED:
                 line += f"\n      reason: {job.error}"
-            pairing = radiomics.latest_pairing(session, job.id) if job.pipeline == radiomics.PIPELINE else None
-            if pairing is not None:
-                line += f"\n      baseline: {pairing.outcome.value} {pairing.reason}"
+            if job.pairing is not None:
+                line += f"\n      baseline: {job.pairing.outcome.value} {job.pairing.reason}"
                 if job.state is JobState.WAITING_BASELINE and job.waiting_until:
                     line += f" (waiting for baseline until {job.waiting_until:%Y-%m-%d %H:%M:%S}Z)"
             print(line)
         print("Deliveries")
-        counts = dict(session.execute(select(Delivery.state, func.count(Delivery.id)).group_by(Delivery.state)).all())
+        counts = deliveries.delivery_counts(session)
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState))
-        unsent = session.execute(
-            select(Delivery, Output)
-            .join(Output, Output.id == Delivery.output_fk)
-            .where(Delivery.state != DeliveryState.SENT)
-            .order_by(Delivery.id)
-        ).all()
-        for delivery, output in unsent:
+        for delivery in deliveries.unsent_deliveries(session):
             print(
-                f"  delivery {delivery.id:<5} {output.kind.value:<3} {output.sop_instance_uid} -> "
-                f"{delivery.destination}: {delivery.state.value}, {delivery.attempts} attempt(s); "
+                f"  delivery {delivery.delivery_id:<5} {delivery.kind.value:<3} {delivery.sop_instance_uid} -> "
+                f"{delivery.destination}: {delivery.state}, {delivery.attempts} attempt(s); "
                 f"{delivery.last_error or 'not yet attempted'}"
             )
         print("Identity conflicts (instances refused, not merged)")
@@ -166,7 +164,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         for a in refused:
             print(f"  {a.at:%Y-%m-%d %H:%M:%S}Z {a.line()}")
         print("Recent problems")
-        for event in index.recent_events(session, args.limit):
+        for event in events.recent_events(session, args.limit):
             study = f" [{event.study_instance_uid}]" if event.study_instance_uid else ""
             print(f"  {event.at:%Y-%m-%d %H:%M:%S}Z {event.level}{study} {event.message}")
     return 0
@@ -203,24 +201,24 @@ def _parse_since(text: str) -> datetime:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from storage import index
+    from storage import deliveries, jobs
 
     with _index_session(args) as session:
-        deliveries = index.requeue_dead_deliveries(session, args.delivery or None)
-        jobs = index.requeue_failed_jobs(session, args.job) if args.job else 0
-    print(f"re-queued {deliveries} delivery(ies) and {jobs} job(s); a running node picks them up at its next poll")
+        delivered = deliveries.requeue_dead_deliveries(session, args.delivery or None)
+        requeued = jobs.requeue_failed_jobs(session, args.job) if args.job else 0
+    print(f"re-queued {delivered} delivery(ies) and {requeued} job(s); a running node picks them up at its next poll")
     return 0
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    from pipelines import jobs
+    from immunode.jobs import process_folder
 
     settings = _settings(args)
     configure_logging(settings.logging)
-    reports, problems = jobs.process_folder(settings, Path(args.path), Path(args.out))
+    reports, problems = process_folder(settings, Path(args.path), Path(args.out))
     for report in reports:
-        for file in report.files:
-            print(f"{file.kind}: {file.path}")
+        for file in report.outputs:
+            print(f"{file.kind.value}: {file.path}")
         print(f"  {report.summary}")
     for problem in problems:
         print(f"not processed: {problem}", file=sys.stderr)
@@ -254,17 +252,18 @@ def cmd_cytact_from_expression(args: argparse.Namespace) -> int:
 
 
 def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
-    from pipelines import outcomes
-    from storage import index
+    from research import outcomes
+    from research.errors import OutcomeTableError
+    from storage import results
 
     settings = _settings(args)
     try:
         rows = outcomes.read_outcomes(Path(args.outcomes))
-    except (OSError, outcomes.OutcomeTableError) as error:
+    except (OSError, OutcomeTableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     with _index_session(args) as session:
-        cytact = index.latest_lesion_cytact_by_patient(session)
+        cytact = results.latest_lesion_cytact_by_patient(session)
     table, unmatched = outcomes.joined_table(rows, cytact)
     if len(table) < 3:
         print(
@@ -279,25 +278,26 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
     return 0
 
 
-def _delta_table(args: argparse.Namespace):  # noqa: ANN202 - DeltaTable
-    from pipelines import radiomics_research as research
-    from storage import radiomics
+def _delta_table(args: argparse.Namespace) -> DeltaTable:
+    from research import radiomics as research
+    from storage import results
 
     labels = research.read_labels(Path(args.labels)) if args.labels else None
     if args.table:
         table = research.read_table(Path(args.table))
         return table if labels is None else research.relabelled(table, labels)
     with _index_session(args) as session:
-        return research.table_from_store(radiomics.delta_table(session), labels)
+        return research.table_from_store(results.delta_table(session), labels)
 
 
 def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
-    from pipelines import radiomics_research as research
+    from research import radiomics as research
+    from research.errors import DeltaTableError
 
     try:
         table = _delta_table(args)
         kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed)
-    except (OSError, research.DeltaTableError) as error:
+    except (OSError, DeltaTableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(
@@ -316,8 +316,10 @@ def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
 def cmd_train_ar_signature(args: argparse.Namespace) -> int:
     from models import ar_signature
     from models.errors import ModelError
-    from pipelines import radiomics_research as research
-    from pipelines.delta_radiomics import read_published_signature
+    from pipelines.ct.delta import read_published_signature
+    from pipelines.errors import SignatureFileError
+    from research import radiomics as research
+    from research.errors import DeltaTableError
 
     try:
         table = _delta_table(args)
@@ -326,11 +328,11 @@ def cmd_train_ar_signature(args: argparse.Namespace) -> int:
         elif args.published:
             features = [f.name for f in read_published_signature(Path(args.published))]
         else:
-            raise research.DeltaTableError("name the features: --published CSV or --features a,b,...")
+            raise DeltaTableError("name the features: --published CSV or --features a,b,...")
         signature, metrics = research.train_signature(table, features)
         out = Path(args.out)
         card = ar_signature.save(signature, out / "ar-signature.pt", args.training_data, args.synthetic, metrics)
-    except (OSError, ModelError, research.DeltaTableError, ValueError) as error:
+    except (OSError, ModelError, DeltaTableError, SignatureFileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     print(
@@ -343,8 +345,9 @@ def cmd_train_ar_signature(args: argparse.Namespace) -> int:
 
 def cmd_train_cytact(args: argparse.Namespace) -> int:
     from models.training import TrainingSettings
-    from pipelines.cytact_training import ManifestError, train_from_manifest
-    from storage import index
+    from research.cytact_training import train_from_manifest
+    from research.errors import ManifestError
+    from storage import studies
     from storage.files import FileLayout
 
     settings = _settings(args)
@@ -354,7 +357,7 @@ def cmd_train_cytact(args: argparse.Namespace) -> int:
 
     def stored_series(series_uid: str) -> list[Path]:
         with _index_session(args) as session:
-            return index.series_paths(session, layout, series_uid)
+            return studies.series_paths(session, layout, series_uid)
 
     try:
         card = train_from_manifest(
@@ -388,8 +391,8 @@ def _print_problems(error: Exception) -> int:
 
 def cmd_import_expression(args: argparse.Namespace) -> int:
     from pipelines.errors import ImportRejected
-    from pipelines.imports import read_expression_file
-    from storage import patient_data
+    from pipelines.omics.imports import read_expression_file
+    from storage import patients
 
     orientation = {"genes-x-samples": "genes x samples", "samples-x-genes": "samples x genes"}.get(args.orientation)
     try:
@@ -398,10 +401,10 @@ def cmd_import_expression(args: argparse.Namespace) -> int:
         )
     except ImportRejected as error:
         with _index_session(args) as session:
-            patient_data.record_import_rejected(session, Path(args.file).name, len(error.problems))
+            patients.record_import_rejected(session, Path(args.file).name, len(error.problems))
         return _print_problems(error)
     with _index_session(args) as session:
-        new, updated = patient_data.upsert_expression(session, imported)
+        new, updated = patients.upsert_expression(session, imported)
     print(f"{imported.file}: read as {imported.orientation} ({imported.orientation_reason}); units {args.units}")
     if args.units == "counts":
         print("  raw counts: scores use counts per million of the library total (no gene-length correction)")
@@ -415,17 +418,17 @@ def cmd_import_expression(args: argparse.Namespace) -> int:
 
 def cmd_import_clinical(args: argparse.Namespace) -> int:
     from pipelines.errors import ImportRejected
-    from pipelines.imports import read_clinical_file
-    from storage import patient_data
+    from pipelines.omics.imports import read_clinical_file
+    from storage import patients
 
     try:
         imported = read_clinical_file(Path(args.file), _delimiter(args.delimiter))
     except ImportRejected as error:
         with _index_session(args) as session:
-            patient_data.record_import_rejected(session, Path(args.file).name, len(error.problems))
+            patients.record_import_rejected(session, Path(args.file).name, len(error.problems))
         return _print_problems(error)
     with _index_session(args) as session:
-        new, updated = patient_data.upsert_clinical(session, imported)
+        new, updated = patients.upsert_clinical(session, imported)
     print(f"{imported.file}: {len(imported.records)} patient(s): {new} new, {updated} updated")
     for record in imported.records:
         dnlr = "n/a" if record.dnlr is None else f"{record.dnlr:.2f}"
@@ -433,7 +436,7 @@ def cmd_import_clinical(args: argparse.Namespace) -> int:
     return 0
 
 
-def _transformer_settings(args: argparse.Namespace):  # noqa: ANN202
+def _transformer_settings(args: argparse.Namespace) -> TransformerSettings:
     from models.expression_transformer import TransformerSettings
 
     return TransformerSettings(epochs=args.epochs, layers=args.layers, heads=args.heads, seed=args.seed)
@@ -441,7 +444,8 @@ def _transformer_settings(args: argparse.Namespace):  # noqa: ANN202
 
 def cmd_train_expression(args: argparse.Namespace) -> int:
     from models.errors import ModelError
-    from pipelines.response_research import CohortError, train_expression
+    from research.errors import CohortError
+    from research.response import train_expression
 
     configure_logging(_settings(args).logging)
     try:
@@ -468,7 +472,8 @@ def cmd_train_expression(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_expression(args: argparse.Namespace) -> int:
     from models.errors import ModelError
-    from pipelines.response_research import CohortError, evaluate_expression
+    from research.errors import CohortError
+    from research.response import evaluate_expression
 
     weights = args.weights or _settings(args).pipelines.response.expression_weights
     if weights is None:
@@ -481,21 +486,24 @@ def cmd_evaluate_expression(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fusion_inputs(args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int):  # noqa: ANN202
-    from pipelines.response_research import fusion_cohort_data, read_fusion_cohort
-    from storage import patient_data
+def _fusion_inputs(
+    args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int
+) -> tuple[FusionData, list[tuple[str, str]], str, str]:
+    from research.response import fusion_cohort_data, read_fusion_cohort
+    from storage import patients, results
 
     cohort = read_fusion_cohort(Path(args.cohort))
     with _index_session(args) as session:
-        patients = patient_data.all_patient_data(session)
-        embeddings = patient_data.latest_lesion_embeddings(session)
-    return fusion_cohort_data(cohort, patients, embeddings, expression_weights, imaging_dim)
+        data = patients.all_patient_data(session)
+        embeddings = results.latest_lesion_embeddings(session)
+    return fusion_cohort_data(cohort, data, embeddings, expression_weights, imaging_dim)
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from models.fusion import FusionSettings
-    from pipelines.response_research import CohortError, train_fusion_model
+    from research.errors import CohortError
+    from research.response import train_fusion_model
 
     settings = _settings(args)
     configure_logging(settings.logging)
@@ -530,7 +538,8 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
 def cmd_evaluate_fusion(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from models.serving import load_fusion
-    from pipelines.response_research import CohortError, evaluate_fusion_model
+    from research.errors import CohortError
+    from research.response import evaluate_fusion_model
 
     settings = _settings(args)
     weights = args.weights or settings.pipelines.response.fusion_weights

@@ -20,19 +20,20 @@ import os
 import socket
 import time
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from sqlalchemy import select
 
 from dicom_node.errors import ReceiveError
 from dicom_node.ingest import parse_received
-from pipelines.types import StoreOutcome
 from storage import integrity, runs
 from storage.database import Database
 from storage.errors import IdentityMismatch, StorageError
 from storage.files import FileLayout
 from storage.schema import Instance
 from storage.store import InstanceStore
+from storage.types import InstanceHeader, StoreOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +74,8 @@ def reconcile(database: Database, layout: FileLayout, store: InstanceStore, max_
 
 
 def reconcile_files(
-    database: Database, layout: FileLayout, store: InstanceStore, since, max_inflated_bytes: int
-) -> Reconciliation:  # noqa: ANN001 - since: date | None
+    database: Database, layout: FileLayout, store: InstanceStore, since: date | None, max_inflated_bytes: int
+) -> Reconciliation:
     scanned = indexed = duplicates = quarantined = 0
     cutoff = time.time() - GRACE_S
     candidates = [p for p in layout.object_files(since) if p.stat().st_mtime < cutoff]
@@ -113,7 +114,7 @@ def _reconcile_one(database: Database, layout: FileLayout, store: InstanceStore,
     return _quarantine(database, layout, path, "another copy of this SOP Instance UID is indexed", header)
 
 
-def _quarantine(database: Database, layout: FileLayout, path: Path, reason: str, header) -> str:  # noqa: ANN001
+def _quarantine(database: Database, layout: FileLayout, path: Path, reason: str, header: InstanceHeader | None) -> str:
     original = layout.relative(path)
     target = layout.quarantine(path)
     with database.session() as session:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -13,15 +15,12 @@ from dicom_node.dispatch import dispatch_due
 from dicom_node.errors import TlsSetupError
 from dicom_node.scp import StorageSCP
 from dicom_node.tls import client_context, server_context
+from immunode import flow
 from immunode.config import ConfigError, Settings
 from immunode.reconcile import reconcile
-from models.cards import SHIPPED_CYTACT_WEIGHTS, verify_card
-from models.errors import ModelError
-from pipelines import flow
-from pipelines.delta_radiomics import read_published_signature
-from pipelines.errors import PipelineError
-from pipelines.worker import JobRunner
-from storage import index, runs
+from immunode.worker import JobRunner
+from pipelines.errors import ConfigurationProblem
+from storage import runs, studies
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.files import FileLayout
@@ -30,36 +29,20 @@ from storage.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 
-def verify_model_weights(settings: Settings) -> None:
-    """Refuse to start with configured weights that are missing or do not match their model card. Only the
-    sha256 against the card is checked here (no PyTorch in the node's own process); the workers load them."""
-    response = settings.pipelines.response
-    checks = [
-        ("pipelines.response.expression_weights", response.expression_weights),
-        ("pipelines.response.fusion_weights", response.fusion_weights),
-        ("pipelines.ct_radiomics.ar_signature", settings.pipelines.ct_radiomics.ar_signature),
-    ]
-    cytact = settings.pipelines.pet_quant.cytact
-    if cytact.enabled:
-        checks.append(("pipelines.pet_quant.cytact.weights", cytact.weights or SHIPPED_CYTACT_WEIGHTS))
-    for key, path in checks:
-        if path is None:
-            continue
+def check_pipelines(settings: Settings) -> None:
+    """Refuse to start when a pipeline's configuration names files that cannot be used (weights missing or not
+    matching their model card, an unreadable signature table). Only hashes and tables are checked here (no
+    PyTorch in the node's own process); the workers load the weights."""
+    for pipeline in settings.registry.pipelines:
         try:
-            card = verify_card(path)
-        except ModelError as error:
-            raise ConfigError(f"{key}: {error}") from None
-        synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
-        logger.info("%s: %s %s sha256 %s%s", key, card.name, card.version, card.sha256[:16], synthetic)
-    published = settings.pipelines.ct_radiomics.published_signature
-    if published is not None:
-        try:
-            read_published_signature(published)
-        except PipelineError as error:
-            raise ConfigError(f"pipelines.ct_radiomics.published_signature: {error}") from None
+            lines = pipeline.check_configuration(settings.pipelines)
+        except ConfigurationProblem as error:
+            raise ConfigError(str(error)) from None
+        for line in lines:
+            logger.info("%s", line)
 
 
-def tls_server_context(settings: Settings):  # noqa: ANN201 - ssl.SSLContext | None
+def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
     """The SCP's TLS context, and every configured client TLS context checked, before anything listens."""
     for number, destination in enumerate(settings.destinations):
         if destination.tls is not None:
@@ -87,7 +70,7 @@ class Node:
     for it). The poll (`routing.poll_interval_s`) remains as the safety net and for back-off retries."""
 
     def __init__(self, settings: Settings) -> None:
-        verify_model_weights(settings)
+        check_pipelines(settings)
         tls_context = tls_server_context(settings)
         self.settings = settings
         self._umask = os.umask(0o077) if settings.storage.private else None
@@ -105,7 +88,7 @@ class Node:
         self._route_due: datetime | None = None
         self._route_lock = threading.Lock()
 
-    def _every(self, function, name: str) -> None:  # noqa: ANN001 - a zero-argument callable
+    def _every(self, function: Callable[[], object], name: str) -> None:
         self.scheduler.add_job(
             function, "interval", seconds=self.settings.routing.poll_interval_s, id=name, max_instances=1, coalesce=True
         )
@@ -162,7 +145,7 @@ class Node:
             self._kick("run")
         stable = timedelta(seconds=self.settings.routing.study_stable_s)
         with self.database.session() as session:
-            due = index.next_quiet_due(session, stable)
+            due = studies.next_quiet_due(session, stable)
         if due is not None:
             at = due.replace(tzinfo=timezone.utc) + timedelta(seconds=0.05)
             with self._route_lock:
@@ -177,7 +160,14 @@ class Node:
         self.runner.submit_pending()
 
     def dispatch_once(self) -> None:
-        dispatch_due(self.settings, self.database, self.layout, trail=self.trail)
+        dispatch_due(
+            self.settings.node.ae_title,
+            self.settings.destinations,
+            self.settings.dispatch,
+            self.database,
+            self.layout,
+            trail=self.trail,
+        )
 
     def stop(self) -> None:
         """Stop listening (open associations aborted), stop the stages, end the workers (their jobs queued to

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats
 
 from models.cards import ModelCard, card_path, load_card, save_weights
-from models.cytact import CubeSpec, predict
+from models.cytact import CubeSpec, CytActNet, predict
 from models.synthetic_lesions import make_cohort
 from models.training import TrainingSettings, deterministic_torch, train_model
 
@@ -36,7 +36,7 @@ def cohort() -> tuple[np.ndarray, np.ndarray]:
     return make_cohort(COHORT_SIZE, COHORT_SEED, CubeSpec())
 
 
-def train_final():  # noqa: ANN201 - a CytActNet
+def train_final() -> CytActNet:
     deterministic_torch()
     cubes, targets = cohort()
     return train_model(cubes, targets, SETTINGS, SETTINGS.seed)

@@ -27,3 +27,23 @@ class ImportRejected(PipelineError):
     def __init__(self, problems: list) -> None:
         self.problems = problems
         super().__init__(f"{len(problems)} problem(s); nothing imported:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+class BaselineNotRetrieved(PipelineError):
+    """The query/retrieve peer could not be asked for, or could not send, a baseline (the reason follows)."""
+
+
+class UnknownPipeline(PipelineError):
+    """A job or routing rule names a pipeline the registry does not hold."""
+
+
+class ConfigurationProblem(PipelineError):
+    """A file a pipeline's configuration block names cannot be used (the key and the reason)."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {reason}")
+
+
+class SignatureFileError(PipelineError):
+    """The published delta-radiomics signature table cannot be read."""

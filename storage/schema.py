@@ -26,6 +26,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from common.states import JobState, OutputKind, PairingOutcome
+
+__all__ = ["JobState", "OutputKind", "PairingOutcome"]  # stored by name in the tables below
+
 
 def utcnow() -> datetime:
     # Naive UTC everywhere: SQLite drops time zones, so aware values would compare unequal after a round trip.
@@ -45,34 +49,10 @@ class StudyState(enum.Enum):
     COMPLETE = "COMPLETE"  # quiet for the stability time and routed
 
 
-class JobState(enum.Enum):
-    PAIRING = "PAIRING"  # a longitudinal job looking for its baseline (decided by the pairing stage)
-    WAITING_BASELINE = "WAITING_BASELINE"  # baseline being retrieved or analysed; resumes or times out
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"  # the reason is in Job.error; nothing is sent for it
-    SUPERSEDED = "SUPERSEDED"  # the study re-opened before this job ran
-
-
 class DeliveryState(enum.Enum):
     PENDING = "PENDING"  # waiting for its next attempt (next_attempt_at)
     SENT = "SENT"
     DEAD = "DEAD"  # attempts exhausted; `immunode retry` re-queues
-
-
-class PairingOutcome(enum.Enum):
-    PAIRED = "PAIRED"  # a stored baseline was chosen
-    BASELINE_ITSELF = "BASELINE_ITSELF"  # the study is a baseline (retrieved for, or earlier than, a follow-up)
-    NO_BASELINE = "NO_BASELINE"  # none stored and none found on the query/retrieve peer (or none configured)
-    RETRIEVING = "RETRIEVING"  # found on the query/retrieve peer; C-MOVE requested, job waits
-    WAITING = "WAITING"  # stored baseline not analysed yet; job waits for its result
-    TIMED_OUT = "TIMED_OUT"  # the awaited baseline did not arrive or was not analysed in time
-
-
-class OutputKind(enum.Enum):
-    SEG = "SEG"
-    SR = "SR"
 
 
 class ConflictKind(enum.Enum):

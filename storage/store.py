@@ -31,13 +31,12 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from pipelines.types import InstanceHeader, StoredInstance, StoreOutcome
 from storage.database import Database
 from storage.errors import IdentityMismatch, StorageError
+from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import (
     ConflictKind,
-    Event,
     IdentityConflict,
     Instance,
     Patient,
@@ -46,15 +45,9 @@ from storage.schema import (
     StudyState,
     utcnow,
 )
+from storage.types import InstanceHeader, StoredInstance, StoreOutcome
 
 logger = logging.getLogger(__name__)
-
-
-def record_event(executor: Session | Connection, level: str, message: str, study_instance_uid: str = "") -> None:
-    """An event for `immunode status`; works inside an ORM session and on the ingest path's Core connection."""
-    executor.execute(
-        insert(Event).values(at=utcnow(), level=level, message=message, study_instance_uid=study_instance_uid[:64])
-    )
 
 
 @dataclass(frozen=True)

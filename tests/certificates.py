@@ -39,7 +39,7 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _write(folder: Path, stem: str, certificate: x509.Certificate, key) -> Pair:  # noqa: ANN001
+def _write(folder: Path, stem: str, certificate: x509.Certificate, key) -> Pair:
     cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
@@ -49,7 +49,7 @@ def _write(folder: Path, stem: str, certificate: x509.Certificate, key) -> Pair:
     return Pair(cert_path, key_path)
 
 
-def _issue(common_name: str, issuer_name: x509.Name, issuer_key, server: bool, is_ca: bool = False):  # noqa: ANN001, ANN202
+def _issue(common_name: str, issuer_name: x509.Name, issuer_key, server: bool, is_ca: bool = False):
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     builder = (

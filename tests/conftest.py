@@ -16,6 +16,8 @@ from sqlalchemy import create_engine, text
 
 from immunode.config import Settings, parse_settings
 from immunode.service import Node
+from pipelines.builtin import BUILTIN
+from pipelines.registry import Registry
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -82,7 +84,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 @pytest.fixture
 def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    def factory(database_url: str | None = None, **sections: dict) -> Settings:
+    def factory(database_url: str | None = None, registry: Registry = BUILTIN, **sections: dict) -> Settings:
         data: dict = {
             "node": {"ae_title": "IMMUNODE", "host": "127.0.0.1", "port": free_port()},
             "peers": {
@@ -109,7 +111,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
                 data[key] = {**data[key], **value}
             else:
                 data[key] = value
-        return parse_settings(data, "test settings")
+        return parse_settings(data, "test settings", registry)
 
     return factory
 
@@ -253,7 +255,7 @@ class Orthanc:
         )
         wait_until(lambda: self._get("/system") is not None, 30)
 
-    def _get(self, path: str):  # noqa: ANN202 - parsed JSON, or None when Orthanc does not answer (yet)
+    def _get(self, path: str):  # parsed JSON, or None when Orthanc does not answer (yet)
         import json
         import urllib.error
         import urllib.request
@@ -264,7 +266,7 @@ class Orthanc:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
 
-    def post(self, path: str, body: str):  # noqa: ANN201
+    def post(self, path: str, body: str):
         import json
         import urllib.request
 

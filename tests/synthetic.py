@@ -80,7 +80,7 @@ HEAD_NECK_LESIONS = (
 )
 
 
-def _head_neck_phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):  # noqa: ANN001, ANN202
+def _head_neck_phantom(shape_zyx, spacing_xyz, origin_xyz, lesions, blur_fwhm_mm=6.0):
     z, y, x = np.meshgrid(*[np.arange(n) for n in shape_zyx], indexing="ij")
     px = origin_xyz[0] + x * spacing_xyz[0]
     py = origin_xyz[1] + y * spacing_xyz[1]
@@ -547,7 +547,7 @@ def write_ct_study(
     return SyntheticCtStudy(study_uid, series_uid, tuple(files), rtstruct)
 
 
-def _ct_rtstruct(path, first_ct, lesions, shift_mm, z0, dz, slices):  # noqa: ANN001, ANN202
+def _ct_rtstruct(path, first_ct, lesions, shift_mm, z0, dz, slices):
     """Every lesion contoured on each CT slice it crosses (circles of the sphere's section)."""
     angles = np.linspace(0, 2 * np.pi, 32, endpoint=False)
     rois = []

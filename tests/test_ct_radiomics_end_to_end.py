@@ -12,17 +12,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from storage.schema import (
-    CtAssessment,
-    CtLesionResult,
-    Job,
-    JobState,
-    Pairing,
-    PairingOutcome,
-    RadiomicFeature,
-    RadiomicsExtraction,
-    Study,
-)
+from common.states import JobState, PairingOutcome
+from storage.schema import CtAssessment, CtLesionResult, Job, Pairing, RadiomicFeature, RadiomicsExtraction, Study
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study, write_planning_ct
 
@@ -30,23 +21,23 @@ PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
 CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
 
 
-def _study_files(study) -> list[Path]:  # noqa: ANN001
+def _study_files(study) -> list[Path]:
     return list(study.ct_files) + [study.rtstruct]
 
 
-def _job_of(node, study_uid: str) -> Job | None:  # noqa: ANN001
+def _job_of(node, study_uid: str) -> Job | None:
     with node.database.session() as session:
         return session.scalar(
             select(Job).join(Study, Study.id == Job.study_fk).where(Study.study_instance_uid == study_uid)
         )
 
 
-def _finished(node, study_uid: str) -> Job | None:  # noqa: ANN001
+def _finished(node, study_uid: str) -> Job | None:
     job = _job_of(node, study_uid)
     return job if job is not None and job.state in (JobState.SUCCEEDED, JobState.FAILED) else None
 
 
-def _pairings(node, job_id: int) -> list[Pairing]:  # noqa: ANN001
+def _pairings(node, job_id: int) -> list[Pairing]:
     with node.database.session() as session:
         return list(session.scalars(select(Pairing).where(Pairing.job_fk == job_id).order_by(Pairing.id)).all())
 
@@ -73,7 +64,7 @@ def _tracking(sr: hd.sr.Comprehensive3DSR) -> dict[str, str]:
 def _texts(sr: hd.sr.Comprehensive3DSR) -> list[str]:
     texts = []
 
-    def walk(items) -> None:  # noqa: ANN001
+    def walk(items) -> None:
         for item in items:
             if item.ValueType == "TEXT":
                 texts.append(str(item.TextValue))
@@ -86,7 +77,7 @@ def _texts(sr: hd.sr.Comprehensive3DSR) -> list[str]:
 def _coded(sr: hd.sr.Comprehensive3DSR, name: str) -> list[str]:
     values = []
 
-    def walk(items) -> None:  # noqa: ANN001
+    def walk(items) -> None:
         for item in items:
             if item.ValueType == "CODE" and item.ConceptNameCodeSequence[0].CodeValue == name:
                 values.append(str(item.ConceptCodeSequence[0].CodeValue))
@@ -99,7 +90,7 @@ def _coded(sr: hd.sr.Comprehensive3DSR, name: str) -> list[str]:
 def _numbers(sr: hd.sr.Comprehensive3DSR) -> dict[str, float]:
     values = {}
 
-    def walk(items) -> None:  # noqa: ANN001
+    def walk(items) -> None:
         for item in items:
             if item.ValueType == "NUM":
                 values[str(item.ConceptNameCodeSequence[0].CodeMeaning)] = float(
@@ -213,7 +204,7 @@ AETable END
 
 
 @pytest.fixture
-def qr_pacs(tmp_path: Path):  # noqa: ANN201
+def qr_pacs(tmp_path: Path):
     """dcmtk dcmqrscp as the hospital's query/retrieve PACS; `start(node_port)` writes its config and runs it."""
     processes: list[subprocess.Popen] = []
 

@@ -9,9 +9,10 @@ import highdicom as hd
 import pydicom
 from sqlalchemy import select
 
+from common.states import JobState
 from immunode.cli import main as cli_main
 from immunode.service import Node
-from storage.schema import Delivery, DeliveryState, Event, Job, JobState, LesionResult, Study, StudyState
+from storage.schema import Delivery, DeliveryState, Event, Job, LesionResult, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
 
@@ -106,7 +107,7 @@ def test_reader_annotation_after_the_images_reruns_in_semi_automatic_mode(
 def test_reader_seg_sent_before_the_images_defines_the_lesions(
     tmp_path: Path, make_settings, pacs: StoreSCP, start_node
 ) -> None:
-    from tests.pipelines.test_annotations import reader_seg
+    from tests.pipelines.imaging.test_annotations import reader_seg
 
     study = write_study(tmp_path / "scanner", with_ct=False)
     seg = reader_seg(study, DEFAULT_LESIONS[2], tmp_path / "reader-seg.dcm")

@@ -11,17 +11,18 @@ import highdicom as hd
 import pydicom
 import pytest
 
+from common.states import JobState
 from immunode.cli import main as cli_main
 from models.cards import sha256_file
 from models.expression_transformer import load_panel
 from models.serving import load_cytact
-from models.synthetic_cohorts import synthetic_cohort, write_import_files, write_training_table
-from pipelines.response_models import predict_response
+from pipelines.omics.response import predict_response
 from pipelines.types import ModelIdentity
 from storage.database import Database
-from storage.schema import Job, JobState, LesionResult, Patient, Study, StudyState
+from storage.schema import Job, LesionResult, Patient, Study, StudyState
 from tests.conftest import StoreSCP, storescu, wait_until
 from tests.synthetic import write_study
+from tests.synthetic_cohorts import synthetic_cohort, write_import_files, write_training_table
 
 IMAGING_PATIENTS = 150  # of 200 synthetic patients, the others lack the imaging modality
 
@@ -32,7 +33,7 @@ def _config(tmp_path: Path, database_url: str, extra: str = "") -> Path:
     return config
 
 
-def _seed_lesion_embeddings(database_url: str, cohort, cytact: ModelIdentity) -> None:  # noqa: ANN001
+def _seed_lesion_embeddings(database_url: str, cohort, cytact: ModelIdentity) -> None:
     """Lesion results as the PET pipeline stores them, for patients analysed before (imaging modality)."""
     database = Database(database_url)
     try:
@@ -249,7 +250,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
 def _texts(dataset: pydicom.Dataset) -> str:
     found = []
 
-    def walk(items) -> None:  # noqa: ANN001
+    def walk(items) -> None:
         for item in items:
             if "TextValue" in item:
                 found.append(str(item.TextValue))
@@ -261,7 +262,7 @@ def _texts(dataset: pydicom.Dataset) -> str:
 
 
 def test_absent_data_and_weights_are_stated(tmp_path: Path, make_settings) -> None:
-    from pipelines.report import response_statements
+    from pipelines.pet.report import response_statements
 
     settings = make_settings().pipelines.response
     statements = response_statements(predict_response(None, None, None, settings))

@@ -11,10 +11,11 @@ import pydicom
 import yaml
 from sqlalchemy import select, update
 
+from common.states import JobState, OutputKind
+from common.types import JobResult, OutputFile
 from dicom_node.dispatch import dispatch_due
 from immunode.cli import main as cli_main
-from pipelines.types import ReportFile
-from storage import index
+from storage import results
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.files import FileLayout
@@ -26,7 +27,6 @@ from storage.schema import (
     Delivery,
     DeliveryState,
     Job,
-    JobState,
     Output,
     Patient,
     Study,
@@ -49,9 +49,11 @@ def _output(database: Database, layout: FileLayout, job_id: int, source: Path) -
     ds = pydicom.dcmread(source)
     path = layout.new_output_path(job_id)
     ds.save_as(path)
-    report = ReportFile("SR", path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID))
+    report = OutputFile(
+        OutputKind.SR, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), "1.2.3"
+    )
     with database.session() as session:
-        index.record_outputs(session, layout, job_id, [(report, "1.2.3", None)], ["pacs"])
+        results.record_job_result(session, layout, job_id, JobResult((report,), "one SR"), ["pacs"])
     return path
 
 
@@ -82,9 +84,22 @@ def test_bad_result_files_fail_alone_and_the_rest_is_delivered(
     missing.unlink()
 
     now = utcnow()
-    assert dispatch_due(settings, database, layout, now, trail) == len(good)
+    assert dispatch_due(
+        settings.node.ae_title, settings.destinations, settings.dispatch, database, layout, now, trail
+    ) == len(good)
     assert len(pacs.received()) == len(good)
-    assert dispatch_due(settings, database, layout, now + timedelta(seconds=1), trail) == 0
+    assert (
+        dispatch_due(
+            settings.node.ae_title,
+            settings.destinations,
+            settings.dispatch,
+            database,
+            layout,
+            now + timedelta(seconds=1),
+            trail,
+        )
+        == 0
+    )
     with database.session() as session:
         deliveries = session.scalars(select(Delivery).order_by(Delivery.id)).all()
         states = [(d.state, d.attempts, d.last_error) for d in deliveries]

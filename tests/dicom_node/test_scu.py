@@ -12,7 +12,7 @@ from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
 from dicom_node.dispatch import backoff_delay_s
 from dicom_node.scu import send_batch
-from immunode.config import Destination
+from dicom_node.settings import Destination
 from tests.conftest import StoreSCP, free_port, require_tool, wait_until
 from tests.synthetic import write_study
 
@@ -62,7 +62,7 @@ def test_refused_association_is_not_a_success(tmp_path: Path, files) -> None:
     assert not any(r.ok for r in results)
 
 
-def _pynetdicom_peer(handler) -> tuple[object, int]:  # noqa: ANN001
+def _pynetdicom_peer(handler) -> tuple[object, int]:
     ae = AE(ae_title="PACS")
     ae.add_supported_context(PositronEmissionTomographyImageStorage)
     port = free_port()
@@ -80,7 +80,7 @@ def test_failure_status_is_not_a_success(files) -> None:
 
 
 def test_no_response_within_the_timeout_is_not_a_success(files) -> None:
-    def slow(event):  # noqa: ANN001, ANN202
+    def slow(event):
         time.sleep(4)
         return 0x0000
 

@@ -18,7 +18,8 @@ from sqlalchemy import func, select
 
 from dicom_node import qr
 from dicom_node.scu import send_batch
-from immunode.config import ConfigError, Destination, QueryRetrieveSettings, TlsClientSettings
+from dicom_node.settings import Destination, QueryRetrieveSettings, TlsClientSettings
+from immunode.config import ConfigError
 from immunode.service import Node
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, AuditRecord, Instance
 from tests.certificates import Certificates, make_certificates
@@ -57,7 +58,7 @@ def _dcmtk(tool: str, port: int, *args: str, tls: list[str] | None = None) -> su
     return subprocess.run(command, capture_output=True, text=True, timeout=60)
 
 
-def _client_tls(certs: Certificates, pair=None) -> list[str]:  # noqa: ANN001
+def _client_tls(certs: Certificates, pair=None) -> list[str]:
     pair = pair or certs.client
     return ["+tls", str(pair.key), str(pair.certificate), "+cf", str(certs.ca)]
 
@@ -151,7 +152,7 @@ def test_query_retrieve_scu_speaks_tls(certs: Certificates) -> None:
     context.load_cert_chain(certs.pacs.certificate, certs.pacs.key)
     context.verify_mode = ssl.CERT_REQUIRED
 
-    def on_find(event):  # noqa: ANN001, ANN202
+    def on_find(event):
         match = Dataset()
         match.QueryRetrieveLevel = "STUDY"
         match.StudyInstanceUID = "1.2.3.4"

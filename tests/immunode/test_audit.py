@@ -23,7 +23,7 @@ from tests.synthetic import write_study
 class _Down:
     """The index as seen while its database is unreachable."""
 
-    def session(self):  # noqa: ANN201
+    def session(self):
         raise IndexUnavailable("index transaction failed: OperationalError: connection refused (injected)")
 
     transaction = session

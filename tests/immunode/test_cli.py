@@ -34,4 +34,4 @@ def test_process_folder_writes_valid_seg_and_sr_and_reports_bad_files(tmp_path: 
 def test_process_folder_without_pet_says_so(tmp_path: Path, capsys) -> None:
     (tmp_path / "in").mkdir()
     assert cli_main(["process", str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 1
-    assert "no PET series" in capsys.readouterr().err
+    assert "no series under" in capsys.readouterr().err

@@ -14,8 +14,9 @@ from pathlib import Path
 import yaml
 from sqlalchemy import select
 
+from common.states import JobState
 from storage.database import Database
-from storage.schema import Job, JobState
+from storage.schema import Job
 from tests.conftest import REPO, free_port, storescu, wait_until
 from tests.synthetic import BASELINE_LESIONS, write_ct_study
 
@@ -47,7 +48,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _serve(tmp_path: Path, make_settings) -> tuple[subprocess.Popen, int, Database]:  # noqa: ANN001
+def _serve(tmp_path: Path, make_settings) -> tuple[subprocess.Popen, int, Database]:
     port = free_port()
     settings = make_settings(
         node={"port": port},

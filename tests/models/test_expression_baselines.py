@@ -9,7 +9,7 @@ from sklearn.model_selection import train_test_split
 
 from models.expression_baselines import BASELINES, SVM_GRID, fit_predict
 from models.expression_transformer import load_panel, panel_features
-from models.synthetic_cohorts import synthetic_cohort
+from tests.synthetic_cohorts import synthetic_cohort
 
 
 def test_svm_grid_is_the_methods_grid() -> None:

@@ -21,7 +21,7 @@ from models.expression_transformer import (
     predict_proba,
     train_transformer,
 )
-from models.synthetic_cohorts import synthetic_cohort
+from tests.synthetic_cohorts import synthetic_cohort
 
 FAST = TransformerSettings(epochs=12, layers=2)
 

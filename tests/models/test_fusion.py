@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from models.fusion import MODALITIES, AttentionFusion, FusionData, FusionSettings, predict, train_fusion
-from models.synthetic_cohorts import synthetic_cohort
+from tests.synthetic_cohorts import synthetic_cohort
 
 DIMS = {"imaging": 4, "genomic": 3, "clinical": 2}
 
@@ -75,11 +75,11 @@ def test_planted_signal_is_learned_and_absent_signal_is_not(signal: bool, expect
     assert len(MODALITIES) == weights.shape[1]
 
 
-def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make_settings) -> None:  # noqa: ANN001
+def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make_settings) -> None:
     from dataclasses import asdict
 
     from immunode.config import ConfigError
-    from immunode.service import verify_model_weights
+    from immunode.service import check_pipelines
     from models.cards import ModelCard, save_weights
 
     model = AttentionFusion(DIMS, FusionSettings())
@@ -92,7 +92,7 @@ def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make
     )
     weights = tmp_path / "fusion.pt"
     save_weights(model.state_dict(), weights, card)
-    verify_model_weights(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
+    check_pipelines(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
     weights.write_bytes(weights.read_bytes() + b"tampered")
     with pytest.raises(ConfigError, match="pipelines.response.fusion_weights: weights fusion.pt have sha256"):
-        verify_model_weights(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
+        check_pipelines(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))

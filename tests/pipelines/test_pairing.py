@@ -1,24 +1,29 @@
-"""Baseline pairing rules (pure decisions) and the pairing stage on a real SQL store."""
+"""Baseline pairing: the rules and the decisions of the pairing stage, as pure functions over typed facts (the
+query/retrieve peer passed in as a finder). The stage on a real SQL store: `tests/immunode/test_flow.py`."""
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 
-from sqlalchemy import select
-
-from immunode.config import PairingSettings
-from pipelines import flow
-from pipelines.pairing import choose_baseline
-from pipelines.types import PairingDecisionKind, StudyFacts
-from storage.database import Database
-from storage.schema import Job, JobState, Pairing, PairingOutcome, Patient, Series, Study, StudyState
+from common.states import JobState, PairingOutcome
+from common.types import StudyFacts
+from pipelines.errors import BaselineNotRetrieved
+from pipelines.pairing import (
+    PairingDecisionKind,
+    PairingSettings,
+    choose_baseline,
+    decide_new,
+    decide_waiting,
+)
 
 FOLLOW_UP = StudyFacts("1.2.3.100", "P1", "HOSP-A", date(2026, 3, 16))
 RULES = PairingSettings()
 
 
 def _study(uid: str, days_before: int, patient: str = "P1", issuer: str = "HOSP-A", ct: bool = True) -> StudyFacts:
-    return StudyFacts(uid, patient, issuer, FOLLOW_UP.study_date - timedelta(days=days_before), ct)
+    modalities = frozenset({"CT", "PT"} if ct else {"PT"})
+    return StudyFacts(uid, patient, issuer, FOLLOW_UP.study_date - timedelta(days=days_before), modalities)
 
 
 def test_latest_study_in_the_window_is_the_baseline() -> None:
@@ -64,61 +69,74 @@ def test_window_limits_and_therapy_start() -> None:
     assert own.kind is PairingDecisionKind.BASELINE_ITSELF
 
 
-def _add_study(session, uid: str, patient: Patient, when: date, ct: bool = True) -> Study:  # noqa: ANN001
-    study = Study(study_instance_uid=uid, patient=patient, study_date=f"{when:%Y%m%d}", state=StudyState.COMPLETE)
-    session.add(study)
-    session.add(Series(series_instance_uid=uid + ".1", study=study, modality="CT" if ct else "PT"))
-    session.flush()
-    return study
+NOW = datetime(2026, 3, 16, 12, 0)
 
 
-def test_pairing_stage_on_the_store(database_url: str, make_settings) -> None:  # noqa: ANN001
-    settings = make_settings(database_url)
-    database = Database(settings.database_url)
-    try:
-        with database.session() as session:
-            a, b = (
-                Patient(patient_id="P1", issuer_of_patient_id="HOSP-A"),
-                Patient(patient_id="P1", issuer_of_patient_id="HOSP-B"),
-            )
-            other = Patient(patient_id="P2", issuer_of_patient_id="HOSP-A")
-            session.add_all([a, b, other])
-            follow_up = _add_study(session, "1.2.3.100", a, date(2026, 3, 16))
-            _add_study(session, "1.2.3.101", b, date(2026, 1, 10))  # same PatientID, other issuer
-            _add_study(session, "1.2.3.102", other, date(2026, 1, 10))  # another patient
-            job = Job(study=follow_up, pipeline="ct_radiomics", study_revision=1, state=JobState.PAIRING)
-            session.add(job)
-            session.flush()
-            job_id = job.id
-        flow.pair_jobs(settings, database)
-        with database.session() as session:
-            (pairing,) = session.scalars(select(Pairing).where(Pairing.job_fk == job_id)).all()
-            assert pairing.outcome is PairingOutcome.NO_BASELINE and not pairing.baseline_study_uid
-            assert "1.2.3.101: same PatientID but issuer 'HOSP-B'" in pairing.reason
-            assert "1.2.3.102" not in pairing.reason  # another patient's study is never even a candidate
-            assert "no query/retrieve peer configured" in pairing.reason
-            assert session.get(Job, job_id).state is JobState.PENDING
-            # The right baseline arrives; its analysis is still pending: the follow-up waits for it.
-            baseline = _add_study(session, "1.2.3.103", session.get(Patient, a.id), date(2026, 1, 12))
-            session.add(Job(study=baseline, pipeline="ct_radiomics", study_revision=1, state=JobState.PENDING))
-            again = Job(study=session.get(Study, follow_up.id), pipeline="ct_radiomics", study_revision=2)
-            again.state = JobState.PAIRING
-            session.add(again)
-            session.flush()
-            again_id = again.id
-        flow.pair_jobs(settings, database)
-        with database.session() as session:
-            (waiting,) = session.scalars(select(Pairing).where(Pairing.job_fk == again_id)).all()
-            assert waiting.outcome is PairingOutcome.WAITING and waiting.baseline_study_uid == "1.2.3.103"
-            assert session.get(Job, again_id).state is JobState.WAITING_BASELINE
-            # The baseline's analysis finishes: the next pass releases the follow-up, paired.
-            session.scalars(select(Job).where(Job.study_fk == baseline.id)).one().state = JobState.SUCCEEDED
-        flow.pair_jobs(settings, database)
-        with database.session() as session:
-            outcomes = session.scalars(
-                select(Pairing.outcome).where(Pairing.job_fk == again_id).order_by(Pairing.id)
-            ).all()
-            assert outcomes == [PairingOutcome.WAITING, PairingOutcome.PAIRED]
-            assert session.get(Job, again_id).state is JobState.PENDING
-    finally:
-        database.dispose()
+@dataclass
+class Finder:
+    """A query/retrieve peer that holds `studies`, records what was asked, and fails when told to."""
+
+    studies: list[StudyFacts] = field(default_factory=list)
+    fail: str = ""
+    asked: list[tuple[date, date]] = field(default_factory=list)
+    moved: list[str] = field(default_factory=list)
+    peer: str = "PACS"
+
+    def find(self, followup: StudyFacts, earliest: date, latest: date) -> list[StudyFacts]:
+        if self.fail:
+            raise BaselineNotRetrieved(self.fail)
+        self.asked.append((earliest, latest))
+        return self.studies
+
+    def retrieve(self, study_instance_uid: str) -> str:
+        self.moved.append(study_instance_uid)
+        return "status 0x0000, 12 sent, 0 failed"
+
+
+def _new(candidates: list[StudyFacts], **kwargs: object) -> object:
+    return decide_new(FOLLOW_UP, candidates, RULES, modality="CT", now=NOW, **kwargs)
+
+
+def test_decisions_for_a_new_job() -> None:
+    assert _new([], awaited=True).outcome is PairingOutcome.BASELINE_ITSELF
+    stored = _study("1.2.3.20", 60)
+    still_coming = _new([stored], analysis_state={"1.2.3.20": JobState.RUNNING}.get)
+    assert still_coming.outcome is PairingOutcome.WAITING and still_coming.baseline_study_uid == "1.2.3.20"
+    assert still_coming.waiting_until == NOW + timedelta(seconds=RULES.baseline_wait_s)
+    assert "its CT analysis is RUNNING: waiting" in still_coming.reason
+    ready = _new([stored], analysis_state={"1.2.3.20": JobState.SUCCEEDED}.get)
+    assert ready.outcome is PairingOutcome.PAIRED and ready.waiting_until is None
+    never = _new([stored])
+    assert never.outcome is PairingOutcome.PAIRED and "no CT analysis result (never analysed)" in never.reason
+    alone = _new([])
+    assert alone.outcome is PairingOutcome.NO_BASELINE and "no query/retrieve peer configured" in alone.reason
+
+
+def test_the_finder_is_asked_in_the_window_and_its_study_retrieved() -> None:
+    remote = _study("1.2.3.30", 70)
+    finder = Finder([remote, _study("1.2.3.31", 70, patient="P9")])
+    decision = _new([], finder=finder)
+    assert decision.outcome is PairingOutcome.RETRIEVING and decision.baseline_study_uid == "1.2.3.30"
+    assert finder.moved == ["1.2.3.30"] and finder.asked == [(date(2025, 11, 24), date(2026, 2, 2))]
+    assert "at PACS:" in decision.reason and "C-MOVE status 0x0000" in decision.reason
+    assert decision.waiting_until == NOW + timedelta(seconds=RULES.baseline_wait_s)
+    empty = _new([], finder=Finder([_study("1.2.3.32", 10)]))
+    assert empty.outcome is PairingOutcome.NO_BASELINE and "not at PACS either" in empty.reason
+    failing = _new([], finder=Finder(fail="cannot connect to PACS"))
+    assert failing.outcome is PairingOutcome.NO_BASELINE
+    assert failing.reason.endswith("query/retrieve failed: cannot connect to PACS")
+
+
+def test_decisions_for_a_waiting_job() -> None:
+    until = NOW + timedelta(hours=1)
+    baseline = _study("1.2.3.40", 60)
+    assert decide_waiting(FOLLOW_UP, "1.2.3.40", baseline, JobState.RUNNING, until, NOW) is None
+    paired = decide_waiting(FOLLOW_UP, "1.2.3.40", baseline, JobState.SUCCEEDED, until, NOW)
+    assert paired.outcome is PairingOutcome.PAIRED and paired.baseline_study_uid == "1.2.3.40"
+    impostor = _study("1.2.3.40", 60, issuer="HOSP-B")
+    refused = decide_waiting(FOLLOW_UP, "1.2.3.40", impostor, JobState.SUCCEEDED, until, NOW)
+    assert refused.outcome is PairingOutcome.NO_BASELINE and "not the follow-up's: not paired" in refused.reason
+    failed = decide_waiting(FOLLOW_UP, "1.2.3.40", baseline, JobState.FAILED, until, NOW)
+    assert failed.outcome is PairingOutcome.PAIRED and "without delta features" in failed.reason
+    late = decide_waiting(FOLLOW_UP, "1.2.3.40", None, None, until, until)
+    assert late.outcome is PairingOutcome.TIMED_OUT and "not received in time" in late.reason

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from pipelines.geometry import to_sitk
-from pipelines.pet_volume import load_pet_volume
+from pipelines.imaging.geometry import to_sitk
+from pipelines.pet.volume import load_pet_volume
 from tests.conftest import SUV_DRO
 
 CASES = list(csv.DictReader((SUV_DRO / "DRO_list.csv").open())) if (SUV_DRO / "DRO_list.csv").exists() else []

@@ -12,13 +12,13 @@ from sqlalchemy import event, func, inspect, select
 from sqlalchemy.exc import OperationalError
 
 from dicom_node.ingest import parse_received
-from pipelines.types import StoreOutcome
 from storage import integrity
 from storage.database import Database, upgrade
 from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources
 from storage.files import FileLayout
 from storage.schema import ConflictKind, Instance, Patient, Series, Study, StudyState
 from storage.store import InstanceStore
+from storage.types import StoreOutcome
 from tests.synthetic import write_study
 
 

@@ -1,0 +1,283 @@
+"""Typed, frozen values that cross between the store and the pipelines: what pairing knows about a study,
+a baseline as the store keeps it, a patient's imported data, the files a job produced and the records a
+job's result leaves in the index. Pipeline-internal values live in their pipeline's `types.py`; the store's
+own snapshots in `storage.types`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from datetime import date, datetime
+from pathlib import Path
+
+from common.states import OutputKind
+
+
+def parse_dicom_date(value: str | None) -> date | None:
+    """A DICOM DA value (YYYYMMDD) as a date; None when empty or malformed."""
+    try:
+        return datetime.strptime(value.strip(), "%Y%m%d").date()  # type: ignore[union-attr]
+    except (ValueError, AttributeError):
+        return None
+
+
+# --- pairing -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What pairing needs to know about a study (stored, or found on the query/retrieve peer)."""
+
+    study_instance_uid: str
+    patient_id: str
+    issuer_of_patient_id: str
+    study_date: date | None
+    # Modalities in the study; empty when unknown (a query/retrieve peer that does not return them).
+    modalities: frozenset[str] = frozenset()
+
+    def may_hold(self, modality: str) -> bool:
+        return not self.modalities or modality in self.modalities
+
+
+class LesionRole(enum.Enum):
+    PRIMARY = "primary"
+    METASTASIS = "metastasis"
+
+
+@dataclass(frozen=True)
+class BaselineLesion:
+    tracking_uid: str
+    tracking_identifier: str
+    role: LesionRole
+    lymph_node: bool
+    centroid_mm: tuple[float, float, float]
+    long_axis_mm: float
+    short_axis_mm: float
+    volume_ml: float
+
+    @property
+    def recist_diameter_mm(self) -> float:
+        return self.short_axis_mm if self.lymph_node else self.long_axis_mm
+
+
+@dataclass(frozen=True, eq=False)
+class Baseline:
+    """A paired baseline (T0) as the store holds it: its CT, lesions, features and report."""
+
+    study_instance_uid: str
+    study_date: date | None
+    ct_paths: tuple[Path, ...]
+    lesions: tuple[BaselineLesion, ...]
+    features: Mapping[str, Mapping[str, float]]  # volume → feature → value
+    report_sop_instance_uid: str = ""  # the baseline's SR, when one was produced
+    report_path: Path | None = None
+
+
+# --- what a study holds, as a job reads it -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    sop_instance_uid: str
+    sop_class_uid: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class SeriesFiles:
+    """A received series of a study and its files in arrival order (objects this node produced are left out)."""
+
+    series_instance_uid: str
+    modality: str
+    frame_of_reference_uid: str
+    files: tuple[StoredFile, ...]
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(f.path for f in self.files)
+
+
+@dataclass(frozen=True)
+class PreviousReport:
+    """The newest SR an earlier job of the same pipeline produced for a source series (to be superseded)."""
+
+    sop_instance_uid: str
+    path: Path
+
+
+# --- imported genomic and clinical data ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ExpressionProfile:
+    """A tumour mRNA expression profile of one sample, mapped to its patient."""
+
+    sample_id: str
+    patient_id: str
+    issuer_of_patient_id: str
+    units: str  # "tpm" or "counts"
+    values: Mapping[str, float]  # gene symbol (upper case) → value
+    cytact: float | None = None  # Rooney 2015: geometric mean of GZMA and PRF1
+    ifng6: float | None = None  # Ayers 2017: mean log2(x + 1) of the six IFN-gamma genes
+
+
+@dataclass(frozen=True)
+class ClinicalVariables:
+    """Clinical variables of one patient as imported; dNLR and LIPI are derived at import; the index keeps
+    `CLINICAL_FIELDS` (the import file names two of them differently, `pipelines.omics.imports`)."""
+
+    patient_id: str
+    issuer_of_patient_id: str = ""
+    age_years: float | None = None
+    sex: str = ""  # M, F, O or empty
+    ecog: int | None = None
+    ldh: float | None = None
+    ldh_uln: float | None = None
+    neutrophils: float | None = None  # 10^9/L
+    white_cells: float | None = None  # 10^9/L
+    therapy_start: date | None = None
+    best_response: str = ""  # CR, PR, SD, PD, NE or empty
+    pfs_months: float | None = None
+    pfs_event: bool | None = None
+    os_months: float | None = None
+    os_event: bool | None = None
+    dnlr: float | None = None
+    lipi: str = ""  # good / intermediate / poor; empty when dNLR or LDH/ULN is unknown
+
+
+# Clinical values the index keeps per patient (every field but the identity), imported or derived.
+CLINICAL_FIELDS = tuple(
+    f.name for f in fields(ClinicalVariables) if f.name not in ("patient_id", "issuer_of_patient_id")
+)
+
+
+@dataclass(frozen=True)
+class ExpressionImport:
+    file: str
+    orientation: str  # "genes x samples" or "samples x genes", as detected or forced
+    orientation_reason: str
+    genes: int
+    profiles: tuple[ExpressionProfile, ...]
+
+
+@dataclass(frozen=True)
+class ClinicalImport:
+    file: str
+    records: tuple[ClinicalVariables, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class PatientData:
+    """What the store holds about a patient beyond images, for the response models."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    expression: ExpressionProfile | None
+    clinical: ClinicalVariables | None
+
+
+# --- what a job leaves behind --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A validated SEG or SR a job wrote, with the series it was derived from and the SR it supersedes."""
+
+    kind: OutputKind
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    source_series_uid: str = ""
+    supersedes_sop_instance_uid: str = ""  # an earlier SR of the same source series (Predecessor Documents)
+
+
+@dataclass(frozen=True)
+class LesionRecord:
+    """One PET lesion as the index keeps it (research statistics, the fusion model's imaging embedding)."""
+
+    series_instance_uid: str
+    lesion_number: int
+    tracking_uid: str
+    suv_max: float
+    suv_mean: float
+    suv_peak: float
+    metabolic_volume_ml: float
+    total_lesion_glycolysis: float
+    long_axis_mm: float
+    short_axis_mm: float
+    recist_target: bool
+    cytact: float | None = None
+    cytact_model: str = ""
+    embedding: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class FeatureExtractionRecord:
+    """pyradiomics features of one volume ("P", "M", "L<n>") with the parameters that produced them."""
+
+    ct_series_uid: str
+    volume: str
+    tracking_uid: str
+    voxel_count: int
+    seconds: float
+    pyradiomics_version: str
+    parameters: str
+    parameters_sha256: str
+    features: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class CtLesionRecord:
+    lesion_number: int
+    tracking_uid: str
+    tracking_identifier: str
+    role: LesionRole
+    source: str
+    label: str
+    lymph_node: bool
+    volume_ml: float
+    long_axis_mm: float
+    short_axis_mm: float
+    centroid_mm: tuple[float, float, float]
+    status: str  # "baseline", "matched", "new"
+    progressive: bool
+
+
+@dataclass(frozen=True)
+class CtAssessmentRecord:
+    time_point: str
+    baseline_study_uid: str
+    sum_diameters_t0_mm: float | None
+    sum_diameters_t1_mm: float | None
+    percent_change: float | None
+    recist_category: str
+    new_lesions: int | None
+    progressive_lesions: int | None
+    pattern: str
+    deltas: Mapping[str, float | None] | None
+    signature_class: str
+    signature_probability: float | None
+
+
+@dataclass(frozen=True)
+class ResultRecords:
+    """What a job's result leaves in the index beyond its output files."""
+
+    lesions: tuple[LesionRecord, ...] = ()
+    extractions: tuple[FeatureExtractionRecord, ...] = ()
+    ct_lesions: tuple[CtLesionRecord, ...] = ()
+    ct_assessment: CtAssessmentRecord | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished analysis: its validated outputs, the summary for the index, the series it could not analyse
+    (with why) and the records for the index. No outputs and problems: the job failed for those reasons."""
+
+    outputs: tuple[OutputFile, ...]
+    summary: str
+    problems: tuple[str, ...] = ()
+    records: ResultRecords = field(default_factory=ResultRecords)

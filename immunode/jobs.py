@@ -1,0 +1,168 @@
+"""Analysis and report of one job, in a worker process (`immunode.worker`): the heavy part of the flow
+(PyTorch, SimpleITK, pyradiomics, highdicom, imported by the pipelines' methods), never run in the node's
+own process.
+
+`run_job` reads the job's inputs from the store, runs its registered pipeline (`analyse`, then `report`)
+and records outputs, deliveries, result records and the job's final state. `process_folder` runs the
+pipelines that need no store (not longitudinal) on files in a folder, without network or index (research
+use).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import pydicom
+
+from common.states import JobState, PairingOutcome
+from common.types import JobResult, SeriesFiles, StoredFile
+from immunode.config import Settings
+from immunode.routing import route
+from pipelines.errors import PipelineError
+from pipelines.registry import JobInputs, PairingContext, Pipeline
+from storage import jobs, pairings, patients, results, studies
+from storage.database import Database
+from storage.files import FileLayout
+from storage.types import CompletedStudy, SeriesSummary
+
+logger = logging.getLogger(__name__)
+
+
+def _analyse_and_report(
+    pipeline: Pipeline, inputs: JobInputs, settings: Settings, new_path: Callable[[], Path], scratch: Path
+) -> JobResult:
+    with tempfile.TemporaryDirectory(prefix=f"{pipeline.name}-", dir=scratch) as workdir:
+        result = pipeline.analyse(inputs, settings.pipelines, Path(workdir))
+    return pipeline.report(inputs, result, settings.pipelines, new_path)
+
+
+def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: int, pipeline: Pipeline) -> JobInputs:
+    with database.session() as session:
+        spec = jobs.job_spec(session, job_id)
+        study_uid = spec.study_instance_uid
+        pairing = None
+        if pipeline.longitudinal:
+            decision = pairings.latest_pairing(session, job_id)
+            baseline = None
+            if decision is not None and decision.baseline_study_uid and decision.outcome is PairingOutcome.PAIRED:
+                baseline = results.load_baseline(session, layout, decision.baseline_study_uid, pipeline.name)
+            pairing = PairingContext(
+                decision.outcome if decision else None,
+                decision.reason if decision else "no pairing decision",
+                baseline,
+            )
+        return JobInputs(
+            study_instance_uid=study_uid,
+            selected=spec.selected_series,
+            series=studies.study_series(session, layout, study_uid),
+            previous_reports=results.previous_reports(session, layout, study_uid, job_id),
+            patient=patients.study_patient_data(session, study_uid),
+            pairing=pairing,
+            job_id=job_id,
+        )
+
+
+def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
+    """Analyse and report for one job; records outputs, deliveries, result records and the final state."""
+    with database.session() as session:
+        name = jobs.job_spec(session, job_id).pipeline
+    try:
+        pipeline = settings.registry.get(name)
+        inputs = _inputs(settings, database, layout, job_id, pipeline)
+        result = _analyse_and_report(pipeline, inputs, settings, lambda: layout.new_output_path(job_id), layout.root)
+    except PipelineError as error:
+        logger.warning("job %d: %s", job_id, error)
+        with database.session() as session:
+            jobs.finish_job(session, job_id, JobState.FAILED, str(error))
+        return JobState.FAILED
+    destinations = [d.name for d in settings.result_destinations()]
+    with database.session() as session:
+        results.record_job_result(session, layout, job_id, result, destinations)
+        jobs.finish_job(session, job_id, JobState.SUCCEEDED, result.summary)
+    return JobState.SUCCEEDED
+
+
+def _folder_studies(folder: Path, problems: list[str]) -> dict[str, list[tuple[pydicom.Dataset, Path]]]:
+    found: dict[str, list[tuple[pydicom.Dataset, Path]]] = defaultdict(list)
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception as error:  # not DICOM, truncated, unreadable: report and go on
+            problems.append(f"{path}: not readable as DICOM ({error.__class__.__name__}: {error})")
+            continue
+        if "SOPInstanceUID" not in header or "SeriesInstanceUID" not in header:
+            problems.append(f"{path}: not readable as DICOM (no SOP Instance UID: truncated or not an instance)")
+            continue
+        found[str(header.get("StudyInstanceUID", ""))].append((header, path))
+    return found
+
+
+def _series(headers: list[tuple[pydicom.Dataset, Path]]) -> tuple[SeriesFiles, ...]:
+    grouped: dict[str, list[tuple[pydicom.Dataset, Path]]] = defaultdict(list)
+    for header, path in headers:
+        grouped[str(header.SeriesInstanceUID)].append((header, path))
+    return tuple(
+        SeriesFiles(
+            uid,
+            str(members[0][0].get("Modality", "")),
+            str(members[0][0].get("FrameOfReferenceUID", "")),
+            tuple(StoredFile(str(h.SOPInstanceUID), str(h.SOPClassUID), p) for h, p in members),
+        )
+        for uid, members in grouped.items()
+    )
+
+
+def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[JobResult], list[str]]:
+    """Offline research mode: the studies found under `folder`, routed by the configured rules to the
+    pipelines that need no store (longitudinal ones are left out), their SEG + SR written to `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    counter = iter(range(1, 1_000_000))
+    reports: list[JobResult] = []
+    found = _folder_studies(folder, problems)
+    for study_uid, headers in sorted(found.items()):
+        series = _series(headers)
+        summary = CompletedStudy(
+            study_uid,
+            1,
+            tuple(
+                SeriesSummary(
+                    s.series_instance_uid,
+                    s.modality,
+                    str(_first(headers, s).get("SeriesDescription", "")),
+                    str(_first(headers, s).get("Manufacturer", "")),
+                    s.frame_of_reference_uid,
+                    len(s.files),
+                )
+                for s in series
+            ),
+        )
+        for decision in route(summary, settings.routing.rules, settings.registry):
+            if decision.pipeline.longitudinal:
+                continue
+            inputs = JobInputs(study_uid, decision.series_instance_uids, series)
+            try:
+                result = _analyse_and_report(
+                    decision.pipeline,
+                    inputs,
+                    settings,
+                    lambda uid=study_uid: out / f"{uid[-24:]}-{next(counter):03d}.dcm",
+                    out,
+                )
+            except PipelineError as error:
+                problems.append(f"study {study_uid}, {decision.pipeline.name}: {error}")
+                continue
+            reports.append(result)
+            problems += result.problems
+    if not reports and not problems:
+        names = ", ".join(p.name for p in settings.registry.pipelines if not p.longitudinal)
+        problems.append(f"no series under {folder} that a routing rule sends to {names}")
+    return reports, problems
+
+
+def _first(headers: list[tuple[pydicom.Dataset, Path]], series: SeriesFiles) -> pydicom.Dataset:
+    return next(h for h, _ in headers if str(h.SeriesInstanceUID) == series.series_instance_uid)

@@ -1,0 +1,182 @@
+"""Job execution in worker processes, so that a crash or runaway analysis never takes the SCP down.
+
+The workers are warm: spawned when the node starts, they import the analysis code (PyTorch, SimpleITK,
+pyradiomics, highdicom) before the first job, and each runs up to `JOBS_PER_WORKER` jobs before a fresh one
+replaces it (warming as it starts). Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured
+from the job's start) and the worker under the address-space limit (`job_memory_limit_mb`); a worker killed
+by a limit or a crash breaks only its pool, which is rebuilt, and the job is retried or failed with the
+reason in the index. A worker exits when the node is gone (`common.processes.exit_with_parent`).
+
+Stopping (`stop`): the workers are ended at once and the jobs they were running go back to the queue with
+their attempt returned, to resume at the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from functools import partial
+from multiprocessing import get_context
+
+from common.processes import exit_with_parent
+from common.states import JobState
+from immunode.config import Settings
+from immunode.logging_setup import configure_logging
+from storage import jobs
+from storage.database import Database
+from storage.files import FileLayout
+
+logger = logging.getLogger(__name__)
+
+JOBS_PER_WORKER = 25  # then a fresh worker: memory a long-lived analysis process accumulates is returned
+
+
+def _warm(settings: Settings) -> None:
+    """Initializer of each worker process: limits, logging, and the analysis code imported before any job."""
+    exit_with_parent()
+    configure_logging(settings.logging)
+    if settings.workers.job_memory_limit_mb:
+        size = settings.workers.job_memory_limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (size, size))
+    for pipeline in settings.registry.pipelines:
+        pipeline.warm()
+
+
+def _ready() -> bool:
+    return True
+
+
+def _worker_entry(settings: Settings, job_id: int) -> str:
+    """One job in a warm worker process."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    soft = used + settings.workers.job_cpu_limit_s
+    resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    from immunode.jobs import run_job
+
+    database = Database(settings.database_url, migrate=False)
+    try:
+        layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
+        try:
+            return run_job(settings, database, layout, job_id).value
+        except Exception as error:
+            # A deterministic failure of the analysis (a bug, data it cannot handle): the job fails with the
+            # reason, the traceback goes to the log; retrying would fail the same way. Only a worker that
+            # dies (killed, out of memory, CPU limit) is retried, by the runner.
+            logger.exception("job %d: unexpected error in the pipeline", job_id)
+            reason = f"unexpected error in the pipeline: {error.__class__.__name__}: {error} (traceback in the log)"
+            with database.session() as session:
+                jobs.finish_job(session, job_id, JobState.FAILED, reason[:2000])
+            return JobState.FAILED.value
+    finally:
+        database.dispose()
+
+
+class JobRunner:
+    def __init__(
+        self, settings: Settings, database: Database, on_finished: Callable[[int], None] | None = None
+    ) -> None:
+        self.settings = settings
+        self.database = database
+        self.on_finished = on_finished
+        self._lock = threading.Lock()
+        self._running: dict[int, Future] = {}
+        self._stopping = False
+        self._executor = self._new_executor()
+
+    def _new_executor(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.settings.workers.processes,
+            mp_context=get_context("spawn"),
+            initializer=_warm,
+            initargs=(self.settings,),
+            max_tasks_per_child=JOBS_PER_WORKER,
+        )
+
+    def warm_up(self) -> None:
+        """Start the workers now, so that they have imported the analysis code before the first job."""
+        for _ in range(self.settings.workers.processes):
+            self._executor.submit(_ready)
+
+    def resume_interrupted(self) -> int:
+        with self.database.session() as session:
+            return jobs.reset_interrupted_jobs(session, self.settings.workers.max_attempts)
+
+    def submit_pending(self) -> list[int]:
+        with self._lock:
+            if self._stopping:
+                return []
+            free = self.settings.workers.processes - len(self._running)
+            if free <= 0:
+                return []
+            with self.database.session() as session:
+                specs = jobs.claim_pending_jobs(session, free)
+            for spec in specs:
+                logger.info("job %d (%s) for study %s started", spec.job_id, spec.pipeline, spec.study_instance_uid)
+                try:
+                    future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
+                except (BrokenProcessPool, RuntimeError):
+                    self._executor = self._new_executor()
+                    future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
+                self._running[spec.job_id] = future
+                future.add_done_callback(partial(self._finished, spec.job_id))
+            return [spec.job_id for spec in specs]
+
+    def _finished(self, job_id: int, future: Future) -> None:
+        with self._lock:
+            self._running.pop(job_id, None)
+            stopping = self._stopping
+        if stopping:
+            return  # stop() puts the job back in the queue
+        error = future.exception() if not future.cancelled() else None
+        if future.cancelled():
+            return
+        if error is None:
+            logger.info("job %d finished: %s", job_id, future.result())
+        else:
+            if isinstance(error, BrokenProcessPool):
+                reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
+                with self._lock:
+                    self._executor.shutdown(wait=False, cancel_futures=False)
+                    self._executor = self._new_executor()
+            else:
+                reason = f"{error.__class__.__name__}: {error}"
+            logger.error("job %d: %s", job_id, reason)
+            with self.database.session() as session:
+                state = jobs.requeue_job_or_fail(session, job_id, reason, self.settings.workers.max_attempts)
+            if state is JobState.FAILED:
+                logger.error("job %d failed for good", job_id)
+        if self.on_finished is not None:
+            self.on_finished(job_id)
+
+    @property
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def stop(self, grace_s: float = 2.0) -> int:
+        """End the workers now; the jobs they were running go back to the queue (attempt returned). Returns
+        how many jobs were interrupted."""
+        with self._lock:
+            self._stopping = True
+            interrupted = list(self._running)
+            processes = list(getattr(self._executor, "_processes", {}).values())
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+        for process in processes:
+            process.join(grace_s)
+            if process.is_alive():
+                process.kill()
+                process.join(grace_s)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if interrupted:
+            with self.database.session() as session:
+                jobs.return_interrupted_jobs(session, interrupted)
+            logger.info("stop: job(s) %s interrupted, queued to resume at the next start", interrupted)
+        return len(interrupted)

@@ -1,0 +1,146 @@
+"""Analyse stage of the longitudinal CT method (delta-radiomics of the primary tumour and the merged
+metastases at baseline T0 and first follow-up T1; pattern of acquired resistance, oligo ≤ 3 new or
+progressive lesions, systemic > 3). Lesions → (with a baseline) registration, tracking, RECIST →
+parallel pyradiomics extraction → Δ features → published signature → optional classifier.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from common.types import Baseline
+from models.ar_signature import load as load_ar_signature
+from models.errors import ModelError
+from pipelines.ct.delta import deltas, read_published_signature, signature_features
+from pipelines.ct.lesions import ct_lesions, load_ct_volume, volume_masks
+from pipelines.ct.radiomics import extract_volumes, parameter_file_text, pyradiomics_version
+from pipelines.ct.settings import CtRadiomicsSettings
+from pipelines.ct.tracking import assess, match_lesions, register
+from pipelines.ct.types import CtRadiomicsResult, SignatureClass
+from pipelines.imaging.geometry import to_sitk
+from pipelines.imaging.settings import AnnotationSettings
+from pipelines.pet.settings import PetQuantSettings
+from pipelines.types import AlgorithmIdentity, ModelIdentity
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM_NAME = "immunode-ct-delta-radiomics"
+
+
+def algorithm_identity(settings: CtRadiomicsSettings) -> AlgorithmIdentity:
+    # Weight-free: the identity hash covers the radiomics parameter file and the pipeline settings.
+    return AlgorithmIdentity.of(
+        ALGORITHM_NAME, {"pyradiomics": parameter_file_text(), "settings": settings.model_dump(mode="json")}
+    )
+
+
+def analyse_ct_study(
+    ct_paths: Sequence[Path],
+    annotations: Sequence[Path],
+    pet_paths: Sequence[Path],
+    settings: CtRadiomicsSettings,
+    pet_params: PetQuantSettings,
+    baseline: Baseline | None,
+    pairing_reason: str,
+    workdir: Path,
+    baseline_expected: bool = False,
+    annotation_settings: AnnotationSettings | None = None,
+) -> CtRadiomicsResult:
+    """Raises PipelineError subclasses (no lesions, unusable series) with the reason for the job record."""
+    ct = load_ct_volume(ct_paths)
+    lesions, source, primary_reason, left_out = ct_lesions(
+        ct, annotations, pet_paths, settings, pet_params, annotation_settings
+    )
+    paired = baseline is not None and bool(baseline.lesions) and bool(baseline.ct_paths)
+    registration_text, changes, recist = "", (), None
+    if paired:
+        before = load_ct_volume(baseline.ct_paths)
+        registration = register(to_sitk(before.hu, before.geometry), to_sitk(ct.hu, ct.geometry), settings.registration)
+        tracked, changes = match_lesions(baseline.lesions, lesions, registration, settings)
+        lesions = tuple(tracked)
+        recist = assess(baseline.lesions, changes, settings)
+        registration_text = registration.description
+    masks = volume_masks(lesions, ct.geometry.shape, settings.per_lesion_features)
+    uids = {f"L{lesion.number}": lesion.tracking_uid for lesion in lesions}
+    features = extract_volumes(ct.hu, ct.geometry, masks, settings.extraction_processes, workdir, uids)
+    current = {f.volume: f.features for f in features if f.volume in ("P", "M")}
+    result_deltas: dict[str, float | None] = {}
+    published, not_reported = (), ""
+    signature_class, class_not_given = None, ""
+    if paired and baseline.features:
+        result_deltas = deltas(baseline.features, current)
+        if settings.published_signature is not None:
+            published = signature_features(
+                read_published_signature(settings.published_signature), baseline.features, current
+            )
+        else:
+            not_reported = "published signature table not configured (pipelines.ct_radiomics.published_signature)"
+        signature_class, class_not_given = _classify(settings, result_deltas)
+    elif paired:
+        not_reported = "the baseline has no stored features"
+    else:
+        not_reported = "no baseline: delta features need T0 and T1"
+    if not paired or not baseline.features:
+        class_not_given = not_reported
+    # T0: this study is the baseline (no earlier one exists); "unpaired": a baseline was expected but has no result.
+    time_point = "T1" if paired else ("unpaired" if baseline is not None or baseline_expected else "T0")
+    return CtRadiomicsResult(
+        study_instance_uid=ct.study_instance_uid,
+        ct_series_uid=ct.series_instance_uid,
+        ct_paths=ct.paths,
+        geometry=ct.geometry,
+        lesions=lesions,
+        lesion_source=source,
+        primary_reason=primary_reason,
+        features=features,
+        parameters=parameter_file_text(),
+        pyradiomics_version=pyradiomics_version(),
+        time_point=time_point,
+        pairing_reason=pairing_reason,
+        baseline=baseline,
+        registration=registration_text,
+        changes=changes,
+        recist=recist,
+        deltas=result_deltas,
+        signature_features=published,
+        signature_not_reported=not_reported,
+        signature_class=signature_class,
+        signature_class_not_given=class_not_given,
+        not_lesions=tuple(f"{item.label}: {item.reason}" for item in left_out),
+    )
+
+
+def _classify(settings: CtRadiomicsSettings, values: dict[str, float | None]) -> tuple[SignatureClass | None, str]:
+    if settings.ar_signature is None:
+        return None, "no class is given: no AR-signature classifier configured (pipelines.ct_radiomics.ar_signature)"
+    try:
+        signature, card = load_ar_signature(settings.ar_signature)
+        probability = signature.probability_systemic(values)
+    except ModelError as error:
+        return None, f"no class is given: {error}"
+    model = ModelIdentity(card.name, card.version, card.sha256, card.synthetic_training_data)
+    label = "systemic" if probability >= 0.5 else "oligo"
+    return SignatureClass(label, probability, model), ""
+
+
+def summarise(result: CtRadiomicsResult) -> str:
+    roles = [lesion.role.value for lesion in result.lesions]
+    text = (
+        f"CT radiomics {result.time_point}: {len(result.lesions)} lesion(s) from {result.lesion_source} "
+        f"({roles.count('primary')} primary, {roles.count('metastasis')} metastasis); "
+        f"{len(result.features)} volume(s) extracted."
+    )
+    labelled = [f"{x.tracking_identifier} ({x.role.value}, {x.volume_ml:.1f} ml)" for x in result.lesions]
+    text += " Lesions: " + "; ".join(labelled) + "."
+    if result.not_lesions:
+        text += f" Not lesions, left out: {'; '.join(result.not_lesions)}."
+    if result.recist is not None:
+        r = result.recist
+        change = f"{r.percent_change:+.1f} %" if r.percent_change is not None else "n/a"
+        text += (
+            f" RECIST 1.1 {r.category} (sum {r.sum_t0_mm:.1f} -> {r.sum_t1_mm:.1f} mm, {change}); "
+            f"{r.new_lesions} new, {r.progressive_lesions} progressive: pattern {r.pattern}."
+        )
+    return text

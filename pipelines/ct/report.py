@@ -1,0 +1,289 @@
+"""Report stage of the longitudinal CT method: a DICOM SEG on the CT (one segment per lesion, the lesion's
+persistent tracking UID) and a TID 1500 Measurement Report with the time point (T0 baseline or T1
+follow-up), per-lesion diameters, volumes and their Δ, RECIST 1.1 figures, the resistance pattern, the
+published Δ-radiomics features with the nearer published group median (research wording), the optional
+classifier's class, and a reference to the baseline study and its SR. Built with highdicom, validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from common.states import OutputKind
+from common.types import OutputFile
+from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange
+from pipelines.output.gate import OutputWriter
+from pipelines.output.seg import build_segmentation, referenced_segment
+from pipelines.output.sources import conform_sources
+from pipelines.output.sr import (
+    RESEARCH_USE,
+    UNIT_ML,
+    UNIT_MM,
+    UNIT_NONE,
+    measurement_document,
+    model_algorithm,
+    model_statement,
+    private_concept,
+    source_statements,
+    sr_algorithm,
+)
+from pipelines.types import AlgorithmIdentity
+
+SEG_SERIES_NUMBER = 992
+SR_SERIES_NUMBER = 993
+CT_PROCEDURE = hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region")
+UNIT_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+UNIT_LESIONS = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")
+VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
+
+
+LESION_ROLE = private_concept("LESION_ROLE", "Lesion role in the delta-radiomics method")
+ROLES = {
+    "primary": private_concept("PRIMARY", "Primary tumour"),
+    "metastasis": private_concept("METASTASIS", "Metastasis"),
+}
+TRACKING_STATUS = private_concept("TRACK_STATUS", "Lesion tracking status since baseline")
+STATUSES = {
+    "matched": private_concept("MATCHED", "Matched to a baseline lesion"),
+    "new": private_concept("NEW", "New since baseline"),
+    "baseline": private_concept("BASELINE", "Baseline lesion"),
+}
+PROGRESSIVE = private_concept("PROGRESSIVE", "Progressive lesion (RECIST diameter growth rule)")
+DELTA_DIAMETER = private_concept("DELTA_DIAM", "Relative change of RECIST diameter since baseline")
+DELTA_VOLUME = private_concept("DELTA_VOL", "Relative change of volume since baseline")
+SUM_T0 = private_concept("SUMD_T0", "RECIST 1.1 sum of diameters at baseline")
+SUM_T1 = private_concept("SUMD_T1", "RECIST 1.1 sum of diameters at follow-up")
+PERCENT_CHANGE = private_concept("SUMD_PCT", "RECIST 1.1 percent change of the sum of diameters")
+NEW_LESIONS = private_concept("NEW_LESIONS", "Number of new lesions")
+PROGRESSIVE_LESIONS = private_concept("PROG_LESIONS", "Number of progressive lesions")
+RECIST_RESPONSE = private_concept("RECIST_RESP", "RECIST 1.1 response category (from masks)")
+RECIST_CATEGORIES = {
+    "CR": private_concept("RECIST_CR", "Complete response"),
+    "PR": private_concept("RECIST_PR", "Partial response"),
+    "SD": private_concept("RECIST_SD", "Stable disease"),
+    "PD": private_concept("RECIST_PD", "Progressive disease"),
+}
+AR_PATTERN = private_concept("AR_PATTERN", "Pattern of acquired resistance")
+PATTERNS = {
+    "oligo": private_concept("AR_OLIGO", "Oligo-progression (<= 3 new or progressive lesions)"),
+    "systemic": private_concept("AR_SYSTEMIC", "Systemic progression (> 3 new or progressive lesions)"),
+    "none": private_concept("AR_NONE", "No new or progressive lesion"),
+}
+AR_SIGNATURE_CLASS = private_concept("AR_SIG_CLASS", "Delta-radiomics classifier class")
+AR_SIGNATURE_PROBABILITY = private_concept("AR_SIG_PSYS", "Delta-radiomics classifier probability of systemic pattern")
+
+
+def delta_feature_concept(name: str) -> hd.sr.CodedConcept:
+    """A stable private code per feature (SH code values hold 16 characters; the name goes in the meaning)."""
+    return private_concept("DR" + hashlib.sha1(name.encode()).hexdigest()[:12].upper(), f"delta {name}"[:64])
+
+
+def _time_point(result: CtRadiomicsResult) -> hd.sr.TimePointContext:
+    if result.time_point == "T1":
+        return hd.sr.TimePointContext("T1 follow-up", time_point_order=2, subject_time_point_identifier="T1")
+    if result.time_point == "T0":
+        return hd.sr.TimePointContext("T0 baseline", time_point_order=1, subject_time_point_identifier="T0")
+    return hd.sr.TimePointContext("Follow-up without analysed baseline")
+
+
+def _lesion_group(
+    lesion: CtLesion,
+    change: LesionChange | None,
+    segmentation: hd.seg.Segmentation,
+    source_images: list[Dataset],
+    algorithm: hd.sr.AlgorithmIdentification,
+    time_point: hd.sr.TimePointContext,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    def mm(name: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
+        return hd.sr.Measurement(name=name, value=value, unit=UNIT_MM, algorithm_id=algorithm)
+
+    measurements = [
+        mm(codes.SCT.LongAxis, lesion.long_axis_mm),
+        mm(codes.SCT.ShortAxis, lesion.short_axis_mm),
+        hd.sr.Measurement(name=VOLUME, value=lesion.volume_ml, unit=UNIT_ML, algorithm_id=algorithm),
+    ]
+    for concept, value in (
+        (DELTA_DIAMETER, change.diameter_delta if change else None),
+        (DELTA_VOLUME, change.volume_delta if change else None),
+    ):
+        if value is not None:
+            measurements.append(hd.sr.Measurement(name=concept, value=value, unit=UNIT_NONE, algorithm_id=algorithm))
+    status = change.status if change else "baseline"
+    evaluations = [
+        hd.sr.QualitativeEvaluation(LESION_ROLE, ROLES[lesion.role.value]),
+        hd.sr.QualitativeEvaluation(TRACKING_STATUS, STATUSES[status]),
+    ]
+    if change is not None and status == "matched":
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(PROGRESSIVE, codes.SCT.Yes if change.progressive else codes.SCT.No)
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
+        referenced_segment=referenced_segment(lesion, segmentation, source_images),
+        finding_type=codes.SCT.Lesion,
+        time_point_context=time_point,
+        algorithm_id=algorithm,
+        finding_sites=[hd.sr.FindingSite(codes.SCT.LymphNode)] if lesion.lymph_node else None,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def _patient_group(
+    result: CtRadiomicsResult, algorithm: hd.sr.AlgorithmIdentification, time_point: hd.sr.TimePointContext
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    measurements, evaluations = [], []
+    r = result.recist
+    if r is not None:
+        measurements += [
+            hd.sr.Measurement(name=SUM_T0, value=r.sum_t0_mm, unit=UNIT_MM, algorithm_id=algorithm),
+            hd.sr.Measurement(name=SUM_T1, value=r.sum_t1_mm, unit=UNIT_MM, algorithm_id=algorithm),
+            hd.sr.Measurement(name=NEW_LESIONS, value=r.new_lesions, unit=UNIT_LESIONS, algorithm_id=algorithm),
+            hd.sr.Measurement(
+                name=PROGRESSIVE_LESIONS, value=r.progressive_lesions, unit=UNIT_LESIONS, algorithm_id=algorithm
+            ),
+        ]
+        if r.percent_change is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=PERCENT_CHANGE, value=r.percent_change, unit=UNIT_PERCENT, algorithm_id=algorithm
+                )
+            )
+        evaluations += [
+            hd.sr.QualitativeEvaluation(RECIST_RESPONSE, RECIST_CATEGORIES[r.category]),
+            hd.sr.QualitativeEvaluation(AR_PATTERN, PATTERNS[r.pattern]),
+        ]
+    measurements += [
+        hd.sr.Measurement(name=delta_feature_concept(f.name), value=f.delta, unit=UNIT_NONE, algorithm_id=algorithm)
+        for f in result.signature_features
+        if f.delta is not None
+    ]
+    signature = result.signature_class
+    if signature is not None:
+        model = model_algorithm(signature.model)
+        evaluations.append(hd.sr.QualitativeEvaluation(AR_SIGNATURE_CLASS, PATTERNS[signature.label]))
+        measurements.append(
+            hd.sr.Measurement(
+                name=AR_SIGNATURE_PROBABILITY, value=signature.probability_systemic, unit=UNIT_NONE, algorithm_id=model
+            )
+        )
+    if not measurements and not evaluations:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(prefix=None, entropy_srcs=["immunode-ct-assessment", result.ct_series_uid]),
+            identifier="Patient-level CT response and delta-radiomics",
+        ),
+        time_point_context=time_point,
+        algorithm_id=algorithm,
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def statements(result: CtRadiomicsResult) -> list[str]:
+    lines = [f"Pairing: {result.pairing_reason}", f"Lesions: {result.lesion_source}; {result.primary_reason}."]
+    baseline = result.baseline
+    if baseline is not None:
+        lines.append(
+            f"Baseline (T0): study {baseline.study_instance_uid} of {baseline.study_date or 'unknown date'}"
+            + (f", report SR {baseline.report_sop_instance_uid}" if baseline.report_sop_instance_uid else "")
+            + "."
+        )
+    if result.registration:
+        lines.append(f"Registration of T1 to T0: {result.registration}.")
+    for change in result.changes:
+        if change.status == "disappeared":
+            lines.append(f"{change.tracking_identifier} ({change.tracking_uid}): not found at follow-up.")
+    if result.signature_features:
+        for f in result.signature_features:
+            if f.delta is None:
+                lines.append(f"delta {f.name}: not defined ({f.not_defined}).")
+                continue
+            lines.append(
+                f"delta {f.name} = {f.delta:.4g}; published group medians: oligo-progression {f.oligo_median:g}, "
+                f"systemic progression {f.systemic_median:g}"
+                + (f" (AUC {f.auc:g})" if f.auc is not None else "")
+                + f"; nearer to the {f.nearer} median"
+                + ("" if f.nearer != "equidistant" else " (equidistant)")
+                + ". Research reference, not a diagnosis."
+            )
+    elif result.signature_not_reported:
+        lines.append(f"Delta-radiomics signature not reported: {result.signature_not_reported}.")
+    signature = result.signature_class
+    if signature is not None:
+        lines.append(
+            "Delta-radiomics classifier "
+            + model_statement(
+                signature.model,
+                f"class {signature.label} (probability of systemic pattern {signature.probability_systemic:.3f})",
+            )
+        )
+    else:
+        lines.append(f"Delta-radiomics classifier: {result.signature_class_not_given}.")
+    return lines
+
+
+def build_ct_report(
+    source_images: list[Dataset],
+    segmentation: hd.seg.Segmentation,
+    result: CtRadiomicsResult,
+    identity: AlgorithmIdentity,
+    summary: str,
+    notes: Sequence[str] = (),
+) -> hd.sr.Comprehensive3DSR:
+    algorithm = sr_algorithm(identity)
+    time_point = _time_point(result)
+    changes = {c.tracking_uid: c for c in result.changes}
+    groups = [
+        _lesion_group(lesion, changes.get(lesion.tracking_uid), segmentation, source_images, algorithm, time_point)
+        for lesion in result.lesions
+    ]
+    patient = _patient_group(result, algorithm, time_point)
+    if patient is not None:
+        groups.append(patient)
+    evidence = [segmentation]
+    baseline = result.baseline
+    if baseline is not None and baseline.report_path is not None and baseline.report_path.exists():
+        # The baseline SR (another study) is listed in the Pertinent Other Evidence Sequence.
+        evidence.append(pydicom.dcmread(baseline.report_path, stop_before_pixels=True))
+    return measurement_document(
+        source_images,
+        evidence,
+        groups,
+        identity,
+        CT_PROCEDURE,
+        summary,
+        statements(result) + source_statements(notes),
+        SR_SERIES_NUMBER,
+        f"immunode CT delta-radiomics {result.time_point} ({RESEARCH_USE[:17]})",
+    )
+
+
+def write_ct_report(
+    result: CtRadiomicsResult, identity: AlgorithmIdentity, summary: str, new_path: Callable[[], Path]
+) -> tuple[OutputFile, ...]:
+    """The SEG and SR through the validation gate; an invalid object is deleted, never returned."""
+    source_images = [pydicom.dcmread(path) for path in result.ct_paths]
+    notes = conform_sources(source_images)
+    with OutputWriter(new_path) as writer:
+        segmentation = build_segmentation(
+            source_images,
+            result.lesions,
+            identity,
+            "CT lesions; research use only",
+            "immunode CT lesions (RESEARCH USE ONLY)",
+            SEG_SERIES_NUMBER,
+        )
+        seg = writer.save(segmentation, OutputKind.SEG, len(result.lesions), result.ct_series_uid)
+        document = build_ct_report(source_images, segmentation, result, identity, summary, notes)
+        sr = writer.save(document, OutputKind.SR, len(result.lesions), result.ct_series_uid)
+    return seg, sr

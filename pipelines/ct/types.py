@@ -1,0 +1,146 @@
+"""Values of the longitudinal CT pipeline: CT lesions, feature sets, lesion changes, RECIST, Δ features, the result."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.types import Baseline, LesionRole
+from pipelines.types import ModelIdentity, VolumeGeometry
+
+
+@dataclass(frozen=True, eq=False)
+class CtLesion:
+    """A lesion on the CT grid; `mask` is a bool box starting at `offset` (slice, row, column) of the CT."""
+
+    number: int  # 1-based; the SEG segment number
+    tracking_identifier: str
+    tracking_uid: str
+    role: LesionRole
+    source: str  # "annotation" (SEG/RTSTRUCT on the CT) or "pet" (PET lesion of the study on the CT grid)
+    label: str  # the annotation's label, or the PET lesion's
+    lymph_node: bool
+    offset: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False)
+    volume_ml: float = 0.0
+    centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    long_axis_mm: float = 0.0
+    short_axis_mm: float = 0.0
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
+
+    @property
+    def recist_diameter_mm(self) -> float:
+        """RECIST 1.1: short axis for lymph nodes, long axis otherwise."""
+        return self.short_axis_mm if self.lymph_node else self.long_axis_mm
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """pyradiomics features of one volume: "P" primary, "M" merged metastases, "L<n>" lesion n."""
+
+    volume: str
+    voxel_count: int
+    seconds: float
+    features: Mapping[str, float]
+    tracking_uid: str = ""
+
+
+@dataclass(frozen=True)
+class LesionChange:
+    """One lesion across the pair: matched (same tracking UID as at T0), new at T1, or gone at T1."""
+
+    tracking_uid: str
+    tracking_identifier: str
+    status: str  # "matched", "new", "disappeared"
+    diameter_t0_mm: float | None
+    diameter_t1_mm: float | None
+    volume_t0_ml: float | None
+    volume_t1_ml: float | None
+    distance_mm: float | None  # between mapped baseline centroid and follow-up centroid, when matched
+    progressive: bool = False
+
+    @property
+    def diameter_delta(self) -> float | None:
+        return relative_change(self.diameter_t0_mm, self.diameter_t1_mm)
+
+    @property
+    def volume_delta(self) -> float | None:
+        return relative_change(self.volume_t0_ml, self.volume_t1_ml)
+
+
+def relative_change(t0: float | None, t1: float | None) -> float | None:
+    """Δ = (T1 − T0)/T0. Rule for T0 = 0: Δ = 0 when T1 is also 0, otherwise undefined (None) —
+    no finite relative change exists, and the report says "not defined" rather than inventing one."""
+    if t0 is None or t1 is None:
+        return None
+    if t0 == 0:
+        return 0.0 if t1 == 0 else None
+    return (t1 - t0) / t0
+
+
+@dataclass(frozen=True)
+class RecistAssessment:
+    """RECIST 1.1 from masks at T0 and T1 and the acquired-resistance pattern of the delta-radiomics method."""
+
+    target_uids: tuple[str, ...]
+    sum_t0_mm: float
+    sum_t1_mm: float
+    percent_change: float | None
+    category: str  # CR, PR, SD, PD
+    new_lesions: int
+    progressive_lesions: int
+    pattern: str  # "oligo" (1..3 new or progressive), "systemic" (> 3), "none" (no new or progressive lesion)
+
+
+@dataclass(frozen=True)
+class DeltaFeature:
+    """A published signature feature at T0 and T1, its Δ, and which published group median it lies nearer to."""
+
+    name: str  # "P_..." or "M_..." as published
+    t0: float | None
+    t1: float | None
+    delta: float | None
+    oligo_median: float
+    systemic_median: float
+    auc: float | None
+    nearer: str  # "oligo", "systemic", "equidistant" or "" (Δ not defined)
+    not_defined: str = ""  # why Δ is missing
+
+
+@dataclass(frozen=True)
+class SignatureClass:
+    label: str  # "oligo" or "systemic"
+    probability_systemic: float
+    model: ModelIdentity
+
+
+@dataclass(frozen=True, eq=False)
+class CtRadiomicsResult:
+    study_instance_uid: str
+    ct_series_uid: str
+    ct_paths: tuple[Path, ...]  # in slice order (the SEG's source images)
+    geometry: VolumeGeometry
+    lesions: tuple[CtLesion, ...]
+    lesion_source: str  # "annotation" or "pet"
+    primary_reason: str  # how the primary was chosen
+    features: tuple[FeatureSet, ...]
+    parameters: str  # pyradiomics parameter file (YAML), as used
+    pyradiomics_version: str
+    time_point: str  # "T0" baseline-only, "T1" follow-up paired with a baseline
+    pairing_reason: str
+    baseline: Baseline | None = None
+    registration: str = ""  # what registration was done and how well it fits
+    changes: tuple[LesionChange, ...] = ()
+    recist: RecistAssessment | None = None
+    deltas: Mapping[str, float | None] = field(default_factory=dict)  # all features, "P_..." / "M_..."
+    signature_features: tuple[DeltaFeature, ...] = ()
+    signature_not_reported: str = ""
+    signature_class: SignatureClass | None = None
+    signature_class_not_given: str = ""
+    # Annotated regions that are not lesions (organs at risk, body outline, planning volumes): "label: why".
+    not_lesions: tuple[str, ...] = ()

@@ -1,0 +1,163 @@
+"""Registration of the `pet_quant` pipeline: what it reads from a job (the selected PET series, a CT of the
+same frame of reference for anatomy, readers' annotations, the patient's imported data, the previous report
+of each series) and how its results are reported and recorded. The analysis code is imported by the
+methods, in the worker processes only."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from common.settings import Strict
+from common.types import JobResult, LesionRecord, ResultRecords
+from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
+from pipelines.pet.settings import PetQuantSettings
+from pipelines.registry import JobInputs, Pipeline
+
+if TYPE_CHECKING:
+    from pipelines.pet.types import PetJob, PetQuantResult
+
+logger = logging.getLogger(__name__)
+
+
+def _card_line(key: str, path: Path) -> str:
+    from models.cards import verify_card
+    from models.errors import ModelError
+
+    try:
+        card = verify_card(path)
+    except ModelError as error:
+        raise ConfigurationProblem(key, str(error)) from None
+    synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
+    return f"{key}: {card.name} {card.version} sha256 {card.sha256[:16]}{synthetic}"
+
+
+def lesion_records(result: PetQuantResult) -> tuple[LesionRecord, ...]:
+    """The index's lesion rows of one series' result."""
+    model = result.cytact.model if result.cytact else None
+    records = []
+    for lesion in result.lesions:
+        m = lesion.measurements
+        records.append(
+            LesionRecord(
+                series_instance_uid=result.volume.series_instance_uid,
+                lesion_number=lesion.number,
+                tracking_uid=lesion.tracking_uid,
+                suv_max=m.suv_max,
+                suv_mean=m.suv_mean,
+                suv_peak=m.suv_peak,
+                metabolic_volume_ml=m.metabolic_volume_ml,
+                total_lesion_glycolysis=m.total_lesion_glycolysis,
+                long_axis_mm=m.long_axis_mm,
+                short_axis_mm=m.short_axis_mm,
+                recist_target=m.recist_target,
+                cytact=lesion.cytact,
+                cytact_model=model.key if model else "",
+                embedding=tuple(lesion.embedding) if lesion.embedding is not None else None,
+            )
+        )
+    return tuple(records)
+
+
+class PetQuant(Pipeline["PetJob"]):
+    name = "pet_quant"
+    title = "PET lesions and CytAct"
+    settings_model = PetQuantSettings
+    modality = "PT"
+    analysis_modules = ("pipelines.pet.analysis", "pipelines.pet.report", "pipelines.omics.response")
+
+    def check_configuration(self, pipelines: Strict) -> tuple[str, ...]:
+        from models.cards import SHIPPED_CYTACT_WEIGHTS
+
+        params: PetQuantSettings = self.settings(pipelines)
+        response = pipelines.response  # the shared block of the response models
+        files = [
+            ("pipelines.response.expression_weights", response.expression_weights),
+            ("pipelines.response.fusion_weights", response.fusion_weights),
+        ]
+        if params.cytact.enabled:
+            files.append(("pipelines.pet_quant.cytact.weights", params.cytact.weights or SHIPPED_CYTACT_WEIGHTS))
+        return tuple(_card_line(key, path) for key, path in files if path is not None)
+
+    def analyse(self, inputs: JobInputs, pipelines: Strict, workdir: Path) -> PetJob:
+        """Each selected PET series: SUV volume, lesions (readers' annotations in its frame of reference, else
+        automatic detection), measurements, CytAct, and the patient-level response models."""
+        import pydicom
+
+        from pipelines.imaging.annotations import ANNOTATION_CLASSES, IMAGE_CLASSES, SR_CLASSES
+        from pipelines.omics.response import predict_response
+        from pipelines.pet.analysis import analyse_pet_series
+        from pipelines.pet.types import PetJob
+
+        params: PetQuantSettings = self.settings(pipelines)
+        annotations = list(inputs.instances(ANNOTATION_CLASSES).values())
+        # Only SR annotations (2D image coordinates) need the geometry of the images they point at.
+        images = (
+            {
+                uid: pydicom.dcmread(path, stop_before_pixels=True)
+                for uid, path in inputs.instances(IMAGE_CLASSES).items()
+            }
+            if inputs.instances(SR_CLASSES)
+            else {}
+        )
+        results, problems = [], []
+        for series in sorted(inputs.selected_series(), key=lambda s: s.series_instance_uid):
+            ct = inputs.largest("CT", frame_of_reference_uid=series.frame_of_reference_uid)
+            try:
+                result = analyse_pet_series(
+                    series.paths,
+                    params,
+                    annotations,
+                    images,
+                    ct.paths if ct and series.frame_of_reference_uid else (),
+                    pipelines.annotations,  # the shared block
+                )
+            except PipelineError as error:
+                problems.append(f"series {series.series_instance_uid}: {error}")
+                logger.warning("job %s series %s: %s", inputs.job_id, series.series_instance_uid, error)
+                continue
+            embeddings = [lesion.embedding for lesion in result.lesions if lesion.embedding is not None]
+            response = predict_response(
+                inputs.patient,
+                embeddings,
+                result.cytact.model if result.cytact else None,
+                pipelines.response,  # the shared block
+            )
+            results.append(dataclasses.replace(result, response=response))
+        return PetJob(tuple(results), tuple(problems))
+
+    def report(self, inputs: JobInputs, result: PetJob, pipelines: Strict, new_path: Callable[[], Path]) -> JobResult:
+        """A SEG (when there are lesions) and an SR per analysed series, superseding the series' previous SR."""
+        import pydicom
+
+        from pipelines.pet.analysis import algorithm_identity, summarise
+        from pipelines.pet.report import write_pet_report
+
+        identity = algorithm_identity(self.settings(pipelines))
+        problems = list(result.problems)
+        outputs, summaries, records = [], [], []
+        for series_result in result.results:
+            series_uid = series_result.volume.series_instance_uid
+            previous = inputs.previous_reports.get(series_uid)
+            previous_report = (
+                pydicom.dcmread(previous.path) if previous is not None and previous.path.exists() else None
+            )
+            summary = summarise(series_result)
+            try:
+                outputs += write_pet_report(series_result, identity, summary, previous_report, new_path)
+            except PipelineError as error:
+                problems.append(f"series {series_uid}: {error}")
+                logger.warning("job %s series %s: %s", inputs.job_id, series_uid, error)
+                continue
+            summaries.append(summary)
+            records += lesion_records(series_result)
+        if not outputs:
+            raise NothingToAnalyse("; ".join(problems) or "no series selected for analysis")
+        detail = " ".join(summaries) + (" Not analysed: " + "; ".join(problems) if problems else "")
+        return JobResult(tuple(outputs), detail, tuple(problems), ResultRecords(lesions=tuple(records)))
+
+
+PET_QUANT = PetQuant()

@@ -1,0 +1,368 @@
+"""Report stage: a DICOM SEG (one segment per lesion) and a Comprehensive 3D SR holding the TID 1500
+Measurement Report, both built with highdicom, placed in the source study, each in a new series.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import highdicom as hd
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from common.states import OutputKind
+from common.types import OutputFile
+from common.version import __version__
+from pipelines.omics.types import ResponsePredictions
+from pipelines.output.gate import OutputWriter
+from pipelines.output.seg import build_segmentation, referenced_segment
+from pipelines.output.sources import conform_sources
+from pipelines.output.sr import (
+    NOT_A_PREDICTION,
+    UNIT_ML,
+    UNIT_MM,
+    UNIT_NONE,
+    measurement_document,
+    model_algorithm,
+    model_statement,
+    private_concept,
+    source_statements,
+    sr_algorithm,
+)
+from pipelines.pet.types import CytActSummary, Lesion, PetQuantResult
+from pipelines.types import AlgorithmIdentity, ModelIdentity
+
+logger = logging.getLogger(__name__)
+
+SEG_SERIES_NUMBER = 990
+SR_SERIES_NUMBER = 991
+SEG_DESCRIPTION = "immunode PET lesions (RESEARCH USE ONLY)"
+SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
+
+SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
+UNIT_SUVBW = hd.sr.CodedConcept("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
+UNIT_GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
+PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
+NONE_FOUND = hd.sr.CodedConcept("260413007", "SCT", "None")
+CYTACT = private_concept("CYTACT", "Cytolytic activity score (predicted)")
+CYTACT_GROUP = private_concept("CYTACT_GROUP", "CytAct group (minimum vs cut-off)")
+CYTACT_HETEROGENEITY = private_concept("CYTACT_HET", "CytAct heterogeneity (variance vs cut-off)")
+VARIANCE = private_concept("VARIANCE", "Variance")
+LOCATIONS = {
+    "lung": codes.SCT.Lung,
+    "thorax": codes.SCT.Thorax,
+    "abdomen": codes.SCT.Abdomen,
+    "pelvis": codes.SCT.Pelvis,
+    "head and neck": codes.SCT.HeadAndNeck,
+}
+RECIST_TARGET = private_concept("RECIST_TARGET", "Meets RECIST 1.1 target lesion size rule")
+RESPONSE_EXPRESSION = private_concept("ICI_RESP_EXPR", "ICI response probability, expression transformer")
+RESPONSE_FUSION = private_concept("ICI_RESP_FUSION", "ICI response probability, attention fusion")
+MODALITY_WEIGHTS = {
+    modality: private_concept(f"FUSW_{modality.upper()}", f"Fusion modality weight, {modality}")
+    for modality in ("imaging", "genomic", "clinical")
+}
+DNLR = private_concept("DNLR", "Derived neutrophil-to-lymphocyte ratio")
+LIPI = private_concept("LIPI", "Lung Immune Prognostic Index")
+LIPI_VALUES = {
+    "good": private_concept("LIPI_GOOD", "LIPI good"),
+    "intermediate": private_concept("LIPI_INTERMED", "LIPI intermediate"),
+    "poor": private_concept("LIPI_POOR", "LIPI poor"),
+}
+RECIST_ON_PET = (
+    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node named "
+    "as such by a reader) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
+    "(three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
+)
+
+
+def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    algorithm = model_algorithm(summary.model)
+
+    def value(number: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(
+            name=CYTACT, value=number, unit=UNIT_NONE, derivation=derivation, algorithm_id=algorithm
+        )
+
+    measurements = [
+        value(summary.minimum, codes.SCT.Minimum),
+        value(summary.mean, codes.SCT.Mean),
+        value(summary.maximum, codes.SCT.Maximum),
+    ]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(CYTACT_GROUP, codes.SCT.Low if summary.low_group else codes.SCT.High),
+    ]
+    if summary.variance is not None:
+        measurements.append(value(summary.variance, VARIANCE))
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(
+                CYTACT_HETEROGENEITY, codes.SCT.High if summary.heterogeneous else codes.SCT.Low
+            )
+        )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-cytact", series_uid]),
+            identifier="Patient-level CytAct",
+        ),
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
+def cytact_statement(result: PetQuantResult) -> str:
+    summary = result.cytact
+    if summary is None:
+        return f"CytAct not computed: {result.cytact_not_computed or 'no lesion'}."
+    what = (
+        f"minimum {summary.minimum:.3f} ({'low' if summary.low_group else 'high'} group, cut-off "
+        f"{summary.low_group_cutoff}), mean {summary.mean:.3f}, maximum {summary.maximum:.3f}"
+    )
+    if summary.variance is not None:
+        what += (
+            f", variance {summary.variance:.3f} ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
+            f"cut-off {summary.heterogeneity_cutoff})"
+        )
+    return "CytAct by " + model_statement(summary.model, what)
+
+
+def _lipi_algorithm() -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name="immunode-lipi", version=__version__, parameters=["Mezquita 2018", "dNLR > 3", "LDH > ULN"]
+    )
+
+
+def _response_group(
+    response: ResponsePredictions, series_uid: str
+) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+    """Patient-level response models: probabilities, fusion modality weights, dNLR and LIPI."""
+    measurements, evaluations = [], []
+    if response.expression_probability is not None and response.expression_model is not None:
+        measurements.append(
+            hd.sr.Measurement(
+                name=RESPONSE_EXPRESSION,
+                value=response.expression_probability,
+                unit=UNIT_NONE,
+                algorithm_id=model_algorithm(response.expression_model),
+            )
+        )
+    if response.fusion_probability is not None and response.fusion_model is not None:
+        fusion = model_algorithm(response.fusion_model)
+        measurements.append(
+            hd.sr.Measurement(
+                name=RESPONSE_FUSION, value=response.fusion_probability, unit=UNIT_NONE, algorithm_id=fusion
+            )
+        )
+        measurements += [
+            hd.sr.Measurement(name=MODALITY_WEIGHTS[m], value=weight, unit=UNIT_NONE, algorithm_id=fusion)
+            for m, weight in response.fusion_weights
+        ]
+    if response.dnlr is not None:
+        measurements.append(
+            hd.sr.Measurement(name=DNLR, value=response.dnlr, unit=UNIT_NONE, algorithm_id=_lipi_algorithm())
+        )
+    if response.lipi:
+        evaluations.append(hd.sr.QualitativeEvaluation(LIPI, LIPI_VALUES[response.lipi]))
+    if not measurements and not evaluations:
+        return None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-response", series_uid]),
+            identifier="Patient-level response models",
+        ),
+        measurements=measurements or None,
+        qualitative_evaluations=evaluations or None,
+    )
+
+
+def _identity_text(model: ModelIdentity) -> str:
+    text = f"{model.name} {model.version} (weights sha256:{model.weights_sha256})"
+    return text + (" [SYNTHETIC training data, no clinical meaning]" if model.synthetic else "")
+
+
+def response_statements(response: ResponsePredictions | None) -> list[str]:
+    if response is None:
+        return []
+    statements = []
+    if response.expression_probability is not None and response.expression_model is not None:
+        statements.append(
+            f"Expression transformer {_identity_text(response.expression_model)}: response probability "
+            f"{response.expression_probability:.3f} from expression sample {response.expression_sample}. "
+            + NOT_A_PREDICTION
+        )
+    else:
+        statements.append(f"Expression transformer not computed: {response.expression_not_computed}.")
+    if response.fusion_probability is not None and response.fusion_model is not None:
+        weights = ", ".join(f"{m} {w:.2f}" for m, w in response.fusion_weights)
+        notes = f" ({response.fusion_not_computed})" if response.fusion_not_computed else ""
+        statements.append(
+            f"Attention fusion {_identity_text(response.fusion_model)}: response probability "
+            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. " + NOT_A_PREDICTION
+        )
+    else:
+        statements.append(f"Attention fusion not computed: {response.fusion_not_computed}.")
+    if response.lipi:
+        statements.append(
+            f"LIPI (Mezquita 2018, from imported clinical data): {response.lipi}; dNLR {response.dnlr:.2f}. "
+            "Prognostic index, research reference."
+        )
+    else:
+        statements.append(f"LIPI not computed: {response.lipi_not_computed}.")
+    return statements
+
+
+def _lesion_group(
+    lesion: Lesion,
+    segmentation: hd.seg.Segmentation,
+    source_images: Sequence[Dataset],
+    identity: AlgorithmIdentity,
+    model: ModelIdentity | None,
+) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    algorithm = sr_algorithm(identity)
+    m = lesion.measurements
+
+    def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
+        return hd.sr.Measurement(
+            name=SUVBW, value=value, unit=UNIT_SUVBW, derivation=derivation, algorithm_id=algorithm
+        )
+
+    measurements = [
+        suv(m.suv_max, codes.SCT.Maximum),
+        suv(m.suv_mean, codes.SCT.Mean),
+        suv(m.suv_peak, codes.DCM.PeakValueWithinROI),
+        hd.sr.Measurement(
+            name=codes.DCM.MetabolicVolume, value=m.metabolic_volume_ml, unit=UNIT_ML, algorithm_id=algorithm
+        ),
+        hd.sr.Measurement(
+            name=codes.DCM.TotalLesionGlycolysis,
+            value=m.total_lesion_glycolysis,
+            unit=UNIT_GRAM,
+            algorithm_id=algorithm,
+        ),
+    ]
+    measurements += [
+        hd.sr.Measurement(name=codes.SCT.LongAxis, value=m.long_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
+        hd.sr.Measurement(name=codes.SCT.ShortAxis, value=m.short_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
+    ]
+    if lesion.cytact is not None and model is not None:
+        measurements.append(
+            hd.sr.Measurement(name=CYTACT, value=lesion.cytact, unit=UNIT_NONE, algorithm_id=model_algorithm(model))
+        )
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
+        referenced_segment=referenced_segment(lesion, segmentation, source_images),
+        finding_type=codes.SCT.Lesion,
+        algorithm_id=algorithm,
+        finding_sites=_finding_sites(lesion),
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No)
+        ],
+    )
+
+
+def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
+    sites = [hd.sr.FindingSite(LOCATIONS[lesion.location])] if lesion.location in LOCATIONS else []
+    if lesion.measurements.lymph_node:
+        sites.append(hd.sr.FindingSite(codes.SCT.LymphNode))
+    return sites or None
+
+
+def build_measurement_report(
+    source_images: Sequence[Dataset],
+    segmentation: hd.seg.Segmentation | None,
+    result: PetQuantResult,
+    identity: AlgorithmIdentity,
+    previous_report: Dataset | None,
+    summary: str,
+    notes: Sequence[str] = (),
+) -> hd.sr.Comprehensive3DSR:
+    groups = (
+        [
+            _lesion_group(lesion, segmentation, source_images, identity, result.cytact.model if result.cytact else None)
+            for lesion in result.lesions
+        ]
+        if segmentation
+        else []
+    )
+    if groups and result.cytact is not None:
+        groups.append(_patient_cytact_group(result.cytact, result.volume.series_instance_uid))
+    response_group = _response_group(result.response, result.volume.series_instance_uid) if result.response else None
+    if not groups:
+        # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
+        groups = [
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(
+                        prefix=None, entropy_srcs=["immunode-no-lesion", result.volume.series_instance_uid]
+                    ),
+                    identifier="FDG-avid lesions",
+                ),
+                finding_type=codes.SCT.Lesion,
+                algorithm_id=sr_algorithm(identity),
+                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
+            )
+        ]
+    if response_group is not None:
+        groups.append(response_group)
+    statements = [
+        *result.detection_notes,
+        *(
+            [f"Reader annotations not used as lesions: {'; '.join(result.annotations_left_out)}."]
+            if result.annotations_left_out
+            else []
+        ),
+        RECIST_ON_PET,
+        cytact_statement(result),
+        *response_statements(result.response),
+        *source_statements(notes),
+    ]
+    return measurement_document(
+        source_images,
+        [segmentation] if segmentation is not None else [],
+        groups,
+        identity,
+        PET_WHOLE_BODY,
+        summary,
+        statements,
+        SR_SERIES_NUMBER,
+        SR_DESCRIPTION,
+        previous_report,
+    )
+
+
+def write_pet_report(
+    result: PetQuantResult,
+    identity: AlgorithmIdentity,
+    summary: str,
+    previous_report: Dataset | None,
+    new_path: Callable[[], Path],
+) -> tuple[OutputFile, ...]:
+    """The SEG (if any lesion) and the SR through the validation gate; an invalid object is deleted, never
+    returned."""
+    source_images = [pydicom.dcmread(path) for path in result.volume.source_paths]
+    notes = conform_sources(source_images)
+    series_uid = result.volume.series_instance_uid
+    supersedes = str(previous_report.SOPInstanceUID) if previous_report is not None else ""
+    files: list[OutputFile] = []
+    with OutputWriter(new_path) as writer:
+        segmentation = None
+        if result.lesions:
+            segmentation = build_segmentation(
+                source_images,
+                result.lesions,
+                identity,
+                "FDG-avid lesions; research use only",
+                SEG_DESCRIPTION,
+                SEG_SERIES_NUMBER,
+            )
+            files.append(writer.save(segmentation, OutputKind.SEG, len(result.lesions), series_uid))
+        document = build_measurement_report(
+            source_images, segmentation, result, identity, previous_report, summary, notes
+        )
+        files.append(writer.save(document, OutputKind.SR, len(result.lesions), series_uid, supersedes))
+    return tuple(files)

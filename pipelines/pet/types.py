@@ -1,0 +1,118 @@
+"""Values of the PET pipeline: the SUV volume, lesions and their measurements, the CytAct summary, the result."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.omics.types import ResponsePredictions
+from pipelines.types import ModelIdentity, VolumeGeometry
+
+
+class SuvType(enum.Enum):
+    BW = "SUVbw"  # body weight; stored SUVlbm/SUVibw/SUVbsa are converted to it
+
+
+@dataclass(frozen=True)
+class SuvConversion:
+    """How stored values were turned into SUV, for the record and the report."""
+
+    suv_type: SuvType
+    units: str
+    method: str  # human-readable account of the rule applied
+    decay_correction: str
+    injected_dose_bq: float | None
+    decay_time_s: float | None
+    half_life_s: float | None
+    patient_weight_kg: float | None
+
+
+@dataclass(frozen=True, eq=False)
+class PetVolume:
+    """A PET series as an SUV volume plus the instance order used to build it."""
+
+    series_instance_uid: str
+    study_instance_uid: str
+    frame_of_reference_uid: str
+    sop_instance_uids: tuple[str, ...]  # one per slice, in array order
+    source_paths: tuple[Path, ...]  # same order
+    geometry: VolumeGeometry
+    suv: np.ndarray  # float32 [slice, row, column]
+    conversion: SuvConversion
+
+
+@dataclass(frozen=True)
+class LesionMeasurements:
+    suv_max: float
+    suv_mean: float
+    suv_peak: float
+    metabolic_volume_ml: float
+    total_lesion_glycolysis: float  # SUVmean × MTV, in g (SUVbw) units
+    voxel_count: int
+    threshold_suv: float  # T = β·I70 + I_background
+    i70_suv: float
+    background_suv: float
+    centroid_mm: tuple[float, float, float]
+    long_axis_mm: float  # RECIST 1.1 in-plane diameters measured on the mask
+    short_axis_mm: float
+    recist_target: bool  # meets the RECIST 1.1 size rule for a target lesion (nodes: short axis >= 15 mm)
+    lymph_node: bool = False  # a reader labelled the lesion a lymph node
+
+
+@dataclass(frozen=True, eq=False)
+class Lesion:
+    number: int  # 1-based; the SEG segment number
+    tracking_identifier: str
+    tracking_uid: str
+    measurements: LesionMeasurements
+    # The lesion's voxels as a bool mask of its bounding box, which starts at `offset` (slice, row, column)
+    # of the PET volume: whole-volume masks of many lesions would cost gigabytes.
+    offset: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False)
+    cytact: float | None = None  # predicted cytolytic activity score, when the model ran
+    embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
+    location: str = ""  # coarse anatomical location from the CT, when derivable
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class CytActSummary:
+    """Patient-level biomarkers from lesion CytAct (PET immune-profiling method)."""
+
+    model: ModelIdentity
+    minimum: float  # the representative value
+    mean: float
+    maximum: float
+    variance: float | None  # across lesions, when there are two or more
+    low_group: bool  # minimum below the cut-off
+    low_group_cutoff: float
+    heterogeneous: bool | None  # variance above the cut-off; None with fewer than two lesions
+    heterogeneity_cutoff: float
+
+
+@dataclass(frozen=True, eq=False)
+class PetQuantResult:
+    volume: PetVolume
+    lesions: tuple[Lesion, ...]
+    parameters: str  # the effective parameters, recorded in the report
+    cytact: CytActSummary | None = None
+    cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
+    reader_seeds: int = 0  # semi-automatic mode: how many reader annotations (regions and points) defined lesions
+    annotations_left_out: tuple[str, ...] = ()  # "label: why" of annotated regions that are not lesions
+    # Automatic detection: physiological uptake left out, lesions too small or beyond the cap (for the SR).
+    detection_notes: tuple[str, ...] = ()
+    response: ResponsePredictions | None = None  # imported expression / clinical data models, when run
+
+
+@dataclass(frozen=True, eq=False)
+class PetJob:
+    """A `pet_quant` job's analysis: one result per PET series analysed, and the series that could not be
+    (with why)."""
+
+    results: tuple[PetQuantResult, ...]
+    problems: tuple[str, ...] = ()

@@ -1,0 +1,167 @@
+"""Imported expression profiles and clinical records: idempotent upserts and the lookups the models need.
+
+The caller owns the transaction (`Database.session()`): an import is one transaction, so a failure part-way
+leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from datetime import date
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from common.types import (
+    CLINICAL_FIELDS,
+    ClinicalImport,
+    ClinicalVariables,
+    ExpressionImport,
+    ExpressionProfile,
+    PatientData,
+    StudyFacts,
+)
+from storage.events import record_event
+from storage.schema import ClinicalRecord, ExpressionSample, Patient, Study, utcnow
+
+
+def patient_key(patient_id: str, issuer: str) -> tuple[str, str]:
+    return patient_id, issuer or ""
+
+
+def _patient(session: Session, patient_id: str, issuer: str) -> Patient:
+    patient = session.scalar(
+        select(Patient).where(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == (issuer or ""))
+    )
+    if patient is None:
+        # Data may be imported before the patient's images arrive; the images then join this row.
+        patient = Patient(patient_id=patient_id, issuer_of_patient_id=issuer or "")
+        session.add(patient)
+        session.flush()
+    return patient
+
+
+def upsert_expression(session: Session, imported: ExpressionImport) -> tuple[int, int]:
+    """Store every profile (re-import of a sample ID replaces it). Returns (new, updated)."""
+    new = updated = 0
+    for profile in imported.profiles:
+        patient = _patient(session, profile.patient_id, profile.issuer_of_patient_id)
+        row = session.scalar(select(ExpressionSample).where(ExpressionSample.sample_id == profile.sample_id))
+        if row is None:
+            row = ExpressionSample(sample_id=profile.sample_id)
+            session.add(row)
+            new += 1
+        else:
+            updated += 1
+        row.patient_fk = patient.id
+        row.units = profile.units
+        row.source_file = imported.file
+        row.values = dict(profile.values)
+        row.cytact = profile.cytact
+        row.ifng6 = profile.ifng6
+        row.imported_at = utcnow()
+    record_event(
+        session,
+        "INFO",
+        f"expression import {imported.file}: {new} new, {updated} updated sample(s), {imported.genes} genes, "
+        f"read as {imported.orientation}",
+    )
+    return new, updated
+
+
+def upsert_clinical(session: Session, imported: ClinicalImport) -> tuple[int, int]:
+    """Store every patient's record (a re-import replaces the patient's record). Returns (new, updated)."""
+    new = updated = 0
+    for record in imported.records:
+        patient = _patient(session, record.patient_id, record.issuer_of_patient_id)
+        row = session.scalar(select(ClinicalRecord).where(ClinicalRecord.patient_fk == patient.id))
+        if row is None:
+            row = ClinicalRecord(patient_fk=patient.id)
+            session.add(row)
+            new += 1
+        else:
+            updated += 1
+        for name, value in asdict(record).items():
+            if name in CLINICAL_FIELDS:
+                setattr(row, name, value)
+        row.source_file = imported.file
+        row.updated_at = utcnow()
+    record_event(session, "INFO", f"clinical import {imported.file}: {new} new, {updated} updated patient(s)")
+    return new, updated
+
+
+def _profile(row: ExpressionSample, patient: Patient) -> ExpressionProfile:
+    return ExpressionProfile(
+        sample_id=row.sample_id,
+        patient_id=patient.patient_id,
+        issuer_of_patient_id=patient.issuer_of_patient_id,
+        units=row.units,
+        values=dict(row.values),
+        cytact=row.cytact,
+        ifng6=row.ifng6,
+    )
+
+
+def _clinical(row: ClinicalRecord, patient: Patient) -> ClinicalVariables:
+    fields = {name: getattr(row, name) for name in CLINICAL_FIELDS}
+    return ClinicalVariables(patient_id=patient.patient_id, issuer_of_patient_id=patient.issuer_of_patient_id, **fields)
+
+
+def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
+    """The patient's most recently imported expression profile and clinical record (either may be None)."""
+    patient = session.scalar(
+        select(Patient).where(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == (issuer or ""))
+    )
+    if patient is None:
+        return PatientData(patient_id, issuer or "", None, None)
+    sample = session.scalar(
+        select(ExpressionSample)
+        .where(ExpressionSample.patient_fk == patient.id)
+        .order_by(ExpressionSample.imported_at.desc(), ExpressionSample.id.desc())
+        .limit(1)
+    )
+    record = session.scalar(select(ClinicalRecord).where(ClinicalRecord.patient_fk == patient.id))
+    return PatientData(
+        patient.patient_id,
+        patient.issuer_of_patient_id,
+        _profile(sample, patient) if sample is not None else None,
+        _clinical(record, patient) if record is not None else None,
+    )
+
+
+def study_patient(session: Session, study_instance_uid: str) -> tuple[str, str] | None:
+    row = session.execute(
+        select(Patient.patient_id, Patient.issuer_of_patient_id)
+        .join(Study, Study.patient_fk == Patient.id)
+        .where(Study.study_instance_uid == study_instance_uid)
+    ).first()
+    return (row.patient_id, row.issuer_of_patient_id) if row else None
+
+
+def all_patient_data(session: Session) -> dict[tuple[str, str], PatientData]:
+    """Every patient with imported expression or clinical data, keyed by (PatientID, issuer)."""
+    keys = session.execute(
+        select(Patient.patient_id, Patient.issuer_of_patient_id).where(
+            Patient.id.in_(select(ExpressionSample.patient_fk)) | Patient.id.in_(select(ClinicalRecord.patient_fk))
+        )
+    ).all()
+    return {(p, i): patient_data(session, p, i) for p, i in keys}
+
+
+def record_import_rejected(session: Session, file: str, problems: int) -> None:
+    record_event(session, "WARNING", f"import {file} rejected with {problems} problem(s); nothing stored")
+
+
+def study_patient_data(session: Session, study_instance_uid: str) -> PatientData | None:
+    """The imported data of the patient a study is filed under (None: the study is not stored)."""
+    identity = study_patient(session, study_instance_uid)
+    return patient_data(session, *identity) if identity else None
+
+
+def therapy_start(session: Session, facts: StudyFacts) -> date | None:
+    """The imported therapy start of the study's patient (same PatientID and issuer), if any."""
+    return session.scalar(
+        select(ClinicalRecord.therapy_start)
+        .join(Patient, Patient.id == ClinicalRecord.patient_fk)
+        .where(Patient.patient_id == facts.patient_id, Patient.issuer_of_patient_id == facts.issuer_of_patient_id)
+    )

@@ -1,0 +1,290 @@
+"""What jobs produced: output files (with the deliveries they queue), lesion results, CT radiomics features,
+lesions and assessments; the previous reports a rerun supersedes; baselines as later follow-ups read them;
+and the research tables.
+
+Every function takes an open session; the caller owns the transaction (`Database.session()`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common.states import JobState, OutputKind
+from common.types import (
+    Baseline,
+    BaselineLesion,
+    JobResult,
+    LesionRole,
+    OutputFile,
+    PreviousReport,
+    ResultRecords,
+    parse_dicom_date,
+)
+from storage.files import FileLayout
+from storage.schema import (
+    CtAssessment,
+    CtLesionResult,
+    Delivery,
+    Instance,
+    Job,
+    LesionResult,
+    Output,
+    Patient,
+    RadiomicFeature,
+    RadiomicsExtraction,
+    Series,
+    Study,
+)
+from storage.types import DeltaRow
+
+
+def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
+    """Source series → the newest SR earlier jobs produced for it in this study (a rerun supersedes it)."""
+    rows = session.execute(
+        select(Output.source_series_uid, Output.sop_instance_uid, Output.path)
+        .join(Job, Job.id == Output.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Output.kind == OutputKind.SR, Job.id != job_id)
+        .order_by(Output.id)
+    ).all()
+    return {series: PreviousReport(uid, layout.absolute(path)) for series, uid, path in rows}
+
+
+def record_job_result(
+    session: Session, layout: FileLayout, job_id: int, result: JobResult, destinations: Sequence[str]
+) -> None:
+    """Index a job's validated outputs (queueing one delivery per destination) and its result records."""
+    for output in result.outputs:
+        _record_output(session, layout, job_id, output, destinations)
+    _record_records(session, job_id, result.records)
+
+
+def _record_output(
+    session: Session, layout: FileLayout, job_id: int, file: OutputFile, destinations: Sequence[str]
+) -> None:
+    supersedes = (
+        session.scalar(select(Output.id).where(Output.sop_instance_uid == file.supersedes_sop_instance_uid))
+        if file.supersedes_sop_instance_uid
+        else None
+    )
+    output = Output(
+        job_fk=job_id,
+        kind=file.kind,
+        sop_class_uid=file.sop_class_uid,
+        sop_instance_uid=file.sop_instance_uid,
+        source_series_uid=file.source_series_uid,
+        series_instance_uid=file.series_instance_uid,
+        path=layout.relative(file.path),
+        sha256=hashlib.sha256(file.path.read_bytes()).hexdigest(),
+        supersedes_fk=supersedes,
+    )
+    session.add(output)
+    session.flush()
+    for name in destinations:
+        session.add(Delivery(output_fk=output.id, destination=name))
+
+
+def _record_records(session: Session, job_id: int, records: ResultRecords) -> None:
+    for lesion in records.lesions:
+        session.add(
+            LesionResult(
+                job_fk=job_id,
+                series_instance_uid=lesion.series_instance_uid,
+                lesion_number=lesion.lesion_number,
+                tracking_uid=lesion.tracking_uid,
+                suv_max=lesion.suv_max,
+                suv_mean=lesion.suv_mean,
+                suv_peak=lesion.suv_peak,
+                metabolic_volume_ml=lesion.metabolic_volume_ml,
+                total_lesion_glycolysis=lesion.total_lesion_glycolysis,
+                long_axis_mm=lesion.long_axis_mm,
+                short_axis_mm=lesion.short_axis_mm,
+                recist_target=lesion.recist_target,
+                cytact=lesion.cytact,
+                cytact_model=lesion.cytact_model,
+                embedding=list(lesion.embedding) if lesion.embedding is not None else None,
+            )
+        )
+    study_fk = session.get(Job, job_id).study_fk
+    for record in records.extractions:
+        extraction = RadiomicsExtraction(
+            job_fk=job_id,
+            study_fk=study_fk,
+            ct_series_uid=record.ct_series_uid,
+            volume=record.volume,
+            tracking_uid=record.tracking_uid,
+            voxel_count=record.voxel_count,
+            seconds=record.seconds,
+            pyradiomics_version=record.pyradiomics_version,
+            parameters=record.parameters,
+            parameters_sha256=record.parameters_sha256,
+        )
+        session.add(extraction)
+        session.flush()
+        session.add_all(
+            RadiomicFeature(extraction_fk=extraction.id, name=name, value=value)
+            for name, value in record.features.items()
+        )
+    for lesion in records.ct_lesions:
+        session.add(
+            CtLesionResult(
+                job_fk=job_id,
+                lesion_number=lesion.lesion_number,
+                tracking_uid=lesion.tracking_uid,
+                tracking_identifier=lesion.tracking_identifier,
+                role=lesion.role.value,
+                source=lesion.source,
+                label=lesion.label,
+                lymph_node=lesion.lymph_node,
+                volume_ml=lesion.volume_ml,
+                long_axis_mm=lesion.long_axis_mm,
+                short_axis_mm=lesion.short_axis_mm,
+                centroid=list(lesion.centroid_mm),
+                status=lesion.status,
+                progressive=lesion.progressive,
+            )
+        )
+    assessment = records.ct_assessment
+    if assessment is not None:
+        session.add(
+            CtAssessment(
+                job_fk=job_id,
+                time_point=assessment.time_point,
+                baseline_study_uid=assessment.baseline_study_uid,
+                sum_diameters_t0_mm=assessment.sum_diameters_t0_mm,
+                sum_diameters_t1_mm=assessment.sum_diameters_t1_mm,
+                percent_change=assessment.percent_change,
+                recist_category=assessment.recist_category,
+                new_lesions=assessment.new_lesions,
+                progressive_lesions=assessment.progressive_lesions,
+                pattern=assessment.pattern,
+                deltas=dict(assessment.deltas) if assessment.deltas is not None else None,
+                signature_class=assessment.signature_class,
+                signature_probability=assessment.signature_probability,
+            )
+        )
+
+
+def latest_lesion_cytact_by_patient(session: Session) -> dict[tuple[str, str], list[float]]:
+    """(PatientID, IssuerOfPatientID) → lesion CytAct of that patient's most recent successful analysis."""
+    latest_job = (
+        select(Patient.patient_id, Patient.issuer_of_patient_id, func.max(Job.id).label("job_id"))
+        .join(Study, Study.patient_fk == Patient.id)
+        .join(Job, Job.study_fk == Study.id)
+        .join(LesionResult, LesionResult.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, LesionResult.cytact.is_not(None))
+        .group_by(Patient.patient_id, Patient.issuer_of_patient_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(latest_job.c.patient_id, latest_job.c.issuer_of_patient_id, LesionResult.cytact)
+        .join(LesionResult, LesionResult.job_fk == latest_job.c.job_id)
+        .where(LesionResult.cytact.is_not(None))
+    ).all()
+    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for patient_id, issuer, cytact in rows:
+        scores[(patient_id, issuer)].append(float(cytact))
+    return dict(scores)
+
+
+def load_baseline(session: Session, layout: FileLayout, study_uid: str, pipeline: str) -> Baseline | None:
+    """The baseline as the newest successful job of a longitudinal pipeline left it; None when it has none."""
+    job = session.scalar(
+        select(Job)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Job.pipeline == pipeline, Job.state == JobState.SUCCEEDED)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    if job is None:
+        return None
+    extractions = session.scalars(select(RadiomicsExtraction).where(RadiomicsExtraction.job_fk == job.id)).all()
+    features: dict[str, dict[str, float]] = {}
+    for extraction in extractions:
+        if extraction.volume in ("P", "M"):
+            rows = session.execute(
+                select(RadiomicFeature.name, RadiomicFeature.value).where(
+                    RadiomicFeature.extraction_fk == extraction.id
+                )
+            ).all()
+            features[extraction.volume] = {name: value for name, value in rows}
+    series_uid = extractions[0].ct_series_uid if extractions else ""
+    ct_paths = session.scalars(
+        select(Instance.path)
+        .join(Series, Series.id == Instance.series_fk)
+        .where(Series.series_instance_uid == series_uid)
+    ).all()
+    lesions = session.scalars(
+        select(CtLesionResult).where(CtLesionResult.job_fk == job.id).order_by(CtLesionResult.lesion_number)
+    ).all()
+    report = session.scalar(
+        select(Output).where(Output.job_fk == job.id, Output.kind == OutputKind.SR).order_by(Output.id.desc()).limit(1)
+    )
+    return Baseline(
+        study_instance_uid=study_uid,
+        study_date=parse_dicom_date(job.study.study_date),
+        ct_paths=tuple(layout.absolute(p) for p in ct_paths),
+        lesions=tuple(
+            BaselineLesion(
+                row.tracking_uid,
+                row.tracking_identifier,
+                LesionRole(row.role),
+                row.lymph_node,
+                tuple(row.centroid),  # type: ignore[arg-type]
+                row.long_axis_mm,
+                row.short_axis_mm,
+                row.volume_ml,
+            )
+            for row in lesions
+        ),
+        features=features,
+        report_sop_instance_uid=report.sop_instance_uid if report else "",
+        report_path=layout.absolute(report.path) if report else None,
+    )
+
+
+def delta_table(session: Session) -> list[DeltaRow]:
+    """(PatientID, issuer, pattern, Δ features) of each patient's newest paired follow-up."""
+    newest = (
+        select(func.max(CtAssessment.id))
+        .join(Job, Job.id == CtAssessment.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .where(CtAssessment.deltas.is_not(None), Job.state == JobState.SUCCEEDED)
+        .group_by(Study.patient_fk)
+    )
+    rows = session.execute(
+        select(Patient.patient_id, Patient.issuer_of_patient_id, CtAssessment.pattern, CtAssessment.deltas)
+        .join(Job, Job.id == CtAssessment.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .join(Patient, Patient.id == Study.patient_fk)
+        .where(CtAssessment.id.in_(newest))
+        .order_by(Patient.patient_id)
+    ).all()
+    return [DeltaRow(p, i, pattern, deltas) for p, i, pattern, deltas in rows]
+
+
+def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], tuple[str, list[list[float]]]]:
+    """(PatientID, issuer) → (CytAct model key, lesion embeddings) of the most recent successful PET analysis."""
+    rows = session.execute(
+        select(
+            Patient.patient_id, Patient.issuer_of_patient_id, Job.id, LesionResult.cytact_model, LesionResult.embedding
+        )
+        .join(Study, Study.patient_fk == Patient.id)
+        .join(Job, Job.study_fk == Study.id)
+        .join(LesionResult, LesionResult.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, LesionResult.embedding.is_not(None))
+        .order_by(Job.id, LesionResult.id)
+    ).all()
+    latest_job: dict[tuple[str, str], int] = {}
+    embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]] = {}
+    for patient_id, issuer, job_id, model, embedding in rows:  # in job order: a later analysis replaces earlier
+        key = (patient_id, issuer)
+        if latest_job.get(key) != job_id:
+            latest_job[key], embeddings[key] = job_id, (model, [])
+        embeddings[key][1].append(list(embedding))
+    return embeddings

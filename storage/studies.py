@@ -1,0 +1,162 @@
+"""Studies and their series: completion (quiet studies, routed into jobs), what a study holds as a job reads
+it, and the facts the pairing stage decides on.
+
+Every function takes an open session; the caller owns the transaction (`Database.session()`).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from common.states import JobState
+from common.types import SeriesFiles, StoredFile, StudyFacts, parse_dicom_date
+from storage.events import record_event
+from storage.files import FileLayout
+from storage.schema import Instance, Job, Output, Patient, Series, Study, StudyState, utcnow
+from storage.types import CompletedStudy, NewJob, SeriesSummary, StudyStatus
+
+
+def next_quiet_due(session: Session, stable_for: timedelta) -> datetime | None:
+    """When the next study still receiving becomes quiet (its last instance + the stability time), if any."""
+    last = session.scalar(select(func.min(Study.last_received_at)).where(Study.state == StudyState.RECEIVING))
+    return None if last is None else last + stable_for
+
+
+def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStudy]:
+    """Studies still receiving whose last instance arrived at least `stable_for` ago."""
+    cutoff = utcnow() - stable_for
+    studies = session.scalars(
+        select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+    ).all()
+    completed = []
+    for study in studies:
+        counts = dict(
+            session.execute(
+                select(Instance.series_fk, func.count(Instance.id))
+                .join(Series, Series.id == Instance.series_fk)
+                .where(Series.study_fk == study.id)
+                .group_by(Instance.series_fk)
+            ).all()
+        )
+        series = tuple(
+            SeriesSummary(
+                s.series_instance_uid,
+                s.modality,
+                s.series_description,
+                s.manufacturer,
+                s.frame_of_reference_uid,
+                int(counts.get(s.id, 0)),
+            )
+            for s in study.series
+        )
+        completed.append(CompletedStudy(study.study_instance_uid, study.revision, series))
+    return completed
+
+
+def complete_study(session: Session, completed: CompletedStudy, jobs: Sequence[NewJob]) -> list[int]:
+    """Mark the study complete at the revision seen and queue the jobs routing asked for."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == completed.study_instance_uid))
+    if study is None or study.revision != completed.revision or study.state is not StudyState.RECEIVING:
+        return []  # re-opened meanwhile: the next poll sees the new revision
+    study.state = StudyState.COMPLETE
+    study.completed_at = utcnow()
+    waiting = (JobState.PENDING, JobState.PAIRING, JobState.WAITING_BASELINE)
+    superseded = session.scalars(select(Job).where(Job.study_fk == study.id, Job.state.in_(waiting))).all()
+    for job in superseded:
+        job.state = JobState.SUPERSEDED
+        job.error = f"superseded by revision {study.revision}"
+    job_ids = []
+    for new in jobs:
+        job = Job(
+            study_fk=study.id,
+            pipeline=new.pipeline,
+            rule=new.rule,
+            series_uids=" ".join(new.series_instance_uids),
+            study_revision=study.revision,
+            state=new.state,
+        )
+        session.add(job)
+        session.flush()
+        job_ids.append(job.id)
+    if jobs:
+        names = ", ".join(f"{j.rule}->{j.pipeline}" for j in jobs)
+        message = f"study complete (revision {study.revision}); queued {names}"
+    else:
+        message = f"study complete (revision {study.revision}); no routing rule matched"
+    record_event(session, "INFO", message, study.study_instance_uid)
+    return job_ids
+
+
+def study_series(session: Session, layout: FileLayout, study_instance_uid: str) -> tuple[SeriesFiles, ...]:
+    """Every series received for the study with its files in arrival order, leaving out objects this node
+    produced itself (a PACS may send our SEG and SR back)."""
+    rows = session.execute(
+        select(
+            Series.series_instance_uid,
+            Series.modality,
+            Series.frame_of_reference_uid,
+            Instance.sop_instance_uid,
+            Instance.sop_class_uid,
+            Instance.path,
+        )
+        .join(Instance, Instance.series_fk == Series.id)
+        .join(Study, Study.id == Series.study_fk)
+        .where(
+            Study.study_instance_uid == study_instance_uid,
+            Instance.sop_instance_uid.not_in(select(Output.sop_instance_uid)),
+        )
+        .order_by(Instance.id)
+    ).all()
+    files: dict[tuple[str, str, str], list[StoredFile]] = defaultdict(list)
+    for series_uid, modality, frame_of_reference_uid, sop_uid, sop_class_uid, path in rows:
+        files[(series_uid, modality, frame_of_reference_uid)].append(
+            StoredFile(sop_uid, sop_class_uid, layout.absolute(path))
+        )
+    return tuple(SeriesFiles(uid, modality, frame, tuple(found)) for (uid, modality, frame), found in files.items())
+
+
+def series_paths(session: Session, layout: FileLayout, series_instance_uid: str) -> list[Path]:
+    """The files of one stored series (`immunode train cytact` names lesions by series)."""
+    rows = session.scalars(
+        select(Instance.path)
+        .join(Series, Series.id == Instance.series_fk)
+        .where(Series.series_instance_uid == series_instance_uid)
+        .order_by(Instance.id)
+    ).all()
+    return [layout.absolute(path) for path in rows]
+
+
+def _facts(study: Study) -> StudyFacts:
+    return StudyFacts(
+        study.study_instance_uid,
+        study.patient.patient_id,
+        study.patient.issuer_of_patient_id,
+        parse_dicom_date(study.study_date),
+        frozenset(s.modality for s in study.series),
+    )
+
+
+def study_facts(session: Session, study_uid: str) -> StudyFacts | None:
+    study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+    return _facts(study) if study else None
+
+
+def candidate_studies(session: Session, facts: StudyFacts) -> list[StudyFacts]:
+    """Stored studies with the same PatientID, whatever the issuer: the pairing rules judge (and log) them."""
+    studies = session.scalars(
+        select(Study).join(Patient, Patient.id == Study.patient_fk).where(Patient.patient_id == facts.patient_id)
+    ).all()
+    return [_facts(s) for s in studies if s.study_instance_uid != facts.study_instance_uid]
+
+
+def recent_studies(session: Session, limit: int) -> list[StudyStatus]:
+    return [
+        StudyStatus(s.study_instance_uid, s.state.value, s.revision, s.last_received_at)
+        for s in session.scalars(select(Study).order_by(Study.id.desc()).limit(limit)).all()
+    ]

@@ -1,0 +1,311 @@
+"""PET loading, SUV, lesion segmentation and the SEG/SR outputs on synthetic and real data."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from common.states import OutputKind
+from pipelines.errors import SeriesNotUsable, SuvNotComputable
+from pipelines.output.sr import RESEARCH_USE
+from pipelines.pet.analysis import algorithm_identity, analyse_pet_series, summarise
+from pipelines.pet.lesions import sphere_kernel
+from pipelines.pet.report import write_pet_report
+from pipelines.pet.settings import PetQuantSettings
+from pipelines.types import ReaderSeed
+from tests.conftest import STS_002, dciodvfy_errors
+from tests.synthetic import DEFAULT_LESIONS, write_study
+
+
+@pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])
+def test_synthetic_lesions_found_and_measured(tmp_path: Path, vendor: str) -> None:
+    study = write_study(tmp_path, vendor=vendor, with_ct=False)
+    result = analyse_pet_series(list(study.pet_files), PetQuantSettings())
+    assert len(result.lesions) == len(DEFAULT_LESIONS)
+    for truth in DEFAULT_LESIONS:
+        nearest = min(
+            result.lesions,
+            key=lambda found: np.linalg.norm(np.subtract(found.measurements.centroid_mm, truth.centre_mm)),
+        )
+        m = nearest.measurements
+        assert np.linalg.norm(np.subtract(m.centroid_mm, truth.centre_mm)) < 2.0  # half a voxel
+        true_volume_ml = 4 / 3 * math.pi * truth.radius_mm**3 / 1000
+        # Blurred by a 6 mm PSF on 4 mm voxels: SUVmax within 3 % of truth for these sizes, volume within 30 %.
+        assert m.suv_max == pytest.approx(truth.suv, rel=0.03)
+        assert m.metabolic_volume_ml == pytest.approx(true_volume_ml, rel=0.3)
+        assert m.suv_mean <= m.suv_peak <= m.suv_max
+        assert m.total_lesion_glycolysis == pytest.approx(m.suv_mean * m.metabolic_volume_ml)
+        assert m.threshold_suv == pytest.approx(0.3 * m.i70_suv + m.background_suv)
+        # RECIST diameters on the mask: the sphere's diameter within two 4 mm voxels; all are target-sized.
+        assert m.long_axis_mm == pytest.approx(2 * truth.radius_mm, abs=8.0)
+        assert m.short_axis_mm <= m.long_axis_mm and m.recist_target
+
+
+def test_slice_order_comes_from_geometry_not_instance_number(tmp_path: Path) -> None:
+    study = write_study(tmp_path, with_ct=False, shape_zyx=(30, 64, 64), lesions=DEFAULT_LESIONS[1:2])
+    shuffled = list(reversed(study.pet_files))
+    result = analyse_pet_series(shuffled, PetQuantSettings())
+    positions = [
+        float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in result.volume.source_paths
+    ]
+    assert positions == sorted(positions)
+
+
+def test_pet_without_dose_is_refused_with_reason(tmp_path: Path) -> None:
+    study = write_study(tmp_path, with_ct=False, shape_zyx=(20, 48, 48), dose_bq=None)
+    with pytest.raises(SuvNotComputable, match="RadionuclideTotalDose"):
+        analyse_pet_series(list(study.pet_files), PetQuantSettings())
+
+
+def test_missing_slice_is_refused(tmp_path: Path) -> None:
+    study = write_study(tmp_path, with_ct=False, shape_zyx=(20, 48, 48))
+    files = list(study.pet_files)
+    del files[10]
+    with pytest.raises(SeriesNotUsable, match="not uniform"):
+        analyse_pet_series(files, PetQuantSettings())
+
+
+def test_peak_sphere_is_one_millilitre() -> None:
+    kernel = sphere_kernel(np.array([1.0, 1.0, 1.0]), 1.0)
+    assert kernel.sum() / 1000 == pytest.approx(1.0, rel=0.03)
+
+
+def _sts_pet() -> list[Path]:
+    return sorted(p for p in (STS_002 / "PET").glob("*.dcm") if "RTSTRUCT" not in p.name)
+
+
+def _gtv_points(folder: Path) -> np.ndarray:
+    rtstruct = pydicom.dcmread(folder / "RTSTRUCT_RS.dcm")
+    points = [
+        np.asarray(c.ContourData, dtype=float).reshape(-1, 3)
+        for roi in rtstruct.ROIContourSequence
+        for c in roi.ContourSequence
+    ]
+    return np.concatenate(points)
+
+
+def test_real_sarcoma_lesion_lies_in_its_contour() -> None:
+    result = analyse_pet_series(_sts_pet(), PetQuantSettings())
+    assert result.volume.conversion.units == "GML"
+    gtv = _gtv_points(STS_002 / "PET")
+    hottest = result.lesions[0]
+    low, high = gtv.min(axis=0), gtv.max(axis=0)
+    assert np.all(np.asarray(hottest.measurements.centroid_mm) >= low)
+    assert np.all(np.asarray(hottest.measurements.centroid_mm) <= high)
+    assert hottest.measurements.suv_max > 10
+
+
+def test_report_objects_validate_and_read_back(tmp_path: Path) -> None:
+    params = PetQuantSettings()
+    result = analyse_pet_series(_sts_pet(), params)
+    identity = algorithm_identity(params)
+    counter = iter(range(100))
+    files = write_pet_report(result, identity, summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm")
+    seg_file, sr_file = files
+    assert (seg_file.kind, sr_file.kind) == (OutputKind.SEG, OutputKind.SR)
+    for file in files:
+        assert dciodvfy_errors(file.path) == []
+    seg = hd.seg.segread(seg_file.path)
+    source = pydicom.dcmread(result.volume.source_paths[0])
+    assert seg.StudyInstanceUID == source.StudyInstanceUID
+    assert seg.SeriesInstanceUID not in (source.SeriesInstanceUID,)
+    assert len(seg.SegmentSequence) == len(result.lesions)
+    labels = seg.get_pixels_by_source_instance(
+        source_sop_instance_uids=list(result.volume.sop_instance_uids),
+        combine_segments=True,
+        skip_overlap_checks=True,
+    )
+    for lesion in result.lesions:
+        assert int((labels == lesion.number).sum()) == lesion.measurements.voxel_count
+    sr = hd.sr.srread(sr_file.path)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert sr.SeriesInstanceUID != seg.SeriesInstanceUID
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(result.lesions)
+    for group, lesion, segment in zip(groups, result.lesions, seg.SegmentSequence):
+        assert group.tracking_uid == lesion.tracking_uid == segment.TrackingUID
+        assert group.tracking_identifier == lesion.tracking_identifier
+        referenced = group.referenced_segment
+        assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
+        assert list(referenced.referenced_segment_numbers) == [lesion.number]
+        names = {(m.name.value, m.derivation.value if m.derivation else None): m for m in group.get_measurements()}
+        assert names[("126401", codes.SCT.Maximum.value)].value == pytest.approx(lesion.measurements.suv_max, rel=1e-6)
+        assert names[("126401", codes.SCT.Maximum.value)].unit.value == "{SUVbw}g/ml"
+        assert names[("126032", None)].unit.value == "ml"
+        assert names[("103339001", None)].value == pytest.approx(lesion.measurements.long_axis_mm, rel=1e-6)
+        assert names[("103340004", None)].unit.value == "mm"
+        assert names[("126033", None)].value == pytest.approx(lesion.measurements.total_lesion_glycolysis, rel=1e-6)
+        algorithm_texts = _texts_named(group[0], "111001") + _texts_named(group[0], "111003")
+        assert identity.name in algorithm_texts and identity.version in algorithm_texts
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    assert RESEARCH_USE in texts
+    assert f"sha256:{identity.parameters_sha256}" in _texts_named(sr, "111002")
+
+
+def _texts_named(item: pydicom.Dataset, code_value: str) -> list[str]:
+    """TextValue of every content item below `item` whose concept name has the code value."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        name = child.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == code_value and "TextValue" in child:
+            found.append(child.TextValue)
+        found += _texts_named(child, code_value)
+    return found
+
+
+def test_study_without_avid_lesion_gets_an_sr_saying_so_and_no_seg(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in", with_ct=False, shape_zyx=(20, 48, 48), lesions=())
+    params = PetQuantSettings()
+    result = analyse_pet_series(list(study.pet_files), params)
+    assert result.lesions == ()
+    counter = iter(range(100))
+    files = write_pet_report(
+        result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
+    )
+    (sr_file,) = files
+    assert sr_file.kind is OutputKind.SR and dciodvfy_errors(sr_file.path) == []
+    sr = hd.sr.srread(sr_file.path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    assert any(text.startswith("0 FDG-avid lesion(s)") for text in texts)
+    assert "260413007" in _codes_named(sr, "121071")  # Finding: None
+
+
+def _codes_named(item: pydicom.Dataset, code_value: str) -> list[str]:
+    """Coded values of every CODE content item below `item` whose concept name has the code value."""
+    found = []
+    for child in item.get("ContentSequence", []):
+        name = child.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == code_value and "ConceptCodeSequence" in child:
+            found.append(child.ConceptCodeSequence[0].CodeValue)
+        found += _codes_named(child, code_value)
+    return found
+
+
+def _numbers_named(item: pydicom.Dataset, code_value: str) -> list[float]:
+    found = []
+    for child in item.get("ContentSequence", []):
+        name = child.get("ConceptNameCodeSequence")
+        if name and name[0].CodeValue == code_value and "MeasuredValueSequence" in child:
+            found.append(float(child.MeasuredValueSequence[0].NumericValue))
+        found += _numbers_named(child, code_value)
+    return found
+
+
+def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in", with_ct=False)
+    params = PetQuantSettings()
+    result = analyse_pet_series(list(study.pet_files), params)
+    summary = result.cytact
+    assert summary is not None and summary.model.synthetic
+    scores = [lesion.cytact for lesion in result.lesions]
+    assert summary.minimum == pytest.approx(min(scores)) and summary.maximum == pytest.approx(max(scores))
+    assert summary.variance == pytest.approx(float(np.var(scores, ddof=1)))
+    assert summary.low_group == (min(scores) < -0.107)
+    counter = iter(range(100))
+    files = write_pet_report(
+        result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
+    )
+    sr_path = next(f.path for f in files if f.kind is OutputKind.SR)
+    assert dciodvfy_errors(sr_path) == []
+    sr = hd.sr.srread(sr_path)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    for group, lesion in zip(groups, result.lesions):
+        assert _numbers_named(group[0], "CYTACT") == [pytest.approx(lesion.cytact, rel=1e-6)]
+    all_cytact = _numbers_named(sr, "CYTACT")
+    # Per lesion, then the patient-level minimum, mean, maximum and variance.
+    assert all_cytact[len(scores) :] == [
+        pytest.approx(v, rel=1e-6) for v in (summary.minimum, summary.mean, summary.maximum, summary.variance)
+    ]
+    assert "Patient-level CytAct" in _texts_named(sr, "112039")  # Tracking Identifier
+    expected_group = "62482003" if summary.low_group else "75540009"
+    assert _codes_named(sr, "CYTACT_GROUP") == [expected_group]
+    texts = " ".join(item.TextValue for item in sr.ContentSequence[-1].ContentSequence)
+    assert "SYNTHETIC DEMONSTRATION WEIGHTS" in texts and summary.model.weights_sha256 in texts
+
+
+def test_mismatching_weights_leave_cytact_out_and_say_why(tmp_path: Path) -> None:
+    from models.cards import card_path
+    from models.serving import SHIPPED_CYTACT_WEIGHTS
+
+    tampered = tmp_path / SHIPPED_CYTACT_WEIGHTS.name
+    tampered.write_bytes(SHIPPED_CYTACT_WEIGHTS.read_bytes() + b"x")
+    card_path(tampered).write_text(card_path(SHIPPED_CYTACT_WEIGHTS).read_text())
+    params = PetQuantSettings.model_validate({"cytact": {"weights": str(tampered)}})
+    study = write_study(tmp_path / "in", with_ct=False, shape_zyx=(30, 48, 48), lesions=DEFAULT_LESIONS[1:2])
+    result = analyse_pet_series(list(study.pet_files), params)
+    assert result.cytact is None and "refused" in result.cytact_not_computed
+    assert result.lesions[0].measurements.suv_max > 5  # the SUV results stand
+
+
+def test_seeds_define_the_lesions_in_semi_automatic_mode(tmp_path: Path) -> None:
+    from pipelines.pet.lesions import segment_lesions
+    from pipelines.pet.volume import load_pet_volume
+
+    study = write_study(tmp_path / "in", with_ct=False)
+    volume = load_pet_volume(list(study.pet_files))
+    params = PetQuantSettings()
+    automatic = segment_lesions(volume, params)
+    # A reader marks two of the four lesions, a few millimetres off their centres, plus a point on nothing.
+    seeds = [
+        ReaderSeed(tuple(np.add(DEFAULT_LESIONS[0].centre_mm, 4.0))),
+        ReaderSeed(tuple(np.subtract(DEFAULT_LESIONS[2].centre_mm, 3.0))),
+        ReaderSeed((0.0, -300.0, 0.0)),
+    ]
+    seeded = segment_lesions(volume, params, seeds)
+    assert len(seeded) == 2
+    for truth in (DEFAULT_LESIONS[0], DEFAULT_LESIONS[2]):
+        lesion = min(seeded, key=lambda s: np.linalg.norm(np.subtract(s.measurements.centroid_mm, truth.centre_mm)))
+        assert np.linalg.norm(np.subtract(lesion.measurements.centroid_mm, truth.centre_mm)) < 2.0
+        same = min(automatic, key=lambda a: np.linalg.norm(np.subtract(a.measurements.centroid_mm, truth.centre_mm)))
+        # The adaptive threshold refines a seeded lesion exactly as it does a detected one.
+        assert lesion.measurements.voxel_count == same.measurements.voxel_count
+
+
+def test_lesions_get_a_coarse_location_from_the_ct(tmp_path: Path) -> None:
+    study = write_study(tmp_path / "in")
+    result = analyse_pet_series(list(study.pet_files), PetQuantSettings(), ct_paths=list(study.ct_files))
+    by_truth = {
+        truth.centre_mm: min(
+            result.lesions, key=lambda x: np.linalg.norm(np.subtract(x.measurements.centroid_mm, truth.centre_mm))
+        )
+        for truth in DEFAULT_LESIONS
+    }
+    assert by_truth[DEFAULT_LESIONS[0].centre_mm].location == "lung"  # the nodule inside the lung
+    assert by_truth[DEFAULT_LESIONS[2].centre_mm].location == "abdomen"  # the liver metastasis
+    counter = iter(range(100))
+    files = write_pet_report(
+        result,
+        algorithm_identity(PetQuantSettings()),
+        summarise(result),
+        None,
+        lambda: tmp_path / f"{next(counter)}.dcm",
+    )
+    sr_path = next(f.path for f in files if f.kind is OutputKind.SR)
+    assert dciodvfy_errors(sr_path) == []
+    assert "39607008" in _codes_named(hd.sr.srread(sr_path), "363698007")  # Finding Site: Lung
+    # Without a CT no location is claimed.
+    assert all(
+        lesion.location == "" for lesion in analyse_pet_series(list(study.pet_files), PetQuantSettings()).lesions
+    )
+
+
+def test_reader_labelled_lymph_node_uses_the_short_axis_rule(tmp_path: Path) -> None:
+    from pipelines.pet.lesions import segment_lesions
+    from pipelines.pet.volume import load_pet_volume
+
+    study = write_study(tmp_path / "in", with_ct=False)
+    volume = load_pet_volume(list(study.pet_files))
+    node = DEFAULT_LESIONS[1]  # 18 mm across: a target as a lesion (>= 10 mm), and as a node (>= 15 mm)
+    small = DEFAULT_LESIONS[3]  # about 20 mm across as well
+    (as_node,) = segment_lesions(volume, PetQuantSettings(), [ReaderSeed(node.centre_mm, lymph_node=True)])
+    m = as_node.measurements
+    assert m.lymph_node and m.recist_target == (m.short_axis_mm >= 15.0)
+    (as_lesion,) = segment_lesions(volume, PetQuantSettings(), [ReaderSeed(small.centre_mm)])
+    assert not as_lesion.measurements.lymph_node and as_lesion.measurements.recist_target
