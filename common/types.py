@@ -11,8 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from common.states import OutputKind
+
+T = TypeVar("T")
+
+
+def from_attributes(cls: type[T], source: object, **values: object) -> T:
+    """A dataclass whose fields not given in `values` are the same-named attributes of `source`."""
+    taken = {f.name: getattr(source, f.name) for f in fields(cls) if f.name not in values and hasattr(source, f.name)}
+    return cls(**taken, **values)
 
 
 def parse_dicom_date(value: str | None) -> date | None:
@@ -155,6 +164,8 @@ CLINICAL_FIELDS = tuple(
 
 @dataclass(frozen=True)
 class ExpressionImport:
+    """An expression matrix as read and checked: its samples' profiles and how the file was read."""
+
     file: str
     orientation: str  # "genes x samples" or "samples x genes", as detected or forced
     orientation_reason: str
@@ -164,6 +175,8 @@ class ExpressionImport:
 
 @dataclass(frozen=True)
 class ClinicalImport:
+    """A clinical table as read and checked: one record per patient."""
+
     file: str
     records: tuple[ClinicalVariables, ...]
 
@@ -241,25 +254,27 @@ class CtLesionRecord:
     volume_ml: float
     long_axis_mm: float
     short_axis_mm: float
-    centroid_mm: tuple[float, float, float]
+    centroid: tuple[float, float, float]  # mm
     status: str  # "baseline", "matched", "new"
     progressive: bool
 
 
 @dataclass(frozen=True)
 class CtAssessmentRecord:
+    """The patient-level CT assessment of a job: time point, RECIST figures (when paired), Δ, the classifier."""
+
     time_point: str
     baseline_study_uid: str
-    sum_diameters_t0_mm: float | None
-    sum_diameters_t1_mm: float | None
-    percent_change: float | None
-    recist_category: str
-    new_lesions: int | None
-    progressive_lesions: int | None
-    pattern: str
     deltas: Mapping[str, float | None] | None
     signature_class: str
     signature_probability: float | None
+    sum_t0_mm: float | None = None  # RECIST 1.1 sums of diameters
+    sum_t1_mm: float | None = None
+    percent_change: float | None = None
+    category: str = ""  # RECIST 1.1 response category
+    new_lesions: int | None = None
+    progressive_lesions: int | None = None
+    pattern: str = ""
 
 
 @dataclass(frozen=True)

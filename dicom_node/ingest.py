@@ -151,18 +151,16 @@ def _header(
         raise UndecodableDataset("not a DICOM data set: it has no SOP Class or SOP Instance UID")
     study_uid = _study_uid(ds)
     try:
-        return _checked_header(ds, pixels, syntax, affected_sop_class_uid, affected_sop_instance_uid)
+        return _checked_header(ds, pixels, syntax, (affected_sop_class_uid, affected_sop_instance_uid))
     except DatasetInvalid as error:
         raise DatasetInvalid(str(error), study_uid) from None
 
 
 def _checked_header(
-    ds: Dataset,
-    pixels: PixelShape | None,
-    syntax: UID,
-    affected_sop_class_uid: str | None,
-    affected_sop_instance_uid: str | None,
+    ds: Dataset, pixels: PixelShape | None, syntax: UID, affected: tuple[str | None, str | None]
 ) -> InstanceHeader:
+    """The header of a data set whose study is known; `affected` is the request's (SOP Class, SOP Instance)."""
+    affected_sop_class_uid, affected_sop_instance_uid = affected
     identifiers = {
         "SOPClassUID": ds.get("SOPClassUID"),
         "SOPInstanceUID": ds.get("SOPInstanceUID"),

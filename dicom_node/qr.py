@@ -8,7 +8,8 @@ the PACS as a storage peer (`peers.allowed`); the config check enforces the latt
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 
 from pydicom.dataset import Dataset
@@ -79,6 +80,21 @@ def _associate(
     return assoc
 
 
+@contextmanager
+def _exchange(assoc: Association, ended: Callable[[str], None]) -> Iterator[None]:
+    """Release the association however the exchange ends, then report how it ended ("" or the failure)."""
+    failure = ""
+    try:
+        yield
+    except RetrieveError as error:
+        failure = str(error)
+        raise
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ended(failure)
+
+
 def find_studies(
     peer: QueryRetrieveSettings,
     calling_ae_title: str,
@@ -99,8 +115,12 @@ def find_studies(
     query.ModalitiesInStudy = ""
     assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelFind, audit, AuditKind.QUERY)
     found = []
-    failure = ""
-    try:
+
+    def audited(failure: str) -> None:
+        outcome = AuditOutcome.FAILED if failure else AuditOutcome.COMPLETED
+        _audit(audit, AuditKind.QUERY, peer, calling_ae_title, outcome, failure or f"C-FIND: {len(found)} study(ies)")
+
+    with _exchange(assoc, audited):
         for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
             code = getattr(status, "Status", None)
             if code is None:
@@ -119,15 +139,6 @@ def find_studies(
                 )
             elif code not in PENDING and code != 0x0000:
                 raise RetrieveError(f"C-FIND at {peer.ae_title} failed with status 0x{code:04X}")
-    except RetrieveError as error:
-        failure = str(error)
-        raise
-    finally:
-        if assoc.is_established:
-            assoc.release()
-        outcome = AuditOutcome.FAILED if failure else AuditOutcome.COMPLETED
-        detail = failure or f"C-FIND: {len(found)} study(ies)"
-        _audit(audit, AuditKind.QUERY, peer, calling_ae_title, outcome, detail)
     logger.info("C-FIND at %s: %d study(ies) in %s..%s", peer.ae_title, len(found), earliest, latest)
     return [f for f in found if f.study_instance_uid]
 
@@ -139,25 +150,21 @@ def move_study(peer: QueryRetrieveSettings, calling_ae_title: str, study_uid: st
     query.StudyInstanceUID = study_uid
     assoc = _associate(peer, calling_ae_title, StudyRootQueryRetrieveInformationModelMove, audit, AuditKind.RETRIEVE)
     final = None
-    failure = ""
-    try:
-        for status, _ in assoc.send_c_move(query, calling_ae_title, StudyRootQueryRetrieveInformationModelMove):
-            if status is None or "Status" not in status:
-                raise RetrieveError(f"C-MOVE at {peer.ae_title}: no response (timeout or abort)")
-            if status.Status not in MOVE_PENDING:
-                final = status
-    except RetrieveError as error:
-        failure = str(error)
-        raise
-    finally:
-        if assoc.is_established:
-            assoc.release()
+
+    def audited(failure: str) -> None:
         code = f"0x{final.Status:04X}" if final is not None else "none"
         ok = final is not None and final.Status in (0x0000, 0xB000)
         outcome = AuditOutcome.COMPLETED if ok and not failure else AuditOutcome.FAILED
         completed = int(final.get("NumberOfCompletedSuboperations", 0) or 0) if final is not None else 0
         detail = failure or f"C-MOVE to {calling_ae_title}: final status {code}"
         _audit(audit, AuditKind.RETRIEVE, peer, calling_ae_title, outcome, detail, (study_uid,), completed)
+
+    with _exchange(assoc, audited):
+        for status, _ in assoc.send_c_move(query, calling_ae_title, StudyRootQueryRetrieveInformationModelMove):
+            if status is None or "Status" not in status:
+                raise RetrieveError(f"C-MOVE at {peer.ae_title}: no response (timeout or abort)")
+            if status.Status not in MOVE_PENDING:
+                final = status
     if final is None:
         raise RetrieveError(f"C-MOVE at {peer.ae_title}: no final status")
     counts = (

@@ -9,11 +9,11 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from research.radiomics import DeltaTable
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 DEFAULT_CONFIG_ENV = "IMMUNODE_CONFIG"
 
 
@@ -234,8 +235,7 @@ def cmd_cytact_from_expression(args: argparse.Namespace) -> int:
         table = read_expression(Path(args.file))
         scores = cytact_scores(table)
     except ModelError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _print_problems(error)
     print(
         f"# {args.file}: {len(table.samples)} samples, {len(table.genes)} genes, read as {table.orientation}",
         file=sys.stderr,
@@ -260,8 +260,7 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
     try:
         rows = outcomes.read_outcomes(Path(args.outcomes))
     except (OSError, OutcomeTableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _print_problems(error)
     with _index_session(args) as session:
         cytact = results.latest_lesion_cytact_by_patient(session)
     table, unmatched = outcomes.joined_table(rows, cytact)
@@ -298,18 +297,17 @@ def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
         table = _delta_table(args)
         kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed)
     except (OSError, DeltaTableError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    print(
+        return _print_problems(error)
+    lines = [
         f"{len(table.patients)} patients ({int(table.systemic.sum())} systemic, {int((~table.systemic).sum())} oligo); "
         f"{len(table.features)} Δ features, {len(kept)} kept after the Spearman |rho| >= 0.99 filter"
-    )
-    for result in results[: args.top]:
-        print(
-            f"  {result.feature:<60} MW p {result.mann_whitney_p:.3g}  perm p {result.permutation_p:.3g}  "
-            f"AUC {result.auc:.2f}  median oligo {result.median_oligo:.3g} systemic {result.median_systemic:.3g}"
-        )
-    print(f"written: {Path(args.out) / 'feature_tests.csv'}, {Path(args.out) / 'kept_features.txt'}")
+    ] + [
+        f"  {r.feature:<60} MW p {r.mann_whitney_p:.3g}  perm p {r.permutation_p:.3g}  AUC {r.auc:.2f}  "
+        f"median oligo {r.median_oligo:.3g} systemic {r.median_systemic:.3g}"
+        for r in results[: args.top]
+    ]
+    lines.append(f"written: {Path(args.out) / 'feature_tests.csv'}, {Path(args.out) / 'kept_features.txt'}")
+    print("\n".join(lines))
     return 0
 
 
@@ -333,8 +331,7 @@ def cmd_train_ar_signature(args: argparse.Namespace) -> int:
         out = Path(args.out)
         card = ar_signature.save(signature, out / "ar-signature.pt", args.training_data, args.synthetic, metrics)
     except (OSError, ModelError, DeltaTableError, SignatureFileError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _print_problems(error)
     print(
         f"trained on {metrics['patients']} patients ({metrics['left_out_undefined']} left out: undefined Δ); "
         f"training AUC {metrics['training_auc']:.3f} (optimistic: not held out)"
@@ -372,8 +369,7 @@ def cmd_train_cytact(args: argparse.Namespace) -> int:
             stored_series,
         )
     except (ManifestError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return _print_problems(error)
     print(f"weights {Path(args.out) / card.weights_file} sha256 {card.sha256}")
     print(f"pooled out-of-fold Spearman rho {card.metrics['spearman_rho']} ({card.metrics['cross_validation']})")
     print("Set pipelines.pet_quant.cytact.weights to this file to use it.")
@@ -389,6 +385,24 @@ def _print_problems(error: Exception) -> int:
     return 1
 
 
+def _imported(args: argparse.Namespace, read: Callable[[], T], upsert: Callable[[Session, T], tuple[int, int]]) -> T:
+    """Read and check an import file, then store it in one transaction; a rejected file is recorded as rejected
+    (ImportRejected propagates with every problem) and nothing of it is stored."""
+    from pipelines.errors import ImportRejected
+    from storage import patients
+
+    try:
+        imported = read()
+    except ImportRejected as error:
+        with _index_session(args) as session:
+            patients.record_import_rejected(session, Path(args.file).name, len(error.problems))
+        raise
+    with _index_session(args) as session:
+        counts = upsert(session, imported)
+    print(f"{Path(args.file).name}: stored, {counts[0]} new, {counts[1]} updated")
+    return imported
+
+
 def cmd_import_expression(args: argparse.Namespace) -> int:
     from pipelines.errors import ImportRejected
     from pipelines.omics.imports import read_expression_file
@@ -396,19 +410,19 @@ def cmd_import_expression(args: argparse.Namespace) -> int:
 
     orientation = {"genes-x-samples": "genes x samples", "samples-x-genes": "samples x genes"}.get(args.orientation)
     try:
-        imported = read_expression_file(
-            Path(args.file), Path(args.mapping), args.units, orientation, _delimiter(args.delimiter)
+        imported = _imported(
+            args,
+            lambda: read_expression_file(
+                Path(args.file), Path(args.mapping), args.units, orientation, _delimiter(args.delimiter)
+            ),
+            patients.upsert_expression,
         )
     except ImportRejected as error:
-        with _index_session(args) as session:
-            patients.record_import_rejected(session, Path(args.file).name, len(error.problems))
         return _print_problems(error)
-    with _index_session(args) as session:
-        new, updated = patients.upsert_expression(session, imported)
     print(f"{imported.file}: read as {imported.orientation} ({imported.orientation_reason}); units {args.units}")
     if args.units == "counts":
         print("  raw counts: scores use counts per million of the library total (no gene-length correction)")
-    print(f"  {len(imported.profiles)} sample(s), {imported.genes} genes: {new} new, {updated} updated")
+    print(f"  {len(imported.profiles)} sample(s), {imported.genes} genes")
     for profile in imported.profiles:
         cytact = "n/a (GZMA or PRF1 absent)" if profile.cytact is None else f"{profile.cytact:.3f}"
         ifng = "n/a (a gene absent)" if profile.ifng6 is None else f"{profile.ifng6:.3f}"
@@ -422,14 +436,12 @@ def cmd_import_clinical(args: argparse.Namespace) -> int:
     from storage import patients
 
     try:
-        imported = read_clinical_file(Path(args.file), _delimiter(args.delimiter))
+        imported = _imported(
+            args, lambda: read_clinical_file(Path(args.file), _delimiter(args.delimiter)), patients.upsert_clinical
+        )
     except ImportRejected as error:
-        with _index_session(args) as session:
-            patients.record_import_rejected(session, Path(args.file).name, len(error.problems))
         return _print_problems(error)
-    with _index_session(args) as session:
-        new, updated = patients.upsert_clinical(session, imported)
-    print(f"{imported.file}: {len(imported.records)} patient(s): {new} new, {updated} updated")
+    print(f"{imported.file}: {len(imported.records)} patient(s)")
     for record in imported.records:
         dnlr = "n/a" if record.dnlr is None else f"{record.dnlr:.2f}"
         print(f"  {record.patient_id}: dNLR {dnlr}, LIPI {record.lipi or 'n/a (dNLR or LDH/ULN unknown)'}")
@@ -558,6 +570,15 @@ def cmd_evaluate_fusion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _card_arguments(parser: argparse.ArgumentParser, name: str | None = None) -> None:
+    """What a training command writes into the model card of its weights."""
+    if name is not None:
+        parser.add_argument("--name", default=name)
+        parser.add_argument("--version", default="1.0.0")
+    parser.add_argument("--training-data", default="", help="description of the cohort for the model card")
+    parser.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="immunode", description=__doc__)
     parser.add_argument("--version", action="version", version=f"immunode {__version__}")
@@ -615,19 +636,15 @@ def build_parser() -> argparse.ArgumentParser:
     signature.add_argument("--published", help="use the features of the published signature table")
     signature.add_argument("--features", help="comma-separated Δ feature names")
     signature.add_argument("--out", default="ar-signature")
-    signature.add_argument("--training-data", default="")
-    signature.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+    _card_arguments(signature)
     signature.set_defaults(handler=cmd_train_ar_signature)
     cytact = models.add_parser("cytact", help="the CytAct network from a manifest of PET lesions and targets")
     cytact.add_argument("--manifest", required=True, help="CSV: pet, seed_x/seed_y/seed_z or mask, cytact")
     cytact.add_argument("--out", default="cytact-weights", help="folder for the weights and their card")
-    cytact.add_argument("--name", default="immunode-cytact-cnn")
-    cytact.add_argument("--version", default="1.0.0")
+    _card_arguments(cytact, "immunode-cytact-cnn")
     cytact.add_argument("--epochs", type=int, default=12)
     cytact.add_argument("--copies", type=int, default=15, help="rotated copies of each lesion per iteration")
     cytact.add_argument("--folds", type=int, default=10)
-    cytact.add_argument("--training-data", default="", help="description of the cohort for the model card")
-    cytact.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
     cytact.set_defaults(handler=cmd_train_cytact)
     from models import EXPRESSION_BASELINES as BASELINES
 
@@ -641,10 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     expression.add_argument("--heads", type=int, default=4, help="must divide the 20-D embedding")
     expression.add_argument("--seed", type=int, default=0)
     expression.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
-    expression.add_argument("--name", default="immunode-expression-transformer")
-    expression.add_argument("--version", default="1.0.0")
-    expression.add_argument("--training-data", default="")
-    expression.add_argument("--synthetic", action="store_true", help="label the weights as trained on synthetic data")
+    _card_arguments(expression, "immunode-expression-transformer")
     expression.set_defaults(handler=cmd_train_expression)
     fusion = models.add_parser("fusion", help="the attention fusion on a cohort of patients in the store")
     fusion.add_argument("--cohort", required=True, help="CSV: PatientID, IssuerOfPatientID, response")
@@ -654,10 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--epochs", type=int, default=300)
     fusion.add_argument("--bootstrap", type=int, default=1000)
     fusion.add_argument("--seed", type=int, default=0)
-    fusion.add_argument("--name", default="immunode-attention-fusion")
-    fusion.add_argument("--version", default="1.0.0")
-    fusion.add_argument("--training-data", default="")
-    fusion.add_argument("--synthetic", action="store_true")
+    _card_arguments(fusion, "immunode-attention-fusion")
     fusion.set_defaults(handler=cmd_train_fusion)
     evaluate = commands.add_parser("evaluate", help="apply trained weights to a labelled cohort; report")
     evaluated = evaluate.add_subparsers(dest="model", required=True)

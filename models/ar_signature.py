@@ -59,8 +59,6 @@ def save(signature: ArSignature, path: Path, training_data: str, synthetic: bool
     card = ModelCard(
         name=NAME,
         version=VERSION,
-        weights_file="",
-        sha256="",
         synthetic_training_data=synthetic,
         training_data=training_data,
         intended_use="Research use only: oligo- vs systemic progression pattern from delta-radiomics",

@@ -16,13 +16,13 @@ from models.errors import ModelError, WeightsMismatch
 class ModelCard:
     name: str
     version: str
-    weights_file: str  # relative to the card's folder
-    sha256: str
     synthetic_training_data: bool
     training_data: str
     intended_use: str
     metrics: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    weights_file: str = ""  # relative to the card's folder; both filled in by `save_weights`
+    sha256: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

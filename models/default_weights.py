@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     card = ModelCard(
         name=NAME,
         version=VERSION,
-        weights_file=WEIGHTS.name,
-        sha256="",
         synthetic_training_data=True,
         training_data=(
             f"SYNTHETIC DEMONSTRATION DATA: {COHORT_SIZE} simulated FDG-PET lesions (models/synthetic_lesions.py, "

@@ -75,3 +75,19 @@ class AlgorithmIdentity:
         """A weight-free algorithm of this product's version, identified by the hash of its parameters (JSON)."""
         text = json.dumps(parameters, sort_keys=True)
         return cls(name, __version__, hashlib.sha256(text.encode()).hexdigest(), text)
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentedLesion:
+    """A lesion as a SEG segment holds it: its number (1-based, the segment number), tracking identity, and its
+    voxels as a bool mask of its bounding box, which starts at `offset` (slice, row, column) of the source
+    volume (whole-volume masks of many lesions would cost gigabytes)."""
+
+    number: int
+    tracking_identifier: str
+    tracking_uid: str
+    offset: tuple[int, int, int]
+    mask: np.ndarray = field(repr=False)
+
+    def box(self) -> tuple[slice, slice, slice]:
+        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]

@@ -103,11 +103,9 @@ def train_from_manifest(
     validation = cross_validate(cubes, targets, replace(settings, folds=folds))
     model = train_model(cubes, targets, settings, settings.seed)
     card = ModelCard(
-        name=name,
-        version=version,
-        weights_file="",
-        sha256="",
-        synthetic_training_data=synthetic,
+        name,
+        version,
+        synthetic,
         training_data=training_data or f"{len(targets)} lesions from {manifest.name}",
         intended_use="Research use only.",
         metrics={

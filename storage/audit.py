@@ -20,6 +20,7 @@ from pathlib import Path
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from common.types import from_attributes
 from storage.database import Database
 from storage.errors import StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, AuditRecord, Event, utcnow
@@ -174,21 +175,5 @@ def audit_records(session: Session, since: datetime | None = None, limit: int | 
     if limit is not None:
         statement = statement.limit(limit)
     return [
-        AuditEntry(
-            direction=r.direction,
-            kind=r.kind,
-            outcome=r.outcome,
-            calling_ae_title=r.calling_ae_title,
-            called_ae_title=r.called_ae_title,
-            peer_host=r.peer_host,
-            peer_port=r.peer_port,
-            tls=r.tls,
-            tls_peer_subject=r.tls_peer_subject,
-            detail=r.detail,
-            instances=r.instances,
-            study_uids=tuple(r.study_uids or ()),
-            at=r.at,
-            ended_at=r.ended_at,
-        )
-        for r in session.scalars(statement).all()
+        from_attributes(AuditEntry, r, study_uids=tuple(r.study_uids or ())) for r in session.scalars(statement).all()
     ]

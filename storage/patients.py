@@ -6,8 +6,9 @@ leaves the store as it was.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Callable, Sequence
 from datetime import date
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -22,7 +23,7 @@ from common.types import (
     StudyFacts,
 )
 from storage.events import record_event
-from storage.schema import ClinicalRecord, ExpressionSample, Patient, Study, utcnow
+from storage.schema import Base, ClinicalRecord, ExpressionSample, Patient, Study, utcnow
 
 
 def patient_key(patient_id: str, issuer: str) -> tuple[str, str]:
@@ -41,25 +42,50 @@ def _patient(session: Session, patient_id: str, issuer: str) -> Patient:
     return patient
 
 
-def upsert_expression(session: Session, imported: ExpressionImport) -> tuple[int, int]:
-    """Store every profile (re-import of a sample ID replaces it). Returns (new, updated)."""
-    new = updated = 0
-    for profile in imported.profiles:
-        patient = _patient(session, profile.patient_id, profile.issuer_of_patient_id)
-        row = session.scalar(select(ExpressionSample).where(ExpressionSample.sample_id == profile.sample_id))
+def _upsert(
+    session: Session,
+    items: Sequence[ExpressionProfile] | Sequence[ClinicalVariables],
+    existing: Callable[[Patient, Any], Base | None],
+    new: Callable[[Patient, Any], Base],
+    fill: Callable[[Base, Patient, Any], None],
+) -> tuple[int, int]:
+    """Each item's row updated (or added), under its patient (created when new). Returns (new, updated)."""
+    added = updated = 0
+    for item in items:
+        patient = _patient(session, item.patient_id, item.issuer_of_patient_id)
+        row = existing(patient, item)
         if row is None:
-            row = ExpressionSample(sample_id=profile.sample_id)
+            row = new(patient, item)
             session.add(row)
-            new += 1
+            added += 1
         else:
             updated += 1
-        row.patient_fk = patient.id
-        row.units = profile.units
-        row.source_file = imported.file
-        row.values = dict(profile.values)
-        row.cytact = profile.cytact
-        row.ifng6 = profile.ifng6
-        row.imported_at = utcnow()
+        fill(row, patient, item)
+    return added, updated
+
+
+def upsert_expression(session: Session, imported: ExpressionImport) -> tuple[int, int]:
+    """Store every profile (re-import of a sample ID replaces it). Returns (new, updated)."""
+
+    def fill(row: ExpressionSample, patient: Patient, profile: ExpressionProfile) -> None:
+        for name in ("units", "cytact", "ifng6"):
+            setattr(row, name, getattr(profile, name))
+        row.patient_fk, row.values, row.source_file, row.imported_at = (
+            patient.id,
+            dict(profile.values),
+            imported.file,
+            utcnow(),
+        )
+
+    new, updated = _upsert(
+        session,
+        imported.profiles,
+        lambda _, profile: session.scalar(
+            select(ExpressionSample).where(ExpressionSample.sample_id == profile.sample_id)
+        ),
+        lambda _, profile: ExpressionSample(sample_id=profile.sample_id),
+        fill,
+    )
     record_event(
         session,
         "INFO",
@@ -71,21 +97,19 @@ def upsert_expression(session: Session, imported: ExpressionImport) -> tuple[int
 
 def upsert_clinical(session: Session, imported: ClinicalImport) -> tuple[int, int]:
     """Store every patient's record (a re-import replaces the patient's record). Returns (new, updated)."""
-    new = updated = 0
-    for record in imported.records:
-        patient = _patient(session, record.patient_id, record.issuer_of_patient_id)
-        row = session.scalar(select(ClinicalRecord).where(ClinicalRecord.patient_fk == patient.id))
-        if row is None:
-            row = ClinicalRecord(patient_fk=patient.id)
-            session.add(row)
-            new += 1
-        else:
-            updated += 1
-        for name, value in asdict(record).items():
-            if name in CLINICAL_FIELDS:
-                setattr(row, name, value)
-        row.source_file = imported.file
-        row.updated_at = utcnow()
+
+    def fill(row: ClinicalRecord, patient: Patient, record: ClinicalVariables) -> None:
+        for name in CLINICAL_FIELDS:
+            setattr(row, name, getattr(record, name))
+        row.source_file, row.updated_at = imported.file, utcnow()
+
+    new, updated = _upsert(
+        session,
+        imported.records,
+        lambda patient, _: session.scalar(select(ClinicalRecord).where(ClinicalRecord.patient_fk == patient.id)),
+        lambda patient, _: ClinicalRecord(patient_fk=patient.id),
+        fill,
+    )
     record_event(session, "INFO", f"clinical import {imported.file}: {new} new, {updated} updated patient(s)")
     return new, updated
 

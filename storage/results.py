@@ -7,9 +7,11 @@ Every function takes an open session; the caller owns the transaction (`Database
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import fields
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -27,6 +29,7 @@ from common.types import (
 )
 from storage.files import FileLayout
 from storage.schema import (
+    Base,
     CtAssessment,
     CtLesionResult,
     Delivery,
@@ -89,85 +92,39 @@ def _record_output(
         session.add(Delivery(output_fk=output.id, destination=name))
 
 
+def _row(model: type[Base], record: object, **values: object) -> Base:
+    """An index row from a result record: same-named fields, tuples as lists, enums as their values."""
+    columns = {f.name: getattr(record, f.name) for f in fields(record) if f.name in model.__table__.columns}
+    columns.update(values)
+    return model(
+        **{
+            name: list(v) if isinstance(v, tuple) else v.value if isinstance(v, enum.Enum) else v
+            for name, v in columns.items()
+        }
+    )
+
+
 def _record_records(session: Session, job_id: int, records: ResultRecords) -> None:
-    for lesion in records.lesions:
-        session.add(
-            LesionResult(
-                job_fk=job_id,
-                series_instance_uid=lesion.series_instance_uid,
-                lesion_number=lesion.lesion_number,
-                tracking_uid=lesion.tracking_uid,
-                suv_max=lesion.suv_max,
-                suv_mean=lesion.suv_mean,
-                suv_peak=lesion.suv_peak,
-                metabolic_volume_ml=lesion.metabolic_volume_ml,
-                total_lesion_glycolysis=lesion.total_lesion_glycolysis,
-                long_axis_mm=lesion.long_axis_mm,
-                short_axis_mm=lesion.short_axis_mm,
-                recist_target=lesion.recist_target,
-                cytact=lesion.cytact,
-                cytact_model=lesion.cytact_model,
-                embedding=list(lesion.embedding) if lesion.embedding is not None else None,
-            )
-        )
+    session.add_all(_row(LesionResult, lesion, job_fk=job_id) for lesion in records.lesions)
     study_fk = session.get(Job, job_id).study_fk
     for record in records.extractions:
-        extraction = RadiomicsExtraction(
-            job_fk=job_id,
-            study_fk=study_fk,
-            ct_series_uid=record.ct_series_uid,
-            volume=record.volume,
-            tracking_uid=record.tracking_uid,
-            voxel_count=record.voxel_count,
-            seconds=record.seconds,
-            pyradiomics_version=record.pyradiomics_version,
-            parameters=record.parameters,
-            parameters_sha256=record.parameters_sha256,
-        )
+        extraction = _row(RadiomicsExtraction, record, job_fk=job_id, study_fk=study_fk)
         session.add(extraction)
         session.flush()
         session.add_all(
             RadiomicFeature(extraction_fk=extraction.id, name=name, value=value)
             for name, value in record.features.items()
         )
-    for lesion in records.ct_lesions:
-        session.add(
-            CtLesionResult(
-                job_fk=job_id,
-                lesion_number=lesion.lesion_number,
-                tracking_uid=lesion.tracking_uid,
-                tracking_identifier=lesion.tracking_identifier,
-                role=lesion.role.value,
-                source=lesion.source,
-                label=lesion.label,
-                lymph_node=lesion.lymph_node,
-                volume_ml=lesion.volume_ml,
-                long_axis_mm=lesion.long_axis_mm,
-                short_axis_mm=lesion.short_axis_mm,
-                centroid=list(lesion.centroid_mm),
-                status=lesion.status,
-                progressive=lesion.progressive,
-            )
-        )
+    session.add_all(_row(CtLesionResult, lesion, job_fk=job_id) for lesion in records.ct_lesions)
     assessment = records.ct_assessment
     if assessment is not None:
-        session.add(
-            CtAssessment(
-                job_fk=job_id,
-                time_point=assessment.time_point,
-                baseline_study_uid=assessment.baseline_study_uid,
-                sum_diameters_t0_mm=assessment.sum_diameters_t0_mm,
-                sum_diameters_t1_mm=assessment.sum_diameters_t1_mm,
-                percent_change=assessment.percent_change,
-                recist_category=assessment.recist_category,
-                new_lesions=assessment.new_lesions,
-                progressive_lesions=assessment.progressive_lesions,
-                pattern=assessment.pattern,
-                deltas=dict(assessment.deltas) if assessment.deltas is not None else None,
-                signature_class=assessment.signature_class,
-                signature_probability=assessment.signature_probability,
-            )
-        )
+        deltas = dict(assessment.deltas) if assessment.deltas is not None else None
+        recist = {
+            "sum_diameters_t0_mm": assessment.sum_t0_mm,
+            "sum_diameters_t1_mm": assessment.sum_t1_mm,
+            "recist_category": assessment.category,
+        }
+        session.add(_row(CtAssessment, assessment, job_fk=job_id, deltas=deltas, **recist))
 
 
 def latest_lesion_cytact_by_patient(session: Session) -> dict[tuple[str, str], list[float]]:

@@ -14,6 +14,8 @@ from storage.schema import NodeRun, utcnow
 
 @dataclass(frozen=True)
 class RunStart:
+    """A run of the node just recorded, and whether (from when) files must be reconciled."""
+
     run_id: int
     reconcile: bool  # an earlier run ended without a clean stop, or none is recorded
     since: date | None  # reconcile day folders from this day on; None: the whole object store
@@ -22,6 +24,8 @@ class RunStart:
 
 @dataclass(frozen=True)
 class RunSummary:
+    """The latest run of the node and what its start-up reconciliation did, for `immunode status`."""
+
     started_at: datetime
     host: str
     orphans_indexed: int

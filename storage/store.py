@@ -49,6 +49,20 @@ from storage.types import InstanceHeader, StoredInstance, StoreOutcome
 
 logger = logging.getLogger(__name__)
 
+# Attributes of an instance's header that its series row keeps.
+SERIES_ATTRIBUTES = (
+    "series_instance_uid",
+    "modality",
+    "series_number",
+    "series_description",
+    "manufacturer",
+    "frame_of_reference_uid",
+)
+
+
+def _header_values(header: InstanceHeader, names: tuple[str, ...]) -> dict[str, object]:
+    return {name: getattr(header, name) for name in names}
+
 
 @dataclass(frozen=True)
 class SeriesKey:
@@ -225,17 +239,7 @@ class InstanceStore:
         else:
             study_id = self._new_study(session, header)
         series_id = session.scalar(
-            insert(Series)
-            .returning(Series.id)
-            .values(
-                series_instance_uid=header.series_instance_uid,
-                study_fk=study_id,
-                modality=header.modality,
-                series_number=header.series_number,
-                series_description=header.series_description,
-                manufacturer=header.manufacturer,
-                frame_of_reference_uid=header.frame_of_reference_uid,
-            )
+            insert(Series).returning(Series.id).values(study_fk=study_id, **_header_values(header, SERIES_ATTRIBUTES))
         )
         return SeriesKey(study_id, series_id, header.study_instance_uid, header.patient_id, header.issuer_of_patient_id)
 
@@ -257,10 +261,8 @@ class InstanceStore:
             insert(Study)
             .returning(Study.id)
             .values(
-                study_instance_uid=header.study_instance_uid,
                 patient_fk=patient_id,
-                study_date=header.study_date,
-                accession_number=header.accession_number,
+                **_header_values(header, ("study_instance_uid", "study_date", "accession_number")),
                 state=StudyState.RECEIVING,
                 revision=1,
                 first_received_at=now,

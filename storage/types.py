@@ -61,6 +61,8 @@ class SeriesSummary:
 
 @dataclass(frozen=True)
 class CompletedStudy:
+    """A study quiet for the stability time, at the revision routing saw, with its series."""
+
     study_instance_uid: str
     revision: int
     series: tuple[SeriesSummary, ...]
@@ -68,6 +70,8 @@ class CompletedStudy:
 
 @dataclass(frozen=True)
 class DueDelivery:
+    """A delivery whose next attempt is due: the output file to send and to which destination."""
+
     delivery_id: int
     destination: str
     path: Path

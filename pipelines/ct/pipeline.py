@@ -18,6 +18,7 @@ from common.types import (
     FeatureExtractionRecord,
     JobResult,
     ResultRecords,
+    from_attributes,
 )
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
@@ -33,12 +34,10 @@ def result_records(result: CtRadiomicsResult) -> ResultRecords:
     """What the index keeps of a CT result: features per volume, lesions with their status, the assessment."""
     digest = hashlib.sha256(result.parameters.encode()).hexdigest()
     extractions = tuple(
-        FeatureExtractionRecord(
+        from_attributes(
+            FeatureExtractionRecord,
+            feature_set,
             ct_series_uid=result.ct_series_uid,
-            volume=feature_set.volume,
-            tracking_uid=feature_set.tracking_uid,
-            voxel_count=feature_set.voxel_count,
-            seconds=feature_set.seconds,
             pyradiomics_version=result.pyradiomics_version,
             parameters=result.parameters,
             parameters_sha256=digest,
@@ -46,36 +45,24 @@ def result_records(result: CtRadiomicsResult) -> ResultRecords:
         )
         for feature_set in result.features
     )
-    status = {c.tracking_uid: c for c in result.changes}
+    changes = {c.tracking_uid: c for c in result.changes}
     lesions = tuple(
-        CtLesionRecord(
+        from_attributes(
+            CtLesionRecord,
+            lesion,
             lesion_number=lesion.number,
-            tracking_uid=lesion.tracking_uid,
-            tracking_identifier=lesion.tracking_identifier,
-            role=lesion.role,
-            source=lesion.source,
-            label=lesion.label,
-            lymph_node=lesion.lymph_node,
-            volume_ml=lesion.volume_ml,
-            long_axis_mm=lesion.long_axis_mm,
-            short_axis_mm=lesion.short_axis_mm,
-            centroid_mm=lesion.centroid_mm,
-            status=status[lesion.tracking_uid].status if lesion.tracking_uid in status else "baseline",
-            progressive=bool(lesion.tracking_uid in status and status[lesion.tracking_uid].progressive),
+            centroid=lesion.centroid_mm,
+            status=changes[lesion.tracking_uid].status if lesion.tracking_uid in changes else "baseline",
+            progressive=bool(lesion.tracking_uid in changes and changes[lesion.tracking_uid].progressive),
         )
         for lesion in result.lesions
     )
-    recist, signature = result.recist, result.signature_class
-    assessment = CtAssessmentRecord(
+    signature = result.signature_class
+    assessment = from_attributes(
+        CtAssessmentRecord,
+        result.recist,  # None before a pairing: no RECIST figures
         time_point=result.time_point,
         baseline_study_uid=result.baseline.study_instance_uid if result.baseline else "",
-        sum_diameters_t0_mm=recist.sum_t0_mm if recist else None,
-        sum_diameters_t1_mm=recist.sum_t1_mm if recist else None,
-        percent_change=recist.percent_change if recist else None,
-        recist_category=recist.category if recist else "",
-        new_lesions=recist.new_lesions if recist else None,
-        progressive_lesions=recist.progressive_lesions if recist else None,
-        pattern=recist.pattern if recist else "",
         deltas=dict(result.deltas) if result.deltas else None,
         signature_class=signature.label if signature else "",
         signature_probability=signature.probability_systemic if signature else None,

@@ -20,21 +20,10 @@ from pydicom.uid import generate_uid
 from common.states import OutputKind
 from common.types import OutputFile
 from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange
+from pipelines.output import sr
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
 from pipelines.output.sources import conform_sources
-from pipelines.output.sr import (
-    RESEARCH_USE,
-    UNIT_ML,
-    UNIT_MM,
-    UNIT_NONE,
-    measurement_document,
-    model_algorithm,
-    model_statement,
-    private_concept,
-    source_statements,
-    sr_algorithm,
-)
 from pipelines.types import AlgorithmIdentity
 
 SEG_SERIES_NUMBER = 992
@@ -45,45 +34,50 @@ UNIT_LESIONS = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")
 VOLUME = hd.sr.CodedConcept("118565006", "SCT", "Volume")
 
 
-LESION_ROLE = private_concept("LESION_ROLE", "Lesion role in the delta-radiomics method")
+LESION_ROLE = sr.private_concept("LESION_ROLE", "Lesion role in the delta-radiomics method")
 ROLES = {
-    "primary": private_concept("PRIMARY", "Primary tumour"),
-    "metastasis": private_concept("METASTASIS", "Metastasis"),
+    "primary": sr.private_concept("PRIMARY", "Primary tumour"),
+    "metastasis": sr.private_concept("METASTASIS", "Metastasis"),
 }
-TRACKING_STATUS = private_concept("TRACK_STATUS", "Lesion tracking status since baseline")
+TRACKING_STATUS = sr.private_concept("TRACK_STATUS", "Lesion tracking status since baseline")
 STATUSES = {
-    "matched": private_concept("MATCHED", "Matched to a baseline lesion"),
-    "new": private_concept("NEW", "New since baseline"),
-    "baseline": private_concept("BASELINE", "Baseline lesion"),
+    "matched": sr.private_concept("MATCHED", "Matched to a baseline lesion"),
+    "new": sr.private_concept("NEW", "New since baseline"),
+    "baseline": sr.private_concept("BASELINE", "Baseline lesion"),
 }
-PROGRESSIVE = private_concept("PROGRESSIVE", "Progressive lesion (RECIST diameter growth rule)")
-DELTA_DIAMETER = private_concept("DELTA_DIAM", "Relative change of RECIST diameter since baseline")
-DELTA_VOLUME = private_concept("DELTA_VOL", "Relative change of volume since baseline")
-SUM_T0 = private_concept("SUMD_T0", "RECIST 1.1 sum of diameters at baseline")
-SUM_T1 = private_concept("SUMD_T1", "RECIST 1.1 sum of diameters at follow-up")
-PERCENT_CHANGE = private_concept("SUMD_PCT", "RECIST 1.1 percent change of the sum of diameters")
-NEW_LESIONS = private_concept("NEW_LESIONS", "Number of new lesions")
-PROGRESSIVE_LESIONS = private_concept("PROG_LESIONS", "Number of progressive lesions")
-RECIST_RESPONSE = private_concept("RECIST_RESP", "RECIST 1.1 response category (from masks)")
+PROGRESSIVE = sr.private_concept("PROGRESSIVE", "Progressive lesion (RECIST diameter growth rule)")
+DELTA_DIAMETER = sr.private_concept("DELTA_DIAM", "Relative change of RECIST diameter since baseline")
+DELTA_VOLUME = sr.private_concept("DELTA_VOL", "Relative change of volume since baseline")
+SUM_T0 = sr.private_concept("SUMD_T0", "RECIST 1.1 sum of diameters at baseline")
+SUM_T1 = sr.private_concept("SUMD_T1", "RECIST 1.1 sum of diameters at follow-up")
+PERCENT_CHANGE = sr.private_concept("SUMD_PCT", "RECIST 1.1 percent change of the sum of diameters")
+NEW_LESIONS = sr.private_concept("NEW_LESIONS", "Number of new lesions")
+PROGRESSIVE_LESIONS = sr.private_concept("PROG_LESIONS", "Number of progressive lesions")
+RECIST_RESPONSE = sr.private_concept("RECIST_RESP", "RECIST 1.1 response category (from masks)")
 RECIST_CATEGORIES = {
-    "CR": private_concept("RECIST_CR", "Complete response"),
-    "PR": private_concept("RECIST_PR", "Partial response"),
-    "SD": private_concept("RECIST_SD", "Stable disease"),
-    "PD": private_concept("RECIST_PD", "Progressive disease"),
+    category: sr.private_concept(f"RECIST_{category}", meaning)
+    for category, meaning in zip(
+        ("CR", "PR", "SD", "PD"), ("Complete response", "Partial response", "Stable disease", "Progressive disease")
+    )
 }
-AR_PATTERN = private_concept("AR_PATTERN", "Pattern of acquired resistance")
+AR_PATTERN = sr.private_concept("AR_PATTERN", "Pattern of acquired resistance")
+PATTERN_MEANINGS = {
+    "oligo": "Oligo-progression (<= 3 new or progressive lesions)",
+    "systemic": "Systemic progression (> 3 new or progressive lesions)",
+    "none": "No new or progressive lesion",
+}
 PATTERNS = {
-    "oligo": private_concept("AR_OLIGO", "Oligo-progression (<= 3 new or progressive lesions)"),
-    "systemic": private_concept("AR_SYSTEMIC", "Systemic progression (> 3 new or progressive lesions)"),
-    "none": private_concept("AR_NONE", "No new or progressive lesion"),
+    pattern: sr.private_concept(f"AR_{pattern.upper()}", meaning) for pattern, meaning in PATTERN_MEANINGS.items()
 }
-AR_SIGNATURE_CLASS = private_concept("AR_SIG_CLASS", "Delta-radiomics classifier class")
-AR_SIGNATURE_PROBABILITY = private_concept("AR_SIG_PSYS", "Delta-radiomics classifier probability of systemic pattern")
+AR_SIGNATURE_CLASS = sr.private_concept("AR_SIG_CLASS", "Delta-radiomics classifier class")
+AR_SIGNATURE_PROBABILITY = sr.private_concept(
+    "AR_SIG_PSYS", "Delta-radiomics classifier probability of systemic pattern"
+)
 
 
 def delta_feature_concept(name: str) -> hd.sr.CodedConcept:
     """A stable private code per feature (SH code values hold 16 characters; the name goes in the meaning)."""
-    return private_concept("DR" + hashlib.sha1(name.encode()).hexdigest()[:12].upper(), f"delta {name}"[:64])
+    return sr.private_concept("DR" + hashlib.sha1(name.encode()).hexdigest()[:12].upper(), f"delta {name}"[:64])
 
 
 def _time_point(result: CtRadiomicsResult) -> hd.sr.TimePointContext:
@@ -103,19 +97,19 @@ def _lesion_group(
     time_point: hd.sr.TimePointContext,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     def mm(name: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
-        return hd.sr.Measurement(name=name, value=value, unit=UNIT_MM, algorithm_id=algorithm)
+        return sr.measurement(name, value, sr.UNIT_MM, algorithm)
 
     measurements = [
         mm(codes.SCT.LongAxis, lesion.long_axis_mm),
         mm(codes.SCT.ShortAxis, lesion.short_axis_mm),
-        hd.sr.Measurement(name=VOLUME, value=lesion.volume_ml, unit=UNIT_ML, algorithm_id=algorithm),
+        sr.measurement(VOLUME, lesion.volume_ml, sr.UNIT_ML, algorithm),
     ]
     for concept, value in (
         (DELTA_DIAMETER, change.diameter_delta if change else None),
         (DELTA_VOLUME, change.volume_delta if change else None),
     ):
         if value is not None:
-            measurements.append(hd.sr.Measurement(name=concept, value=value, unit=UNIT_NONE, algorithm_id=algorithm))
+            measurements.append(sr.measurement(concept, value, sr.UNIT_NONE, algorithm))
     status = change.status if change else "baseline"
     evaluations = [
         hd.sr.QualitativeEvaluation(LESION_ROLE, ROLES[lesion.role.value]),
@@ -144,36 +138,28 @@ def _patient_group(
     r = result.recist
     if r is not None:
         measurements += [
-            hd.sr.Measurement(name=SUM_T0, value=r.sum_t0_mm, unit=UNIT_MM, algorithm_id=algorithm),
-            hd.sr.Measurement(name=SUM_T1, value=r.sum_t1_mm, unit=UNIT_MM, algorithm_id=algorithm),
-            hd.sr.Measurement(name=NEW_LESIONS, value=r.new_lesions, unit=UNIT_LESIONS, algorithm_id=algorithm),
-            hd.sr.Measurement(
-                name=PROGRESSIVE_LESIONS, value=r.progressive_lesions, unit=UNIT_LESIONS, algorithm_id=algorithm
-            ),
+            sr.measurement(SUM_T0, r.sum_t0_mm, sr.UNIT_MM, algorithm),
+            sr.measurement(SUM_T1, r.sum_t1_mm, sr.UNIT_MM, algorithm),
+            sr.measurement(NEW_LESIONS, r.new_lesions, UNIT_LESIONS, algorithm),
+            sr.measurement(PROGRESSIVE_LESIONS, r.progressive_lesions, UNIT_LESIONS, algorithm),
         ]
         if r.percent_change is not None:
-            measurements.append(
-                hd.sr.Measurement(
-                    name=PERCENT_CHANGE, value=r.percent_change, unit=UNIT_PERCENT, algorithm_id=algorithm
-                )
-            )
+            measurements.append(sr.measurement(PERCENT_CHANGE, r.percent_change, UNIT_PERCENT, algorithm))
         evaluations += [
             hd.sr.QualitativeEvaluation(RECIST_RESPONSE, RECIST_CATEGORIES[r.category]),
             hd.sr.QualitativeEvaluation(AR_PATTERN, PATTERNS[r.pattern]),
         ]
     measurements += [
-        hd.sr.Measurement(name=delta_feature_concept(f.name), value=f.delta, unit=UNIT_NONE, algorithm_id=algorithm)
+        sr.measurement(delta_feature_concept(f.name), f.delta, sr.UNIT_NONE, algorithm)
         for f in result.signature_features
         if f.delta is not None
     ]
     signature = result.signature_class
     if signature is not None:
-        model = model_algorithm(signature.model)
+        model = sr.model_algorithm(signature.model)
         evaluations.append(hd.sr.QualitativeEvaluation(AR_SIGNATURE_CLASS, PATTERNS[signature.label]))
         measurements.append(
-            hd.sr.Measurement(
-                name=AR_SIGNATURE_PROBABILITY, value=signature.probability_systemic, unit=UNIT_NONE, algorithm_id=model
-            )
+            sr.measurement(AR_SIGNATURE_PROBABILITY, signature.probability_systemic, sr.UNIT_NONE, model)
         )
     if not measurements and not evaluations:
         return None
@@ -222,7 +208,7 @@ def statements(result: CtRadiomicsResult) -> list[str]:
     if signature is not None:
         lines.append(
             "Delta-radiomics classifier "
-            + model_statement(
+            + sr.model_statement(
                 signature.model,
                 f"class {signature.label} (probability of systemic pattern {signature.probability_systemic:.3f})",
             )
@@ -240,7 +226,7 @@ def build_ct_report(
     summary: str,
     notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
-    algorithm = sr_algorithm(identity)
+    algorithm = sr.sr_algorithm(identity)
     time_point = _time_point(result)
     changes = {c.tracking_uid: c for c in result.changes}
     groups = [
@@ -255,16 +241,16 @@ def build_ct_report(
     if baseline is not None and baseline.report_path is not None and baseline.report_path.exists():
         # The baseline SR (another study) is listed in the Pertinent Other Evidence Sequence.
         evidence.append(pydicom.dcmread(baseline.report_path, stop_before_pixels=True))
-    return measurement_document(
+    return sr.measurement_document(
         source_images,
         evidence,
         groups,
         identity,
         CT_PROCEDURE,
         summary,
-        statements(result) + source_statements(notes),
+        statements(result) + sr.source_statements(notes),
         SR_SERIES_NUMBER,
-        f"immunode CT delta-radiomics {result.time_point} ({RESEARCH_USE[:17]})",
+        f"immunode CT delta-radiomics {result.time_point} ({sr.RESEARCH_USE[:17]})",
     )
 
 

@@ -6,32 +6,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from common.types import Baseline, LesionRole
-from pipelines.types import ModelIdentity, VolumeGeometry
+from pipelines.types import ModelIdentity, SegmentedLesion, VolumeGeometry
 
 
 @dataclass(frozen=True, eq=False)
-class CtLesion:
-    """A lesion on the CT grid; `mask` is a bool box starting at `offset` (slice, row, column) of the CT."""
+class CtLesion(SegmentedLesion):
+    """A lesion on the CT grid: its segment, its role in the method and its size."""
 
-    number: int  # 1-based; the SEG segment number
-    tracking_identifier: str
-    tracking_uid: str
     role: LesionRole
     source: str  # "annotation" (SEG/RTSTRUCT on the CT) or "pet" (PET lesion of the study on the CT grid)
     label: str  # the annotation's label, or the PET lesion's
     lymph_node: bool
-    offset: tuple[int, int, int]
-    mask: np.ndarray = field(repr=False)
     volume_ml: float = 0.0
     centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     long_axis_mm: float = 0.0
     short_axis_mm: float = 0.0
-
-    def box(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
 
     @property
     def recist_diameter_mm(self) -> float:

@@ -4,33 +4,19 @@ grid, a number, a tracking identifier and UID), and the SR's reference to a segm
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from common.version import __version__
 from pipelines.output.sources import conform_copied_attributes
-from pipelines.output.sr import MANUFACTURER
-from pipelines.types import AlgorithmIdentity
+from pipelines.output.sr import MANUFACTURER, new_instance
+from pipelines.types import AlgorithmIdentity, SegmentedLesion
 
 
-class Segmented(Protocol):
-    """What a SEG needs of a lesion: its voxels as a bool box at `offset` (slice, row, column) of the source."""
-
-    number: int
-    tracking_identifier: str
-    tracking_uid: str
-    offset: tuple[int, int, int]
-    mask: np.ndarray
-
-    def box(self) -> tuple[slice, slice, slice]: ...
-
-
-def label_volume(lesions: Sequence[Segmented], shape: tuple[int, ...]) -> np.ndarray:
+def label_volume(lesions: Sequence[SegmentedLesion], shape: tuple[int, ...]) -> np.ndarray:
     """One array holding each lesion's number on its voxels (lesions never overlap)."""
     labels = np.zeros(shape, dtype=np.uint16)
     for lesion in lesions:
@@ -50,7 +36,7 @@ def _seg_algorithm(identity: AlgorithmIdentity) -> hd.AlgorithmIdentificationSeq
 
 def build_segmentation(
     source_images: Sequence[Dataset],
-    lesions: Sequence[Segmented],
+    lesions: Sequence[SegmentedLesion],
     identity: AlgorithmIdentity,
     content_description: str,
     series_description: str,
@@ -76,11 +62,7 @@ def build_segmentation(
         pixel_array=pixel_array,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(series_number),
         manufacturer_model_name=identity.name,
         software_versions=__version__,
         device_serial_number="1",
@@ -93,7 +75,7 @@ def build_segmentation(
 
 
 def referenced_segment(
-    lesion: Segmented, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset]
+    lesion: SegmentedLesion, segmentation: hd.seg.Segmentation, source_images: Sequence[Dataset]
 ) -> hd.sr.ReferencedSegment:
     # Built explicitly: highdicom's ReferencedSegment.from_segmentation fails on a single-segment SEG,
     # whose segment identification sits in the shared, not per-frame, functional groups.

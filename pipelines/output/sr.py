@@ -23,13 +23,38 @@ PRIVATE_SCHEME = "99IMMUNODE"
 
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
-UNIT_ML = hd.sr.CodedConcept("ml", "UCUM", "milliliter")
-UNIT_MM = hd.sr.CodedConcept("mm", "UCUM", "millimeter")
-UNIT_NONE = hd.sr.CodedConcept("1", "UCUM", "no units")
 
 
 def private_concept(value: str, meaning: str) -> hd.sr.CodedConcept:
     return hd.sr.CodedConcept(value, PRIVATE_SCHEME, meaning)
+
+
+def ucum(unit: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(unit, "UCUM", meaning)
+
+
+UNIT_ML, UNIT_MM, UNIT_NONE = ucum("ml", "milliliter"), ucum("mm", "millimeter"), ucum("1", "no units")
+
+
+def measurement(
+    name: hd.sr.CodedConcept,
+    value: float,
+    unit: hd.sr.CodedConcept,
+    algorithm: hd.sr.AlgorithmIdentification,
+    derivation: hd.sr.CodedConcept | None = None,
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(name=name, value=value, unit=unit, derivation=derivation, algorithm_id=algorithm)
+
+
+def new_instance(series_number: int) -> dict[str, object]:
+    """The identity of a new object of ours: a new series of one instance, by this manufacturer."""
+    return {
+        "series_instance_uid": generate_uid(),
+        "series_number": series_number,
+        "sop_instance_uid": generate_uid(),
+        "instance_number": 1,
+        "manufacturer": MANUFACTURER,
+    }
 
 
 def sr_algorithm(identity: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
@@ -104,11 +129,7 @@ def measurement_document(
     document = hd.sr.Comprehensive3DSR(
         evidence=[*source_images, *other_evidence],
         content=report,
-        series_instance_uid=generate_uid(),
-        series_number=series_number,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **new_instance(series_number),
         is_complete=True,
         is_final=False,
         previous_versions=[previous_report] if previous_report is not None else None,

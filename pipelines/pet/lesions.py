@@ -205,19 +205,11 @@ def segment_reader_regions(
                 region.label[:64],
             )
             continue
+        number = len(lesions) + 1
         lesions.append(
             _measured(
-                volume,
-                box,
-                lesion_box,
-                box_suv,
-                threshold,
-                i70,
-                background,
-                region.lymph_node,
-                len(lesions) + 1,
-                peak_kernel,
-            )  # fmt: skip
+                volume, box, lesion_box, box_suv, threshold, i70, background, region.lymph_node, number, peak_kernel
+            )
         )
     return tuple(lesions)
 
@@ -391,18 +383,8 @@ def _threshold_candidates(
             rejected += 1
             continue  # not focal: uptake hardly above its surroundings (muscle, inflammation, noise)
         claimed[box] |= lesion_box
+        number = len(lesions) + 1
         lesions.append(
-            _measured(
-                volume,
-                box,
-                lesion_box,
-                box_suv,
-                threshold,
-                i70,
-                background,
-                label in nodes,
-                len(lesions) + 1,
-                peak_kernel,
-            )  # fmt: skip
+            _measured(volume, box, lesion_box, box_suv, threshold, i70, background, label in nodes, number, peak_kernel)
         )
     return lesions, rejected

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.settings import Strict
-from common.types import JobResult, LesionRecord, ResultRecords
+from common.types import JobResult, LesionRecord, ResultRecords, from_attributes
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.registry import JobInputs, Pipeline
@@ -38,28 +38,19 @@ def _card_line(key: str, path: Path) -> str:
 def lesion_records(result: PetQuantResult) -> tuple[LesionRecord, ...]:
     """The index's lesion rows of one series' result."""
     model = result.cytact.model if result.cytact else None
-    records = []
-    for lesion in result.lesions:
-        m = lesion.measurements
-        records.append(
-            LesionRecord(
-                series_instance_uid=result.volume.series_instance_uid,
-                lesion_number=lesion.number,
-                tracking_uid=lesion.tracking_uid,
-                suv_max=m.suv_max,
-                suv_mean=m.suv_mean,
-                suv_peak=m.suv_peak,
-                metabolic_volume_ml=m.metabolic_volume_ml,
-                total_lesion_glycolysis=m.total_lesion_glycolysis,
-                long_axis_mm=m.long_axis_mm,
-                short_axis_mm=m.short_axis_mm,
-                recist_target=m.recist_target,
-                cytact=lesion.cytact,
-                cytact_model=model.key if model else "",
-                embedding=tuple(lesion.embedding) if lesion.embedding is not None else None,
-            )
+    return tuple(
+        from_attributes(
+            LesionRecord,
+            lesion.measurements,
+            series_instance_uid=result.volume.series_instance_uid,
+            lesion_number=lesion.number,
+            tracking_uid=lesion.tracking_uid,
+            cytact=lesion.cytact,
+            cytact_model=model.key if model else "",
+            embedding=tuple(lesion.embedding) if lesion.embedding is not None else None,
         )
-    return tuple(records)
+        for lesion in result.lesions
+    )
 
 
 class PetQuant(Pipeline["PetJob"]):

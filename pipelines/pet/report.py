@@ -26,12 +26,14 @@ from pipelines.output.sr import (
     UNIT_ML,
     UNIT_MM,
     UNIT_NONE,
+    measurement,
     measurement_document,
     model_algorithm,
     model_statement,
     private_concept,
     source_statements,
     sr_algorithm,
+    ucum,
 )
 from pipelines.pet.types import CytActSummary, Lesion, PetQuantResult
 from pipelines.types import AlgorithmIdentity, ModelIdentity
@@ -44,8 +46,8 @@ SEG_DESCRIPTION = "immunode PET lesions (RESEARCH USE ONLY)"
 SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
 
 SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
-UNIT_SUVBW = hd.sr.CodedConcept("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight")
-UNIT_GRAM = hd.sr.CodedConcept("g", "UCUM", "gram")
+UNIT_SUVBW = ucum("{SUVbw}g/ml", "Standardized Uptake Value body weight")
+UNIT_GRAM = ucum("g", "gram")
 PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
 NONE_FOUND = hd.sr.CodedConcept("260413007", "SCT", "None")
 CYTACT = private_concept("CYTACT", "Cytolytic activity score (predicted)")
@@ -83,21 +85,18 @@ RECIST_ON_PET = (
 def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     algorithm = model_algorithm(summary.model)
 
-    def value(number: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
-        return hd.sr.Measurement(
-            name=CYTACT, value=number, unit=UNIT_NONE, derivation=derivation, algorithm_id=algorithm
-        )
-
-    measurements = [
-        value(summary.minimum, codes.SCT.Minimum),
-        value(summary.mean, codes.SCT.Mean),
-        value(summary.maximum, codes.SCT.Maximum),
+    statistics = [
+        (summary.minimum, codes.SCT.Minimum),
+        (summary.mean, codes.SCT.Mean),
+        (summary.maximum, codes.SCT.Maximum),
     ]
+    if summary.variance is not None:
+        statistics.append((summary.variance, VARIANCE))
+    measurements = [measurement(CYTACT, value, UNIT_NONE, algorithm, derivation) for value, derivation in statistics]
     evaluations = [
         hd.sr.QualitativeEvaluation(CYTACT_GROUP, codes.SCT.Low if summary.low_group else codes.SCT.High),
     ]
     if summary.variance is not None:
-        measurements.append(value(summary.variance, VARIANCE))
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 CYTACT_HETEROGENEITY, codes.SCT.High if summary.heterogeneous else codes.SCT.Low
@@ -143,28 +142,21 @@ def _response_group(
     measurements, evaluations = [], []
     if response.expression_probability is not None and response.expression_model is not None:
         measurements.append(
-            hd.sr.Measurement(
-                name=RESPONSE_EXPRESSION,
-                value=response.expression_probability,
-                unit=UNIT_NONE,
-                algorithm_id=model_algorithm(response.expression_model),
+            measurement(
+                RESPONSE_EXPRESSION,
+                response.expression_probability,
+                UNIT_NONE,
+                model_algorithm(response.expression_model),
             )
         )
     if response.fusion_probability is not None and response.fusion_model is not None:
         fusion = model_algorithm(response.fusion_model)
-        measurements.append(
-            hd.sr.Measurement(
-                name=RESPONSE_FUSION, value=response.fusion_probability, unit=UNIT_NONE, algorithm_id=fusion
-            )
-        )
+        measurements.append(measurement(RESPONSE_FUSION, response.fusion_probability, UNIT_NONE, fusion))
         measurements += [
-            hd.sr.Measurement(name=MODALITY_WEIGHTS[m], value=weight, unit=UNIT_NONE, algorithm_id=fusion)
-            for m, weight in response.fusion_weights
+            measurement(MODALITY_WEIGHTS[m], weight, UNIT_NONE, fusion) for m, weight in response.fusion_weights
         ]
     if response.dnlr is not None:
-        measurements.append(
-            hd.sr.Measurement(name=DNLR, value=response.dnlr, unit=UNIT_NONE, algorithm_id=_lipi_algorithm())
-        )
+        measurements.append(measurement(DNLR, response.dnlr, UNIT_NONE, _lipi_algorithm()))
     if response.lipi:
         evaluations.append(hd.sr.QualitativeEvaluation(LIPI, LIPI_VALUES[response.lipi]))
     if not measurements and not evaluations:
@@ -226,32 +218,21 @@ def _lesion_group(
     m = lesion.measurements
 
     def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
-        return hd.sr.Measurement(
-            name=SUVBW, value=value, unit=UNIT_SUVBW, derivation=derivation, algorithm_id=algorithm
-        )
+        return measurement(SUVBW, value, UNIT_SUVBW, algorithm, derivation)
 
     measurements = [
         suv(m.suv_max, codes.SCT.Maximum),
         suv(m.suv_mean, codes.SCT.Mean),
         suv(m.suv_peak, codes.DCM.PeakValueWithinROI),
-        hd.sr.Measurement(
-            name=codes.DCM.MetabolicVolume, value=m.metabolic_volume_ml, unit=UNIT_ML, algorithm_id=algorithm
-        ),
-        hd.sr.Measurement(
-            name=codes.DCM.TotalLesionGlycolysis,
-            value=m.total_lesion_glycolysis,
-            unit=UNIT_GRAM,
-            algorithm_id=algorithm,
-        ),
+        measurement(codes.DCM.MetabolicVolume, m.metabolic_volume_ml, UNIT_ML, algorithm),
+        measurement(codes.DCM.TotalLesionGlycolysis, m.total_lesion_glycolysis, UNIT_GRAM, algorithm),
     ]
     measurements += [
-        hd.sr.Measurement(name=codes.SCT.LongAxis, value=m.long_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
-        hd.sr.Measurement(name=codes.SCT.ShortAxis, value=m.short_axis_mm, unit=UNIT_MM, algorithm_id=algorithm),
+        measurement(codes.SCT.LongAxis, m.long_axis_mm, UNIT_MM, algorithm),
+        measurement(codes.SCT.ShortAxis, m.short_axis_mm, UNIT_MM, algorithm),
     ]
     if lesion.cytact is not None and model is not None:
-        measurements.append(
-            hd.sr.Measurement(name=CYTACT, value=lesion.cytact, unit=UNIT_NONE, algorithm_id=model_algorithm(model))
-        )
+        measurements.append(measurement(CYTACT, lesion.cytact, UNIT_NONE, model_algorithm(model)))
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
         referenced_segment=referenced_segment(lesion, segmentation, source_images),

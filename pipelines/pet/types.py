@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.omics.types import ResponsePredictions
-from pipelines.types import ModelIdentity, VolumeGeometry
+from pipelines.types import ModelIdentity, SegmentedLesion, VolumeGeometry
 
 
 class SuvType(enum.Enum):
@@ -63,21 +63,13 @@ class LesionMeasurements:
 
 
 @dataclass(frozen=True, eq=False)
-class Lesion:
-    number: int  # 1-based; the SEG segment number
-    tracking_identifier: str
-    tracking_uid: str
+class Lesion(SegmentedLesion):
+    """A PET lesion: its segment on the PET grid and its measurements."""
+
     measurements: LesionMeasurements
-    # The lesion's voxels as a bool mask of its bounding box, which starts at `offset` (slice, row, column)
-    # of the PET volume: whole-volume masks of many lesions would cost gigabytes.
-    offset: tuple[int, int, int]
-    mask: np.ndarray = field(repr=False)
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
     embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
     location: str = ""  # coarse anatomical location from the CT, when derivable
-
-    def box(self) -> tuple[slice, slice, slice]:
-        return tuple(slice(o, o + n) for o, n in zip(self.offset, self.mask.shape))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make
     from models.cards import ModelCard, save_weights
 
     model = AttentionFusion(DIMS, FusionSettings())
-    card = ModelCard("test-fusion", "0", "", "", True, "synthetic", "tests", {}, {})
+    card = ModelCard("test-fusion", "0", True, "synthetic", "tests", {}, {})
     card = ModelCard(
         **{
             **card.__dict__,
