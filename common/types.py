@@ -225,6 +225,7 @@ class LesionRecord:
     cytact: float | None = None
     cytact_model: str = ""
     embedding: tuple[float, ...] | None = None
+    patient_summary: bool = False  # one of the lesions the patient-level CytAct summary is over
 
 
 @dataclass(frozen=True)

@@ -254,25 +254,37 @@ def cmd_cytact_from_expression(args: argparse.Namespace) -> int:
 def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
     from research import outcomes
     from research.errors import OutcomeTableError
-    from storage import results
+    from storage import patients, results
 
     settings = _settings(args)
     try:
         rows = outcomes.read_outcomes(Path(args.outcomes))
+        changes = outcomes.read_lesion_changes(Path(args.lesion_changes)) if args.lesion_changes else []
     except (OSError, OutcomeTableError) as error:
         return _print_problems(error)
     with _index_session(args) as session:
-        cytact = results.latest_lesion_cytact_by_patient(session)
-    table, unmatched = outcomes.joined_table(rows, cytact)
+        analyses = results.pet_cytact_analyses(session)
+        imported = patients.all_patient_data(session)
+    starts = {key: data.clinical.therapy_start for key, data in imported.items() if data.clinical}
+    starts = {k: v for k, v in starts.items() if v is not None} | {
+        (r.patient_id, r.issuer): r.therapy_start for r in rows if r.therapy_start is not None
+    }
+    selection = outcomes.choose_analyses(analyses, starts, None if args.any_date else args.window_days, args.model)
+    table, unmatched = outcomes.joined_table(rows, selection)
     if len(table) < 3:
-        print(
-            f"error: only {len(table)} patient(s) of the outcome table have CytAct results in the node", file=sys.stderr
-        )
-        return 1
-    cutoff = settings.pipelines.pet_quant.cytact.low_group_cutoff
-    result = outcomes.analyse(table, cutoff)
-    result.unmatched = unmatched
-    report = outcomes.write_report(table, result, cutoff, Path(args.out))
+        reasons = "; ".join(selection.left_out) or "no CytAct results in the node"
+        return _print_problems(ValueError(f"only {len(table)} patient(s) of the outcome table usable ({reasons})"))
+    cytact = settings.pipelines.pet_quant.cytact
+    cutoff, source = args.cutoff, "given (--cutoff)"
+    if (
+        cutoff is None
+        and cytact.cutoffs_weights_sha256
+        and f"sha256:{cytact.cutoffs_weights_sha256[:16]}" in selection.model
+    ):
+        cutoff, source = cytact.low_group_cutoff, "configured for these weights (pipelines.pet_quant.cytact)"
+    result = outcomes.analyse(table, cutoff, source, args.variance_cutoff, outcomes.lesion_pairs(selection, changes))
+    result.left_out = list(selection.left_out) + [f"{p}: no CytAct result chosen" for p in unmatched]
+    report = outcomes.write_report(table, result, selection, Path(args.out))
     print(f"report: {report}")
     return 0
 
@@ -482,6 +494,34 @@ def cmd_train_expression(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_cytact(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from research.cytact_training import evaluate_cytact
+    from research.errors import ManifestError
+    from storage import studies
+    from storage.files import FileLayout
+
+    settings = _settings(args)
+    layout = FileLayout(settings.storage.root)
+
+    def stored_series(series_uid: str) -> list[Path]:
+        with _index_session(args) as session:
+            return studies.series_paths(session, layout, series_uid)
+
+    weights = Path(args.weights) if args.weights else settings.pipelines.pet_quant.cytact.weights
+    try:
+        result = evaluate_cytact(
+            Path(args.manifest), weights, settings.pipelines.pet_quant, Path(args.out), stored_series
+        )
+    except (ManifestError, ModelError, OSError) as error:
+        return _print_problems(error)
+    line = f"lesions: Spearman rho {result.lesion_rho:.3f} (p {result.lesion_p:.3g}, n {result.lesions})"
+    if result.patient_rho is not None:
+        line += f"; patients: rho {result.patient_rho:.3f} (p {result.patient_p:.3g}, n {result.patients})"
+    print(f"{line}; report {result.report}")
+    return 0
+
+
 def cmd_evaluate_expression(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from research.errors import CohortError
@@ -612,7 +652,15 @@ def build_parser() -> argparse.ArgumentParser:
     analyse = commands.add_parser(
         "analyse-outcomes", help="join lesion CytAct with an outcome table; statistics and plots (research use)"
     )
-    analyse.add_argument("--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events")
+    analyse.add_argument(
+        "--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events[, therapy_start]"
+    )
+    analyse.add_argument("--window-days", type=int, default=60, help="the PET within this many days before therapy")
+    analyse.add_argument("--any-date", action="store_true", help="the latest PET whatever its date (not the method)")
+    analyse.add_argument("--model", help="CytAct model key (default: the most frequent among the patients' PETs)")
+    analyse.add_argument("--cutoff", type=float, help="low/high minimum CytAct (default: configured or Youden)")
+    analyse.add_argument("--variance-cutoff", type=float, help="heterogeneity cut-off (default: the cohort median)")
+    analyse.add_argument("--lesion-changes", help="CSV: PatientID, lesion, size_change_percent")
     analyse.add_argument("--out", default="outcome-report", help="folder for report.md, plots and patients.csv")
     analyse.set_defaults(handler=cmd_analyse_outcomes)
     analyse_radiomics = commands.add_parser(
@@ -672,6 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.set_defaults(handler=cmd_train_fusion)
     evaluate = commands.add_parser("evaluate", help="apply trained weights to a labelled cohort; report")
     evaluated = evaluate.add_subparsers(dest="model", required=True)
+    cytact_eval = evaluated.add_parser("cytact", help="external validation: predicted vs RNA-derived lesion CytAct")
+    cytact_eval.add_argument("--manifest", required=True, help="CSV as for train cytact, optional patient column")
+    cytact_eval.add_argument("--weights", help="default: pipelines.pet_quant.cytact.weights (or the shipped ones)")
+    cytact_eval.add_argument("--out", default="cytact-validation")
+    cytact_eval.set_defaults(handler=cmd_evaluate_cytact)
     expression_eval = evaluated.add_parser("expression")
     expression_eval.add_argument("--cohort", required=True)
     expression_eval.add_argument("--weights", help="default: pipelines.response.expression_weights")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import fields
 
@@ -43,7 +42,7 @@ from storage.schema import (
     Series,
     Study,
 )
-from storage.types import DeltaRow
+from storage.types import DeltaRow, LesionCytAct, PetCytActAnalysis
 
 
 def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
@@ -127,26 +126,33 @@ def _record_records(session: Session, job_id: int, records: ResultRecords) -> No
         session.add(_row(CtAssessment, assessment, job_fk=job_id, deltas=deltas, **recist))
 
 
-def latest_lesion_cytact_by_patient(session: Session) -> dict[tuple[str, str], list[float]]:
-    """(PatientID, IssuerOfPatientID) → lesion CytAct of that patient's most recent successful analysis."""
-    latest_job = (
-        select(Patient.patient_id, Patient.issuer_of_patient_id, func.max(Job.id).label("job_id"))
+def pet_cytact_analyses(session: Session) -> list[PetCytActAnalysis]:
+    """Every successful analysis with lesion CytAct, per patient, with its study date and model."""
+    rows = session.execute(
+        select(
+            Patient.patient_id,
+            Patient.issuer_of_patient_id,
+            Study.study_instance_uid,
+            Study.study_date,
+            Job.id,
+            LesionResult,
+        )
         .join(Study, Study.patient_fk == Patient.id)
         .join(Job, Job.study_fk == Study.id)
         .join(LesionResult, LesionResult.job_fk == Job.id)
         .where(Job.state == JobState.SUCCEEDED, LesionResult.cytact.is_not(None))
-        .group_by(Patient.patient_id, Patient.issuer_of_patient_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(latest_job.c.patient_id, latest_job.c.issuer_of_patient_id, LesionResult.cytact)
-        .join(LesionResult, LesionResult.job_fk == latest_job.c.job_id)
-        .where(LesionResult.cytact.is_not(None))
+        .order_by(Job.id, LesionResult.lesion_number)
     ).all()
-    scores: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for patient_id, issuer, cytact in rows:
-        scores[(patient_id, issuer)].append(float(cytact))
-    return dict(scores)
+    found: dict[int, tuple[tuple, list[LesionCytAct], str]] = {}
+    for patient_id, issuer, study_uid, study_date, job_id, lesion in rows:
+        head = (patient_id, issuer, study_uid, parse_dicom_date(study_date), job_id)
+        _, lesions, _ = found.setdefault(job_id, (head, [], lesion.cytact_model))
+        lesions.append(
+            LesionCytAct(
+                lesion.tracking_uid, lesion.lesion_number, lesion.cytact, lesion.long_axis_mm, lesion.patient_summary
+            )
+        )
+    return [PetCytActAnalysis(*head, model, tuple(lesions)) for head, lesions, model in found.values()]
 
 
 def load_baseline(session: Session, layout: FileLayout, study_uid: str, pipeline: str) -> Baseline | None:

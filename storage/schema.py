@@ -240,6 +240,8 @@ class LesionResult(Base):
     cytact_model: Mapped[str] = mapped_column(String(128), default="")
     # The CytAct network's lesion embedding (the attention fusion's imaging modality), when the model ran.
     embedding: Mapped[list | None] = mapped_column(JSON, nullable=True)
+    # One of the lesions the patient-level CytAct summary is over (RECIST targets by default).
+    patient_summary: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class ExpressionSample(Base):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 
 from common.states import JobState, OutputKind, PairingOutcome
@@ -164,3 +164,30 @@ class DeltaRow:
     issuer_of_patient_id: str
     pattern: str
     deltas: Mapping[str, float | None]
+
+
+@dataclass(frozen=True)
+class LesionCytAct:
+    tracking_uid: str
+    lesion_number: int
+    cytact: float | None
+    long_axis_mm: float
+    patient_summary: bool
+
+
+@dataclass(frozen=True)
+class PetCytActAnalysis:
+    """One successful PET analysis of a patient with its lesions' CytAct (for `immunode analyse-outcomes`)."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    study_instance_uid: str
+    study_date: date | None
+    job_id: int
+    model: str  # the CytAct model's key (name, version, weights sha256)
+    lesions: tuple[LesionCytAct, ...]
+
+    @property
+    def summary_cytact(self) -> tuple[float, ...]:
+        """CytAct of the lesions the patient summary is over."""
+        return tuple(x.cytact for x in self.lesions if x.patient_summary and x.cytact is not None)

@@ -90,14 +90,20 @@ def analyse_pet_series(
             dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))
             for lesion in lesions
         )
-    cytact, not_computed = None, ""
+    cytact, not_computed, cytact_model = None, "", None
     if not params.cytact.enabled:
         not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"
     elif not lesions:
         not_computed = "no lesion"
     else:
         try:
-            lesions, cytact = lesion_cytact(volume, lesions, params.cytact)
+            prediction = lesion_cytact(volume, lesions, params.cytact)
+            lesions, cytact, not_computed, cytact_model = (
+                prediction.lesions,
+                prediction.summary,
+                prediction.not_computed,
+                prediction.model,
+            )
         except ModelError as error:
             # The SUV results stand on their own; the report says why CytAct is missing.
             not_computed = str(error)
@@ -115,6 +121,7 @@ def analyse_pet_series(
         parameters=algorithm_identity(params).parameters,
         cytact=cytact,
         cytact_not_computed=not_computed,
+        cytact_model=cytact_model,
         reader_seeds=reader.count,
         annotations_left_out=reader.left_out,
         detection_notes=notes,

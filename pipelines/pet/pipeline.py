@@ -37,7 +37,8 @@ def _card_line(key: str, path: Path) -> str:
 
 def lesion_records(result: PetQuantResult) -> tuple[LesionRecord, ...]:
     """The index's lesion rows of one series' result."""
-    model = result.cytact.model if result.cytact else None
+    model = result.cytact_model
+    summarised = set(result.cytact.lesions) if result.cytact else set()
     return tuple(
         from_attributes(
             LesionRecord,
@@ -48,6 +49,7 @@ def lesion_records(result: PetQuantResult) -> tuple[LesionRecord, ...]:
             cytact=lesion.cytact,
             cytact_model=model.key if model else "",
             embedding=tuple(lesion.embedding) if lesion.embedding is not None else None,
+            patient_summary=lesion.number in summarised,
         )
         for lesion in result.lesions
     )
@@ -114,7 +116,7 @@ class PetQuant(Pipeline["PetJob"]):
             response = predict_response(
                 inputs.patient,
                 embeddings,
-                result.cytact.model if result.cytact else None,
+                result.cytact_model,
                 pipelines.response,  # the shared block
             )
             results.append(dataclasses.replace(result, response=response))

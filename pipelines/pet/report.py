@@ -93,10 +93,12 @@ def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.Meas
     if summary.variance is not None:
         statistics.append((summary.variance, VARIANCE))
     measurements = [measurement(CYTACT, value, UNIT_NONE, algorithm, derivation) for value, derivation in statistics]
-    evaluations = [
-        hd.sr.QualitativeEvaluation(CYTACT_GROUP, codes.SCT.Low if summary.low_group else codes.SCT.High),
-    ]
-    if summary.variance is not None:
+    evaluations = []
+    if summary.low_group is not None:
+        evaluations.append(
+            hd.sr.QualitativeEvaluation(CYTACT_GROUP, codes.SCT.Low if summary.low_group else codes.SCT.High)
+        )
+    if summary.heterogeneous is not None:
         evaluations.append(
             hd.sr.QualitativeEvaluation(
                 CYTACT_HETEROGENEITY, codes.SCT.High if summary.heterogeneous else codes.SCT.Low
@@ -109,7 +111,7 @@ def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.Meas
         ),
         algorithm_id=algorithm,
         measurements=measurements,
-        qualitative_evaluations=evaluations,
+        qualitative_evaluations=evaluations or None,
     )
 
 
@@ -117,15 +119,26 @@ def cytact_statement(result: PetQuantResult) -> str:
     summary = result.cytact
     if summary is None:
         return f"CytAct not computed: {result.cytact_not_computed or 'no lesion'}."
+    group = (
+        f" ({'low' if summary.low_group else 'high'} group, cut-off {summary.low_group_cutoff})"
+        if summary.low_group is not None
+        else ""
+    )
     what = (
-        f"minimum {summary.minimum:.3f} ({'low' if summary.low_group else 'high'} group, cut-off "
-        f"{summary.low_group_cutoff}), mean {summary.mean:.3f}, maximum {summary.maximum:.3f}"
+        f"over {len(summary.lesions)} lesion(s) ({', '.join(f'Lesion {n}' for n in summary.lesions)}; "
+        f"{summary.selection}): minimum {summary.minimum:.3f}{group}, mean {summary.mean:.3f}, "
+        f"maximum {summary.maximum:.3f}"
     )
     if summary.variance is not None:
-        what += (
-            f", variance {summary.variance:.3f} ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
-            f"cut-off {summary.heterogeneity_cutoff})"
+        heterogeneity = (
+            f" ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
+            f"fixed cut-off {summary.heterogeneity_cutoff})"
+            if summary.heterogeneous is not None
+            else ""
         )
+        what += f", variance {summary.variance:.3f}{heterogeneity}"
+    if summary.groups_not_given:
+        what += f"; {summary.groups_not_given}"
     return "CytAct by " + model_statement(summary.model, what)
 
 
@@ -263,10 +276,7 @@ def build_measurement_report(
     notes: Sequence[str] = (),
 ) -> hd.sr.Comprehensive3DSR:
     groups = (
-        [
-            _lesion_group(lesion, segmentation, source_images, identity, result.cytact.model if result.cytact else None)
-            for lesion in result.lesions
-        ]
+        [_lesion_group(lesion, segmentation, source_images, identity, result.cytact_model) for lesion in result.lesions]
         if segmentation
         else []
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -15,10 +16,20 @@ class CytActSettings(Strict):
     enabled: bool = True
     # None: the shipped synthetic demonstration weights (models/weights/cytact-synthetic-v1.pt).
     weights: Path | None = None
-    # Patients whose minimum lesion CytAct is below this value form the "low" group (the method's cut-off).
+    # The patient summary (minimum, mean, maximum, variance) is over the RECIST 1.1 target lesions, as in the
+    # method ("targets"); "all" uses every lesion (not the method). CytAct is predicted for every lesion either way.
+    summary_lesions: Literal["targets", "all"] = "targets"
+    max_targets: int = Field(5, ge=1)  # RECIST 1.1: at most five target lesions ...
+    # ... and two per organ; the organ is the lesion's coarse location from the CT (our choice: lesions without a
+    # location, e.g. PET without CT, are limited by the total only).
+    max_targets_per_organ: int = Field(2, ge=1)
+    # The method's cut-offs: minimum CytAct below -0.107 is the low group; a variance above the cut-off is high
+    # heterogeneity (a fixed cut-off for one patient; `analyse-outcomes` splits a cohort at its median). They
+    # belong to the model they were derived for: groups are reported only for weights with this sha256.
+    # None (default): no weights here are the published model's, so the SR gives no group.
     low_group_cutoff: float = -0.107
-    # Variance of lesion CytAct above which a patient's lesions are "heterogeneous" (our documented choice).
     heterogeneity_variance_cutoff: float = Field(0.1, ge=0)
+    cutoffs_weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
 
 class PhysiologicalSettings(Strict):

@@ -74,17 +74,31 @@ class Lesion(SegmentedLesion):
 
 @dataclass(frozen=True)
 class CytActSummary:
-    """Patient-level biomarkers from lesion CytAct (PET immune-profiling method)."""
+    """Patient-level biomarkers from lesion CytAct (PET immune-profiling method), over the lesions named."""
 
     model: ModelIdentity
+    lesions: tuple[int, ...]  # the lesion numbers summarised (RECIST target lesions, unless configured otherwise)
+    selection: str  # how they were chosen, in words
     minimum: float  # the representative value
     mean: float
     maximum: float
     variance: float | None  # across lesions, when there are two or more
-    low_group: bool  # minimum below the cut-off
+    low_group: bool | None  # minimum below the cut-off; None when the cut-off does not belong to these weights
     low_group_cutoff: float
-    heterogeneous: bool | None  # variance above the cut-off; None with fewer than two lesions
+    heterogeneous: bool | None  # variance above the cut-off; None: fewer than two lesions, or cut-off not theirs
     heterogeneity_cutoff: float
+    groups_not_given: str = ""  # why no group is reported, when none is
+
+
+@dataclass(frozen=True, eq=False)
+class CytActPrediction:
+    """Every lesion with its predicted CytAct, the model that predicted it, and the patient summary (None with the
+    reason when no lesion meets the summary's rule)."""
+
+    lesions: tuple[Lesion, ...]
+    model: ModelIdentity
+    summary: CytActSummary | None
+    not_computed: str = ""
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,6 +108,7 @@ class PetQuantResult:
     parameters: str  # the effective parameters, recorded in the report
     cytact: CytActSummary | None = None
     cytact_not_computed: str = ""  # why there is no CytAct summary, when there is none
+    cytact_model: ModelIdentity | None = None  # the model that predicted the lesions' CytAct, when it ran
     reader_seeds: int = 0  # semi-automatic mode: how many reader annotations (regions and points) defined lesions
     annotations_left_out: tuple[str, ...] = ()  # "label: why" of annotated regions that are not lesions
     # Automatic detection: physiological uptake left out, lesions too small or beyond the cap (for the SR).

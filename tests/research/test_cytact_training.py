@@ -81,3 +81,29 @@ def test_manifest_row_without_uptake_names_its_row(tmp_path: Path, capsys) -> No
     manifest.write_text("pet,seed_x,seed_y,seed_z,cytact\n" + "s/PT,0,-300,0,0.1\n" * 4)
     assert cli_main(["train", "cytact", "--manifest", str(manifest), "--out", str(tmp_path / "w")]) == 1
     assert "row 2" in capsys.readouterr().err
+
+
+def test_external_validation_reports_spearman_per_lesion_and_patient(tmp_path: Path, make_settings, capsys) -> None:
+    settings = make_settings()
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    rows = ["pet,seed_x,seed_y,seed_z,cytact,patient"]
+    for index in range(4):
+        lesions = DEFAULT_LESIONS[index:] or DEFAULT_LESIONS[:1]
+        write_study(tmp_path / f"p{index}", with_ct=False, shape_zyx=(70, 96, 96), lesions=lesions)
+        for lesion in lesions:
+            x, y, z = lesion.centre_mm
+            rows.append(f"p{index}/PT,{x},{y},{z},{cytact_function(lesion.suv, 0.0, 0.1):.4f},P{index}")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "validation"
+    arguments = ["--config", str(config), "evaluate", "cytact", "--manifest", str(manifest), "--out", str(out)]
+    assert cli_main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "lesions: Spearman rho" in printed and "patients: rho" in printed
+    report = (out / "report.md").read_text()
+    assert "| lesion | 10 |" in report and "| patient (mean of its lesions) | 4 |" in report
+    assert "nan" not in report
+    assert "SYNTHETIC DEMONSTRATION WEIGHTS" in report
+    assert (out / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+    assert len((out / "predictions.csv").read_text().splitlines()) == 11

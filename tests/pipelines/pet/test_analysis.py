@@ -18,6 +18,7 @@ from pipelines.pet.analysis import algorithm_identity, analyse_pet_series, summa
 from pipelines.pet.lesions import sphere_kernel
 from pipelines.pet.report import write_pet_report
 from pipelines.pet.settings import PetQuantSettings
+from pipelines.pet.types import Lesion, LesionMeasurements
 from pipelines.types import ReaderSeed
 from tests.conftest import STS_002, dciodvfy_errors
 from tests.synthetic import DEFAULT_LESIONS, write_study
@@ -203,11 +204,14 @@ def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> 
     params = PetQuantSettings()
     result = analyse_pet_series(list(study.pet_files), params)
     summary = result.cytact
-    assert summary is not None and summary.model.synthetic
-    scores = [lesion.cytact for lesion in result.lesions]
+    assert summary is not None and summary.model.synthetic and result.cytact_model == summary.model
+    summarised = [lesion for lesion in result.lesions if lesion.number in summary.lesions]
+    assert summarised and all(lesion.measurements.recist_target for lesion in summarised)
+    scores = [lesion.cytact for lesion in summarised]
     assert summary.minimum == pytest.approx(min(scores)) and summary.maximum == pytest.approx(max(scores))
     assert summary.variance == pytest.approx(float(np.var(scores, ddof=1)))
-    assert summary.low_group == (min(scores) < -0.107)
+    # The method's -0.107 cut-off belongs to the published model: no group for the shipped synthetic weights.
+    assert summary.low_group is None and summary.heterogeneous is None and "published model" in summary.groups_not_given
     counter = iter(range(100))
     files = write_pet_report(
         result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
@@ -220,14 +224,55 @@ def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> 
         assert _numbers_named(group[0], "CYTACT") == [pytest.approx(lesion.cytact, rel=1e-6)]
     all_cytact = _numbers_named(sr, "CYTACT")
     # Per lesion, then the patient-level minimum, mean, maximum and variance.
-    assert all_cytact[len(scores) :] == [
+    assert all_cytact[len(result.lesions) :] == [
         pytest.approx(v, rel=1e-6) for v in (summary.minimum, summary.mean, summary.maximum, summary.variance)
     ]
     assert "Patient-level CytAct" in _texts_named(sr, "112039")  # Tracking Identifier
-    expected_group = "62482003" if summary.low_group else "75540009"
-    assert _codes_named(sr, "CYTACT_GROUP") == [expected_group]
+    assert _codes_named(sr, "CYTACT_GROUP") == [] and _codes_named(sr, "CYTACT_HET") == []
     texts = " ".join(item.TextValue for item in sr.ContentSequence[-1].ContentSequence)
     assert "SYNTHETIC DEMONSTRATION WEIGHTS" in texts and summary.model.weights_sha256 in texts
+    assert "RECIST 1.1 target lesions" in texts and "no low/high group" in texts
+
+
+def test_groups_only_for_the_weights_the_cut_offs_belong_to(tmp_path: Path) -> None:
+    from models.cards import SHIPPED_CYTACT_WEIGHTS, verify_card
+
+    study = write_study(tmp_path / "in", with_ct=False, shape_zyx=(40, 64, 64), lesions=DEFAULT_LESIONS[:3])
+    sha = verify_card(SHIPPED_CYTACT_WEIGHTS).sha256
+    params = PetQuantSettings.model_validate({"cytact": {"cutoffs_weights_sha256": sha}})
+    summary = analyse_pet_series(list(study.pet_files), params).cytact
+    assert summary.low_group == (summary.minimum < -0.107) and not summary.groups_not_given
+    assert summary.heterogeneous == (summary.variance > 0.1)
+
+
+def _lesion(number: int, long_axis: float, location: str = "", node: bool = False, target: bool = True) -> Lesion:
+    measurements = LesionMeasurements(
+        1, 1, 1, 1, 1, 1, 1, 1, 1, (0, 0, 0), long_axis, long_axis if node else 5.0, target, lymph_node=node
+    )
+    mask = np.ones((1, 1, 1), bool)
+    return Lesion(number, f"Lesion {number}", f"1.2.{number}", (0, 0, 0), mask, measurements, location=location)
+
+
+def test_patient_summary_is_over_at_most_five_targets_two_per_organ() -> None:
+    from pipelines.pet.cytact import summary_lesions
+    from pipelines.pet.settings import CytActSettings
+
+    lesions = (
+        _lesion(1, 40, "lung"),
+        _lesion(2, 35, "lung"),
+        _lesion(3, 30, "lung"),  # third in the lung: not a target
+        _lesion(4, 25, "abdomen"),
+        _lesion(5, 8, "abdomen", target=False),  # below the RECIST size
+        _lesion(6, 20, ""),
+        _lesion(7, 18, ""),
+        _lesion(8, 16, "pelvis"),  # the sixth candidate: beyond five
+        _lesion(9, 22, "pelvis", node=True),  # a node by its short axis (22 mm)
+    )
+    chosen, rule = summary_lesions(lesions, CytActSettings())
+    assert [lesion.number for lesion in chosen] == [1, 2, 4, 6, 9]
+    assert "at most 5 in all and 2 per organ" in rule
+    everything, _ = summary_lesions(lesions, CytActSettings(summary_lesions="all"))
+    assert len(everything) == len(lesions)
 
 
 def test_mismatching_weights_leave_cytact_out_and_say_why(tmp_path: Path) -> None:
