@@ -71,9 +71,31 @@ class BaselineLesion:
         return self.short_axis_mm if self.lymph_node else self.long_axis_mm
 
 
+@dataclass(frozen=True)
+class PriorAssessment:
+    """An earlier assessment (follow-up) of the same baseline: its RECIST sum and category, for the nadir, the best
+    response and whether a progression is acquired resistance."""
+
+    study_instance_uid: str
+    study_date: date | None
+    number: int  # 1 = T1, the first assessment after the baseline
+    sum_mm: float | None
+    category: str  # CR, PR, SD, PD; "" when not assessed
+
+
+@dataclass(frozen=True)
+class EarlierFollowUp:
+    """A follow-up of the patient already paired with a baseline (a later study is a later assessment of it)."""
+
+    study_instance_uid: str
+    study_date: date | None
+    baseline_study_uid: str
+
+
 @dataclass(frozen=True, eq=False)
 class Baseline:
-    """A paired baseline (T0) as the store holds it: its CT, lesions, features and report."""
+    """A paired baseline (T0) as the store holds it: its CT, lesions, features and report, and the assessments of
+    it before this follow-up."""
 
     study_instance_uid: str
     study_date: date | None
@@ -82,6 +104,7 @@ class Baseline:
     features: Mapping[str, Mapping[str, float]]  # volume → feature → value
     report_sop_instance_uid: str = ""  # the baseline's SR, when one was produced
     report_path: Path | None = None
+    assessments: tuple[PriorAssessment, ...] = ()  # earlier follow-ups of this baseline, oldest first
 
 
 # --- what a study holds, as a job reads it -------------------------------------------------------------------
@@ -275,7 +298,12 @@ class CtAssessmentRecord:
     category: str = ""  # RECIST 1.1 response category
     new_lesions: int | None = None
     progressive_lesions: int | None = None
-    pattern: str = ""
+    pattern: str = ""  # acquired-resistance pattern at a progression after response or lasting SD
+    assessment: int | None = None  # 1 = T1
+    weeks: float | None = None
+    nadir_mm: float | None = None
+    best_response: str = ""
+    resistance: str = ""  # none / primary / acquired
 
 
 @dataclass(frozen=True)

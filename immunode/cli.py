@@ -290,15 +290,25 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
 
 
 def _delta_table(args: argparse.Namespace) -> DeltaTable:
+    """The Δ table of a CSV, or of the node's patients with acquired resistance (courses from the store); patients
+    left out are printed with why."""
+    from pipelines.ct.pipeline import CT_RADIOMICS
     from research import radiomics as research
-    from storage import results
+    from storage import patients, results
 
     labels = research.read_labels(Path(args.labels)) if args.labels else None
     if args.table:
         table = research.read_table(Path(args.table))
         return table if labels is None else research.relabelled(table, labels)
+    settings = _settings(args)
     with _index_session(args) as session:
-        return research.table_from_store(results.delta_table(session), labels)
+        assessments = results.ct_assessments(session, CT_RADIOMICS.name)
+        clinical = {key: data.clinical for key, data in patients.all_patient_data(session).items() if data.clinical}
+    oligo_max = CT_RADIOMICS.settings(settings.pipelines).oligo_max_lesions
+    table, left_out = research.table_from_store(research.patient_courses(assessments, clinical, oligo_max), labels)
+    for reason in left_out:
+        print(f"  left out {reason}")
+    return table
 
 
 def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
@@ -307,15 +317,18 @@ def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
 
     try:
         table = _delta_table(args)
-        kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed)
+        kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed, args.alpha)
     except (OSError, DeltaTableError) as error:
         return _print_problems(error)
     lines = [
         f"{len(table.patients)} patients ({int(table.systemic.sum())} systemic, {int((~table.systemic).sum())} oligo); "
-        f"{len(table.features)} Δ features, {len(kept)} kept after the Spearman |rho| >= 0.99 filter"
+        f"{len(table.features)} Δ features, {len(kept)} kept after the Spearman |rho| >= 0.99 filter (within each "
+        f"dataset, then merged); {sum(r.significant for r in results)} significant in both tests (p < {args.alpha}); "
+        f"AUC with {research.POSITIVE_CLASS} as the positive class"
     ] + [
-        f"  {r.feature:<60} MW p {r.mann_whitney_p:.3g}  perm p {r.permutation_p:.3g}  AUC {r.auc:.2f}  "
-        f"median oligo {r.median_oligo:.3g} systemic {r.median_systemic:.3g}"
+        f"  {r.feature:<60} MW p {r.mann_whitney_p:.3g}  perm p {r.permutation_p:.3g}  "
+        f"AUC {r.auc:.2f} ({r.auc_ci_low:.2f}-{r.auc_ci_high:.2f})  median oligo {r.median_oligo:.3g} "
+        f"systemic {r.median_systemic:.3g}{'  *' if r.significant else ''}"
         for r in results[: args.top]
     ]
     lines.append(f"written: {Path(args.out) / 'feature_tests.csv'}, {Path(args.out) / 'kept_features.txt'}")
@@ -668,12 +681,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="Δ-radiomics statistics between oligo and systemic progression (research use)",
     )
     analyse_radiomics.add_argument(
-        "--table", help="CSV: PatientID, IssuerOfPatientID, pattern, Δ features (default: the node's paired follow-ups)"
+        "--table",
+        help="CSV: PatientID, IssuerOfPatientID, pattern, Δ features (default: the node's patients with acquired resistance)",
     )
     analyse_radiomics.add_argument("--labels", help="CSV: PatientID, IssuerOfPatientID, pattern (overrides)")
     analyse_radiomics.add_argument("--out", default="radiomics-analysis")
     analyse_radiomics.add_argument("--permutations", type=int, default=1000)
     analyse_radiomics.add_argument("--seed", type=int, default=0)
+    analyse_radiomics.add_argument("--alpha", type=float, default=0.05, help="significance level of both tests")
     analyse_radiomics.add_argument("--top", type=int, default=20, help="features printed")
     analyse_radiomics.set_defaults(handler=cmd_analyse_radiomics)
     train = commands.add_parser("train", help="train a model")

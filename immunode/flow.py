@@ -130,6 +130,7 @@ def _decide_new(
         candidates = studies.candidate_studies(session, facts)
         therapy = patients.therapy_start(session, facts)
         awaited = pairings.awaited_baseline(session, job.study_instance_uid, pipeline.name)
+        follow_ups = pairings.earlier_follow_ups(session, facts, pipeline.name)
         states = {
             c.study_instance_uid: jobs.study_job_state(session, c.study_instance_uid, pipeline.name) for c in candidates
         }
@@ -143,6 +144,7 @@ def _decide_new(
         awaited=awaited,
         analysis_state=states.get,
         finder=finder,
+        follow_ups=follow_ups,
     )
 
 

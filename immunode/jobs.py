@@ -49,7 +49,14 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
             decision = pairings.latest_pairing(session, job_id)
             baseline = None
             if decision is not None and decision.baseline_study_uid and decision.outcome is PairingOutcome.PAIRED:
-                baseline = results.load_baseline(session, layout, decision.baseline_study_uid, pipeline.name)
+                followup = studies.study_facts(session, study_uid)
+                baseline = results.load_baseline(
+                    session,
+                    layout,
+                    decision.baseline_study_uid,
+                    pipeline.name,
+                    followup.study_date if followup else None,
+                )
             pairing = PairingContext(
                 decision.outcome if decision else None,
                 decision.reason if decision else "no pairing decision",

@@ -5,6 +5,8 @@ query/retrieve peer in as a `BaselineFinder`, and records what was decided.
 
 Rules: same PatientID and IssuerOfPatientID (an empty issuer matches only an empty issuer), the pipeline's
 modality in the study, a study date between `window_max_weeks` and `window_min_weeks` before the follow-up.
+A study after a follow-up already paired with a baseline is a later assessment of that baseline (T2, T3, ...:
+the method follows the patient up to progression), and a follow-up is never itself a baseline.
 With an imported therapy start and `use_therapy_start`: the baseline must be on or before the therapy start
 and the follow-up after it (a study on or before the start is itself a baseline). Of several eligible
 studies the latest is chosen (nearest to therapy start, as a pre-treatment baseline should be).
@@ -22,7 +24,7 @@ from pydantic import Field, model_validator
 
 from common.settings import Strict
 from common.states import JobState, PairingOutcome
-from common.types import StudyFacts
+from common.types import EarlierFollowUp, StudyFacts
 from pipelines.errors import BaselineNotRetrieved
 
 
@@ -162,6 +164,7 @@ def decide_new(
     awaited: bool = False,
     analysis_state: Callable[[str], JobState | None] = lambda uid: None,
     finder: BaselineFinder | None = None,
+    follow_ups: Sequence[EarlierFollowUp] = (),
 ) -> PairingDecision:
     """A new job's baseline: the study itself when a waiting follow-up awaits it or it precedes therapy; a stored
     study (waiting while its own analysis is still coming); else one the finder retrieves (waiting for it);
@@ -169,10 +172,16 @@ def decide_new(
     pipeline (None: never analysed)."""
     if awaited:
         return PairingDecision(PairingOutcome.BASELINE_ITSELF, "awaited as the baseline of a waiting follow-up")
-    choice = choose_baseline(followup, candidates, settings, therapy_start, modality)
+    followed = {f.study_instance_uid for f in follow_ups}
+    choice = choose_baseline(
+        followup, [c for c in candidates if c.study_instance_uid not in followed], settings, therapy_start, modality
+    )
     wait_until = now + timedelta(seconds=settings.baseline_wait_s)
     if choice.kind is PairingDecisionKind.BASELINE_ITSELF:
         return PairingDecision(PairingOutcome.BASELINE_ITSELF, choice.reason)
+    later = _later_assessment(followup, follow_ups)
+    if later is not None:
+        choice = later
     if choice.kind is PairingDecisionKind.PAIRED:
         baseline_uid = choice.baseline.study_instance_uid  # type: ignore[union-attr]
         state = analysis_state(baseline_uid)
@@ -186,6 +195,23 @@ def decide_new(
         )
         return PairingDecision(PairingOutcome.PAIRED, choice.reason + note, baseline_uid)
     return _retrieve_or_go_without(followup, choice.reason, settings, therapy_start, modality, wait_until, finder)
+
+
+def _later_assessment(followup: StudyFacts, follow_ups: Sequence[EarlierFollowUp]) -> PairingChoice | None:
+    """The baseline of the latest earlier follow-up: this study is a later assessment of it."""
+    if followup.study_date is None:
+        return None
+    earlier = [f for f in follow_ups if f.study_date is not None and f.study_date < followup.study_date]
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda f: (f.study_date, f.study_instance_uid))
+    baseline = StudyFacts(latest.baseline_study_uid, followup.patient_id, followup.issuer_of_patient_id, None)
+    of_it = [f for f in earlier if f.baseline_study_uid == latest.baseline_study_uid]
+    reason = (
+        f"a later assessment of baseline {latest.baseline_study_uid}: after {len(of_it)} earlier follow-up(s) "
+        f"of it (latest {latest.study_instance_uid} of {latest.study_date})"
+    )
+    return PairingChoice(PairingDecisionKind.PAIRED, baseline, reason)
 
 
 def _retrieve_or_go_without(

@@ -1,6 +1,18 @@
 """Research tooling of the delta-radiomics method (`immunode analyse-radiomics`, `immunode train ar-signature`):
 Δ feature tables from the store or a CSV, the method's preprocessing and statistics, and the classifier.
 
+Labels, as the method defines them: a patient has acquired resistance (AR) when the disease progresses after an
+initial response (CR/PR) or after stable disease of at least six months; oligo (<= 3 progressing or new
+lesions) vs systemic (> 3) is counted at that progression. The node derives both from its assessments of the
+patient (T1, T2, ... against the baseline T0, up to progression; `patient_courses`), or from imported clinical
+outcomes (best response, PFS) with the lesion counts of the CT assessment at the progression date; the Δ
+features stay T1 against T0. Patients without AR (primary resistance, no progression yet) are neither group.
+
+Statistics: the Spearman redundancy filter (|rho| >= 0.99 keeps the first) within each of the method's
+datasets (P original, P wavelet, M original, M wavelet), then again after merging them; per feature the
+Mann-Whitney U test and the median-difference permutation test (a feature counts when both are significant),
+and the ROC AUC with the positive class fixed as systemic, its bootstrap 95 % CI and p.
+
 Table CSV: PatientID, IssuerOfPatientID (optional), pattern ("oligo" or "systemic"), then one column per Δ
 feature named as in the SR ("P_original_glcm_ClusterTendency", "M_..."). Empty cells are undefined Δ.
 """
@@ -8,15 +20,17 @@ feature named as in the SR ("P_original_glcm_ClusterTendency", "M_..."). Empty c
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from research.errors import DeltaTableError
-from storage.types import DeltaRow
+from common.types import ClinicalVariables
+from storage.types import StoredAssessment
 
 if TYPE_CHECKING:
     from models.ar_signature import ArSignature
@@ -76,28 +90,111 @@ def read_table(path: Path) -> DeltaTable:
     return DeltaTable(tuple(patients), np.array(systemic, dtype=bool), tuple(names), np.array(values, dtype=float))
 
 
-def table_from_store(rows: Sequence[DeltaRow], labels: dict[tuple[str, str], bool] | None) -> DeltaTable:
-    """Rows of `storage.results.delta_table`; the node's own pattern unless labels are given (then only
-    labelled patients are used)."""
-    patients, systemic, dicts = [], [], []
-    for row in rows:
-        key, pattern, deltas = (row.patient_id, row.issuer_of_patient_id), row.pattern, row.deltas
+@dataclass(frozen=True)
+class PatientCourse:
+    """A patient's course after the baseline: the T1 Δ features, the best response and, at a progression, whether it
+    is acquired resistance with its pattern; `source` says where the outcome came from."""
+
+    patient: tuple[str, str]
+    baseline_study_uid: str
+    deltas: Mapping[str, float | None] = field(default_factory=dict)
+    best_response: str = ""
+    resistance: str = "none"  # none (no progression yet) / primary / acquired
+    pattern: str = ""  # acquired resistance: oligo / systemic
+    source: str = ""
+
+
+PROGRESSION_MATCH_DAYS = 56  # a CT within 8 weeks of an imported progression date supplies its lesion counts
+
+
+def _from_clinical(
+    course: PatientCourse, clinical: ClinicalVariables | None, assessments: Sequence[StoredAssessment], oligo_max: int
+) -> PatientCourse:
+    """Acquired resistance from imported outcomes: progression (pfs_event) after CR/PR, or after SD with a PFS of six
+    months or more; the pattern from the CT assessment nearest the progression date, within 8 weeks."""
+    if clinical is None or not clinical.pfs_event or clinical.pfs_months is None or not clinical.best_response:
+        return course
+    response = clinical.best_response
+    if not (response in ("CR", "PR") or (response == "SD" and clinical.pfs_months >= 6.0)):
+        return PatientCourse(
+            course.patient, course.baseline_study_uid, course.deltas, response, "primary", "", "clinical"
+        )
+    pattern = ""
+    if clinical.therapy_start is not None:
+        progressed = clinical.therapy_start + timedelta(days=clinical.pfs_months * 30.44)
+        near = [
+            a
+            for a in assessments
+            if a.study_date is not None and abs((a.study_date - progressed).days) <= PROGRESSION_MATCH_DAYS
+        ]
+        if near:
+            nearest = min(near, key=lambda a: abs((a.study_date - progressed).days))
+            count = (nearest.new_lesions or 0) + (nearest.progressive_lesions or 0)
+            pattern = "oligo" if count <= oligo_max else "systemic"
+    source = "imported clinical outcome" + ("" if pattern else " (no CT near the progression: no pattern)")
+    return PatientCourse(
+        course.patient, course.baseline_study_uid, course.deltas, response, "acquired", pattern, source
+    )
+
+
+def patient_courses(
+    assessments: Sequence[StoredAssessment], clinical: Mapping[tuple[str, str], ClinicalVariables], oligo_max: int = 3
+) -> list[PatientCourse]:
+    """Each patient's course over the assessments of its latest baseline (the node's own, else imported outcomes)."""
+    by_patient: dict[tuple[str, str], list[StoredAssessment]] = {}
+    for a in assessments:
+        by_patient.setdefault((a.patient_id, a.issuer_of_patient_id), []).append(a)
+    courses = []
+    for key, found in by_patient.items():
+        baseline = found[-1].baseline_study_uid
+        series = [a for a in found if a.baseline_study_uid == baseline]
+        first = next((a for a in series if a.assessment == 1), series[0])
+        course = PatientCourse(key, baseline, dict(first.deltas or {}), source="CT assessments")
+        for a in series:
+            best = a.best_response or a.category
+            if a.resistance in ("acquired", "primary"):
+                course = PatientCourse(key, baseline, course.deltas, best, a.resistance, a.pattern, "CT assessments")
+                break
+            course = PatientCourse(key, baseline, course.deltas, best, "none", "", "CT assessments")
+        if course.resistance == "none":
+            course = _from_clinical(course, clinical.get(key), series, oligo_max)
+        courses.append(course)
+    return courses
+
+
+def table_from_store(
+    courses: Sequence[PatientCourse], labels: dict[tuple[str, str], bool] | None
+) -> tuple[DeltaTable, list[str]]:
+    """The T1 Δ of patients with acquired resistance and a pattern (or, with `labels`, of the labelled patients
+    only), and why the others are left out."""
+    patients, systemic, dicts, left_out = [], [], [], []
+    for course in courses:
+        key = course.patient
+        if not course.deltas:
+            left_out.append(f"{key[0]}: no T1 delta features")
+            continue
         if labels is not None:
             if key not in labels:
                 continue
             label = labels[key]
-        elif pattern in PATTERNS:
-            label = pattern == "systemic"
+        elif course.resistance == "acquired" and course.pattern in PATTERNS:
+            label = course.pattern == "systemic"
         else:
-            continue  # no new or progressive lesion: neither group
+            why = {
+                "none": "no progression (yet): neither group",
+                "primary": "progression without response or lasting stable disease: primary, not acquired resistance",
+            }.get(course.resistance, "acquired resistance without a lesion count at progression")
+            left_out.append(f"{key[0]}: {why}")
+            continue
         patients.append(key)
         systemic.append(label)
-        dicts.append(deltas)
+        dicts.append(course.deltas)
     names = sorted(set().union(*dicts)) if dicts else []
     values = np.array([[np.nan if d.get(n) is None else d[n] for n in names] for d in dicts], dtype=float)
-    return DeltaTable(
+    table = DeltaTable(
         tuple(patients), np.array(systemic, dtype=bool), tuple(names), values.reshape(len(dicts), len(names))
     )
+    return table, left_out
 
 
 @dataclass(frozen=True)
@@ -109,7 +206,46 @@ class FeatureTest:
     median_systemic: float
     mann_whitney_p: float
     permutation_p: float
-    auc: float  # systemic as the positive class
+    auc: float  # systemic is the positive class
+    auc_ci_low: float  # bootstrap 95 % CI
+    auc_ci_high: float
+    auc_p: float  # of AUC = 0.5 (equal to the Mann-Whitney p)
+    significant: bool  # both tests below alpha, as the method counts a feature
+
+
+POSITIVE_CLASS = "systemic"
+
+
+def dataset_of(name: str) -> str:
+    """The method's dataset of a Δ feature: P or M, original or wavelet ("P_original_...", "M_wavelet-LLH_...")."""
+    volume, _, rest = name.partition("_")
+    return f"{volume} {'wavelet' if rest.startswith('wavelet') else 'original'}"
+
+
+def filtered_features(table: np.ndarray, names: Sequence[str], threshold: float = 0.99) -> list[str]:
+    """The redundancy filter within each dataset, then again over the merged survivors (in the given order)."""
+    datasets: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        datasets.setdefault(dataset_of(name), []).append(index)
+    survivors: list[int] = []
+    for columns in datasets.values():
+        kept = set(redundancy_filter(table[:, columns], [names[c] for c in columns], threshold))
+        survivors += [c for c in columns if names[c] in kept]
+    survivors.sort()
+    return redundancy_filter(table[:, survivors], [names[c] for c in survivors], threshold)
+
+
+def _auc_interval(
+    labels: np.ndarray, values: np.ndarray, rng: np.random.Generator, rounds: int = 1000
+) -> tuple[float, float]:
+    from sklearn.metrics import roc_auc_score
+
+    found = []
+    for _ in range(rounds):
+        pick = rng.integers(0, len(values), len(values))
+        if labels[pick].min() != labels[pick].max():
+            found.append(roc_auc_score(labels[pick], values[pick]))
+    return (float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))) if found else (np.nan, np.nan)
 
 
 def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float = 0.99) -> list[str]:
@@ -118,7 +254,9 @@ def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float 
 
     if table.shape[1] < 2:
         return list(names)
-    rho = np.atleast_2d(spearmanr(table, nan_policy="omit").statistic)
+    statistic = spearmanr(table, nan_policy="omit").statistic
+    # Two columns give one coefficient, more give the matrix.
+    rho = np.array([[1.0, statistic], [statistic, 1.0]]) if table.shape[1] == 2 else np.asarray(statistic)
     kept: list[int] = []
     for j in range(len(names)):
         if np.all(np.isnan(table[:, j])) or np.nanstd(table[:, j]) == 0:
@@ -141,9 +279,15 @@ def permutation_p(a: np.ndarray, b: np.ndarray, permutations: int, rng: np.rando
 
 
 def feature_tests(
-    table: np.ndarray, names: Sequence[str], systemic: np.ndarray, permutations: int = 1000, seed: int = 0
+    table: np.ndarray,
+    names: Sequence[str],
+    systemic: np.ndarray,
+    permutations: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> list[FeatureTest]:
-    """Mann–Whitney U, median-difference permutation test and ROC AUC per feature, sorted by p value."""
+    """Mann–Whitney U, median-difference permutation test and ROC AUC (systemic positive, bootstrap 95 % CI) per
+    feature, sorted by p value; significant when both tests are below `alpha`."""
     from scipy.stats import mannwhitneyu
     from sklearn.metrics import roc_auc_score
 
@@ -155,6 +299,9 @@ def feature_tests(
         a, b = values[ok & ~systemic], values[ok & systemic]
         if len(a) < 2 or len(b) < 2:
             continue
+        mann_whitney = float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+        permuted = permutation_p(a, b, permutations, rng)
+        low, high = _auc_interval(systemic[ok], values[ok], rng)
         results.append(
             FeatureTest(
                 name,
@@ -162,23 +309,28 @@ def feature_tests(
                 len(b),
                 float(np.median(a)),
                 float(np.median(b)),
-                float(mannwhitneyu(a, b, alternative="two-sided").pvalue),
-                permutation_p(a, b, permutations, rng),
+                mann_whitney,
+                permuted,
                 float(roc_auc_score(systemic[ok], values[ok])),
+                low,
+                high,
+                mann_whitney,
+                mann_whitney < alpha and permuted < alpha,
             )
         )
     return sorted(results, key=lambda r: (r.mann_whitney_p, r.feature))
 
 
 def analyse(
-    table: DeltaTable, out: Path, permutations: int = 1000, seed: int = 0
+    table: DeltaTable, out: Path, permutations: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> tuple[list[str], list[FeatureTest]]:
-    """Redundancy filter, then per-feature tests; writes feature_tests.csv and kept_features.txt."""
+    """Redundancy filter (per dataset, then merged), then per-feature tests; writes feature_tests.csv and
+    kept_features.txt."""
     if table.systemic.sum() < 2 or (~table.systemic).sum() < 2:
         raise DeltaTableError("need at least two patients of each pattern (oligo and systemic)")
-    kept = redundancy_filter(table.values, table.features)
+    kept = filtered_features(table.values, table.features)
     columns = [table.features.index(name) for name in kept]
-    results = feature_tests(table.values[:, columns], kept, table.systemic, permutations, seed)
+    results = feature_tests(table.values[:, columns], kept, table.systemic, permutations, seed, alpha)
     out.mkdir(parents=True, exist_ok=True)
     (out / "kept_features.txt").write_text("\n".join(kept) + "\n")
     with (out / "feature_tests.csv").open("w", newline="") as handle:

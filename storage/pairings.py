@@ -11,9 +11,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.states import JobState, PairingOutcome
+from common.types import EarlierFollowUp, StudyFacts, parse_dicom_date
 from storage.events import record_event
-from storage.schema import Job, Pairing
+from storage.schema import Job, Pairing, Patient, Study
 from storage.types import PairingRecord
+
+# Outcomes that make a study a follow-up of its baseline.
+PAIRED_OR_AWAITED = (PairingOutcome.PAIRED, PairingOutcome.WAITING, PairingOutcome.RETRIEVING)
 
 
 def record_pairing(
@@ -43,3 +47,25 @@ def awaited_baseline(session: Session, study_uid: str, pipeline: str) -> bool:
     """Whether a waiting follow-up of the pipeline awaits this study as its baseline."""
     waiting = session.scalars(select(Job.id).where(Job.pipeline == pipeline, Job.state == JobState.WAITING_BASELINE))
     return any((p := latest_pairing(session, job_id)) and p.baseline_study_uid == study_uid for job_id in waiting)
+
+
+def earlier_follow_ups(session: Session, facts: StudyFacts, pipeline: str) -> list[EarlierFollowUp]:
+    """The patient's other studies whose job of the pipeline was paired with (or awaits) a baseline."""
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.study_date, Job.id)
+        .join(Job, Job.study_fk == Study.id)
+        .join(Patient, Patient.id == Study.patient_fk)
+        .where(
+            Patient.patient_id == facts.patient_id,
+            Patient.issuer_of_patient_id == facts.issuer_of_patient_id,
+            Study.study_instance_uid != facts.study_instance_uid,
+            Job.pipeline == pipeline,
+            Job.state.not_in((JobState.SUPERSEDED, JobState.FAILED)),
+        )
+    ).all()
+    found = []
+    for study_uid, study_date, job_id in rows:
+        pairing = latest_pairing(session, job_id)
+        if pairing is not None and pairing.baseline_study_uid and pairing.outcome in PAIRED_OR_AWAITED:
+            found.append(EarlierFollowUp(study_uid, parse_dicom_date(study_date), pairing.baseline_study_uid))
+    return found

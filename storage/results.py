@@ -11,8 +11,9 @@ import enum
 import hashlib
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import date
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from common.states import JobState, OutputKind
@@ -23,6 +24,7 @@ from common.types import (
     LesionRole,
     OutputFile,
     PreviousReport,
+    PriorAssessment,
     ResultRecords,
     parse_dicom_date,
 )
@@ -42,7 +44,7 @@ from storage.schema import (
     Series,
     Study,
 )
-from storage.types import DeltaRow, LesionCytAct, PetCytActAnalysis
+from storage.types import LesionCytAct, PetCytActAnalysis, StoredAssessment
 
 
 def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
@@ -155,8 +157,41 @@ def pet_cytact_analyses(session: Session) -> list[PetCytActAnalysis]:
     return [PetCytActAnalysis(*head, model, tuple(lesions)) for head, lesions, model in found.values()]
 
 
-def load_baseline(session: Session, layout: FileLayout, study_uid: str, pipeline: str) -> Baseline | None:
-    """The baseline as the newest successful job of a longitudinal pipeline left it; None when it has none."""
+def prior_assessments(session: Session, baseline_uid: str, pipeline: str, before: date | None) -> list[PriorAssessment]:
+    """The assessments of a baseline stored before a follow-up of date `before`, oldest first, numbered (T1 ...)."""
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.study_date, CtAssessment)
+        .join(Job, Job.id == CtAssessment.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .where(
+            CtAssessment.baseline_study_uid == baseline_uid,
+            Job.pipeline == pipeline,
+            Job.state == JobState.SUCCEEDED,
+        )
+        .order_by(Job.id)
+    ).all()
+    newest: dict[str, tuple[date | None, CtAssessment]] = {}
+    for study_uid, study_date, assessment in rows:  # a study analysed again: its newest assessment counts
+        newest[study_uid] = (parse_dicom_date(study_date), assessment)
+    earlier = sorted(
+        (
+            (uid, when, a)
+            for uid, (when, a) in newest.items()
+            if when is not None and before is not None and when < before
+        ),
+        key=lambda item: item[1],
+    )
+    return [
+        PriorAssessment(uid, when, number, a.sum_diameters_t1_mm, a.recist_category)
+        for number, (uid, when, a) in enumerate(earlier, start=1)
+    ]
+
+
+def load_baseline(
+    session: Session, layout: FileLayout, study_uid: str, pipeline: str, before: date | None = None
+) -> Baseline | None:
+    """The baseline as the newest successful job of a longitudinal pipeline left it, with its assessments before a
+    follow-up of date `before`; None when it has none."""
     job = session.scalar(
         select(Job)
         .join(Study, Study.id == Job.study_fk)
@@ -208,27 +243,41 @@ def load_baseline(session: Session, layout: FileLayout, study_uid: str, pipeline
         features=features,
         report_sop_instance_uid=report.sop_instance_uid if report else "",
         report_path=layout.absolute(report.path) if report else None,
+        assessments=tuple(prior_assessments(session, study_uid, pipeline, before)),
     )
 
 
-def delta_table(session: Session) -> list[DeltaRow]:
-    """(PatientID, issuer, pattern, Δ features) of each patient's newest paired follow-up."""
-    newest = (
-        select(func.max(CtAssessment.id))
-        .join(Job, Job.id == CtAssessment.job_fk)
-        .join(Study, Study.id == Job.study_fk)
-        .where(CtAssessment.deltas.is_not(None), Job.state == JobState.SUCCEEDED)
-        .group_by(Study.patient_fk)
-    )
+def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
+    """Every follow-up assessment of a longitudinal pipeline (the newest successful job of each study), per
+    patient in study-date order."""
     rows = session.execute(
-        select(Patient.patient_id, Patient.issuer_of_patient_id, CtAssessment.pattern, CtAssessment.deltas)
+        select(
+            Patient.patient_id, Patient.issuer_of_patient_id, Study.study_instance_uid, Study.study_date, CtAssessment
+        )
         .join(Job, Job.id == CtAssessment.job_fk)
         .join(Study, Study.id == Job.study_fk)
         .join(Patient, Patient.id == Study.patient_fk)
-        .where(CtAssessment.id.in_(newest))
-        .order_by(Patient.patient_id)
+        .where(Job.state == JobState.SUCCEEDED, Job.pipeline == pipeline, CtAssessment.baseline_study_uid != "")
+        .order_by(Job.id)
     ).all()
-    return [DeltaRow(p, i, pattern, deltas) for p, i, pattern, deltas in rows]
+    newest: dict[str, StoredAssessment] = {}
+    for patient_id, issuer, study_uid, study_date, a in rows:
+        newest[study_uid] = StoredAssessment(
+            patient_id,
+            issuer,
+            a.baseline_study_uid,
+            study_uid,
+            parse_dicom_date(study_date),
+            a.assessment,
+            a.recist_category,
+            a.best_response,
+            a.resistance,
+            a.pattern,
+            a.new_lesions,
+            a.progressive_lesions,
+            a.deltas,
+        )
+    return sorted(newest.values(), key=lambda x: (x.patient_id, x.issuer_of_patient_id, x.study_date or date.min))
 
 
 def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], tuple[str, list[list[float]]]]:

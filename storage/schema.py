@@ -360,7 +360,7 @@ class CtAssessment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
-    time_point: Mapped[str] = mapped_column(String(8))  # T0 / T1
+    time_point: Mapped[str] = mapped_column(String(8))  # T0, T1, T2, ... or "unpaired"
     baseline_study_uid: Mapped[str] = mapped_column(String(64), default="")
     sum_diameters_t0_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
     sum_diameters_t1_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -368,8 +368,15 @@ class CtAssessment(Base):
     recist_category: Mapped[str] = mapped_column(String(4), default="")  # CR PR SD PD
     new_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
     progressive_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    pattern: Mapped[str] = mapped_column(String(16), default="")  # oligo / systemic / none
+    # Acquired-resistance pattern at a progression after response or lasting SD: oligo / systemic; else "".
+    # (Before migration 0006: the T0 -> T1 count pattern, oligo / systemic / none.)
+    pattern: Mapped[str] = mapped_column(String(16), default="")
     deltas: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"P_original_...": delta or null}
+    assessment: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1 = T1, 2 = T2, ...
+    weeks: Mapped[float | None] = mapped_column(Float, nullable=True)  # since the baseline
+    nadir_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
+    best_response: Mapped[str] = mapped_column(String(4), default="")
+    resistance: Mapped[str] = mapped_column(String(16), default="")  # none / primary / acquired
     signature_class: Mapped[str] = mapped_column(String(16), default="")
     signature_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 

@@ -157,13 +157,22 @@ class EventRecord:
 
 
 @dataclass(frozen=True)
-class DeltaRow:
-    """A patient's newest paired follow-up: its acquired-resistance pattern and Δ features."""
+class StoredAssessment:
+    """A follow-up CT's assessment as the index keeps it, with its patient and baseline (research tables)."""
 
     patient_id: str
     issuer_of_patient_id: str
+    baseline_study_uid: str
+    study_instance_uid: str
+    study_date: date | None
+    assessment: int | None  # 1 = T1; None for assessments stored before time points were kept
+    category: str
+    best_response: str
+    resistance: str  # none / primary / acquired; "" before it was kept
     pattern: str
-    deltas: Mapping[str, float | None]
+    new_lesions: int | None
+    progressive_lesions: int | None
+    deltas: Mapping[str, float | None] | None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,14 @@ from sqlalchemy import select
 from common.states import JobState, PairingOutcome
 from storage.schema import CtAssessment, CtLesionResult, Job, Pairing, RadiomicFeature, RadiomicsExtraction, Study
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
-from tests.synthetic import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study, write_planning_ct
+from tests.synthetic import (
+    BASELINE_LESIONS,
+    FOLLOW_UP_LESIONS,
+    SHIFT_MM,
+    CtLesionSpec,
+    write_ct_study,
+    write_planning_ct,
+)
 
 PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
 CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
@@ -125,7 +132,8 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
     t1_pairings = _pairings(node, t1_job.id)
     assert [p.outcome for p in t1_pairings] == [PairingOutcome.WAITING, PairingOutcome.PAIRED]
     assert all(p.baseline_study_uid == baseline.study_uid for p in t1_pairings)
-    assert "PD" in t1_job.summary and "2 new, 1 progressive: pattern oligo" in t1_job.summary
+    assert "PD" in t1_job.summary and "2 new, 1 progressive." in t1_job.summary
+    assert "not acquired resistance" in t1_job.summary  # a progression at the first assessment is primary
 
     with node.database.session() as session:
         lesions = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t1_job.id)).all()
@@ -153,7 +161,8 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
         assert by_label[label].tracking_uid not in {row.tracking_uid for row in before.values()}
     assert by_label["Primary tumour"].role == "primary" and by_label["Met liver"].role == "metastasis"
     assert by_label["Primary tumour"].progressive and not by_label["LN mediastinal"].progressive
-    assert assessment.time_point == "T1" and assessment.recist_category == "PD" and assessment.pattern == "oligo"
+    assert assessment.time_point == "T1" and assessment.recist_category == "PD" and assessment.pattern == ""
+    assert (assessment.assessment, assessment.resistance, assessment.best_response) == (1, "primary", "PD")
     assert assessment.new_lesions == 2 and assessment.progressive_lesions == 1
     # Features per study and volume in SQL, with the parameter file, for both time points.
     assert {v for (_, v) in features} == {"P", "M"} and len(features[(t1_job.id, "P")]) > 800
@@ -170,7 +179,7 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
     assert len(shared) == 3  # primary, liver metastasis and node carry the same tracking UID in both SRs
     # Time point context, the baseline reference and the research wording.
     texts = _texts(t1_sr)
-    assert "T1 follow-up" in texts and "T0 baseline" in _texts(t0_sr)
+    assert "T1 first assessment" in texts and "T0 baseline" in _texts(t0_sr)
     other = t1_sr.PertinentOtherEvidenceSequence[0]
     assert other.StudyInstanceUID == baseline.study_uid
     referenced = {
@@ -182,11 +191,61 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
     assert len(published) == 15
     assert all("Research reference, not a diagnosis" in t or "not defined" in t for t in published)
     assert any("no class is given" in t for t in texts)
-    assert _coded(t1_sr, "RECIST_RESP") == ["RECIST_PD"] and _coded(t1_sr, "AR_PATTERN") == ["AR_OLIGO"]
+    assert _coded(t1_sr, "RECIST_RESP") == ["RECIST_PD"] and _coded(t1_sr, "AR_PATTERN") == []
+    assert _coded(t1_sr, "RESISTANCE") == ["RES_PRIMARY"]
     numbers = _numbers(t1_sr)
     assert numbers["Number of new lesions"] == 2 and numbers["Number of progressive lesions"] == 1
     assert numbers[f"delta P_{name}"] == pytest.approx(expected)
     assert _coded(t0_sr, "RECIST_RESP") == []  # the baseline has no response
+
+
+RESPONDING = tuple(CtLesionSpec(s.label, s.centre_mm, s.radius_mm * 0.5) for s in BASELINE_LESIONS)
+PROGRESSING = BASELINE_LESIONS + tuple(
+    CtLesionSpec(f"Met new {i}", (x, -35, z), 6) for i, (x, z) in enumerate([(-80, -40), (80, 0), (-20, -55), (30, 50)])
+)
+
+
+def test_a_patient_followed_to_progression_after_response(
+    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+) -> None:
+    """Baseline, a response at T1 (10 weeks), progression with four new lesions at T2 (23 weeks): T2 pairs with
+    the same baseline (a later assessment), its nadir is T1's sum, and the progression after the response is
+    acquired resistance, systemic, counted there; the patient's course gives T1's Δ and that label."""
+    from research.radiomics import patient_courses, table_from_store
+    from storage.results import ct_assessments
+
+    baseline = write_ct_study(tmp_path / "t0", BASELINE_LESIONS, "20260105")
+    t1 = write_ct_study(tmp_path / "t1", RESPONDING, "20260316", seed=2)
+    t2 = write_ct_study(tmp_path / "t2", PROGRESSING, "20260615", seed=3)
+    settings = make_settings(
+        routing=CT_RULES,
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        pipelines={"ct_radiomics": {"per_lesion_features": False}},
+    )
+    node = start_node(settings)
+    assert storescu(node.port, _study_files(baseline) + _study_files(t1) + _study_files(t2)).returncode == 0
+    jobs = [wait_until(lambda s=s: _finished(node, s.study_uid), timeout_s=400) for s in (baseline, t1, t2)]
+    assert all(job.state is JobState.SUCCEEDED for job in jobs), [job.error for job in jobs]
+    t2_pairings = _pairings(node, jobs[2].id)
+    assert t2_pairings[-1].outcome is PairingOutcome.PAIRED
+    assert t2_pairings[-1].baseline_study_uid == baseline.study_uid  # not T1, although T1 is in the window
+    assert "a later assessment of baseline" in t2_pairings[-1].reason
+    with node.database.session() as session:
+        first, second = (session.scalar(select(CtAssessment).where(CtAssessment.job_fk == j.id)) for j in jobs[1:])
+        assessments = ct_assessments(session, "ct_radiomics")
+    assert (first.time_point, first.recist_category, first.resistance) == ("T1", "PR", "none")
+    assert (second.time_point, second.recist_category, second.best_response) == ("T2", "PD", "PR")
+    assert (second.resistance, second.pattern, second.new_lesions) == ("acquired", "systemic", 4)
+    assert second.nadir_mm == pytest.approx(first.sum_diameters_t1_mm) and second.weeks == pytest.approx(23.0)
+    assert first.deltas and not second.deltas  # the method's Δ features are T1 against T0
+    (course,) = patient_courses(assessments, {})
+    assert (course.resistance, course.pattern, course.best_response) == ("acquired", "systemic", "PR")
+    table, left_out = table_from_store([course], None)
+    assert table.systemic.tolist() == [True] and left_out == [] and len(table.features) > 800
+    reports = wait_until(lambda: (r := _reports(pacs)) and sum(len(v) for v in r.values()) >= 6 and r, timeout_s=120)
+    t2_sr = _sr(reports[t2.study_uid])
+    assert _coded(t2_sr, "RESISTANCE") == ["RES_ACQUIRED"] and _coded(t2_sr, "AR_PATTERN") == ["AR_SYSTEMIC"]
+    assert any("Assessment T2 of the same baseline; earlier: T1 PR" in text for text in _texts(t2_sr))
 
 
 DCMQRSCP_CONFIG = """NetworkTCPPort  = {port}
@@ -261,7 +320,7 @@ def test_missing_baseline_retrieved_from_a_query_retrieve_peer(
     assert t0_job.state is JobState.SUCCEEDED
     assert [p.outcome for p in _pairings(node, t0_job.id)] == [PairingOutcome.BASELINE_ITSELF]
     assert [p.outcome for p in _pairings(node, t1_job.id)] == [PairingOutcome.RETRIEVING, PairingOutcome.PAIRED]
-    assert "pattern oligo" in t1_job.summary
+    assert "2 new, 1 progressive." in t1_job.summary
 
 
 def test_planning_ct_with_organ_contours_and_an_identical_follow_up(

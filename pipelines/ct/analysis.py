@@ -1,16 +1,20 @@
-"""Analyse stage of the longitudinal CT method (delta-radiomics of the primary tumour and the merged
-metastases at baseline T0 and first follow-up T1; pattern of acquired resistance, oligo ≤ 3 new or
-progressive lesions, systemic > 3). Lesions → (with a baseline) registration, tracking, RECIST →
-parallel pyradiomics extraction → Δ features → published signature → optional classifier.
+"""Analyse stage of the longitudinal CT method: delta-radiomics of the primary tumour and the merged
+metastases between the baseline T0 and the first assessment T1; each later assessment (T2, ...) against the
+same baseline for RECIST, the best response and, at a progression, acquired resistance and its pattern
+(oligo ≤ 3 new or progressive lesions, systemic > 3). Lesions → (with a baseline) registration, tracking
+(the primary is the baseline's, carried by tracking), RECIST → parallel pyradiomics extraction → Δ features
+(at T1) → published signature → optional classifier.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
-from common.types import Baseline
+from common.types import Baseline, LesionRole
 from models.ar_signature import load as load_ar_signature
 from models.errors import ModelError
 from pipelines.ct.delta import deltas, read_published_signature, signature_features
@@ -18,7 +22,7 @@ from pipelines.ct.lesions import ct_lesions, load_ct_volume, volume_masks
 from pipelines.ct.radiomics import extract_volumes, parameter_file_text, pyradiomics_version
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.ct.tracking import assess, match_lesions, register
-from pipelines.ct.types import CtRadiomicsResult, SignatureClass
+from pipelines.ct.types import CtLesion, CtRadiomicsResult, Resistance, SignatureClass
 from pipelines.imaging.geometry import to_sitk
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.settings import PetQuantSettings
@@ -55,12 +59,14 @@ def analyse_ct_study(
     )
     paired = baseline is not None and bool(baseline.lesions) and bool(baseline.ct_paths)
     registration_text, changes, recist = "", (), None
+    assessment = len(baseline.assessments) + 1 if baseline is not None else 0
     if paired:
         before = load_ct_volume(baseline.ct_paths)
         registration = register(to_sitk(before.hu, before.geometry), to_sitk(ct.hu, ct.geometry), settings.registration)
         tracked, changes = match_lesions(baseline.lesions, lesions, registration, settings)
-        lesions = tuple(tracked)
-        recist = assess(baseline.lesions, changes, settings)
+        lesions, primary_reason = carried_roles(tracked, baseline)
+        weeks = _weeks(baseline.study_date, ct.study_date)
+        recist = assess(baseline.lesions, changes, settings, baseline.assessments, weeks)
         registration_text = registration.description
     masks = volume_masks(lesions, ct.geometry.shape, settings.per_lesion_features)
     uids = {f"L{lesion.number}": lesion.tracking_uid for lesion in lesions}
@@ -69,7 +75,12 @@ def analyse_ct_study(
     result_deltas: dict[str, float | None] = {}
     published, not_reported = (), ""
     signature_class, class_not_given = None, ""
-    if paired and baseline.features:
+    if paired and assessment > 1:
+        not_reported = (
+            f"assessment T{assessment}: the method's delta features are T1 against T0 (in the T1 report); "
+            "this report gives RECIST and resistance"
+        )
+    elif paired and baseline.features:
         result_deltas = deltas(baseline.features, current)
         if settings.published_signature is not None:
             published = signature_features(
@@ -85,7 +96,7 @@ def analyse_ct_study(
     if not paired or not baseline.features:
         class_not_given = not_reported
     # T0: this study is the baseline (no earlier one exists); "unpaired": a baseline was expected but has no result.
-    time_point = "T1" if paired else ("unpaired" if baseline is not None or baseline_expected else "T0")
+    time_point = f"T{assessment}" if paired else ("unpaired" if baseline is not None or baseline_expected else "T0")
     return CtRadiomicsResult(
         study_instance_uid=ct.study_instance_uid,
         ct_series_uid=ct.series_instance_uid,
@@ -109,7 +120,30 @@ def analyse_ct_study(
         signature_class=signature_class,
         signature_class_not_given=class_not_given,
         not_lesions=tuple(f"{item.label}: {item.reason}" for item in left_out),
+        t1_window_weeks=settings.t1_window_weeks,
+        stable_disease_min_weeks=settings.stable_disease_min_weeks,
     )
+
+
+def _weeks(baseline: date | None, followup: date | None) -> float | None:
+    return (followup - baseline).days / 7.0 if baseline is not None and followup is not None else None
+
+
+def carried_roles(tracked: Sequence[CtLesion], baseline: Baseline) -> tuple[tuple[CtLesion, ...], str]:
+    """The primary is chosen once, at the baseline, and carried by tracking: a follow-up lesion matched to the
+    baseline's primary is the primary; every other lesion (new ones included) is a metastasis."""
+    primaries = {b.tracking_uid: b for b in baseline.lesions if b.role is LesionRole.PRIMARY}
+    lesions = tuple(
+        replace(lesion, role=LesionRole.PRIMARY if lesion.tracking_uid in primaries else LesionRole.METASTASIS)
+        for lesion in tracked
+    )
+    carried = [lesion.tracking_identifier for lesion in lesions if lesion.role is LesionRole.PRIMARY]
+    if carried:
+        return lesions, f"primary carried from the baseline by tracking ({', '.join(carried)})"
+    if primaries:
+        names = ", ".join(b.tracking_identifier for b in primaries.values())
+        return lesions, f"the baseline's primary ({names}) is not found at this follow-up: no primary (P) here"
+    return lesions, "the baseline has no primary: all lesions are metastases"
 
 
 def _classify(settings: CtRadiomicsSettings, values: dict[str, float | None]) -> tuple[SignatureClass | None, str]:
@@ -139,8 +173,14 @@ def summarise(result: CtRadiomicsResult) -> str:
     if result.recist is not None:
         r = result.recist
         change = f"{r.percent_change:+.1f} %" if r.percent_change is not None else "n/a"
+        weeks = f" at {r.weeks:.1f} weeks" if r.weeks is not None else ""
         text += (
-            f" RECIST 1.1 {r.category} (sum {r.sum_t0_mm:.1f} -> {r.sum_t1_mm:.1f} mm, {change}); "
-            f"{r.new_lesions} new, {r.progressive_lesions} progressive: pattern {r.pattern}."
+            f" Assessment T{r.assessment}{weeks}: RECIST 1.1 {r.category} (sum {r.sum_t0_mm:.1f} -> "
+            f"{r.sum_t1_mm:.1f} mm, {change}; nadir {r.nadir_mm:.1f} mm), best response {r.best_response}; "
+            f"{r.new_lesions} new, {r.progressive_lesions} progressive."
         )
+        if r.resistance is Resistance.ACQUIRED:
+            text += f" Progression after response or lasting stable disease: acquired resistance, {r.pattern}."
+        elif r.resistance is Resistance.PRIMARY:
+            text += " Progression without an earlier response or lasting stable disease: not acquired resistance."
     return text

@@ -21,13 +21,14 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 
 import numpy as np
 from pydicom.uid import generate_uid
 from scipy import ndimage
 
-from common.types import LesionRole
+from common.types import LesionRole, parse_dicom_date
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.ct.types import CtLesion
 from pipelines.errors import NothingToAnalyse, SeriesNotUsable
@@ -51,6 +52,7 @@ class CtVolume:
     paths: tuple[Path, ...]  # slice order
     geometry: VolumeGeometry
     hu: np.ndarray  # float32 [slice, row, column]
+    study_date: date | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,6 +85,7 @@ def load_ct_volume(paths: Sequence[Path]) -> CtVolume:
         tuple(headers[i][0] for i in order),
         geometry,
         hu,
+        parse_dicom_date(str(first.get("StudyDate", ""))),
     )
 
 

@@ -66,6 +66,7 @@ def result_records(result: CtRadiomicsResult) -> ResultRecords:
         deltas=dict(result.deltas) if result.deltas else None,
         signature_class=signature.label if signature else "",
         signature_probability=signature.probability_systemic if signature else None,
+        resistance=result.recist.resistance.value if result.recist else "",
     )
     return ResultRecords(extractions=extractions, ct_lesions=lesions, ct_assessment=assessment)
 

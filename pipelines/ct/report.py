@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from common.states import OutputKind
 from common.types import OutputFile
-from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange
+from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange, Resistance
 from pipelines.output import sr
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
@@ -54,6 +54,16 @@ PERCENT_CHANGE = sr.private_concept("SUMD_PCT", "RECIST 1.1 percent change of th
 NEW_LESIONS = sr.private_concept("NEW_LESIONS", "Number of new lesions")
 PROGRESSIVE_LESIONS = sr.private_concept("PROG_LESIONS", "Number of progressive lesions")
 RECIST_RESPONSE = sr.private_concept("RECIST_RESP", "RECIST 1.1 response category (from masks)")
+BEST_RESPONSE = sr.private_concept("RECIST_BEST", "RECIST 1.1 best response so far (from masks)")
+NADIR = sr.private_concept("SUMD_NADIR", "RECIST 1.1 nadir of the sum of diameters")
+WEEKS = sr.private_concept("WEEKS_T0", "Weeks since the baseline")
+UNIT_WEEKS = sr.ucum("wk", "week")
+RESISTANCE = sr.private_concept("RESISTANCE", "Resistance at this assessment (delta-radiomics method)")
+RESISTANCES = {
+    Resistance.NONE: sr.private_concept("RES_NONE", "No progression"),
+    Resistance.PRIMARY: sr.private_concept("RES_PRIMARY", "Progression without prior response or lasting SD"),
+    Resistance.ACQUIRED: sr.private_concept("RES_ACQUIRED", "Acquired resistance (progression after response)"),
+}
 RECIST_CATEGORIES = {
     category: sr.private_concept(f"RECIST_{category}", meaning)
     for category, meaning in zip(
@@ -64,7 +74,6 @@ AR_PATTERN = sr.private_concept("AR_PATTERN", "Pattern of acquired resistance")
 PATTERN_MEANINGS = {
     "oligo": "Oligo-progression (<= 3 new or progressive lesions)",
     "systemic": "Systemic progression (> 3 new or progressive lesions)",
-    "none": "No new or progressive lesion",
 }
 PATTERNS = {
     pattern: sr.private_concept(f"AR_{pattern.upper()}", meaning) for pattern, meaning in PATTERN_MEANINGS.items()
@@ -81,8 +90,10 @@ def delta_feature_concept(name: str) -> hd.sr.CodedConcept:
 
 
 def _time_point(result: CtRadiomicsResult) -> hd.sr.TimePointContext:
-    if result.time_point == "T1":
-        return hd.sr.TimePointContext("T1 follow-up", time_point_order=2, subject_time_point_identifier="T1")
+    if result.recist is not None:
+        k = result.recist.assessment
+        name = "T1 first assessment" if k == 1 else f"T{k} assessment"
+        return hd.sr.TimePointContext(name, time_point_order=k + 1, subject_time_point_identifier=f"T{k}")
     if result.time_point == "T0":
         return hd.sr.TimePointContext("T0 baseline", time_point_order=1, subject_time_point_identifier="T0")
     return hd.sr.TimePointContext("Follow-up without analysed baseline")
@@ -143,12 +154,18 @@ def _patient_group(
             sr.measurement(NEW_LESIONS, r.new_lesions, UNIT_LESIONS, algorithm),
             sr.measurement(PROGRESSIVE_LESIONS, r.progressive_lesions, UNIT_LESIONS, algorithm),
         ]
+        measurements.append(sr.measurement(NADIR, r.nadir_mm, sr.UNIT_MM, algorithm))
         if r.percent_change is not None:
             measurements.append(sr.measurement(PERCENT_CHANGE, r.percent_change, UNIT_PERCENT, algorithm))
+        if r.weeks is not None:
+            measurements.append(sr.measurement(WEEKS, r.weeks, UNIT_WEEKS, algorithm))
         evaluations += [
             hd.sr.QualitativeEvaluation(RECIST_RESPONSE, RECIST_CATEGORIES[r.category]),
-            hd.sr.QualitativeEvaluation(AR_PATTERN, PATTERNS[r.pattern]),
+            hd.sr.QualitativeEvaluation(BEST_RESPONSE, RECIST_CATEGORIES[r.best_response]),
+            hd.sr.QualitativeEvaluation(RESISTANCE, RESISTANCES[r.resistance]),
         ]
+        if r.pattern:
+            evaluations.append(hd.sr.QualitativeEvaluation(AR_PATTERN, PATTERNS[r.pattern]))
     measurements += [
         sr.measurement(delta_feature_concept(f.name), f.delta, sr.UNIT_NONE, algorithm)
         for f in result.signature_features
@@ -184,8 +201,29 @@ def statements(result: CtRadiomicsResult) -> list[str]:
             + (f", report SR {baseline.report_sop_instance_uid}" if baseline.report_sop_instance_uid else "")
             + "."
         )
+    r = result.recist
+    if r is not None:
+        low, high = result.t1_window_weeks
+        if r.assessment == 1 and r.weeks is not None and not low <= r.weeks <= high:
+            lines.append(
+                f"T1 is {r.weeks:.1f} weeks after the baseline, outside the method's {low:g}-{high:g} weeks: "
+                "delta features are not those of the published time points."
+            )
+        if r.assessment > 1:
+            earlier = ", ".join(f"T{a.number} {a.category or 'not assessed'}" for a in baseline.assessments)
+            lines.append(f"Assessment T{r.assessment} of the same baseline; earlier: {earlier}.")
+        lines.append(
+            "Acquired resistance as the method defines it: progression after a response (CR/PR) or after stable "
+            f"disease lasting {result.stable_disease_min_weeks:g} weeks, its pattern counted at that progression; "
+            + {
+                Resistance.NONE: "no progression at this assessment.",
+                Resistance.PRIMARY: "this progression follows neither, so it is not acquired resistance.",
+                Resistance.ACQUIRED: f"this is acquired resistance, {r.pattern} "
+                f"({r.new_lesions} new + {r.progressive_lesions} progressive lesions).",
+            }[r.resistance]
+        )
     if result.registration:
-        lines.append(f"Registration of T1 to T0: {result.registration}.")
+        lines.append(f"Registration of the follow-up to T0: {result.registration}.")
     for change in result.changes:
         if change.status == "disappeared":
             lines.append(f"{change.tracking_identifier} ({change.tracking_uid}): not found at follow-up.")

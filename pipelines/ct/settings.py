@@ -37,6 +37,10 @@ class CtRadiomicsSettings(Strict):
     progression_percent: float = Field(20.0, ge=0)
     progression_min_mm: float = Field(5.0, ge=0)  # ... and by at least this many millimetres
     oligo_max_lesions: int = Field(3, ge=1)  # new + progressive lesions up to this many: oligo-progression
+    # The method's first assessment (T1) falls 9-12 weeks after the baseline; outside it the SR says so.
+    t1_window_weeks: tuple[float, float] = (9.0, 12.0)
+    # Acquired resistance: progression after a response (CR/PR), or after stable disease lasting this long.
+    stable_disease_min_weeks: float = Field(26.0, ge=0)
     # The published delta-radiomics signature (CSV as ../shared/data/delta_radiomics_published.csv):
     # its features are reported in the follow-up SR with the nearer published group median.
     published_signature: Path | None = None

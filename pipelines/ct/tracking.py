@@ -9,13 +9,18 @@ B-spline refinement when `deformable` is "always", or "auto" and the rigidly ali
 centroids are mapped and matched one-to-one to follow-up centroids (Hungarian assignment) within
 `match_distance_mm`. A matched lesion keeps the baseline's tracking UID; an unmatched follow-up lesion is new.
 
-RECIST 1.1: target lesions are the measurable baseline lesions (long axis >= 10 mm; nodes short axis
->= 15 mm), at most five, largest first; the limit of two per organ is not applied (no organ labels).
-At the first follow-up the nadir is the baseline sum. Categories: CR (every target gone and nodes < 10 mm,
-no new lesion), PD (sum +20 % and +5 mm, or any new lesion), PR (sum -30 %), else SD. Non-target
-progression is not assessed. A matched lesion is progressive when its RECIST diameter grew by
-`progression_percent` and `progression_min_mm`; pattern: new + progressive lesions <= `oligo_max_lesions`
-is oligo-progression, more is systemic, none is "none".
+RECIST 1.1 at each assessment (T1, T2, ... against the baseline T0): target lesions are the measurable
+baseline lesions (long axis >= 10 mm; nodes short axis >= 15 mm), at most five, largest first; the limit of
+two per organ is not applied (no organ labels). The nadir is the smallest sum so far, the baseline's and the
+earlier assessments' included. Categories: CR (every target gone and nodes < 10 mm, no new lesion), PD (sum
++20 % and +5 mm over the nadir, or any new lesion), PR (sum -30 % against the baseline), else SD.
+Non-target progression is not assessed. A matched lesion is progressive when its RECIST diameter grew by
+`progression_percent` and `progression_min_mm` since the baseline.
+
+Acquired resistance, as the method defines it: a progression (PD) after an initial response (CR or PR at an
+earlier assessment) or after stable disease lasting `stable_disease_min_weeks` (26: six months); its pattern
+is counted at that progression: new + progressive lesions <= `oligo_max_lesions` (3) is oligo-progression,
+more is systemic. A progression without either is primary resistance, and has no pattern.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy.optimize import linear_sum_assignment
 
-from common.types import BaselineLesion
+from common.types import BaselineLesion, PriorAssessment
 from pipelines.ct.settings import CtRadiomicsSettings, RegistrationSettings
-from pipelines.ct.types import CtLesion, LesionChange, RecistAssessment
+from pipelines.ct.types import CtLesion, LesionChange, RecistAssessment, Resistance
 from pipelines.imaging.recist import RECIST_MIN_LONG_AXIS_MM, RECIST_MIN_NODE_SHORT_AXIS_MM
 
 logger = logging.getLogger(__name__)
@@ -210,13 +215,22 @@ def measurable(lesion: BaselineLesion) -> bool:
     return lesion.long_axis_mm >= RECIST_MIN_LONG_AXIS_MM
 
 
+RESPONSE_ORDER = ("CR", "PR", "SD", "PD")
+
+
 def assess(
-    baseline: Sequence[BaselineLesion], changes: Sequence[LesionChange], settings: CtRadiomicsSettings
+    baseline: Sequence[BaselineLesion],
+    changes: Sequence[LesionChange],
+    settings: CtRadiomicsSettings,
+    prior: Sequence[PriorAssessment] = (),
+    weeks: float | None = None,
 ) -> RecistAssessment:
+    """RECIST 1.1 at this assessment (the one after the `prior` ones), and its meaning for acquired resistance."""
     targets = sorted((b for b in baseline if measurable(b)), key=lambda b: -b.recist_diameter_mm)[:MAX_TARGETS]
     by_uid = {c.tracking_uid: c for c in changes if c.status != "new"}
     sum_t0 = sum(b.recist_diameter_mm for b in targets)
     sum_t1 = sum(by_uid[b.tracking_uid].diameter_t1_mm or 0.0 for b in targets)
+    nadir = min([sum_t0, *(a.sum_mm for a in prior if a.sum_mm is not None)])
     new = sum(1 for c in changes if c.status == "new")
     progressive = sum(1 for c in changes if c.progressive)
     percent = (sum_t1 - sum_t0) / sum_t0 * 100.0 if sum_t0 > 0 else None
@@ -224,7 +238,8 @@ def assess(
         (by_uid[b.tracking_uid].diameter_t1_mm or 0.0) < (NODE_NORMAL_SHORT_AXIS_MM if b.lymph_node else 1e-9)
         for b in targets
     )
-    if new or (percent is not None and percent >= 20.0 and sum_t1 - sum_t0 >= 5.0):
+    grown = sum_t1 - nadir
+    if new or (nadir > 0 and grown >= 0.2 * nadir and grown >= 5.0):
         category = "PD"
     elif targets and gone:
         category = "CR"
@@ -232,8 +247,27 @@ def assess(
         category = "PR"
     else:
         category = "SD"
-    count = new + progressive
-    pattern = "none" if count == 0 else "oligo" if count <= settings.oligo_max_lesions else "systemic"
+    earlier = [a.category for a in prior if a.category in RESPONSE_ORDER]
+    best = min([*earlier, category], key=RESPONSE_ORDER.index)
+    resistance, pattern = Resistance.NONE, ""
+    if category == "PD":
+        responded = any(c in ("CR", "PR") for c in earlier)
+        controlled = "SD" in earlier and weeks is not None and weeks >= settings.stable_disease_min_weeks
+        resistance = Resistance.ACQUIRED if responded or controlled else Resistance.PRIMARY
+        if resistance is Resistance.ACQUIRED:
+            pattern = "oligo" if new + progressive <= settings.oligo_max_lesions else "systemic"
     return RecistAssessment(
-        tuple(b.tracking_uid for b in targets), sum_t0, sum_t1, percent, category, new, progressive, pattern
+        tuple(b.tracking_uid for b in targets),
+        sum_t0,
+        sum_t1,
+        percent,
+        category,
+        new,
+        progressive,
+        pattern,
+        assessment=len(prior) + 1,
+        weeks=weeks,
+        nadir_mm=nadir,
+        best_response=best,
+        resistance=resistance,
     )

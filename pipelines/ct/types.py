@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,18 +74,32 @@ def relative_change(t0: float | None, t1: float | None) -> float | None:
     return (t1 - t0) / t0
 
 
+class Resistance(enum.Enum):
+    """What a progression means in the delta-radiomics method."""
+
+    NONE = "none"  # no progression at this assessment
+    PRIMARY = "primary"  # progression without an earlier response or lasting stable disease
+    ACQUIRED = "acquired"  # progression after CR/PR, or after stable disease of `stable_disease_min_weeks`
+
+
 @dataclass(frozen=True)
 class RecistAssessment:
-    """RECIST 1.1 from masks at T0 and T1 and the acquired-resistance pattern of the delta-radiomics method."""
+    """RECIST 1.1 from masks at one assessment (T1, T2, ...) against the baseline T0, and, at a progression,
+    whether it is acquired resistance with its pattern (oligo: <= 3 new or progressive lesions; systemic: > 3)."""
 
     target_uids: tuple[str, ...]
     sum_t0_mm: float
-    sum_t1_mm: float
-    percent_change: float | None
+    sum_t1_mm: float  # at this assessment
+    percent_change: float | None  # against the baseline
     category: str  # CR, PR, SD, PD
     new_lesions: int
     progressive_lesions: int
-    pattern: str  # "oligo" (1..3 new or progressive), "systemic" (> 3), "none" (no new or progressive lesion)
+    pattern: str  # acquired resistance only: "oligo" or "systemic"; "" otherwise
+    assessment: int = 1  # 1 = T1
+    weeks: float | None = None  # since the baseline
+    nadir_mm: float = 0.0  # the smallest sum so far (baseline included): progression is measured from it
+    best_response: str = ""  # best category up to and including this assessment
+    resistance: Resistance = Resistance.NONE
 
 
 @dataclass(frozen=True)
@@ -134,3 +149,6 @@ class CtRadiomicsResult:
     signature_class_not_given: str = ""
     # Annotated regions that are not lesions (organs at risk, body outline, planning volumes): "label: why".
     not_lesions: tuple[str, ...] = ()
+    # The method's time points and resistance rule as configured (stated in the report).
+    t1_window_weeks: tuple[float, float] = (9.0, 12.0)
+    stable_disease_min_weeks: float = 26.0

@@ -5,19 +5,21 @@ the optional classifier; lesions from PET when the CT has no annotation; the res
 from __future__ import annotations
 
 import csv
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from common.types import Baseline, BaselineLesion, LesionRole
+from common.types import Baseline, BaselineLesion, LesionRole, PriorAssessment
 from immunode.cli import main as cli_main
 from models import ar_signature
-from pipelines.ct.analysis import analyse_ct_study
+from pipelines.ct.analysis import analyse_ct_study, carried_roles
 from pipelines.ct.delta import read_published_signature
 from pipelines.ct.lesions import ct_lesions, load_ct_volume
 from pipelines.ct.settings import CtRadiomicsSettings
-from pipelines.ct.types import relative_change
+from pipelines.ct.tracking import assess
+from pipelines.ct.types import CtLesion, LesionChange, Resistance, relative_change
 from pipelines.errors import NothingToAnalyse
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.settings import PetQuantSettings
@@ -113,7 +115,16 @@ def test_follow_up_tracked_measured_and_compared(tmp_path: Path, baseline_result
     assert recist.sum_t1_mm == pytest.approx(expected_t1)
     assert recist.percent_change == pytest.approx((recist.sum_t1_mm - recist.sum_t0_mm) / recist.sum_t0_mm * 100)
     assert recist.category == "PD"  # new lesions
-    assert (recist.new_lesions, recist.progressive_lesions, recist.pattern) == (2, 1, "oligo")
+    assert (recist.new_lesions, recist.progressive_lesions) == (2, 1)
+    # A progression at the first assessment follows no response: primary, not acquired resistance, no pattern.
+    assert (recist.assessment, recist.resistance, recist.pattern, recist.best_response) == (
+        1,
+        Resistance.PRIMARY,
+        "",
+        "PD",
+    )
+    assert recist.nadir_mm == pytest.approx(recist.sum_t0_mm)
+    assert after["Primary tumour"].role is LesionRole.PRIMARY and "carried from the baseline" in t1.primary_reason
     assert changes[after["Primary tumour"].tracking_uid].progressive
     # Δ of every feature of P and M; the published fifteen with their nearer group median.
     t0_p = next(f for f in t0.features if f.volume == "P").features
@@ -129,20 +140,79 @@ def test_follow_up_tracked_measured_and_compared(tmp_path: Path, baseline_result
     assert t1.signature_class.label in ("oligo", "systemic") and 0 <= t1.signature_class.probability_systemic <= 1
 
 
-def test_more_than_three_new_lesions_is_systemic(tmp_path: Path, baseline_result) -> None:
+def test_progression_after_a_response_is_acquired_resistance_counted_there(tmp_path: Path, baseline_result) -> None:
     new = tuple(
         CtLesionSpec(f"Met new {i}", (x, -35, z), 6)
         for i, (x, z) in enumerate([(-80, -40), (80, 0), (-20, -55), (30, 50)])
     )
     study = write_ct_study(tmp_path, BASELINE_LESIONS + new, "20260316", seed=3)
     settings = CtRadiomicsSettings(per_lesion_features=False)
-    t1 = analyse_ct_study(
-        study.ct_files, [study.rtstruct], [], settings, PetQuantSettings(), _baseline(baseline_result), "p", tmp_path
+    # T1 was a partial response: this second assessment's progression is acquired resistance.
+    baseline = replace(_baseline(baseline_result), assessments=(PriorAssessment("1.2.3.1", None, 1, 40.0, "PR"),))
+    t2 = analyse_ct_study(study.ct_files, [study.rtstruct], [], settings, PetQuantSettings(), baseline, "p", tmp_path)
+    assert {f.volume for f in t2.features} == {"P", "M"}
+    recist = t2.recist
+    assert (recist.new_lesions, recist.progressive_lesions, recist.pattern) == (4, 0, "systemic")
+    assert (recist.assessment, recist.resistance, recist.best_response, recist.nadir_mm) == (
+        2,
+        Resistance.ACQUIRED,
+        "PR",
+        40.0,
     )
-    assert {f.volume for f in t1.features} == {"P", "M"}
-    assert (t1.recist.new_lesions, t1.recist.progressive_lesions, t1.recist.pattern) == (4, 0, "systemic")
-    assert t1.signature_not_reported.startswith("published signature table not configured")
-    assert t1.signature_class is None and "no class is given" in t1.signature_class_not_given
+    assert t2.time_point == "T2" and not t2.deltas  # the method's Δ features are T1 against T0
+    assert "T1 against T0" in t2.signature_not_reported
+    assert t2.signature_class is None
+
+
+def _change(uid: str, t0: float, t1: float | None, status: str = "matched", progressive: bool = False) -> LesionChange:
+    return LesionChange(uid, uid, status, t0, t1, None, None, None, progressive)
+
+
+def test_recist_over_time_nadir_best_response_and_resistance() -> None:
+    settings = CtRadiomicsSettings()
+    baseline = [
+        BaselineLesion(f"L{i}", f"L{i}", LesionRole.METASTASIS, False, (0, 0, 0), 50.0, 30.0, 10.0) for i in (1, 2)
+    ]
+    shrunk = [_change("L1", 50, 30), _change("L2", 50, 30)]  # sum 100 -> 60: PR
+    regrown = [_change("L1", 50, 38), _change("L2", 50, 38)]  # 76: -24 % from baseline, +27 % over the nadir 60
+    first = assess(baseline, shrunk, settings)
+    assert (first.category, first.best_response, first.resistance) == ("PR", "PR", Resistance.NONE)
+    prior = (PriorAssessment("1.2.1", None, 1, first.sum_t1_mm, first.category),)
+    later = assess(baseline, regrown, settings, prior, weeks=24.0)
+    assert later.nadir_mm == pytest.approx(60.0) and later.category == "PD"  # progression from the nadir
+    assert (later.resistance, later.pattern, later.assessment) == (Resistance.ACQUIRED, "oligo", 2)
+    stable = (PriorAssessment("1.2.1", None, 1, 100.0, "SD"),)
+    grown = [_change("L1", 50, 61), _change("L2", 50, 61), _change("L3", 0, 20, "new")]
+    assert assess(baseline, grown, settings, stable, weeks=30.0).resistance is Resistance.ACQUIRED  # SD >= 6 months
+    assert assess(baseline, grown, settings, stable, weeks=20.0).resistance is Resistance.PRIMARY
+    assert assess(baseline, grown, settings).resistance is Resistance.PRIMARY  # PD at the first assessment
+
+
+def test_the_primary_is_carried_by_tracking_not_chosen_again(baseline_result) -> None:
+    t0 = _baseline(baseline_result)
+    primary = next(b for b in t0.lesions if b.role is LesionRole.PRIMARY)
+    other = next(b for b in t0.lesions if b.role is LesionRole.METASTASIS)
+    mask = np.ones((1, 1, 1), bool)
+    tracked = [
+        CtLesion(
+            1, other.tracking_identifier, other.tracking_uid, (0, 0, 0), mask, LesionRole.PRIMARY, "a", "x", False
+        ),
+        CtLesion(
+            2,
+            primary.tracking_identifier,
+            primary.tracking_uid,
+            (0, 0, 0),
+            mask,
+            LesionRole.METASTASIS,
+            "a",
+            "y",
+            False,
+        ),
+    ]
+    lesions, reason = carried_roles(tracked, t0)
+    assert [lesion.role for lesion in lesions] == [LesionRole.METASTASIS, LesionRole.PRIMARY]
+    gone, reason = carried_roles(tracked[:1], t0)
+    assert gone[0].role is LesionRole.METASTASIS and "not found at this follow-up" in reason
 
 
 def test_relative_change_rule_for_a_zero_baseline() -> None:
