@@ -204,6 +204,25 @@ class ClinicalImport:
     records: tuple[ClinicalVariables, ...]
 
 
+@dataclass(frozen=True)
+class BloodValue:
+    """One blood immune-profile value of a patient at a time point (T0 before therapy, T1 on therapy)."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    time_point: str  # "T0" or "T1"
+    marker: str  # as declared in pipelines.response.blood_markers
+    value: float
+    unit: str = ""
+    sample_date: date | None = None
+
+
+@dataclass(frozen=True)
+class BloodImport:
+    file: str
+    values: tuple[BloodValue, ...]
+
+
 @dataclass(frozen=True, eq=False)
 class PatientData:
     """What the store holds about a patient beyond images, for the response models."""
@@ -212,6 +231,7 @@ class PatientData:
     issuer_of_patient_id: str
     expression: ExpressionProfile | None
     clinical: ClinicalVariables | None
+    blood: tuple[BloodValue, ...] = ()
 
 
 # --- what a job leaves behind --------------------------------------------------------------------------------

@@ -473,6 +473,23 @@ def cmd_import_clinical(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_blood(args: argparse.Namespace) -> int:
+    from pipelines.errors import ImportRejected
+    from pipelines.omics.imports import read_blood_file
+    from storage import patients
+
+    markers = _settings(args).pipelines.response.blood_markers
+    try:
+        imported = _imported(
+            args, lambda: read_blood_file(Path(args.file), markers, _delimiter(args.delimiter)), patients.upsert_blood
+        )
+    except ImportRejected as error:
+        return _print_problems(error)
+    people = {(v.patient_id, v.issuer_of_patient_id) for v in imported.values}
+    print(f"{imported.file}: {len(imported.values)} value(s) of {len(people)} patient(s)")
+    return 0
+
+
 def _transformer_settings(args: argparse.Namespace) -> TransformerSettings:
     from models.expression_transformer import TransformerSettings
 
@@ -682,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     analyse_radiomics.add_argument(
         "--table",
-        help="CSV: PatientID, IssuerOfPatientID, pattern, Δ features (default: the node's patients with acquired resistance)",
+        help="CSV: PatientID, IssuerOfPatientID, pattern, Δ features (default: the node's patients with acquired "
+        "resistance)",
     )
     analyse_radiomics.add_argument("--labels", help="CSV: PatientID, IssuerOfPatientID, pattern (overrides)")
     analyse_radiomics.add_argument("--out", default="radiomics-analysis")
@@ -768,6 +786,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--delimiter", help="tab, comma, semicolon or a character (default from the extension)"
     )
     clinical_import.set_defaults(handler=cmd_import_clinical)
+    blood_import = kinds.add_parser(
+        "blood", help="blood immune profile at T0/T1: PatientID, time_point, [date], declared marker columns"
+    )
+    blood_import.add_argument("file")
+    blood_import.add_argument("--delimiter", help="tab, comma, semicolon or a character (default from the extension)")
+    blood_import.set_defaults(handler=cmd_import_blood)
     return parser
 
 

@@ -15,6 +15,8 @@ from sqlalchemy.orm import Session
 
 from common.types import (
     CLINICAL_FIELDS,
+    BloodImport,
+    BloodValue,
     ClinicalImport,
     ClinicalVariables,
     ExpressionImport,
@@ -23,7 +25,7 @@ from common.types import (
     StudyFacts,
 )
 from storage.events import record_event
-from storage.schema import Base, ClinicalRecord, ExpressionSample, Patient, Study, utcnow
+from storage.schema import Base, BloodRecord, ClinicalRecord, ExpressionSample, Patient, Study, utcnow
 
 
 def patient_key(patient_id: str, issuer: str) -> tuple[str, str]:
@@ -44,7 +46,7 @@ def _patient(session: Session, patient_id: str, issuer: str) -> Patient:
 
 def _upsert(
     session: Session,
-    items: Sequence[ExpressionProfile] | Sequence[ClinicalVariables],
+    items: Sequence[ExpressionProfile] | Sequence[ClinicalVariables] | Sequence[BloodValue],
     existing: Callable[[Patient, Any], Base | None],
     new: Callable[[Patient, Any], Base],
     fill: Callable[[Base, Patient, Any], None],
@@ -114,6 +116,30 @@ def upsert_clinical(session: Session, imported: ClinicalImport) -> tuple[int, in
     return new, updated
 
 
+def upsert_blood(session: Session, imported: BloodImport) -> tuple[int, int]:
+    """Store every value (a re-import of a patient's marker at a time point replaces it). Returns (new, updated)."""
+
+    def fill(row: BloodRecord, patient: Patient, value: BloodValue) -> None:
+        row.value, row.unit, row.sample_date = value.value, value.unit, value.sample_date
+        row.source_file, row.updated_at = imported.file, utcnow()
+
+    new, updated = _upsert(
+        session,
+        imported.values,
+        lambda patient, value: session.scalar(
+            select(BloodRecord).where(
+                BloodRecord.patient_fk == patient.id,
+                BloodRecord.time_point == value.time_point,
+                BloodRecord.marker == value.marker,
+            )
+        ),
+        lambda patient, value: BloodRecord(patient_fk=patient.id, time_point=value.time_point, marker=value.marker),
+        fill,
+    )
+    record_event(session, "INFO", f"blood import {imported.file}: {new} new, {updated} updated value(s)")
+    return new, updated
+
+
 def _profile(row: ExpressionSample, patient: Patient) -> ExpressionProfile:
     return ExpressionProfile(
         sample_id=row.sample_id,
@@ -145,11 +171,20 @@ def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
         .limit(1)
     )
     record = session.scalar(select(ClinicalRecord).where(ClinicalRecord.patient_fk == patient.id))
+    blood = session.scalars(
+        select(BloodRecord).where(BloodRecord.patient_fk == patient.id).order_by(BloodRecord.marker)
+    ).all()
     return PatientData(
         patient.patient_id,
         patient.issuer_of_patient_id,
         _profile(sample, patient) if sample is not None else None,
         _clinical(record, patient) if record is not None else None,
+        tuple(
+            BloodValue(
+                patient.patient_id, patient.issuer_of_patient_id, b.time_point, b.marker, b.value, b.unit, b.sample_date
+            )
+            for b in blood
+        ),
     )
 
 
@@ -166,7 +201,9 @@ def all_patient_data(session: Session) -> dict[tuple[str, str], PatientData]:
     """Every patient with imported expression or clinical data, keyed by (PatientID, issuer)."""
     keys = session.execute(
         select(Patient.patient_id, Patient.issuer_of_patient_id).where(
-            Patient.id.in_(select(ExpressionSample.patient_fk)) | Patient.id.in_(select(ClinicalRecord.patient_fk))
+            Patient.id.in_(select(ExpressionSample.patient_fk))
+            | Patient.id.in_(select(ClinicalRecord.patient_fk))
+            | Patient.id.in_(select(BloodRecord.patient_fk))
         )
     ).all()
     return {(p, i): patient_data(session, p, i) for p, i in keys}

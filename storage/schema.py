@@ -287,6 +287,23 @@ class ClinicalRecord(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
 
 
+class BloodRecord(Base):
+    """One imported blood immune-profile value of a patient at T0 or T1 (markers as the site declares them)."""
+
+    __tablename__ = "blood_values"
+    __table_args__ = (UniqueConstraint("patient_fk", "time_point", "marker", name="uq_blood_value"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    time_point: Mapped[str] = mapped_column(String(2))  # T0 / T1
+    marker: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float] = mapped_column(Float)
+    unit: Mapped[str] = mapped_column(String(32), default="")
+    sample_date: Mapped[date | None] = mapped_column(Date, nullable=True)
+    source_file: Mapped[str] = mapped_column(String(255), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
+
+
 class Pairing(Base):
     """A baseline pairing decision for a longitudinal job: what was chosen (or not) and why."""
 

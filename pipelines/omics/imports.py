@@ -10,12 +10,22 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
-from common.types import ClinicalImport, ClinicalVariables, ExpressionImport, ExpressionProfile
+from common.types import (
+    CLINICAL_FIELDS,
+    BloodImport,
+    BloodValue,
+    ClinicalImport,
+    ClinicalVariables,
+    ExpressionImport,
+    ExpressionProfile,
+)
 from models.expression_scores import per_million, sample_cytact, sample_ifng6
 from pipelines.errors import ImportRejected
+from pipelines.omics.settings import BloodMarker
 from pipelines.omics.types import ImportProblem
 
 DELIMITERS = {".csv": ",", ".tsv": "\t", ".tab": "\t", ".txt": "\t"}
@@ -23,23 +33,13 @@ DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": "semicolon"}
 # PatientID and IssuerOfPatientID are DICOM LO: at most 64 characters, no backslash or control characters.
 LO_PATTERN = re.compile(r"^[^\\\x00-\x1f]{1,64}$")
 RESPONSES = ("CR", "PR", "SD", "PD", "NE")
-CLINICAL_COLUMNS = (
-    "PatientID",
-    "IssuerOfPatientID",
-    "age",
-    "sex",
-    "ecog",
-    "ldh",
-    "ldh_uln",
-    "neutrophils",
-    "wbc",
-    "therapy_start",
-    "best_response",
-    "pfs_months",
-    "pfs_event",
-    "os_months",
-    "os_event",
+# The clinical file's columns: the identity, then the imported clinical fields (two with shorter names in files).
+FILE_NAMES = {"age_years": "age", "white_cells": "wbc"}
+DERIVED = ("dnlr", "lipi")
+CLINICAL_COLUMNS = ("PatientID", "IssuerOfPatientID") + tuple(
+    FILE_NAMES.get(name, name) for name in CLINICAL_FIELDS if name not in DERIVED
 )
+BLOOD_TIME_POINTS = ("T0", "T1")
 # LIPI (Mezquita et al. 2018): one point each for dNLR > 3 and LDH above the upper limit of normal.
 LIPI_DNLR_CUTOFF = 3.0
 LIPI_CATEGORIES = ("good", "intermediate", "poor")
@@ -365,3 +365,66 @@ def read_clinical_file(path: Path, delimiter: str | None = None) -> ClinicalImpo
     if problems:
         raise ImportRejected(problems)
     return ClinicalImport(name, tuple(records))
+
+
+def read_blood_file(path: Path, markers: Sequence[BloodMarker], delimiter: str | None = None) -> BloodImport:
+    """Parse and check a blood immune-profile table: PatientID, optional IssuerOfPatientID, time_point (T0 or T1),
+    optional date, then columns of the declared markers (blank cells: not measured). Raises ImportRejected
+    listing every problem; a column that is not declared is a problem."""
+    path, problems = Path(path), []
+    rows = _read_rows(path, delimiter, problems)
+    if problems:
+        raise ImportRejected(problems)
+    name, header = path.name, [cell.strip() for cell in rows[0]]
+    declared = {marker.name: marker for marker in markers}
+    fixed = ("PatientID", "IssuerOfPatientID", "time_point", "date")
+    for column in header:
+        if column not in fixed and column not in declared:
+            problems.append(
+                ImportProblem(
+                    name,
+                    1,
+                    column,
+                    "not a declared blood marker (pipelines.response.blood_markers: "
+                    f"{', '.join(declared) or 'none'})",
+                )
+            )
+    for required in ("PatientID", "time_point"):
+        if required not in header:
+            problems.append(ImportProblem(name, 1, required, "required column is missing"))
+    if problems:
+        raise ImportRejected(problems)
+    values: list[BloodValue] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for number, row in enumerate(rows[1:], start=2):
+        if not row or len(row) != len(header):
+            continue
+        cells = dict(zip(header, (cell.strip() for cell in row)))
+        patient, issuer, time_point = cells["PatientID"], cells.get("IssuerOfPatientID", ""), cells["time_point"]
+        if not _identifier(patient) or (issuer and not _identifier(issuer)):
+            problems.append(ImportProblem(name, number, "PatientID", f"not a valid DICOM identity: {patient!r}"))
+            continue
+        if time_point.upper() not in BLOOD_TIME_POINTS:
+            problems.append(ImportProblem(name, number, "time_point", f"must be T0 or T1, got {time_point!r}"))
+            continue
+        key = (patient, issuer, time_point.upper())
+        if key in seen:
+            problems.append(ImportProblem(name, number, "time_point", f"{key[2]} already given at row {seen[key]}"))
+            continue
+        seen[key] = number
+        when = None
+        if cells.get("date"):
+            when, reason = _clinical_value("therapy_start", cells["date"])
+            if reason:
+                problems.append(ImportProblem(name, number, "date", reason))
+        for column, text in cells.items():
+            if column in fixed or not text:
+                continue
+            value = _number(text)
+            if value is None or not math.isfinite(value) or value < 0:
+                problems.append(ImportProblem(name, number, column, f"not a non-negative number: {text!r}"))
+                continue
+            values.append(BloodValue(patient, issuer, key[2], column, value, declared[column].unit, when))
+    if problems:
+        raise ImportRejected(problems)
+    return BloodImport(path.name, tuple(values))

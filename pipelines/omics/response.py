@@ -21,7 +21,7 @@ from models.expression_transformer import ExpressionTransformer, GenePanel, embe
 from models.fusion import MODALITIES, FusionData, predict
 from models.serving import load_expression, load_fusion
 from pipelines.omics.settings import ResponseModelSettings
-from pipelines.omics.types import ResponsePredictions
+from pipelines.omics.types import BloodChange, ResponsePredictions
 from pipelines.types import ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,21 @@ def _lipi(patient: PatientData | None) -> tuple[str, float | None, str]:
     return record.lipi, record.dnlr, ""
 
 
+def blood_changes(patient: PatientData | None, settings: ResponseModelSettings) -> tuple[tuple[BloodChange, ...], str]:
+    """Δ% = (T1 - T0) / T0 x 100 of each declared marker imported at both time points, and why none when none."""
+    if patient is None or not patient.blood:
+        return (), "no blood immune profile imported for this patient"
+    at = {(b.marker, b.time_point): b for b in patient.blood}
+    changes = []
+    for marker in settings.blood_markers:
+        before, after = at.get((marker.name, "T0")), at.get((marker.name, "T1"))
+        if before is None or after is None:
+            continue
+        delta = (after.value - before.value) / before.value * 100.0 if before.value else None
+        changes.append(BloodChange(marker.name, marker.unit, before.value, after.value, delta))
+    return tuple(changes), "" if changes else "no marker imported at both T0 and T1"
+
+
 def predict_response(
     patient: PatientData | None,
     lesion_embeddings: Sequence[Sequence[float]] | None,
@@ -110,7 +125,14 @@ def predict_response(
     settings: ResponseModelSettings,
 ) -> ResponsePredictions:
     lipi, dnlr, lipi_reason = _lipi(patient)
-    values: dict = {"lipi": lipi, "dnlr": dnlr, "lipi_not_computed": lipi_reason}
+    changes, blood_reason = blood_changes(patient, settings)
+    values: dict = {
+        "lipi": lipi,
+        "dnlr": dnlr,
+        "lipi_not_computed": lipi_reason,
+        "blood_changes": changes,
+        "blood_not_computed": blood_reason,
+    }
     expression = None
     if settings.expression_weights is None:
         values["expression_not_computed"] = "no expression model configured (pipelines.response.expression_weights)"

@@ -22,6 +22,19 @@ class ResponsePredictions:
     lipi: str = ""  # good / intermediate / poor
     dnlr: float | None = None
     lipi_not_computed: str = ""
+    blood_changes: tuple[BloodChange, ...] = ()  # T0 -> T1 of the imported blood immune profile
+    blood_not_computed: str = ""
+
+
+@dataclass(frozen=True)
+class BloodChange:
+    """A blood marker at T0 and T1 and its relative change, Δ% = (T1 - T0) / T0 x 100 (None when T0 is 0)."""
+
+    marker: str
+    unit: str
+    t0: float
+    t1: float
+    delta_percent: float | None
 
 
 @dataclass(frozen=True)

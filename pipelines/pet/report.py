@@ -48,6 +48,7 @@ SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
 SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
 UNIT_SUVBW = ucum("{SUVbw}g/ml", "Standardized Uptake Value body weight")
 UNIT_GRAM = ucum("g", "gram")
+UNIT_PERCENT = ucum("%", "percent")
 PET_WHOLE_BODY = hd.sr.CodedConcept("44139-4", "LN", "PET whole body")
 NONE_FOUND = hd.sr.CodedConcept("260413007", "SCT", "None")
 CYTACT = private_concept("CYTACT", "Cytolytic activity score (predicted)")
@@ -148,6 +149,16 @@ def _lipi_algorithm() -> hd.sr.AlgorithmIdentification:
     )
 
 
+def blood_concept(marker: str) -> hd.sr.CodedConcept:
+    return private_concept(f"BLD_{marker.upper()}"[:16], f"Blood {marker}: relative change T0 to T1")
+
+
+def _blood_algorithm() -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name="immunode-blood-profile", version=__version__, parameters=["(T1 - T0) / T0 x 100"]
+    )
+
+
 def _response_group(
     response: ResponsePredictions, series_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
@@ -172,6 +183,11 @@ def _response_group(
         measurements.append(measurement(DNLR, response.dnlr, UNIT_NONE, _lipi_algorithm()))
     if response.lipi:
         evaluations.append(hd.sr.QualitativeEvaluation(LIPI, LIPI_VALUES[response.lipi]))
+    measurements += [
+        measurement(blood_concept(change.marker), change.delta_percent, UNIT_PERCENT, _blood_algorithm())
+        for change in response.blood_changes
+        if change.delta_percent is not None
+    ]
     if not measurements and not evaluations:
         return None
     return hd.sr.MeasurementsAndQualitativeEvaluations(
@@ -217,6 +233,15 @@ def response_statements(response: ResponsePredictions | None) -> list[str]:
         )
     else:
         statements.append(f"LIPI not computed: {response.lipi_not_computed}.")
+    if response.blood_changes:
+        changes = "; ".join(
+            f"{c.marker} {c.t0:g} -> {c.t1:g} {c.unit}".rstrip()
+            + (f" ({c.delta_percent:+.1f} %)" if c.delta_percent is not None else " (T0 is 0: change not defined)")
+            for c in response.blood_changes
+        )
+        statements.append(f"Blood immune profile T0 -> T1 (imported): {changes}. Research reference.")
+    else:
+        statements.append(f"Blood immune profile not reported: {response.blood_not_computed}.")
     return statements
 
 

@@ -1,5 +1,5 @@
-"""Expression and clinical imports: parsing, exact error reports, derived scores, idempotent and
-transactional storage (on SQLite and PostgreSQL)."""
+"""Expression, clinical and blood immune-profile imports: parsing, exact error reports, derived scores,
+idempotent and transactional storage (on SQLite and PostgreSQL); the blood profile's change beside LIPI."""
 
 from __future__ import annotations
 
@@ -12,7 +12,15 @@ from sqlalchemy import func, select
 
 from immunode.cli import main as cli_main
 from pipelines.errors import ImportRejected
-from pipelines.omics.imports import derived_nlr, lipi_category, read_clinical_file, read_expression_file
+from pipelines.omics.imports import (
+    derived_nlr,
+    lipi_category,
+    read_blood_file,
+    read_clinical_file,
+    read_expression_file,
+)
+from pipelines.omics.response import blood_changes
+from pipelines.omics.settings import BloodMarker, ResponseModelSettings
 from storage import patients
 from storage.database import Database
 from storage.schema import ClinicalRecord, Event, ExpressionSample
@@ -170,3 +178,51 @@ def test_clinical_columns_in_any_order(tmp_path: Path) -> None:
     imported = read_clinical_file(_write(tmp_path, "c.tsv", "age\tPatientID\tecog\n61\tP9\t2\n"))
     (record,) = imported.records
     assert (record.patient_id, record.age_years, record.ecog, record.issuer_of_patient_id) == ("P9", 61.0, 2, "")
+
+
+BLOOD = (
+    "PatientID,IssuerOfPatientID,time_point,date,nlr,cd8\nP1,HOSP,T0,2026-01-10,4.0,300\nP1,HOSP,T1,2026-03-20,2.0,\n"
+)
+
+
+def test_blood_profile_against_its_declared_schema(tmp_path: Path) -> None:
+    markers = [BloodMarker(name="nlr", unit="1"), BloodMarker(name="cd8", unit="cells/uL")]
+    imported = read_blood_file(_write(tmp_path, "blood.csv", BLOOD), markers)
+    assert [(v.time_point, v.marker, v.value) for v in imported.values] == [
+        ("T0", "nlr", 4.0),
+        ("T0", "cd8", 300.0),
+        ("T1", "nlr", 2.0),  # a blank cell is not measured
+    ]
+    assert imported.values[0].sample_date == date(2026, 1, 10) and imported.values[1].unit == "cells/uL"
+    undeclared = _problems(lambda: read_blood_file(_write(tmp_path, "b2.csv", BLOOD.replace("cd8", "il2")), markers))
+    assert undeclared == [
+        "b2.csv: row 1, column 'il2': not a declared blood marker (pipelines.response.blood_markers: nlr, cd8)"
+    ]
+    bad = BLOOD.replace("T1,2026-03-20,2.0", "T2,2026-03-20,-2")
+    problems = _problems(lambda: read_blood_file(_write(tmp_path, "b3.csv", bad), markers))
+    assert problems == ["b3.csv: row 3, column 'time_point': must be T0 or T1, got 'T2'"]
+    negative = BLOOD.replace("T1,2026-03-20,2.0", "T1,2026-03-20,-2")
+    assert (
+        "not a non-negative number"
+        in _problems(lambda: read_blood_file(_write(tmp_path, "b4.csv", negative), markers))[0]
+    )
+
+
+def test_blood_import_is_stored_and_its_change_reported(tmp_path: Path, make_settings, database_url: str) -> None:
+    settings = make_settings(database_url)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"database:\n  url: {settings.database_url}\nstorage:\n  root: {tmp_path / 'data'}\n")
+    blood = _write(tmp_path, "blood.csv", BLOOD)
+    assert cli_main(["--config", str(config), "import", "blood", str(blood)]) == 0
+    assert cli_main(["--config", str(config), "import", "blood", str(blood)]) == 0  # again: replaced, not doubled
+    database = Database(settings.database_url)
+    try:
+        with database.session() as session:
+            data = patients.patient_data(session, "P1", "HOSP")
+    finally:
+        database.dispose()
+    assert len(data.blood) == 3
+    changes, reason = blood_changes(data, ResponseModelSettings())
+    (nlr,) = changes  # cd8 has no T1 value
+    assert (nlr.marker, nlr.t0, nlr.t1, nlr.delta_percent) == ("nlr", 4.0, 2.0, -50.0) and reason == ""
+    assert blood_changes(None, ResponseModelSettings())[1] == "no blood immune profile imported for this patient"
