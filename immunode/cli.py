@@ -25,8 +25,8 @@ from storage.schema import utcnow
 
 if TYPE_CHECKING:
     from models.expression_transformer import TransformerSettings
-    from models.fusion import FusionData
     from research.radiomics import DeltaTable
+    from research.response import FusionCohort
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -493,7 +493,9 @@ def cmd_import_blood(args: argparse.Namespace) -> int:
 def _transformer_settings(args: argparse.Namespace) -> TransformerSettings:
     from models.expression_transformer import TransformerSettings
 
-    return TransformerSettings(epochs=args.epochs, layers=args.layers, heads=args.heads, seed=args.seed)
+    return TransformerSettings(
+        epochs=args.epochs, layers=args.layers, heads=args.heads, head_dim=args.head_dim, seed=args.seed
+    )
 
 
 def cmd_train_expression(args: argparse.Namespace) -> int:
@@ -514,6 +516,7 @@ def cmd_train_expression(args: argparse.Namespace) -> int:
             args.version,
             args.training_data,
             args.synthetic,
+            grid=args.grid,
         )
     except (CohortError, ModelError, OSError) as error:
         return _print_problems(error)
@@ -568,9 +571,7 @@ def cmd_evaluate_expression(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fusion_inputs(
-    args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int
-) -> tuple[FusionData, list[tuple[str, str]], str, str]:
+def _fusion_inputs(args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int) -> FusionCohort:
     from research.response import fusion_cohort_data, read_fusion_cohort
     from storage import patients, results
 
@@ -591,21 +592,17 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     configure_logging(settings.logging)
     expression_weights = args.expression_weights or settings.pipelines.response.expression_weights
     try:
-        data, keys, expression_sha, cytact_model = _fusion_inputs(
-            args, Path(expression_weights) if expression_weights else None, args.imaging_dim
-        )
+        cohort = _fusion_inputs(args, Path(expression_weights) if expression_weights else None, args.imaging_dim)
         result = train_fusion_model(
-            data,
-            keys,
+            cohort,
             Path(args.out),
-            expression_sha,
-            cytact_model,
             FusionSettings(epochs=args.epochs, seed=args.seed),
             args.bootstrap,
             args.name,
             args.version,
             args.training_data,
             args.synthetic,
+            retrain_expression=args.retrain_expression,
         )
     except (CohortError, ModelError, OSError, ValueError) as error:
         return _print_problems(error)
@@ -630,14 +627,109 @@ def cmd_evaluate_fusion(args: argparse.Namespace) -> int:
     expression_weights = args.expression_weights or settings.pipelines.response.expression_weights
     try:
         _, card = load_fusion(Path(weights))
-        data, keys, _, _ = _fusion_inputs(
+        cohort = _fusion_inputs(
             args, Path(expression_weights) if expression_weights else None, card.parameters["dims"]["imaging"]
         )
-        values = evaluate_fusion_model(data, keys, Path(weights), Path(args.out))
+        values = evaluate_fusion_model(cohort, Path(weights), Path(args.out))
     except (CohortError, ModelError, OSError, ValueError) as error:
         return _print_problems(error)
     print(", ".join(f"{name} {value:.3f}" for name, value in values.items()) + f"; report in {args.out}")
     return 0
+
+
+REPRODUCTION_NOTES = {
+    "cytact": [
+        "Each patient's pre-treatment PET (the analysis within 60 days before the therapy start) and one CytAct model;",
+        "the patient summary over RECIST target lesions; HR of the high group against the low group as the paper.",
+        "With weights other than the paper's (the shipped ones are SYNTHETIC), the figures say nothing about it.",
+    ],
+    "radiomics": [
+        "Labels: acquired resistance (progression after response or 6 months of stable disease), oligo (<= 3 new",
+        "or progressing lesions) vs systemic, counted at progression; Δ = (T1 - T0)/T0; redundancy filter within each",
+        "dataset then merged; a feature counts when Mann-Whitney and the permutation test are both significant (*).",
+    ],
+    "amu": [
+        "Random stratified 80/20 splits with responders duplicated inside each training split only; the paper's",
+        "0.941/0.960 came from upsampling before the split, so its held-out 0.672 is the figure to compare with.",
+        "The paper's 160-gene panel is in its supplement, not here: --panel takes it; otherwise the substitute panel.",
+    ],
+    "fusion": [
+        "The published imaging arm is whole-slide histology; here the imaging modality is the PET CytAct embedding",
+        "unless slides are analysed. Leakage guard: the expression model is retrained on the fusion's training split",
+        "when it was trained on test patients. The paper's figures are not in this repository: --published NAME=VALUE.",
+    ],
+}
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from models.errors import ModelError
+    from research import reproduce
+    from research.errors import ResearchError
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    out = Path(args.out)
+    try:
+        figures = _reproduce(args, settings, out)
+        notes = REPRODUCTION_NOTES[args.method] + (
+            ["QUICK settings (--quick): fewer splits, epochs and grid points."] if args.quick else []
+        )
+        report = reproduce.write_comparison(args.method, figures, notes, out)
+    except (ResearchError, ModelError, OSError, ValueError) as error:
+        return _print_problems(error)
+    print(f"comparison: {report}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace, settings: Settings, out: Path) -> list:
+    from research import reproduce
+
+    if args.method == "cytact":
+        from research import outcomes
+        from storage import patients, results
+
+        rows = outcomes.read_outcomes(Path(args.cohort))
+        with _index_session(args) as session:
+            analyses = results.pet_cytact_analyses(session)
+            imported = patients.all_patient_data(session)
+        starts = {k: d.clinical.therapy_start for k, d in imported.items() if d.clinical and d.clinical.therapy_start}
+        starts |= {(r.patient_id, r.issuer): r.therapy_start for r in rows if r.therapy_start is not None}
+        selection = outcomes.choose_analyses(analyses, starts, 60)
+        table, _ = outcomes.joined_table(rows, selection)
+        if len(table) < 3:
+            raise ValueError(
+                f"only {len(table)} patient(s) usable: {'; '.join(selection.left_out) or 'none in the node'}"
+            )
+        result = outcomes.analyse(table)
+        result.left_out = list(selection.left_out)
+        outcomes.write_report(table, result, selection, out)
+        return reproduce.cytact_figures(result.cox, result.auc)
+    if args.method == "radiomics":
+        from research import radiomics as research
+
+        path = args.published_table or settings.pipelines.ct_radiomics.published_signature
+        if path is None:
+            raise ValueError("give --published-table (the paper's Table 2 as CSV) or configure published_signature")
+        _, tests = research.analyse(research.read_table(Path(args.cohort)), out, 200 if args.quick else 1000)
+        return reproduce.radiomics_figures(tests, reproduce.published_signature(Path(path)))
+    if args.method == "amu":
+        from models.expression_transformer import TransformerSettings
+        from research.response import train_expression
+
+        quick = TransformerSettings(epochs=5, layers=1) if args.quick else TransformerSettings()
+        result = train_expression(
+            Path(args.cohort), out, Path(args.panel) if args.panel else None, quick, 2 if args.quick else 5,
+            grid="quick" if args.quick else "published",
+        )  # fmt: skip
+        return reproduce.amu_figures(result.means["transformer"], result.card.metrics["parameters"])
+    from models.fusion import FusionSettings
+    from research.response import train_fusion_model
+
+    weights = settings.pipelines.response.expression_weights
+    cohort = _fusion_inputs(args, Path(weights) if weights else None, args.imaging_dim)
+    fusion = FusionSettings(epochs=60) if args.quick else FusionSettings()
+    result = train_fusion_model(cohort, out, fusion, 200 if args.quick else 1000, retrain_expression=True)
+    return reproduce.fusion_figures(result.test_metrics, reproduce.parse_published(args.published))
 
 
 def _card_arguments(parser: argparse.ArgumentParser, name: str | None = None) -> None:
@@ -736,21 +828,48 @@ def build_parser() -> argparse.ArgumentParser:
     expression.add_argument("--splits", type=int, default=5)
     expression.add_argument("--epochs", type=int, default=60)
     expression.add_argument("--layers", type=int, default=8)
-    expression.add_argument("--heads", type=int, default=4, help="must divide the 20-D embedding")
+    expression.add_argument("--heads", type=int, default=8, help="attention heads (the method: 8)")
+    expression.add_argument("--head-dim", type=int, default=0, help="each head's width (0: the 20-D embedding)")
     expression.add_argument("--seed", type=int, default=0)
     expression.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
+    expression.add_argument(
+        "--grid", choices=("published", "quick"), default="published", help="random forest / AdaBoost grids"
+    )
     _card_arguments(expression, "immunode-expression-transformer")
     expression.set_defaults(handler=cmd_train_expression)
     fusion = models.add_parser("fusion", help="the attention fusion on a cohort of patients in the store")
-    fusion.add_argument("--cohort", required=True, help="CSV: PatientID, IssuerOfPatientID, response")
+    fusion.add_argument(
+        "--cohort", required=True, help="CSV: PatientID, IssuerOfPatientID, response[, tumour_type] (split strata)"
+    )
     fusion.add_argument("--out", default="fusion-model")
     fusion.add_argument("--expression-weights", help="default: pipelines.response.expression_weights")
     fusion.add_argument("--imaging-dim", type=int, default=32, help="size of the CytAct lesion embedding")
     fusion.add_argument("--epochs", type=int, default=300)
     fusion.add_argument("--bootstrap", type=int, default=1000)
     fusion.add_argument("--seed", type=int, default=0)
+    fusion.add_argument(
+        "--retrain-expression",
+        action="store_true",
+        help="when the expression model was trained on fusion test patients, retrain it on the training split",
+    )
     _card_arguments(fusion, "immunode-attention-fusion")
     fusion.set_defaults(handler=cmd_train_fusion)
+    reproduction = commands.add_parser(
+        "reproduce", help="a method on a user's cohort, its figures beside the paper's headline numbers"
+    )
+    reproduction.add_argument("method", choices=("cytact", "radiomics", "amu", "fusion"))
+    reproduction.add_argument(
+        "--cohort",
+        required=True,
+        help="cytact: outcome table; radiomics: Δ table; amu: expression cohort; fusion: PatientID, response",
+    )
+    reproduction.add_argument("--out", default="reproduction")
+    reproduction.add_argument("--published-table", help="radiomics: the paper's Table 2 as CSV")
+    reproduction.add_argument("--published", nargs="*", default=[], help="fusion: NAME=VALUE, e.g. attention_auc=0.8")
+    reproduction.add_argument("--panel", help="amu: gene panel TSV (the paper's 160 genes, when you have them)")
+    reproduction.add_argument("--imaging-dim", type=int, default=32)
+    reproduction.add_argument("--quick", action="store_true", help="small settings for a first look (stated)")
+    reproduction.set_defaults(handler=cmd_reproduce)
     evaluate = commands.add_parser("evaluate", help="apply trained weights to a labelled cohort; report")
     evaluated = evaluate.add_subparsers(dest="model", required=True)
     cytact_eval = evaluated.add_parser("cytact", help="external validation: predicted vs RNA-derived lesion CytAct")

@@ -1,9 +1,10 @@
 """Attention-based late fusion of imaging, genomic and clinical embeddings (the multimodal ICI-response method).
 
-Each modality is standardised, projected to a common width with tanh, scored by a learned per-modality
-score layer; a softmax over the modalities present gives the patient's modality weights (a missing modality
-is masked out of the softmax with -inf, never zero-filled); the weighted sum goes through a small classifier
-with a sigmoid; binary cross-entropy. The clinical modality first passes an MLP over its variables.
+Each modality is standardised, projected to a common width with tanh, and scored by one scoring layer shared
+across modalities (Linear(width, 1), as described); a softmax over the modalities present gives the patient's
+modality weights (a missing modality is masked out of the softmax with -inf, never zero-filled); the weighted
+sum goes through a classifier with a 64-unit hidden layer and a sigmoid; binary cross-entropy. The clinical
+modality first passes an MLP over its variables.
 
 `ConcatFusion` is the ablation: the projected modalities are concatenated (a missing modality can only be
 zeroed there, with a presence indicator) instead of attention-weighted.
@@ -30,7 +31,7 @@ MODALITIES = ("imaging", "genomic", "clinical")
 class FusionSettings:
     width: int = 32
     clinical_hidden: int = 16
-    classifier_hidden: int = 16
+    classifier_hidden: int = 64
     dropout: float = 0.1
     epochs: int = 300
     patience: int = 30
@@ -87,7 +88,7 @@ class AttentionFusion(nn.Module):
     def __init__(self, dims: dict[str, int], settings: FusionSettings = FusionSettings()) -> None:
         super().__init__()
         self.encoders = _Encoders(dims, settings)
-        self.scores = nn.ModuleDict({m: nn.Linear(settings.width, 1) for m in dims})
+        self.score = nn.Linear(settings.width, 1)  # one scoring layer for every modality
         self.classifier = nn.Sequential(
             nn.Linear(settings.width, settings.classifier_hidden),
             nn.ReLU(),
@@ -98,7 +99,7 @@ class AttentionFusion(nn.Module):
     def forward(self, inputs: dict[str, torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit [patients], modality weights [patients, modalities]); rows need one modality present."""
         projected = self.encoders(inputs)
-        scores = torch.cat([self.scores[m](projected[:, i]) for i, m in enumerate(self.encoders.modalities)], dim=1)
+        scores = self.score(projected).squeeze(-1)  # [patients, modalities]
         weights = torch.softmax(scores.masked_fill(~present, float("-inf")), dim=1)
         fused = (weights.unsqueeze(-1) * projected).sum(dim=1)
         return self.classifier(fused).squeeze(-1), weights

@@ -1,7 +1,11 @@
 """Classification metrics of the response models, reported per split and as the mean over splits.
 
-Thresholded metrics use probability >= 0.5. ROC AUC and average precision are undefined (NaN) when the
-evaluated labels hold one class only; means skip NaN.
+As the expression-transformer paper computes them: precision, recall and F1 are class-weighted averages over
+both classes (its recall then equals the accuracy), and mAP is the mean of both classes' average precision
+(each class's own scores). The responder-class figures are kept beside them, labelled `*_responder`, with the
+sensitivity (= responder recall) and specificity the fusion method reports. Thresholded metrics use
+probability >= 0.5. ROC AUC and average precision are undefined (NaN) when the evaluated labels hold one class
+only; means skip NaN.
 """
 
 from __future__ import annotations
@@ -11,7 +15,19 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from sklearn import metrics
 
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "average_precision")
+METRIC_NAMES = (
+    "accuracy",
+    "precision",
+    "recall",
+    "f1",
+    "roc_auc",
+    "map",
+    "sensitivity",
+    "specificity",
+    "precision_responder",
+    "f1_responder",
+    "ap_responder",
+)
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
@@ -19,20 +35,27 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
     probabilities = np.asarray(probabilities, dtype=float)
     predicted = (probabilities >= threshold).astype(int)
     both_classes = len(np.unique(labels)) == 2
+    nan = float("nan")
+    responder_ap = float(metrics.average_precision_score(labels, probabilities)) if labels.any() else nan
+    other_ap = float(metrics.average_precision_score(1 - labels, 1 - probabilities)) if (1 - labels).any() else nan
+    negatives = labels == 0
     return {
         "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
-        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else float("nan"),
-        "average_precision": (
-            float(metrics.average_precision_score(labels, probabilities)) if labels.any() else float("nan")
-        ),
+        "precision": float(metrics.precision_score(labels, predicted, average="weighted", zero_division=0)),
+        "recall": float(metrics.recall_score(labels, predicted, average="weighted", zero_division=0)),
+        "f1": float(metrics.f1_score(labels, predicted, average="weighted", zero_division=0)),
+        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else nan,
+        "map": float(np.mean([responder_ap, other_ap])) if both_classes else nan,
+        "sensitivity": float(metrics.recall_score(labels, predicted, zero_division=0)),
+        "specificity": float((predicted[negatives] == 0).mean()) if negatives.any() else nan,
+        "precision_responder": float(metrics.precision_score(labels, predicted, zero_division=0)),
+        "f1_responder": float(metrics.f1_score(labels, predicted, zero_division=0)),
+        "ap_responder": responder_ap,
     }
 
 
 def mean_metrics(per_split: Sequence[dict[str, float]]) -> dict[str, float]:
-    """The mean of each metric over splits ("mean average precision" is the mean of average_precision)."""
+    """The mean of each metric over splits."""
     means = {}
     for name in METRIC_NAMES:
         values = np.array([row[name] for row in per_split], dtype=float)

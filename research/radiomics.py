@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from research.errors import DeltaTableError
 from common.types import ClinicalVariables
+from research.errors import DeltaTableError
 from storage.types import StoredAssessment
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +24,19 @@ from common.types import PatientData
 from models import expression_baselines
 from models.cards import ModelCard, save_weights
 from models.expression_transformer import (
+    DEFAULT_PANEL,
+    PUBLISHED_PANEL_GENES,
+    PUBLISHED_PARAMETERS,
+    ExpressionTransformer,
     GenePanel,
     TransformerSettings,
     balance_by_duplication,
+    embed,
     gene_embedding_similarity,
     gene_importance,
     load_panel,
     panel_features,
+    parameter_count,
     predict_proba,
     train_transformer,
 )
@@ -154,6 +160,7 @@ def train_expression(
     version: str = "1.0.0",
     training_data: str = "",
     synthetic: bool = False,
+    grid: str = "published",
 ) -> ExpressionTrainingResult:
     """Random stratified 80/20 splits: the transformer and the baselines on the same splits, then the final
     model on the whole cohort, saved with its card."""
@@ -172,7 +179,7 @@ def train_expression(
         balanced_x, balanced_y = balance_by_duplication(features[train], labels[train], rng)
         for baseline in baselines:
             predictions[baseline] = expression_baselines.fit_predict(
-                baseline, balanced_x, balanced_y, features[test], seed=settings.seed + split
+                baseline, balanced_x, balanced_y, features[test], seed=settings.seed + split, grid=grid
             )
         for model_name, scores in predictions.items():
             rows.append({"model": model_name, "split": split + 1, **classification_metrics(labels[test], scores)})
@@ -203,12 +210,14 @@ def train_expression(
             synthetic,
             training_data=training_data or f"{cohort_path.name}: {len(labels)} samples, {int(labels.sum())} responders",
             intended_use="Research use only: ICI response probability from tumour mRNA expression.",
-            metrics={"mean_over_splits": means[TRANSFORMER], "splits": splits},
+            metrics={"mean_over_splits": means[TRANSFORMER], "splits": splits, "parameters": parameter_count(final)},
             parameters={
                 "transformer": asdict(settings),
                 "panel": panel.name,
                 "panel_sha256": panel.sha256,
                 "genes": list(panel.genes),
+                # The samples the final model was trained on: the fusion refuses to test on them (leakage).
+                "training_samples": list(cohort.sample_ids),
             },
         ),
     )
@@ -224,9 +233,22 @@ def train_expression(
     ]
     for model_name, values in means.items():
         lines.append(f"| {model_name} | " + " | ".join(_fmt(values[n]) for n in METRIC_NAMES) + " |")
+    published_panel = " (the paper's 160-gene list is in its supplement, not here: --panel takes it)"
     lines += [
         "",
-        "Means over splits (average_precision's mean is the mean average precision); per split in metrics.csv.",
+        "Means over splits. precision, recall and f1 are class-weighted over both classes as the paper computes them "
+        "(its recall equals accuracy); map is the mean of both classes' average precision; *_responder are the "
+        "responder class's own figures; sensitivity and specificity at probability 0.5.",
+        f"Baselines: random forest and AdaBoost grid-searched over {expression_baselines.GRIDS[grid]} ({grid} grid), "
+        "SVM over kernel, C and gamma, XGBoost, a CNN of three Conv1D layers; all on the same splits and features.",
+        f"Transformer: {settings.heads} heads ({settings.head_dim or settings.embed_dim}-D each) on "
+        f"{settings.embed_dim}-D gene embeddings, {settings.layers} layers: {parameter_count(final):,} parameters "
+        f"for {len(panel.genes)} genes; the paper's model: {PUBLISHED_PARAMETERS:,} for its "
+        f"{PUBLISHED_PANEL_GENES}-gene panel.",
+        f"Panel {panel.name}" + ("" if panel.name != DEFAULT_PANEL.name else published_panel) + ".",
+        "The paper's headline 0.941 accuracy / 0.960 AUC came from upsampling responders before the train/test split "
+        "(copies of test samples were trained on); its held-out test AUC, 0.672, is the fair comparison for these "
+        "figures, which duplicate responders within each training split only.",
         "ROC and precision-recall curves of the pooled held-out predictions: roc.png, pr.png.",
         f"Top genes by mean |SHAP| (final model): {', '.join(panel.genes[i] for i in order[:10])}.",
         f"Weights: {card.weights_file}, sha256 {card.sha256}" + (" (SYNTHETIC training data)." if synthetic else "."),
@@ -258,8 +280,16 @@ def evaluate_expression(cohort_path: Path, weights: Path, out: Path) -> dict[str
 # --- fusion --------------------------------------------------------------------------------------------------
 
 
-def read_fusion_cohort(path: Path) -> list[tuple[str, str, str]]:
-    """(PatientID, IssuerOfPatientID, response text) rows."""
+@dataclass(frozen=True)
+class FusionRow:
+    patient_id: str
+    issuer: str
+    response: str
+    tumour_type: str = ""
+
+
+def read_fusion_cohort(path: Path) -> list[FusionRow]:
+    """PatientID, optional IssuerOfPatientID, response (or the imported best response), optional tumour_type."""
     rows = _rows(path)
     if not rows:
         raise CohortError(f"{path}: empty")
@@ -272,87 +302,215 @@ def read_fusion_cohort(path: Path) -> list[tuple[str, str, str]]:
         cells = dict(zip(header, (c.strip() for c in row)))
         if not cells.get("PatientID"):
             raise CohortError(f"{path}: row {number}, column 'PatientID': empty")
-        cohort.append((cells["PatientID"], cells.get("IssuerOfPatientID", ""), cells.get("response", "")))
+        cohort.append(
+            FusionRow(
+                cells["PatientID"],
+                cells.get("IssuerOfPatientID", ""),
+                cells.get("response", ""),
+                cells.get("tumour_type", ""),
+            )
+        )
     return cohort
 
 
+@dataclass(frozen=True, eq=False)
+class FusionCohort:
+    """The fusion's inputs for a cohort, and what they came from: the expression model (to check leakage and,
+    when asked, to retrain on the training split) and the CytAct model of the imaging embeddings."""
+
+    data: FusionData
+    keys: list[tuple[str, str]]
+    tumour_types: list[str]
+    expression_samples: list[str]  # each row's imported expression sample ("" when none)
+    expression_sha256: str
+    expression_training_samples: frozenset[str]
+    cytact_model: str
+    imaging_dim: int
+    expression: tuple[ExpressionTransformer, tuple[str, ...], ModelCard] | None = None
+    profiles: list[dict[str, float] | None] = field(default_factory=list)
+
+
 def fusion_cohort_data(
-    cohort: Sequence[tuple[str, str, str]],
+    cohort: Sequence[FusionRow],
     patients: dict[tuple[str, str], PatientData],
     embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]],
     expression_weights: Path | None,
     imaging_dim: int,
-) -> tuple[FusionData, list[tuple[str, str]], str, str]:
-    """Inputs and labels of the cohort's patients, the expression model's sha256 ('' when none) and the key of
-    the CytAct model whose lesion embeddings are the imaging modality (patients analysed with another are
-    left without imaging)."""
-    expression = None
-    expression_sha = ""
-    if expression_weights is not None:
-        model, genes, card = load_expression(expression_weights)
-        expression, expression_sha = (model, genes), card.sha256
-    imaging_models = [embeddings[k][0] for k in ((p, i) for p, i, _ in cohort) if k in embeddings]
+) -> FusionCohort:
+    """Inputs and labels of the cohort's patients; the imaging modality is the lesion embeddings of the most
+    frequent CytAct model (patients analysed with another are left without imaging)."""
+    expression = load_expression(expression_weights) if expression_weights is not None else None
+    imaging_models = [embeddings[(r.patient_id, r.issuer)][0] for r in cohort if (r.patient_id, r.issuer) in embeddings]
     cytact_model = max(set(imaging_models), key=imaging_models.count) if imaging_models else ""
-    keys, labels, entries = [], [], []
-    for number, (patient_id, issuer, response) in enumerate(cohort, start=2):
-        key = (patient_id, issuer)
+    keys, labels, entries, types, samples, profiles = [], [], [], [], [], []
+    for number, row in enumerate(cohort, start=2):
+        key = (row.patient_id, row.issuer)
         patient = patients.get(key)
-        text = response or (patient.clinical.best_response if patient and patient.clinical else "")
+        text = row.response or (patient.clinical.best_response if patient and patient.clinical else "")
         if not text:
-            raise CohortError(f"row {number}: no response given and no best response imported for {patient_id}")
+            raise CohortError(f"row {number}: no response given and no best response imported for {row.patient_id}")
         if text.upper() == "NE":
             continue
         labels.append(_label(text, number))
         keys.append(key)
+        types.append(row.tumour_type)
+        profile = patient.expression if patient else None
+        samples.append(profile.sample_id if profile else "")
+        profiles.append(dict(profile.values) if profile else None)
         model_key, lesions = embeddings.get(key, ("", None))
         entries.append((patient, lesions if model_key == cytact_model else None))
-    data = fusion_data(entries, expression, imaging_dim, np.array(labels))
-    return data, keys, expression_sha, cytact_model
+    data = fusion_data(entries, expression[:2] if expression else None, imaging_dim, np.array(labels))
+    card = expression[2] if expression else None
+    return FusionCohort(
+        data,
+        keys,
+        types,
+        samples,
+        card.sha256 if card else "",
+        frozenset(card.parameters.get("training_samples", ())) if card else frozenset(),
+        cytact_model,
+        imaging_dim,
+        expression,
+        profiles,
+    )
 
 
 @dataclass(frozen=True)
 class FusionTrainingResult:
     card: ModelCard
     weights: Path
-    test_metrics: dict[str, dict[str, float]]  # "attention" / "concat" → metrics
+    test_metrics: dict[str, dict[str, float]]  # model → metrics on its test patients
     intervals: dict[str, dict[str, tuple[float, float]]]
     report: Path
 
 
-def _split_70_10_20(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, tumour_types: Sequence[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    """70/10/20, stratified by response and, when given and large enough, by tumour type; says which."""
     rows = np.arange(len(labels))
-    rest, test = train_test_split(rows, test_size=0.2, stratify=labels, random_state=seed)
-    train, validation = train_test_split(rest, test_size=0.125, stratify=labels[rest], random_state=seed)
-    return train, validation, test
+    strata = np.array([f"{y}|{t}" for y, t in zip(labels, tumour_types)])
+    how = "response and tumour type"
+    if not any(tumour_types) or min(np.unique(strata, return_counts=True)[1]) < 5:
+        strata, how = labels.astype(str), "response" + (" (tumour-type strata too small)" if any(tumour_types) else "")
+    rest, test = train_test_split(rows, test_size=0.2, stratify=strata, random_state=seed)
+    train, validation = train_test_split(rest, test_size=0.125, stratify=strata[rest], random_state=seed)
+    return train, validation, test, how
+
+
+def _guard_leakage(
+    cohort: FusionCohort, train: np.ndarray, test: np.ndarray, retrain: bool, seed: int, out: Path
+) -> tuple[FusionData, str, str]:
+    """The fusion must not be tested on patients the expression model was trained on: refuse, or (`retrain`)
+    retrain the expression transformer on the fusion training split (saved beside the fusion, with its card),
+    and recompute the genomic modality. Returns the data, what was done, and the expression weights' sha256."""
+    if cohort.expression is None:
+        return cohort.data, "no expression model: no genomic modality", ""
+    leaked = [
+        i
+        for i in test
+        if cohort.expression_samples[i] and cohort.expression_samples[i] in cohort.expression_training_samples
+    ]
+    if not leaked:
+        checked = "checked: no test patient's expression sample was in the expression model's training"
+        return cohort.data, checked, cohort.expression_sha256
+    if not retrain:
+        raise CohortError(
+            f"{len(leaked)} test patient(s) of the fusion (e.g. {cohort.keys[leaked[0]][0]}) have an expression sample "
+            "the expression model was trained on: their genomic embedding would leak the label. Use weights trained "
+            "without them, or --retrain-expression to retrain it on the fusion's training split"
+        )
+    model, genes, card = cohort.expression
+    settings = TransformerSettings(**card.parameters["transformer"])
+    rows = [i for i in train if cohort.profiles[i] is not None]
+    panel = GenePanel(genes, "", "")
+    features = panel_features([cohort.profiles[i] for i in rows], panel)
+    retrained = train_transformer(features, cohort.data.labels[rows], replace(settings, seed=seed))
+    genomic = np.zeros_like(cohort.data.inputs["genomic"])
+    with_profile = [i for i, profile in enumerate(cohort.profiles) if profile is not None]
+    if with_profile:
+        genomic[with_profile] = embed(retrained, panel_features([cohort.profiles[i] for i in with_profile], panel))
+    data = FusionData({**cohort.data.inputs, "genomic": genomic}, cohort.data.present, cohort.data.labels)
+    samples = [cohort.expression_samples[i] for i in rows]
+    saved = save_weights(
+        retrained.state_dict(),
+        out / "expression-transformer-fusion-split.pt",
+        replace(
+            card,
+            version=f"{card.version}+fusion-split",
+            training_data=f"{card.training_data}; retrained on the fusion's {len(rows)} training patients only",
+            metrics={},
+            parameters={**card.parameters, "training_samples": samples},
+            weights_file="",
+            sha256="",
+        ),
+    )
+    done = (
+        f"expression transformer retrained on the {len(rows)} training patients with expression (leakage guard), "
+        f"saved as {saved.weights_file}"
+    )
+    return data, done, saved.sha256
+
+
+def _unimodal(data: FusionData, train: np.ndarray, test: np.ndarray, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """Standardised L2 logistic regression on one modality, fitted and tested on the patients that have it."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    column = MODALITIES.index(modality)
+    fit_rows = train[data.present[train, column]]
+    test_rows = test[data.present[test, column]]
+    if len(np.unique(data.labels[fit_rows])) < 2 or not len(test_rows):
+        return test_rows, np.full(len(test_rows), np.nan)
+    model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), LogisticRegression(max_iter=2000))
+    model.fit(data.inputs[modality][fit_rows], data.labels[fit_rows])
+    return test_rows, model.predict_proba(data.inputs[modality][test_rows])[:, 1]
 
 
 def train_fusion_model(
-    data: FusionData,
-    keys: list[tuple[str, str]],
+    cohort: FusionCohort,
     out: Path,
-    expression_sha256: str,
-    cytact_model: str,
     settings: FusionSettings = FusionSettings(),
     bootstrap: int = 1000,
     name: str = "immunode-attention-fusion",
     version: str = "1.0.0",
     training_data: str = "",
     synthetic: bool = False,
+    retrain_expression: bool = False,
 ) -> FusionTrainingResult:
-    """Stratified 70/10/20 split; attention fusion and the concatenation ablation; bootstrap 95 % CIs on the
-    test set; per-patient modality weights; the attention model saved with its card."""
+    """Stratified 70/10/20 split; the attention fusion, the concatenation ablation and the unimodal baselines
+    (clinical-only, imaging-only, genomic-only logistic regression) on the same test set; bootstrap 95 % CIs;
+    per-patient modality weights; the attention model saved with its card."""
     out.mkdir(parents=True, exist_ok=True)
-    usable = data.present.any(axis=1)
-    data, keys = data.rows(np.flatnonzero(usable)), [k for k, u in zip(keys, usable) if u]
-    train, validation, test = _split_70_10_20(data.labels, settings.seed)
-    models, test_metrics, intervals, curves = {}, {}, {}, {}
+    usable = np.flatnonzero(cohort.data.present.any(axis=1))
+    cohort = replace(
+        cohort,
+        data=cohort.data.rows(usable),
+        keys=[cohort.keys[i] for i in usable],
+        tumour_types=[cohort.tumour_types[i] for i in usable],
+        expression_samples=[cohort.expression_samples[i] for i in usable],
+        profiles=[cohort.profiles[i] for i in usable] if cohort.profiles else [],
+    )
+    train, validation, test, stratified = stratified_split(cohort.data.labels, cohort.tumour_types, settings.seed)
+    data, leakage, expression_sha256 = _guard_leakage(cohort, train, test, retrain_expression, settings.seed, out)
+    keys = cohort.keys
+    predictions: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model → (test rows, probabilities)
+    models = {}
     for kind in ("attention", "concat"):
-        model = train_fusion(data.rows(train), data.rows(validation), kind, settings)
-        probability, _ = predict(model, data.rows(test))
-        labels = data.labels[test]
-        models[kind] = model
-        test_metrics[kind] = classification_metrics(labels, probability)
-        intervals[kind] = {
+        models[kind] = train_fusion(data.rows(train), data.rows(validation), kind, settings)
+        predictions[kind] = (test, predict(models[kind], data.rows(test))[0])
+    for modality in ("clinical", "imaging", "genomic"):
+        predictions[f"{modality}-only"] = _unimodal(data, np.concatenate([train, validation]), test, modality)
+    test_metrics, intervals, curves, sizes = {}, {}, {}, {}
+    for model_name, (rows, probability) in predictions.items():
+        labels = data.labels[rows]
+        sizes[model_name] = len(rows)
+        if not len(rows) or np.isnan(probability).all():
+            continue
+        test_metrics[model_name] = classification_metrics(labels, probability)
+        intervals[model_name] = {
             metric: bootstrap_interval(
                 labels,
                 probability,
@@ -362,14 +520,14 @@ def train_fusion_model(
             )
             for metric in METRIC_NAMES
         }
-        curves[kind] = (labels, probability)
-    _plot_curves(curves, out, "attention fusion vs concatenation, test set")
-    rows = [
-        {"model": kind, "metric": metric, "value": test_metrics[kind][metric], "ci_low": low, "ci_high": high}
-        for kind in test_metrics
-        for metric, (low, high) in intervals[kind].items()
+        curves[model_name] = (labels, probability)
+    _plot_curves(curves, out, "attention fusion, ablation and unimodal baselines, test set")
+    rows_out = [
+        {"model": m, "metric": metric, "value": test_metrics[m][metric], "ci_low": low, "ci_high": high, "n": sizes[m]}
+        for m in test_metrics
+        for metric, (low, high) in intervals[m].items()
     ]
-    _write_metrics(out / "metrics.csv", rows)
+    _write_metrics(out / "metrics.csv", rows_out)
     probability, weights = predict(models["attention"], data)
     split_of = {int(i): s for s, rows_ in (("train", train), ("validation", validation), ("test", test)) for i in rows_}
     with (out / "modality_weights.csv").open("w") as handle:
@@ -395,7 +553,8 @@ def train_fusion_model(
                 "dims": dims,
                 "settings": asdict(settings),
                 "expression_weights_sha256": expression_sha256,
-                "cytact_model": cytact_model,
+                "cytact_model": cohort.cytact_model,
+                "leakage_guard": leakage,
             },
         ),
     )
@@ -406,21 +565,23 @@ def train_fusion_model(
     lines = [
         "# Attention fusion: training report (research use only)",
         "",
-        f"{len(keys)} patients ({int(data.labels.sum())} responders); stratified split 70/10/20 "
-        f"({len(train)}/{len(validation)}/{len(test)}); minority oversampled in training; 95 % bootstrap CIs "
-        f"({bootstrap} resamples) on the test set.",
+        f"{len(keys)} patients ({int(data.labels.sum())} responders); split 70/10/20 "
+        f"({len(train)}/{len(validation)}/{len(test)}) stratified by {stratified}; minority oversampled in training; "
+        f"95 % bootstrap CIs ({bootstrap} resamples) on the test set. Leakage guard: {leakage}.",
+        "The published imaging arm is whole-slide histology; here the imaging modality is the PET CytAct network's "
+        "lesion embedding, a substitute.",
         "",
-        "| model | " + " | ".join(METRIC_NAMES) + " |",
-        "|---|" + "---|" * len(METRIC_NAMES),
+        "| model | n test | " + " | ".join(METRIC_NAMES) + " |",
+        "|---|---|" + "---|" * len(METRIC_NAMES),
     ]
-    for kind in test_metrics:
-        cells = [
-            f"{_fmt(test_metrics[kind][m])} ({_fmt(intervals[kind][m][0])}-{_fmt(intervals[kind][m][1])})"
-            for m in METRIC_NAMES
-        ]
-        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    for model_name in test_metrics:
+        values, ci = test_metrics[model_name], intervals[model_name]
+        cells = [f"{_fmt(values[m])} ({_fmt(ci[m][0])}-{_fmt(ci[m][1])})" for m in METRIC_NAMES]
+        lines.append(f"| {model_name} | {sizes[model_name]} | " + " | ".join(cells) + " |")
     lines += [
         "",
+        "Unimodal baselines: standardised L2 logistic regression on one modality, trained on the training and "
+        "validation patients that have it, tested on the test patients that have it (n test).",
         "Mean modality weight where present: " + ", ".join(f"{m} {w:.2f}" for m, w in mean_weights.items()) + ".",
         "Per-patient weights: modality_weights.csv. Modalities present: "
         + ", ".join(f"{m} {int(data.present[:, j].sum())}" for j, m in enumerate(MODALITIES))
@@ -431,8 +592,9 @@ def train_fusion_model(
     return FusionTrainingResult(card, out / card.weights_file, test_metrics, intervals, report)
 
 
-def evaluate_fusion_model(data: FusionData, keys: list[tuple[str, str]], weights: Path, out: Path) -> dict:
+def evaluate_fusion_model(cohort: FusionCohort, weights: Path, out: Path) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    data, keys = cohort.data, cohort.keys
     model, card = load_fusion(weights)
     usable = data.present.any(axis=1)
     data, keys = data.rows(np.flatnonzero(usable)), [k for k, u in zip(keys, usable) if u]

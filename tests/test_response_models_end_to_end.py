@@ -78,7 +78,7 @@ def _rows(path: Path) -> list[dict]:
 
 @pytest.mark.timeout(1200)
 def test_train_from_store_then_serve_in_the_pet_report(
-    tmp_path: Path, make_settings, pacs: StoreSCP, torch_threads_restored
+    tmp_path: Path, make_settings, pacs: StoreSCP, torch_threads_restored, capsys
 ) -> None:
     from tests.test_end_to_end import _by_class, _destination
 
@@ -92,7 +92,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
     table = write_training_table(cohort, tmp_path / "cohort.csv")
     out = tmp_path / "expression"
     train = ["train", "expression", "--cohort", str(table), "--out", str(out), "--splits", "2", "--epochs", "12"]
-    assert cli_main(base + train + ["--layers", "2", "--synthetic"]) == 0
+    assert cli_main(base + train + ["--layers", "2", "--grid", "quick", "--synthetic"]) == 0
     metrics = _rows(out / "metrics.csv")
     assert {r["model"] for r in metrics} == {"transformer", "svm", "random_forest", "adaboost", "xgboost", "cnn1d"}
     assert len([r for r in metrics if r["model"] == "transformer"]) == 3  # two splits and their mean
@@ -100,6 +100,9 @@ def test_train_from_store_then_serve_in_the_pet_report(
     assert float(mean["roc_auc"]) >= 0.8
     for name in ("roc.png", "pr.png", "report.md", "gene_importance.csv", "gene_embedding_similarity.csv"):
         assert (out / name).stat().st_size > 0, name
+    report = (out / "report.md").read_text()
+    assert "8 heads (20-D each) on 20-D gene embeddings" in report and "the paper's model: 83,462" in report
+    assert "test AUC, 0.672" in report and "quick grid" in report
     assert (out / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     importance = _rows(out / "gene_importance.csv")
     assert len(importance) == len(panel.genes)
@@ -136,12 +139,22 @@ def test_train_from_store_then_serve_in_the_pet_report(
     )  # blank response: the imported best response is the label
     fusion_out = tmp_path / "fusion"
     fusion = ["train", "fusion", "--cohort", str(labels), "--out", str(fusion_out), "--bootstrap", "200"]
-    assert cli_main(base + fusion + ["--expression-weights", str(expression_weights), "--synthetic"]) == 0
+    fusion += ["--expression-weights", str(expression_weights), "--synthetic"]
+    # The expression model was trained on every patient: testing the fusion on them would leak the label.
+    assert cli_main(base + fusion) == 1
+    assert "expression model was trained on" in capsys.readouterr().err
+    assert cli_main(base + fusion + ["--retrain-expression"]) == 0
+    fusion_report = (fusion_out / "report.md").read_text()
+    assert "retrained on the" in fusion_report and "a substitute" in fusion_report
+    assert (fusion_out / "expression-transformer-fusion-split.pt").exists()
+    expression_weights = fusion_out / "expression-transformer-fusion-split.pt"  # served with this fusion
     fusion_metrics = _rows(fusion_out / "metrics.csv")
     attention_auc = next(r for r in fusion_metrics if r["model"] == "attention" and r["metric"] == "roc_auc")
     assert float(attention_auc["value"]) >= 0.8
     assert float(attention_auc["ci_low"]) <= float(attention_auc["value"]) <= float(attention_auc["ci_high"])
     assert any(r["model"] == "concat" for r in fusion_metrics)  # the ablation
+    assert {"clinical-only", "imaging-only", "genomic-only"} <= {r["model"] for r in fusion_metrics}  # unimodal
+    assert {"sensitivity", "specificity"} <= {r["metric"] for r in fusion_metrics}
     weights = _rows(fusion_out / "modality_weights.csv")
     assert len(weights) == 200
     no_imaging = next(r for r in weights if r["PatientID"] == cohort.patient_ids[-1])
@@ -149,6 +162,11 @@ def test_train_from_store_then_serve_in_the_pet_report(
         pytest.approx(1.0, abs=1e-3)
     )
     fusion_weights = fusion_out / "fusion.pt"
+    # The reproduction report of the fusion: its figures beside the paper's, given on the command line.
+    reproduction = ["reproduce", "fusion", "--cohort", str(labels), "--out", str(tmp_path / "repro"), "--quick"]
+    assert cli_main(base + reproduction + ["--published", "attention_auc=0.8"]) == 0
+    comparison = (tmp_path / "repro" / "comparison.md").read_text()
+    assert "| attention test ROC AUC | 0.800 |" in comparison and "| clinical-only test ROC AUC | n/a |" in comparison
     assert (
         cli_main(
             base
@@ -245,6 +263,8 @@ def test_train_from_store_then_serve_in_the_pet_report(
     assert "Expression transformer immunode-expression-transformer 1.0.0" in text
     assert "SYNTHETIC training data" in text and "LIPI (Mezquita 2018, from imported clinical data): poor" in text
     assert "not a prediction of treatment response" in text
+    # The published fusion's imaging arm is histology: the SR says the PET arm stands in for it.
+    assert "imaging modality is the PET CytAct lesion embedding, a substitute" in text
 
 
 def _texts(dataset: pydicom.Dataset) -> str:
@@ -270,4 +290,5 @@ def test_absent_data_and_weights_are_stated(tmp_path: Path, make_settings) -> No
         "Expression transformer not computed: no expression model configured (pipelines.response.expression_weights).",
         "Attention fusion not computed: no fusion model configured (pipelines.response.fusion_weights).",
         "LIPI not computed: no clinical data imported for this patient.",
+        "Blood immune profile not reported: no blood immune profile imported for this patient.",
     ]

@@ -385,8 +385,7 @@ def read_blood_file(path: Path, markers: Sequence[BloodMarker], delimiter: str |
                     name,
                     1,
                     column,
-                    "not a declared blood marker (pipelines.response.blood_markers: "
-                    f"{', '.join(declared) or 'none'})",
+                    f"not a declared blood marker (pipelines.response.blood_markers: {', '.join(declared) or 'none'})",
                 )
             )
     for required in ("PatientID", "time_point"):

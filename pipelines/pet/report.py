@@ -205,6 +205,13 @@ def _identity_text(model: ModelIdentity) -> str:
     return text + (" [SYNTHETIC training data, no clinical meaning]" if model.synthetic else "")
 
 
+# The published fusion's imaging arm is whole-slide histology; this node feeds it the PET CytAct lesion embedding.
+FUSION_IMAGING_ARM = (
+    "Deviation from the published method: its imaging modality is whole-slide histology; here the imaging "
+    "modality is the PET CytAct lesion embedding, a substitute."
+)
+
+
 def response_statements(response: ResponsePredictions | None) -> list[str]:
     if response is None:
         return []
@@ -222,7 +229,8 @@ def response_statements(response: ResponsePredictions | None) -> list[str]:
         notes = f" ({response.fusion_not_computed})" if response.fusion_not_computed else ""
         statements.append(
             f"Attention fusion {_identity_text(response.fusion_model)}: response probability "
-            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. " + NOT_A_PREDICTION
+            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. {FUSION_IMAGING_ARM} "
+            + NOT_A_PREDICTION
         )
     else:
         statements.append(f"Attention fusion not computed: {response.fusion_not_computed}.")
