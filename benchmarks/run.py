@@ -11,6 +11,7 @@ Usage: python benchmarks/run.py [--small] [--repeats N]   (--small: the CI-sized
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,9 +84,13 @@ def ingest_bare_pynetdicom(folder: Path, work: Path) -> float:
     work.mkdir(parents=True, exist_ok=True)
     counter = iter(range(10**9))
 
-    def handle_store(event):  # the pynetdicom documentation's fast-path example
-        with open(work / f"{next(counter)}.dcm", "wb") as handle:
-            handle.write(event.encoded_dataset())
+    def handle_store(event):  # the pynetdicom documentation's fast-path examples
+        target = work / f"{next(counter)}.dcm"
+        if event.dataset_path:  # received to disk (the node's SCP turns this on for the process)
+            shutil.move(event.dataset_path, target)
+        else:
+            with open(target, "wb") as handle:
+                handle.write(event.encoded_dataset())
         return 0x0000
 
     ae = AE(ae_title="BARE")

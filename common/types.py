@@ -223,6 +223,21 @@ class BloodImport:
     values: tuple[BloodValue, ...]
 
 
+@dataclass(frozen=True)
+class SlideRecord:
+    """One whole-slide image's histology analysis as the index keeps it: the gated-attention MIL slide
+    embedding (the attention fusion's histology modality) and the models that produced it."""
+
+    series_instance_uid: str
+    mil_model: str  # ModelIdentity.key of the MIL pooling
+    encoder_model: str  # ModelIdentity.key of the patch encoder
+    embedding: tuple[float, ...]
+    probability: float  # the MIL head's own response probability (histology alone)
+    patches: int
+    tissue_fraction: float
+    microns_per_pixel: float  # of the level the patches were read from
+
+
 @dataclass(frozen=True, eq=False)
 class PatientData:
     """What the store holds about a patient beyond images, for the response models."""
@@ -232,6 +247,7 @@ class PatientData:
     expression: ExpressionProfile | None
     clinical: ClinicalVariables | None
     blood: tuple[BloodValue, ...] = ()
+    slide: SlideRecord | None = None  # the latest analysed whole-slide image of the patient
 
 
 # --- what a job leaves behind --------------------------------------------------------------------------------
@@ -334,6 +350,7 @@ class ResultRecords:
     extractions: tuple[FeatureExtractionRecord, ...] = ()
     ct_lesions: tuple[CtLesionRecord, ...] = ()
     ct_assessment: CtAssessmentRecord | None = None
+    slides: tuple[SlideRecord, ...] = ()
 
 
 @dataclass(frozen=True)

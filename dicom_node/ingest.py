@@ -13,8 +13,13 @@ Before an instance may be acknowledged:
 
 from __future__ import annotations
 
+import mmap
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from io import BytesIO
+from pathlib import Path
 
 from pydicom import config as pydicom_config
 from pydicom.dataset import Dataset
@@ -95,6 +100,36 @@ def parse_received(
         affected_sop_instance_uid,
         max_inflated_bytes,
     )
+
+
+@contextmanager
+def mapped_dataset(path: Path) -> Iterator[memoryview]:
+    """The data set of a file received to disk (after its preamble and file meta), mapped rather than read into
+    memory: checking a whole-slide image of hundreds of MB touches only its element headers."""
+    with open(path, "rb") as handle:
+        try:
+            read_preamble(handle, force=False)
+            _read_file_meta_info(handle)
+        except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
+            raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
+        offset = handle.tell()
+        if os.fstat(handle.fileno()).st_size <= offset:
+            yield memoryview(b"")
+            return
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        if hasattr(mmap, "MADV_RANDOM"):  # only the pages of element headers, no read-around
+            mapped.madvise(mmap.MADV_RANDOM)
+        view = memoryview(mapped)
+        part = view[offset:]
+        try:
+            yield part
+        finally:
+            part.release()
+            view.release()
+            try:
+                mapped.close()
+            except BufferError:
+                pass  # a traceback still holds a slice: the mapping is closed when that is collected
 
 
 def check_dataset(

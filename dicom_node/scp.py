@@ -15,16 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from tempfile import NamedTemporaryFile
 
 from pydicom import uid as uids
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, dimse_messages, evt
 from pynetdicom.events import Event
 from pynetdicom.sop_class import _STORAGE_CLASSES, Verification
 from pynetdicom.transport import AssociationServer
 
 from dicom_node import status
 from dicom_node.errors import DatasetInvalid, ReceiveError
-from dicom_node.ingest import check_dataset
+from dicom_node.ingest import check_dataset, mapped_dataset
 from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
 from storage.audit import AuditEntry, AuditTrail, EventEntry
@@ -94,6 +97,16 @@ class _Association:
     studies: list[str] = field(default_factory=list)
 
 
+def _receive_to_disk(folder: Path) -> None:
+    """Make pynetdicom write each C-STORE data set to a file in `folder` as its PDUs arrive, instead of
+    assembling it in memory: memory stays bounded by the PDU size whatever the instance's size (whole-slide
+    images are hundreds of MB). pynetdicom's switch and its temporary file are process-wide; the folder is the
+    store's `incoming/` (same file system as objects/, so a stored instance is renamed, not copied), and
+    leftovers of aborted associations are removed at start-up (`FileLayout.remove_stale_partials`)."""
+    _config.STORE_RECV_CHUNKED_DATASET = True
+    dimse_messages.NamedTemporaryFile = partial(NamedTemporaryFile, dir=folder, prefix="tmp")
+
+
 class StorageSCP:
     def __init__(
         self,
@@ -137,6 +150,7 @@ class StorageSCP:
     def start(self, port: int | None = None, tls_port: int | None = None) -> tuple[int | None, int | None]:
         """Start listening (non-blocking); returns the bound (plain, TLS) ports, None where not listening.
         A port of 0 (in settings or argument) binds a free one."""
+        _receive_to_disk(self.store.layout.receiving)
         plain = self._serve(self.node.port if port is None else port, None) if self.node.plain else None
         secure = None
         if self.node.tls is not None and self.tls_context is not None:
@@ -275,15 +289,12 @@ class StorageSCP:
         try:
             if affected_class != str(event.context.abstract_syntax):
                 raise DatasetInvalid("the request's Affected SOP Class differs from its presentation context's")
-            header = check_dataset(
-                request.DataSet.getvalue(),
-                event.context.transfer_syntax,
-                affected_class,
-                affected,
-                self._max_inflated,
-            )
-            data = event.encoded_dataset(include_meta=True)
-            stored = self.store.store(header, data, calling)
+            received = Path(event.dataset_path)  # written to disk as it arrived (see `_receive_to_disk`)
+            with mapped_dataset(received) as dataset:
+                header = check_dataset(
+                    dataset, event.context.transfer_syntax, affected_class, affected, self._max_inflated
+                )
+            stored = self.store.store_received(header, received, calling)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
             logger.warning("C-STORE from %r refused with 0x%04X: %s", calling[:16], code, error)

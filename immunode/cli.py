@@ -579,7 +579,8 @@ def _fusion_inputs(args: argparse.Namespace, expression_weights: Path | None, im
     with _index_session(args) as session:
         data = patients.all_patient_data(session)
         embeddings = results.latest_lesion_embeddings(session)
-    return fusion_cohort_data(cohort, data, embeddings, expression_weights, imaging_dim)
+    mil = getattr(args, "mil_weights", None) or _settings(args).pipelines.histology.mil_weights
+    return fusion_cohort_data(cohort, data, embeddings, expression_weights, imaging_dim, Path(mil) if mil else None)
 
 
 def cmd_train_fusion(args: argparse.Namespace) -> int:
@@ -654,9 +655,10 @@ REPRODUCTION_NOTES = {
         "The paper's 160-gene panel is in its supplement, not here: --panel takes it; otherwise the substitute panel.",
     ],
     "fusion": [
-        "The published imaging arm is whole-slide histology; here the imaging modality is the PET CytAct embedding",
-        "unless slides are analysed. Leakage guard: the expression model is retrained on the fusion's training split",
-        "when it was trained on test patients. The paper's figures are not in this repository: --published NAME=VALUE.",
+        "Histology arm as published (whole-slide MIL) but with a site-trained patch encoder, not ImageNet; the PET",
+        "CytAct embedding is an added fourth modality. Leakage guard: the expression model is retrained on the",
+        "fusion's training split when it was trained on test patients.",
+        "The paper's figures are not in this repository: --published NAME=VALUE.",
     ],
 }
 
@@ -730,6 +732,63 @@ def _reproduce(args: argparse.Namespace, settings: Settings, out: Path) -> list:
     fusion = FusionSettings(epochs=60) if args.quick else FusionSettings()
     result = train_fusion_model(cohort, out, fusion, 200 if args.quick else 1000, retrain_expression=True)
     return reproduce.fusion_figures(result.test_metrics, reproduce.parse_published(args.published))
+
+
+def cmd_train_histology(args: argparse.Namespace) -> int:
+    """The histology arm on the cohort's stored slides: encoder (self-supervised) and gated-attention MIL."""
+    from models.errors import ModelError
+    from models.histology import EncoderSettings, MilSettings
+    from pipelines.errors import PipelineError
+    from research.errors import CohortError
+    from research.histology import LabelledSlide, train_histology
+    from research.response import label_of, read_fusion_cohort
+    from storage import patients, studies
+    from storage.files import FileLayout
+
+    settings = _settings(args)
+    configure_logging(settings.logging)
+    histology = settings.pipelines.histology
+    try:
+        cohort = read_fusion_cohort(Path(args.cohort))
+        with _index_session(args) as session:
+            slides = {
+                (s.patient_id, s.issuer_of_patient_id): s
+                for s in studies.latest_series_by_patient(session, FileLayout(settings.storage.root), "SM")
+            }
+            data = patients.all_patient_data(session)
+        labelled = []
+        for number, row in enumerate(cohort, start=2):
+            found = slides.get((row.patient_id, row.issuer))
+            label = label_of(row, data.get((row.patient_id, row.issuer)), number)
+            if found is not None and label is not None:
+                labelled.append(
+                    LabelledSlide(
+                        row.patient_id, row.issuer, found.series.series_instance_uid, found.series.paths, label
+                    )
+                )
+        result = train_histology(
+            labelled,
+            Path(args.out),
+            histology,
+            EncoderSettings(base_width=args.base_width, epochs=args.encoder_epochs, seed=args.seed),
+            MilSettings(
+                embedding_dim=args.mil_dim, attention_dim=args.attention_dim, epochs=args.mil_epochs, seed=args.seed
+            ),
+            Path(args.encoder) if args.encoder else None,
+            args.name,
+            args.version,
+            args.synthetic,
+            args.training_data,
+            args.ssl_patches,
+        )
+    except (CohortError, ModelError, PipelineError, OSError, ValueError) as error:
+        return _print_problems(error)
+    auc = "n/a" if result.test_auc is None else f"{result.test_auc:.3f}"
+    print(f"{len(labelled)} patients with slides; MIL held-out ROC AUC {auc}")
+    print(f"encoder: {result.encoder_weights} ({result.encoder.training_data})")
+    print(f"MIL: {result.mil_weights}; report: {result.report}")
+    print("configure pipelines.histology.encoder_weights and mil_weights to analyse slides with them")
+    return 0
 
 
 def _card_arguments(parser: argparse.ArgumentParser, name: str | None = None) -> None:
@@ -844,6 +903,7 @@ def build_parser() -> argparse.ArgumentParser:
     fusion.add_argument("--out", default="fusion-model")
     fusion.add_argument("--expression-weights", help="default: pipelines.response.expression_weights")
     fusion.add_argument("--imaging-dim", type=int, default=32, help="size of the CytAct lesion embedding")
+    fusion.add_argument("--mil-weights", help="the slide embeddings' MIL (default: pipelines.histology.mil_weights)")
     fusion.add_argument("--epochs", type=int, default=300)
     fusion.add_argument("--bootstrap", type=int, default=1000)
     fusion.add_argument("--seed", type=int, default=0)
@@ -854,6 +914,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _card_arguments(fusion, "immunode-attention-fusion")
     fusion.set_defaults(handler=cmd_train_fusion)
+    histology = models.add_parser("histology", help="the histology arm (patch encoder, MIL) on stored slides")
+    histology.add_argument("--cohort", required=True, help="CSV: PatientID, IssuerOfPatientID, response")
+    histology.add_argument("--out", default="histology-model")
+    histology.add_argument("--encoder", help="existing encoder weights (default: train one self-supervised)")
+    histology.add_argument("--base-width", type=int, default=64, help="ResNet-50 base width (64: ResNet-50)")
+    histology.add_argument("--encoder-epochs", type=int, default=20)
+    histology.add_argument("--ssl-patches", type=int, default=64, help="patches per slide for self-supervision")
+    histology.add_argument("--mil-epochs", type=int, default=60)
+    histology.add_argument("--mil-dim", type=int, default=512, help="MIL embedding size M (slide embedding)")
+    histology.add_argument("--attention-dim", type=int, default=128, help="MIL attention size L")
+    histology.add_argument("--seed", type=int, default=0)
+    _card_arguments(histology, "immunode-histology")
+    histology.set_defaults(handler=cmd_train_histology)
     reproduction = commands.add_parser(
         "reproduce", help="a method on a user's cohort, its figures beside the paper's headline numbers"
     )

@@ -69,6 +69,7 @@ class RoutingSettings(Strict):
         default_factory=lambda: [
             RoutingRule(name="pet-lesions", pipeline="pet_quant", series=SeriesMatch(modality="PT")),
             RoutingRule(name="ct-radiomics", pipeline="ct_radiomics", series=SeriesMatch(modality="CT")),
+            RoutingRule(name="histology", pipeline="histology", series=SeriesMatch(modality="SM")),
         ]
     )
 

@@ -1,4 +1,5 @@
-"""Attention-based late fusion of imaging, genomic and clinical embeddings (the multimodal ICI-response method).
+"""Attention-based late fusion of histology, genomic and clinical embeddings (the multimodal ICI-response method),
+with the PET CytAct embedding as an optional fourth modality.
 
 Each modality is standardised, projected to a common width with tanh, and scored by one scoring layer shared
 across modalities (Linear(width, 1), as described); a softmax over the modalities present gives the patient's
@@ -24,7 +25,9 @@ from torch import nn
 
 from models.training import balanced_rows
 
-MODALITIES = ("imaging", "genomic", "clinical")
+# histology: the whole-slide image's gated-attention MIL embedding (the published imaging arm); imaging: the PET
+# CytAct lesion embedding (not in the published method: an optional fourth modality).
+MODALITIES = ("histology", "imaging", "genomic", "clinical")
 
 
 @dataclass(frozen=True)

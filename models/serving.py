@@ -47,3 +47,31 @@ def load_fusion(weights: Path) -> tuple[nn.Module, ModelCard]:
         raise ModelError(f"{weights}: not fusion weights ({error})") from None
     model.eval()
     return model, card
+
+
+def load_histology_encoder(weights: Path) -> tuple[nn.Module, ModelCard]:
+    """The patch encoder (ResNet-50 of the base width on its card) and its card."""
+    from models.histology import ResNetEncoder
+
+    state, card = load_verified(weights)
+    try:
+        model = ResNetEncoder(int(card.parameters["encoder"]["base_width"]))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{weights}: not histology patch-encoder weights ({error})") from None
+    model.eval()
+    return model, card
+
+
+def load_histology_mil(weights: Path) -> tuple[nn.Module, ModelCard]:
+    """The gated-attention MIL pooling and its card (which names the encoder it was trained on)."""
+    from models.histology import GatedAttentionMIL, MilSettings
+
+    state, card = load_verified(weights)
+    try:
+        model = GatedAttentionMIL(int(card.parameters["feature_dim"]), MilSettings(**card.parameters["mil"]))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ModelError(f"{weights}: not histology MIL weights ({error})") from None
+    model.eval()
+    return model, card

@@ -123,7 +123,7 @@ def amu_figures(means: Mapping[str, float], parameters: int) -> list[Figure]:
 
 def fusion_figures(metrics: Mapping[str, Mapping[str, float]], published: Mapping[str, float]) -> list[Figure]:
     figures = []
-    for model in ("attention", "concat", "clinical-only", "imaging-only", "genomic-only"):
+    for model in ("attention", "concat", "clinical-only", "histology-only", "imaging-only", "genomic-only"):
         if model in metrics:
             figures.append(
                 Figure(f"{model} test ROC AUC", published.get(f"{model}_auc"), metrics[model].get("roc_auc"), "")

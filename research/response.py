@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
 
 from common.types import PatientData
 from models import expression_baselines
-from models.cards import ModelCard, save_weights
+from models.cards import ModelCard, save_weights, verify_card
 from models.expression_transformer import (
     DEFAULT_PANEL,
     PUBLISHED_PANEL_GENES,
@@ -328,6 +328,18 @@ class FusionCohort:
     imaging_dim: int
     expression: tuple[ExpressionTransformer, tuple[str, ...], ModelCard] | None = None
     profiles: list[dict[str, float] | None] = field(default_factory=list)
+    histology_model: str = ""  # the MIL model of the slide embeddings ("" when no patient has a slide)
+    mil_patients: frozenset[tuple[str, str]] = frozenset()  # the MIL's training patients (from its card)
+
+
+def label_of(row: FusionRow, patient: PatientData | None, number: int) -> int | None:
+    """The row's response label (its own, else the imported best response); None for NE (not evaluable)."""
+    text = row.response or (patient.clinical.best_response if patient and patient.clinical else "")
+    if not text:
+        raise CohortError(f"row {number}: no response given and no best response imported for {row.patient_id}")
+    if text.upper() == "NE":
+        return None
+    return _label(text, number)
 
 
 def fusion_cohort_data(
@@ -336,22 +348,36 @@ def fusion_cohort_data(
     embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]],
     expression_weights: Path | None,
     imaging_dim: int,
+    mil_weights: Path | None = None,
 ) -> FusionCohort:
     """Inputs and labels of the cohort's patients; the imaging modality is the lesion embeddings of the most
-    frequent CytAct model (patients analysed with another are left without imaging)."""
+    frequent CytAct model (patients analysed with another are left without imaging), the histology modality the
+    slide embeddings of the most frequent MIL model, whose card (`mil_weights`) names its training patients."""
     expression = load_expression(expression_weights) if expression_weights is not None else None
     imaging_models = [embeddings[(r.patient_id, r.issuer)][0] for r in cohort if (r.patient_id, r.issuer) in embeddings]
     cytact_model = max(set(imaging_models), key=imaging_models.count) if imaging_models else ""
+    slides = [p.slide for r in cohort if (p := patients.get((r.patient_id, r.issuer))) is not None and p.slide]
+    mil_models = [slide.mil_model for slide in slides]
+    histology_model = max(set(mil_models), key=mil_models.count) if mil_models else ""
+    histology_dim = next((len(x.embedding) for x in slides if x.mil_model == histology_model), 1)
+    mil_patients: frozenset[tuple[str, str]] = frozenset()
+    if histology_model:
+        card = verify_card(mil_weights) if mil_weights is not None else None
+        identity = f"{card.name} {card.version} sha256:{card.sha256[:16]}" if card else ""
+        if identity != histology_model:
+            raise CohortError(
+                f"the slide embeddings come from {histology_model}: its weights are needed to check that the fusion "
+                "is not tested on the MIL's training patients (--mil-weights or pipelines.histology.mil_weights)"
+            )
+        mil_patients = frozenset(tuple(p) for p in card.parameters.get("training_patients", ()))
     keys, labels, entries, types, samples, profiles = [], [], [], [], [], []
     for number, row in enumerate(cohort, start=2):
         key = (row.patient_id, row.issuer)
         patient = patients.get(key)
-        text = row.response or (patient.clinical.best_response if patient and patient.clinical else "")
-        if not text:
-            raise CohortError(f"row {number}: no response given and no best response imported for {row.patient_id}")
-        if text.upper() == "NE":
+        label = label_of(row, patient, number)
+        if label is None:
             continue
-        labels.append(_label(text, number))
+        labels.append(label)
         keys.append(key)
         types.append(row.tumour_type)
         profile = patient.expression if patient else None
@@ -359,7 +385,14 @@ def fusion_cohort_data(
         profiles.append(dict(profile.values) if profile else None)
         model_key, lesions = embeddings.get(key, ("", None))
         entries.append((patient, lesions if model_key == cytact_model else None))
-    data = fusion_data(entries, expression[:2] if expression else None, imaging_dim, np.array(labels))
+    data = fusion_data(
+        entries,
+        expression[:2] if expression else None,
+        imaging_dim,
+        np.array(labels),
+        histology_dim=histology_dim,
+        histology_model=histology_model or None,
+    )
     card = expression[2] if expression else None
     return FusionCohort(
         data,
@@ -372,6 +405,8 @@ def fusion_cohort_data(
         imaging_dim,
         expression,
         profiles,
+        histology_model,
+        mil_patients,
     )
 
 
@@ -382,6 +417,13 @@ class FusionTrainingResult:
     test_metrics: dict[str, dict[str, float]]  # model → metrics on its test patients
     intervals: dict[str, dict[str, tuple[float, float]]]
     report: Path
+
+
+HISTOLOGY_ARM_NOTE = (
+    "Modalities: histology (whole-slide image: gated-attention MIL over ResNet-50 patch features, as published, "
+    "but with a patch encoder trained by this site, not ImageNet weights), genomic, clinical, and the PET CytAct "
+    "lesion embedding as a fourth modality that the published method does not have."
+)
 
 
 def stratified_split(
@@ -481,8 +523,8 @@ def train_fusion_model(
     retrain_expression: bool = False,
 ) -> FusionTrainingResult:
     """Stratified 70/10/20 split; the attention fusion, the concatenation ablation and the unimodal baselines
-    (clinical-only, imaging-only, genomic-only logistic regression) on the same test set; bootstrap 95 % CIs;
-    per-patient modality weights; the attention model saved with its card."""
+    (clinical-only, histology-only, imaging-only, genomic-only logistic regression) on the same test set;
+    bootstrap 95 % CIs; per-patient modality weights; the attention model saved with its card."""
     out.mkdir(parents=True, exist_ok=True)
     usable = np.flatnonzero(cohort.data.present.any(axis=1))
     cohort = replace(
@@ -494,6 +536,13 @@ def train_fusion_model(
         profiles=[cohort.profiles[i] for i in usable] if cohort.profiles else [],
     )
     train, validation, test, stratified = stratified_split(cohort.data.labels, cohort.tumour_types, settings.seed)
+    column = MODALITIES.index("histology")
+    fitted = [cohort.keys[i] for i in test if cohort.data.present[i, column] and cohort.keys[i] in cohort.mil_patients]
+    if fitted:
+        raise CohortError(
+            f"{len(fitted)} test patient(s) of the fusion (e.g. {fitted[0][0]}) are among the patients the histology "
+            "MIL was trained on: their slide embedding would leak the label. Train the MIL on other patients"
+        )
     data, leakage, expression_sha256 = _guard_leakage(cohort, train, test, retrain_expression, settings.seed, out)
     keys = cohort.keys
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # model → (test rows, probabilities)
@@ -501,7 +550,7 @@ def train_fusion_model(
     for kind in ("attention", "concat"):
         models[kind] = train_fusion(data.rows(train), data.rows(validation), kind, settings)
         predictions[kind] = (test, predict(models[kind], data.rows(test))[0])
-    for modality in ("clinical", "imaging", "genomic"):
+    for modality in ("clinical", "histology", "imaging", "genomic"):
         predictions[f"{modality}-only"] = _unimodal(data, np.concatenate([train, validation]), test, modality)
     test_metrics, intervals, curves, sizes = {}, {}, {}, {}
     for model_name, (rows, probability) in predictions.items():
@@ -554,6 +603,7 @@ def train_fusion_model(
                 "settings": asdict(settings),
                 "expression_weights_sha256": expression_sha256,
                 "cytact_model": cohort.cytact_model,
+                "histology_model": cohort.histology_model,
                 "leakage_guard": leakage,
             },
         ),
@@ -568,8 +618,8 @@ def train_fusion_model(
         f"{len(keys)} patients ({int(data.labels.sum())} responders); split 70/10/20 "
         f"({len(train)}/{len(validation)}/{len(test)}) stratified by {stratified}; minority oversampled in training; "
         f"95 % bootstrap CIs ({bootstrap} resamples) on the test set. Leakage guard: {leakage}.",
-        "The published imaging arm is whole-slide histology; here the imaging modality is the PET CytAct network's "
-        "lesion embedding, a substitute.",
+        HISTOLOGY_ARM_NOTE
+        + (f" Slide embeddings of {cohort.histology_model}." if cohort.histology_model else " No patient had a slide."),
         "",
         "| model | n test | " + " | ".join(METRIC_NAMES) + " |",
         "|---|---|" + "---|" * len(METRIC_NAMES),

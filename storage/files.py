@@ -1,6 +1,7 @@
 """File layout of the storage root. Every path is chosen here, never built from received values.
 
 <root>/incoming/<uuid>.part          being written; removed or renamed, never left behind on success
+<root>/incoming/tmp*.dcm             data sets the network is receiving (moved into objects/ once stored)
 <root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances (the day is the day of receipt, UTC)
 <root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
 <root>/quarantine/<uuid>.dcm         files found without an index row that could not be indexed
@@ -12,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timezone
@@ -76,6 +78,39 @@ class FileLayout:
                 raise OutOfResources(f"cannot write: {error.strerror}") from error
             raise OutOfResources(f"cannot write {final_path.name}: {error.strerror}") from error
 
+    @property
+    def receiving(self) -> Path:
+        """Where the network writes data sets as they arrive (on the store's file system, so that a complete
+        one is moved into objects/, not copied)."""
+        return self.root / "incoming"
+
+    def adopt_durably(self, received: Path, final_path: Path) -> None:
+        """Move a file received to disk into place durably: fsync it, rename it (a streamed copy when the two
+        folders are on different file systems), fsync the folder. On failure nothing is left at `final_path`."""
+        try:
+            descriptor = os.open(received, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            try:
+                os.replace(received, final_path)
+            except OSError as error:
+                if error.errno != errno.EXDEV:
+                    raise
+                temporary = self.root / "incoming" / f"{uuid.uuid4().hex}.part"
+                with open(received, "rb") as source, open(temporary, "wb") as target:
+                    shutil.copyfileobj(source, target, 1024 * 1024)
+                    target.flush()
+                    os.fsync(target.fileno())
+                os.replace(temporary, final_path)
+            fsync_directory(final_path.parent)
+        except OSError as error:
+            final_path.unlink(missing_ok=True)
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise OutOfResources(f"cannot write: {error.strerror}") from error
+            raise OutOfResources(f"cannot store {final_path.name}: {error.strerror}") from error
+
     def object_files(self, since: date | None = None) -> Iterator[Path]:
         """Files under objects/, in day folders from `since` on (all when None)."""
         for year in sorted((self.root / "objects").iterdir()):
@@ -97,12 +132,22 @@ class FileLayout:
         fsync_directory(path.parent)
         return target
 
-    def remove_stale_partials(self) -> int:
-        """Delete leftovers of writes interrupted by a crash (called at start-up)."""
+    def remove_stale_partials(self, received_max_age_s: float = 3600.0) -> int:
+        """Delete leftovers of writes interrupted by a crash (called at start-up): partial copies, and data sets
+        the network was receiving (`*.dcm`) not written to for `received_max_age_s` (an association that
+        died; another node process sharing the root may still be receiving the younger ones)."""
         count = 0
         for partial in (self.root / "incoming").glob("*.part"):
             partial.unlink(missing_ok=True)
             count += 1
+        cutoff = time.time() - received_max_age_s
+        for received in (self.root / "incoming").glob("*.dcm"):
+            try:
+                if received.stat().st_mtime < cutoff:
+                    received.unlink()
+                    count += 1
+            except FileNotFoundError:
+                continue
         return count
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from common.states import JobState
 from common.types import (
     CLINICAL_FIELDS,
     BloodImport,
@@ -22,10 +23,21 @@ from common.types import (
     ExpressionImport,
     ExpressionProfile,
     PatientData,
+    SlideRecord,
     StudyFacts,
 )
 from storage.events import record_event
-from storage.schema import Base, BloodRecord, ClinicalRecord, ExpressionSample, Patient, Study, utcnow
+from storage.schema import (
+    Base,
+    BloodRecord,
+    ClinicalRecord,
+    ExpressionSample,
+    Job,
+    Patient,
+    SlideResult,
+    Study,
+    utcnow,
+)
 
 
 def patient_key(patient_id: str, issuer: str) -> tuple[str, str]:
@@ -185,6 +197,31 @@ def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
             )
             for b in blood
         ),
+        latest_slide(session, patient.id),
+    )
+
+
+def latest_slide(session: Session, patient_fk: int) -> SlideRecord | None:
+    """The patient's most recent successful whole-slide analysis."""
+    row = session.scalar(
+        select(SlideResult)
+        .join(Job, Job.id == SlideResult.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.patient_fk == patient_fk, Job.state == JobState.SUCCEEDED)
+        .order_by(Job.id.desc(), SlideResult.id.desc())
+        .limit(1)
+    )
+    if row is None:
+        return None
+    return SlideRecord(
+        row.series_instance_uid,
+        row.mil_model,
+        row.encoder_model,
+        tuple(float(v) for v in row.embedding),
+        row.probability,
+        row.patches,
+        row.tissue_fraction,
+        row.microns_per_pixel,
     )
 
 
@@ -204,6 +241,7 @@ def all_patient_data(session: Session) -> dict[tuple[str, str], PatientData]:
             Patient.id.in_(select(ExpressionSample.patient_fk))
             | Patient.id.in_(select(ClinicalRecord.patient_fk))
             | Patient.id.in_(select(BloodRecord.patient_fk))
+            | Patient.id.in_(select(Study.patient_fk).join(Job, Job.study_fk == Study.id).join(SlideResult))
         )
     ).all()
     return {(p, i): patient_data(session, p, i) for p, i in keys}

@@ -42,6 +42,7 @@ from storage.schema import (
     RadiomicFeature,
     RadiomicsExtraction,
     Series,
+    SlideResult,
     Study,
 )
 from storage.types import LesionCytAct, PetCytActAnalysis, StoredAssessment
@@ -117,6 +118,7 @@ def _record_records(session: Session, job_id: int, records: ResultRecords) -> No
             for name, value in record.features.items()
         )
     session.add_all(_row(CtLesionResult, lesion, job_fk=job_id) for lesion in records.ct_lesions)
+    session.add_all(_row(SlideResult, slide, job_fk=job_id) for slide in records.slides)
     assessment = records.ct_assessment
     if assessment is not None:
         deltas = dict(assessment.deltas) if assessment.deltas is not None else None

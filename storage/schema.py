@@ -370,6 +370,25 @@ class CtLesionResult(Base):
     progressive: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
+class SlideResult(Base):
+    """One whole-slide image's histology analysis from a job: the MIL slide embedding (the fusion's histology
+    modality), its models and the patches it was computed on."""
+
+    __tablename__ = "slide_results"
+    __table_args__ = (UniqueConstraint("job_fk", "series_instance_uid", name="uq_slide_result"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    mil_model: Mapped[str] = mapped_column(String(128))
+    encoder_model: Mapped[str] = mapped_column(String(128))
+    embedding: Mapped[list] = mapped_column(JSON)
+    probability: Mapped[float] = mapped_column(Float)
+    patches: Mapped[int] = mapped_column(Integer)
+    tissue_fraction: Mapped[float] = mapped_column(Float)
+    microns_per_pixel: Mapped[float] = mapped_column(Float)
+
+
 class CtAssessment(Base):
     """Patient-level outcome of a CT radiomics job: time point, baseline, RECIST and resistance pattern."""
 

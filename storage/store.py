@@ -138,8 +138,24 @@ class InstanceStore:
         self.layout.check_free_space(len(data))
         final_path = self.layout.new_object_path()
         self.layout.write_durably(data, final_path)
+        return self._stored(header, final_path, len(data), digest, calling_ae_title)
+
+    def store_received(self, header: InstanceHeader, received: Path, calling_ae_title: str) -> StoredInstance:
+        """`store` for a file the network wrote to disk as it arrived (`FileLayout.receiving`): hashed in
+        blocks and moved into place, never held in memory. The same errors and guarantees as `store`."""
+        with open(received, "rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        size = received.stat().st_size
+        self.layout.check_free_space(0)  # already on disk: refuse only when the store is below its reserve
+        final_path = self.layout.new_object_path()
+        self.layout.adopt_durably(received, final_path)
+        return self._stored(header, final_path, size, digest, calling_ae_title)
+
+    def _stored(
+        self, header: InstanceHeader, final_path: Path, size: int, digest: str, calling_ae_title: str
+    ) -> StoredInstance:
         try:
-            outcome, kept_path, replaced = self._index(header, final_path, len(data), digest, calling_ae_title)
+            outcome, kept_path, replaced = self._index(header, final_path, size, digest, calling_ae_title)
         except BaseException:
             final_path.unlink(missing_ok=True)
             raise

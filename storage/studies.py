@@ -19,7 +19,7 @@ from common.types import SeriesFiles, StoredFile, StudyFacts, parse_dicom_date
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import Instance, Job, Output, Patient, Series, Study, StudyState, utcnow
-from storage.types import CompletedStudy, NewJob, SeriesSummary, StudyStatus
+from storage.types import CompletedStudy, NewJob, PatientSeries, SeriesSummary, StudyStatus
 
 
 def next_quiet_due(session: Session, stable_for: timedelta) -> datetime | None:
@@ -119,6 +119,24 @@ def study_series(session: Session, layout: FileLayout, study_instance_uid: str) 
             StoredFile(sop_uid, sop_class_uid, layout.absolute(path))
         )
     return tuple(SeriesFiles(uid, modality, frame, tuple(found)) for (uid, modality, frame), found in files.items())
+
+
+def latest_series_by_patient(session: Session, layout: FileLayout, modality: str) -> list[PatientSeries]:
+    """Each patient's most recent stored series of `modality` (latest study date, then latest received)."""
+    rows = session.execute(
+        select(Patient.patient_id, Patient.issuer_of_patient_id, Study.study_instance_uid, Study.study_date)
+        .join(Study, Study.patient_fk == Patient.id)
+        .join(Series, Series.study_fk == Study.id)
+        .where(Series.modality == modality)
+        .group_by(Patient.patient_id, Patient.issuer_of_patient_id, Study.study_instance_uid, Study.study_date)
+        .order_by(Study.study_date, Study.study_instance_uid)
+    ).all()
+    latest: dict[tuple[str, str], PatientSeries] = {}
+    for patient_id, issuer, study_uid, study_date in rows:
+        for series in study_series(session, layout, study_uid):
+            if series.modality == modality:
+                latest[(patient_id, issuer)] = PatientSeries(patient_id, issuer, study_uid, study_date or "", series)
+    return list(latest.values())
 
 
 def series_paths(session: Session, layout: FileLayout, series_instance_uid: str) -> list[Path]:

@@ -12,6 +12,7 @@ from datetime import date, datetime
 from pathlib import Path
 
 from common.states import JobState, OutputKind, PairingOutcome
+from common.types import SeriesFiles
 
 
 @dataclass(frozen=True)
@@ -200,3 +201,14 @@ class PetCytActAnalysis:
     def summary_cytact(self) -> tuple[float, ...]:
         """CytAct of the lesions the patient summary is over."""
         return tuple(x.cytact for x in self.lesions if x.patient_summary and x.cytact is not None)
+
+
+@dataclass(frozen=True)
+class PatientSeries:
+    """A stored series of one modality with its patient and study (research training reads slides this way)."""
+
+    patient_id: str
+    issuer_of_patient_id: str
+    study_instance_uid: str
+    study_date: str
+    series: SeriesFiles

@@ -145,7 +145,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
     assert "expression model was trained on" in capsys.readouterr().err
     assert cli_main(base + fusion + ["--retrain-expression"]) == 0
     fusion_report = (fusion_out / "report.md").read_text()
-    assert "retrained on the" in fusion_report and "a substitute" in fusion_report
+    assert "retrained on the" in fusion_report and "not ImageNet weights" in fusion_report
     assert (fusion_out / "expression-transformer-fusion-split.pt").exists()
     expression_weights = fusion_out / "expression-transformer-fusion-split.pt"  # served with this fusion
     fusion_metrics = _rows(fusion_out / "metrics.csv")
@@ -263,8 +263,10 @@ def test_train_from_store_then_serve_in_the_pet_report(
     assert "Expression transformer immunode-expression-transformer 1.0.0" in text
     assert "SYNTHETIC training data" in text and "LIPI (Mezquita 2018, from imported clinical data): poor" in text
     assert "not a prediction of treatment response" in text
-    # The published fusion's imaging arm is histology: the SR says the PET arm stands in for it.
-    assert "imaging modality is the PET CytAct lesion embedding, a substitute" in text
+    # The published fusion's imaging arm is histology: the SR says this patient has none and that the PET
+    # modality is not the published method's.
+    assert "no whole-slide histology for this patient" in text
+    assert "fourth modality that the published method does not have" in text
 
 
 def _texts(dataset: pydicom.Dataset) -> str:

@@ -63,25 +63,31 @@ def fusion_data(
     expression: tuple[ExpressionTransformer, tuple[str, ...]] | None,
     imaging_dim: int,
     labels: np.ndarray | None = None,
+    histology_dim: int = 1,
+    histology_model: str | None = None,
 ) -> FusionData:
-    """Modality inputs of several patients for the fusion model (absent modalities flagged in `present`)."""
+    """Modality inputs of several patients for the fusion model (absent modalities flagged in `present`).
+    The histology modality is the patient's slide embedding when it comes from `histology_model` (a MIL key)
+    and has `histology_dim` values; None takes no slide."""
     genomic_dim = expression[0].classifier.in_features if expression else 1
-    inputs = {
-        "imaging": np.zeros((len(patients), imaging_dim)),
-        "genomic": np.zeros((len(patients), genomic_dim)),
-        "clinical": np.zeros((len(patients), len(CLINICAL_FEATURES))),
-    }
+    widths = {"histology": histology_dim, "imaging": imaging_dim, "genomic": genomic_dim}
+    widths["clinical"] = len(CLINICAL_FEATURES)
+    inputs = {m: np.zeros((len(patients), widths[m])) for m in MODALITIES}
     present = np.zeros((len(patients), len(MODALITIES)), dtype=bool)
+    column = {m: i for i, m in enumerate(MODALITIES)}
     for row, (patient, embeddings) in enumerate(patients):
+        slide = patient.slide if patient is not None else None
+        if slide is not None and slide.mil_model == histology_model and len(slide.embedding) == histology_dim:
+            inputs["histology"][row], present[row, column["histology"]] = slide.embedding, True
         imaging = imaging_features(embeddings, imaging_dim)
         if imaging is not None:
-            inputs["imaging"][row], present[row, 0] = imaging, True
+            inputs["imaging"][row], present[row, column["imaging"]] = imaging, True
         if expression is not None and patient is not None and patient.expression is not None:
             model, genes = expression
             features = panel_features([patient.expression.values], GenePanel(genes, "", ""))
-            inputs["genomic"][row], present[row, 1] = embed(model, features)[0], True
+            inputs["genomic"][row], present[row, column["genomic"]] = embed(model, features)[0], True
         if patient is not None and patient.clinical is not None:
-            inputs["clinical"][row], present[row, 2] = clinical_features(patient.clinical), True
+            inputs["clinical"][row], present[row, column["clinical"]] = clinical_features(patient.clinical), True
     return FusionData(inputs, present, labels)
 
 
@@ -164,10 +170,19 @@ def predict_response(
         values["fusion_not_computed"] = f"fusion model not usable: {error}"
         return ResponsePredictions(**values)
     parameters, notes = card.parameters, []
+    if set(parameters.get("dims", {})) != set(MODALITIES):
+        values["fusion_not_computed"] = (
+            f"fusion weights trained on the modalities {sorted(parameters.get('dims', {}))}, this node fuses "
+            f"{list(MODALITIES)}: retrain them (immunode train fusion)"
+        )
+        return ResponsePredictions(**values)
     if cytact_model is None or parameters.get("cytact_model") != cytact_model.key:
         lesion_embeddings = None
         if cytact_model is not None:
             notes.append("imaging left out: the fusion was trained on embeddings of another CytAct model")
+    slide = patient.slide if patient is not None else None
+    if slide is not None and slide.mil_model != parameters.get("histology_model"):
+        notes.append("histology left out: the fusion was trained on slide embeddings of another MIL model")
     genomic = expression
     if (
         expression is not None
@@ -175,7 +190,14 @@ def predict_response(
     ):
         genomic = None
         notes.append("genomic left out: the fusion was trained with another expression model")
-    data = fusion_data([(patient, lesion_embeddings)], genomic, parameters["dims"]["imaging"])
+    dims = parameters["dims"]
+    data = fusion_data(
+        [(patient, lesion_embeddings)],
+        genomic,
+        dims["imaging"],
+        histology_dim=dims["histology"],
+        histology_model=parameters.get("histology_model"),
+    )
     if not data.present.any():
         values["fusion_not_computed"] = "; ".join(notes + ["no modality available for this patient"])
         return ResponsePredictions(**values)

@@ -29,9 +29,10 @@ def dciodvfy_errors(path: Path) -> list[str]:
     if executable is None:
         raise OutputInvalid("dciodvfy (dicom3tools) is not installed; outputs cannot be validated and are not sent")
     completed = subprocess.run(
-        [executable, "-new", str(path)], capture_output=True, text=True, timeout=DCIODVFY_TIMEOUT_S, check=False
+        [executable, "-new", str(path)], capture_output=True, timeout=DCIODVFY_TIMEOUT_S, check=False
     )
-    lines = (completed.stdout + completed.stderr).splitlines()
+    # dciodvfy quotes values in the object's own character set (e.g. a Latin-1 "µ"): decoded leniently.
+    lines = (completed.stdout + completed.stderr).decode("utf-8", errors="replace").splitlines()
     return [line.strip() for line in lines if line.strip().startswith("Error")]
 
 

@@ -7,7 +7,8 @@ sent). Before building, each source's copied attributes are conformed (in place,
 - other values that break their VR are left out (type 3) or left empty (type 2);
 - Patient Identity Removed = YES without a De-identification Method gets one that says the method was not
   stated by the source (the attribute is conditionally required, and research data sets often lack it);
-- private elements are removed (never copied into our objects).
+- private elements are removed (never copied into our objects);
+- type 2 Patient and Study attributes that highdicom reads and the source lacks are added empty.
 
 What was changed is returned as text, so that the SR can say so.
 """
@@ -27,6 +28,19 @@ logger = logging.getLogger(__name__)
 
 TEXT_VRS = {"SH", "LO", "ST", "LT", "UT", "UC", "PN"}
 MAX_LENGTH = {"SH": 16, "LO": 64, "CS": 16, "AE": 16, "ST": 1024, "LT": 10240, "PN": 64, "UC": 2**32 - 2}
+# Type 2 attributes of the Patient and Study modules highdicom reads from every source (it fails without
+# them); real whole-slide images often lack them (the sample in ../shared/data has no Patient module at all).
+HIGHDICOM_READS = (
+    "PatientID",
+    "PatientName",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
 DEIDENTIFICATION_NOT_STATED = "Not stated by the source; de-identified before receipt"
 
 
@@ -56,6 +70,10 @@ def conform_source(ds: Dataset) -> list[str]:
     """Make the attributes highdicom copies from `ds` valid; returns what was changed (keyword: what)."""
     changes: list[str] = []
     ds.remove_private_tags()
+    for keyword in HIGHDICOM_READS:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+            changes.append(f"{keyword}: missing, added empty")
     for keyword, kind in _copied_attributes(str(ds.get("SOPClassUID", ""))):
         if keyword not in ds:
             continue

@@ -67,7 +67,7 @@ RESPONSE_EXPRESSION = private_concept("ICI_RESP_EXPR", "ICI response probability
 RESPONSE_FUSION = private_concept("ICI_RESP_FUSION", "ICI response probability, attention fusion")
 MODALITY_WEIGHTS = {
     modality: private_concept(f"FUSW_{modality.upper()}", f"Fusion modality weight, {modality}")
-    for modality in ("imaging", "genomic", "clinical")
+    for modality in ("histology", "imaging", "genomic", "clinical")
 }
 DNLR = private_concept("DNLR", "Derived neutrophil-to-lymphocyte ratio")
 LIPI = private_concept("LIPI", "Lung Immune Prognostic Index")
@@ -159,7 +159,7 @@ def _blood_algorithm() -> hd.sr.AlgorithmIdentification:
     )
 
 
-def _response_group(
+def response_group(
     response: ResponsePredictions, series_uid: str
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
     """Patient-level response models: probabilities, fusion modality weights, dNLR and LIPI."""
@@ -205,11 +205,19 @@ def _identity_text(model: ModelIdentity) -> str:
     return text + (" [SYNTHETIC training data, no clinical meaning]" if model.synthetic else "")
 
 
-# The published fusion's imaging arm is whole-slide histology; this node feeds it the PET CytAct lesion embedding.
-FUSION_IMAGING_ARM = (
-    "Deviation from the published method: its imaging modality is whole-slide histology; here the imaging "
-    "modality is the PET CytAct lesion embedding, a substitute."
-)
+def fusion_arms_statement(modalities: Sequence[str]) -> str:
+    """How this patient's fusion differs from the published method (histology, genomic, clinical)."""
+    pet = (
+        " The PET CytAct lesion embedding is a fourth modality that the published method does not have."
+        if "imaging" in modalities
+        else ""
+    )
+    if "histology" in modalities:
+        return (
+            "Histology modality: the whole-slide image's gated-attention MIL embedding, as published, with a patch "
+            "encoder trained by this site (not ImageNet weights)." + pet
+        )
+    return "Deviation from the published method: no whole-slide histology for this patient." + pet
 
 
 def response_statements(response: ResponsePredictions | None) -> list[str]:
@@ -229,8 +237,8 @@ def response_statements(response: ResponsePredictions | None) -> list[str]:
         notes = f" ({response.fusion_not_computed})" if response.fusion_not_computed else ""
         statements.append(
             f"Attention fusion {_identity_text(response.fusion_model)}: response probability "
-            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. {FUSION_IMAGING_ARM} "
-            + NOT_A_PREDICTION
+            f"{response.fusion_probability:.3f}; modality weights {weights}{notes}. "
+            f"{fusion_arms_statement([m for m, _ in response.fusion_weights])} " + NOT_A_PREDICTION
         )
     else:
         statements.append(f"Attention fusion not computed: {response.fusion_not_computed}.")
@@ -315,7 +323,7 @@ def build_measurement_report(
     )
     if groups and result.cytact is not None:
         groups.append(_patient_cytact_group(result.cytact, result.volume.series_instance_uid))
-    response_group = _response_group(result.response, result.volume.series_instance_uid) if result.response else None
+    patient_group = response_group(result.response, result.volume.series_instance_uid) if result.response else None
     if not groups:
         # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
         groups = [
@@ -331,8 +339,8 @@ def build_measurement_report(
                 qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
             )
         ]
-    if response_group is not None:
-        groups.append(response_group)
+    if patient_group is not None:
+        groups.append(patient_group)
     statements = [
         *result.detection_notes,
         *(

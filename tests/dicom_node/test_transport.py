@@ -41,6 +41,7 @@ def scp(make_settings):
         )
         port, _ = node_scp.start(port=0)
         started.append((node_scp, database))
+        start.guard = node_scp.guard  # the latest SCP's transport guard
         return port, database
 
     yield start
@@ -132,6 +133,9 @@ def test_bare_connections_hold_no_slot_and_leave_no_audit_record(scp, pet_file: 
     port, database = scp(max_associations=2, max_pending_connections=2)
     for _ in range(30):
         _connect(port).close()
+    # Each connection registers in its own thread, so a late-registering bare connection could still displace
+    # a newer one as "oldest pending": the promise is that closed connections are released, so wait for that.
+    wait_until(lambda: len(scp.guard.pending) == 0, 10)
     started = time.monotonic()
     assert storescu(port, [pet_file]).returncode == 0
     assert time.monotonic() - started < 5
