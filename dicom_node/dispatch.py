@@ -37,11 +37,14 @@ def dispatch_due(
     layout: FileLayout,
     now: datetime | None = None,
     trail: AuditTrail | None = None,
+    run_id: int | None = None,
 ) -> int:
-    """Send every delivery due now (as `ae_title`); returns how many were delivered."""
+    """Send every delivery due now (as `ae_title`); returns how many were delivered. With `run_id` the
+    deliveries are leased to this node run while they are sent (several nodes on one index)."""
     now = now or utcnow()
+    lease = timedelta(seconds=4 * settings.timeout_s + 60)
     with database.session() as session:
-        batches = due_deliveries(session, layout, now)
+        batches = due_deliveries(session, layout, now, run_id, lease)
     by_name = {d.name: d for d in destinations}
     delivered = 0
     for name, batch in batches.items():

@@ -30,6 +30,7 @@ from dicom_node.errors import DatasetInvalid, ReceiveError
 from dicom_node.ingest import check_dataset, mapped_dataset
 from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
+from dicom_node.types import StoreObservation
 from storage.audit import AuditEntry, AuditTrail, EventEntry
 from storage.errors import StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome
@@ -116,9 +117,11 @@ class StorageSCP:
         trail: AuditTrail,
         tls_context: ssl.SSLContext | None = None,
         on_stored: Callable[[str], None] | None = None,
+        observe: Callable[[StoreObservation], None] | None = None,
     ) -> None:
         self.node = node
         self.on_stored = on_stored  # called with the Study Instance UID after each instance stored
+        self.observe = observe  # called after each C-STORE answered (metrics)
         self.peers = peers
         self.store = store
         self.trail = trail
@@ -281,6 +284,18 @@ class StorageSCP:
 
     def _on_store(self, event: Event) -> int:
         started = time.perf_counter()
+        path = getattr(event.request, "_dataset_path", None)
+        try:
+            size = path.stat().st_size if path is not None else 0  # before the file is moved into the store
+        except OSError:
+            size = 0
+        code = self._store(event, started)
+        if self.observe is not None:
+            calling = str(event.assoc.requestor.ae_title).strip()
+            self.observe(StoreObservation(calling, code, size, time.perf_counter() - started))
+        return code
+
+    def _store(self, event: Event, started: float) -> int:
         state = self._state(event.assoc)
         calling = state.calling or str(event.assoc.requestor.ae_title).strip()
         request = event.request

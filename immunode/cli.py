@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import os
 import re
@@ -208,6 +209,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
         delivered = deliveries.requeue_dead_deliveries(session, args.delivery or None)
         requeued = jobs.requeue_failed_jobs(session, args.job) if args.job else 0
     print(f"re-queued {delivered} delivery(ies) and {requeued} job(s); a running node picks them up at its next poll")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """The value of `monitoring.password_hash` for a password read from standard input (never an argument)."""
+    from immunode.monitoring import hash_password
+
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        print("error: use at least 12 characters", file=sys.stderr)
+        return 1
+    print(hash_password(password))
     return 0
 
 
@@ -816,6 +829,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="ISO date/date-time (UTC) or a duration back from now, e.g. 12h, 7d")
     audit.add_argument("--limit", type=int, default=200)
     audit.set_defaults(handler=cmd_audit)
+    commands.add_parser(
+        "hash-password", help="monitoring.password_hash for a password read from standard input"
+    ).set_defaults(handler=cmd_hash_password)
     retry = commands.add_parser("retry", help="re-queue dead deliveries (all, or by id) and failed jobs by id")
     retry.add_argument("--delivery", type=int, action="append", default=[], help="delivery id (repeatable)")
     retry.add_argument("--job", type=int, action="append", default=[], help="failed job id (repeatable)")

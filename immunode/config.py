@@ -11,6 +11,7 @@ storage folder.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -75,17 +76,56 @@ class RoutingSettings(Strict):
 
 
 class WorkerSettings(Strict):
-    processes: int = Field(1, ge=1, le=64)
-    # A job past this much CPU time is killed by the kernel (RLIMIT_CPU) and marked failed.
+    # local: a pool of worker processes on this machine; dask: a Dask distributed cluster (`dask scheduler` and
+    # `dask worker` from the `distributed` package, on machines that reach the index and mount the storage root).
+    engine: Literal["local", "dask"] = "local"
+    dask_scheduler: str | None = None  # e.g. tcp://10.0.0.7:8786
+    dask_connect_timeout_s: float = Field(5.0, gt=0)
+    processes: int = Field(1, ge=1, le=64)  # local engine; with dask, the cluster's worker threads count
+    # A job past this much CPU time is killed by the kernel (RLIMIT_CPU) and marked failed (local engine; on a
+    # Dask cluster the workers' own --memory-limit applies and no CPU limit).
     job_cpu_limit_s: int = Field(1800, ge=10)
-    # Address-space limit per job process; 0 disables it.
+    # Address-space limit per job process; 0 disables it (local engine).
     job_memory_limit_mb: int = Field(8192, ge=0)
     max_attempts: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _dask_needs_a_scheduler(self) -> WorkerSettings:
+        if self.engine == "dask" and not self.dask_scheduler:
+            raise ValueError("engine dask needs dask_scheduler (the scheduler's address, e.g. tcp://host:8786)")
+        return self
 
 
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
+
+
+class MonitoringSettings(Strict):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8104, ge=0, le=65535)  # 0: a free port
+    refresh_s: int = Field(10, ge=1)  # the status page reloads itself this often
+    # Required when `host` is not a loopback address; `immunode hash-password` makes the hash.
+    username: str | None = None
+    password_hash: str | None = Field(None, pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _authentication_off_localhost(self) -> MonitoringSettings:
+        if self.enabled and not _loopback(self.host) and (self.username is None or self.password_hash is None):
+            raise ValueError(
+                f"host {self.host!r} is not localhost: set username and password_hash (immunode hash-password)"
+            )
+        return self
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(Strict):
@@ -105,6 +145,7 @@ class Settings(Strict):
     pipelines: BUILTIN.settings_model() = Field(default_factory=BUILTIN.settings_model())  # type: ignore[valid-type]
     query_retrieve: QueryRetrieveSettings | None = None
     logging: LoggingSettings = LoggingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _retrieve_peer_may_send(self) -> Settings:
@@ -115,6 +156,14 @@ class Settings(Strict):
                     f"query_retrieve.ae_title {peer.ae_title!r} must also be in peers.allowed, "
                     "or the baselines it sends by C-MOVE are refused"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _dask_needs_a_shared_index(self) -> Settings:
+        if self.workers.engine == "dask" and self.database_url.startswith("sqlite"):
+            raise ValueError(
+                "workers.engine dask: the workers on other machines need the index too: use PostgreSQL (database.url)"
+            )
         return self
 
     @model_validator(mode="after")

@@ -89,12 +89,15 @@ class QueryRetrievePeer:
             raise BaselineNotRetrieved(str(error)) from None
 
 
-def pair_jobs(settings: Settings, database: Database, audit: qr.Audit | None = None) -> None:
+PAIRING_LEASE = timedelta(minutes=10)  # a query/retrieve of a baseline takes at most this long
+
+
+def pair_jobs(settings: Settings, database: Database, audit: qr.Audit | None = None, run_id: int | None = None) -> None:
     """Pair stage: decide each new longitudinal job's baseline, and release waiting jobs whose baseline is
-    ready or late."""
+    ready or late. With `run_id`, the jobs are leased to this node run first (several nodes on one index)."""
     with database.session() as session:
-        new = jobs.jobs_in_state(session, JobState.PAIRING)
-        waiting = jobs.jobs_in_state(session, JobState.WAITING_BASELINE)
+        new = jobs.lease_jobs_in_state(session, JobState.PAIRING, run_id, PAIRING_LEASE)
+        waiting = jobs.lease_jobs_in_state(session, JobState.WAITING_BASELINE, run_id, PAIRING_LEASE)
     finder = (
         QueryRetrievePeer(settings.query_retrieve, settings.node.ae_title, audit)
         if settings.query_retrieve is not None

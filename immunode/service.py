@@ -17,12 +17,14 @@ from dicom_node.scp import StorageSCP
 from dicom_node.tls import client_context, server_context
 from immunode import flow
 from immunode.config import ConfigError, Settings
+from immunode.monitoring import MonitoringHooks, MonitoringServer, NodeMetrics, Readiness, index_answers
 from immunode.reconcile import reconcile
 from immunode.worker import JobRunner
 from pipelines.errors import ConfigurationProblem
-from storage import runs, studies
+from storage import deliveries, runs, studies
 from storage.audit import AuditTrail
 from storage.database import Database
+from storage.errors import StorageError
 from storage.files import FileLayout
 from storage.store import InstanceStore
 
@@ -78,7 +80,19 @@ class Node:
         self.database = Database(settings.database_url)
         self.trail = AuditTrail(self.database, self.layout.spool)
         self.store = InstanceStore(self.database, self.layout)
-        self.scp = StorageSCP(settings.node, settings.peers, self.store, self.trail, tls_context, self._stored)
+        self.metrics = NodeMetrics(self.database, self.layout.root)
+        self.scp = StorageSCP(
+            settings.node, settings.peers, self.store, self.trail, tls_context, self._stored, self.metrics.observe
+        )
+        self.monitoring = (
+            MonitoringServer(
+                settings.monitoring,
+                MonitoringHooks(self.metrics, self.database, self.alive, self.readiness, self._retry_delivery),
+            )
+            if settings.monitoring.enabled
+            else None
+        )
+        self.monitoring_port: int | None = None
         self.runner = JobRunner(settings, self.database, on_finished=self._job_finished)
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.port: int | None = None
@@ -124,6 +138,7 @@ class Node:
         self._run_id = reconcile(
             self.database, self.layout, self.store, self.settings.node.max_inflated_mb * 1024 * 1024
         )
+        self.runner.run_id = self._run_id
         resumed = self.runner.resume_interrupted()
         if removed or resumed:
             logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
@@ -133,9 +148,52 @@ class Node:
         self._every(self.run_once, "run")
         self._every(self.dispatch_once, "dispatch")
         self._every(self.trail.flush_spool, "spool")
+        self.scheduler.add_job(
+            self.heartbeat_once,
+            "interval",
+            seconds=runs.HEARTBEAT_EVERY.total_seconds(),
+            id="heartbeat",
+            max_instances=1,
+            coalesce=True,
+        )
         self.scheduler.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
+        if self.monitoring is not None:
+            try:
+                self.monitoring_port = self.monitoring.start()
+            except OSError as error:
+                self.stop()
+                raise ConfigError(
+                    f"monitoring.port: cannot listen on {self.settings.monitoring.host}:"
+                    f"{self.settings.monitoring.port}: {error.strerror}"
+                ) from None
         return self.port
+
+    def alive(self) -> bool:
+        """Liveness: the stages' scheduler runs and the node was not stopped."""
+        return self.scheduler.running and not self._stopped.is_set()
+
+    def readiness(self) -> Readiness:
+        """Readiness: listening for DICOM, the index answers, the storage root has its reserve."""
+        reasons = []
+        if self.port is None and self.tls_port is None:
+            reasons.append("DICOM: not listening")
+        problem = index_answers(self.database)
+        if problem:
+            reasons.append(problem)
+        try:
+            self.layout.check_free_space(0)
+        except StorageError as error:
+            reasons.append(f"storage: {error}")
+        if not self.alive():
+            reasons.append("stopped")
+        return Readiness(not reasons, tuple(reasons))
+
+    def _retry_delivery(self, delivery_id: int) -> int:
+        with self.database.session() as session:
+            requeued = deliveries.requeue_dead_deliveries(session, [delivery_id])
+        self._kick("dispatch")
+        return requeued
 
     def route_once(self) -> None:
         with self._route_lock:
@@ -152,8 +210,18 @@ class Node:
                 self._route_due = at
             self._kick("route", at)
 
+    def heartbeat_once(self) -> None:
+        """This run is alive; the claims of sibling nodes that died go back to the queue."""
+        with self.database.session() as session:
+            runs.heartbeat(session, self._run_id)
+            taken, released = runs.release_claims_of_dead_runs(session, self.settings.workers.max_attempts)
+        if taken or released:
+            logger.warning("took back %d job(s) and %d delivery lease(s) of a node that died", taken, released)
+            self._kick("run")
+            self._kick("dispatch")
+
     def pair_once(self) -> None:
-        flow.pair_jobs(self.settings, self.database, self.trail.audit)
+        flow.pair_jobs(self.settings, self.database, self.trail.audit, self._run_id)
         self._kick("run")
 
     def run_once(self) -> None:
@@ -167,6 +235,7 @@ class Node:
             self.database,
             self.layout,
             trail=self.trail,
+            run_id=self._run_id,
         )
 
     def stop(self) -> None:
@@ -175,6 +244,8 @@ class Node:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.monitoring is not None:
+            self.monitoring.stop()
         self.scp.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

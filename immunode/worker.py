@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import resource
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -26,8 +27,9 @@ from common.processes import exit_with_parent
 from common.states import JobState
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
-from storage import jobs
+from storage import jobs, runs
 from storage.database import Database
+from storage.events import record_event
 from storage.files import FileLayout
 
 logger = logging.getLogger(__name__)
@@ -57,6 +59,16 @@ def _worker_entry(settings: Settings, job_id: int) -> str:
     hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     soft = used + settings.workers.job_cpu_limit_s
     resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    return _run(settings, job_id)
+
+
+def _dask_entry(settings: Settings, job_id: int) -> str:
+    """One job on a Dask worker (a long-lived process of the cluster: no per-job CPU limit is set in it)."""
+    configure_logging(settings.logging)
+    return _run(settings, job_id)
+
+
+def _run(settings: Settings, job_id: int) -> str:
     from immunode.jobs import run_job
 
     database = Database(settings.database_url, migrate=False)
@@ -77,6 +89,58 @@ def _worker_entry(settings: Settings, job_id: int) -> str:
         database.dispose()
 
 
+class DaskUnavailable(Exception):
+    """The Dask scheduler cannot be reached: jobs stay queued."""
+
+
+class DaskEngine:
+    """Jobs as tasks of a Dask distributed cluster. The index stays the source of truth: a job is claimed there,
+    submitted, and its result recorded there by the task itself. A worker that dies mid-task has the task
+    rescheduled by the scheduler on another worker (up to the cluster's `allowed-failures`); past that the job
+    is retried by the runner up to `max_attempts`."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client = None
+
+    def client(self) -> object:
+        from distributed import Client
+
+        if self._client is not None and self._client.status == "running":
+            return self._client
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        try:
+            self._client = Client(
+                self.settings.workers.dask_scheduler,
+                timeout=self.settings.workers.dask_connect_timeout_s,
+                set_as_default=False,
+            )
+        except (OSError, TimeoutError) as error:
+            address = self.settings.workers.dask_scheduler
+            raise DaskUnavailable(
+                f"Dask scheduler {address} unreachable: {error.__class__.__name__}: {error}"
+            ) from None
+        return self._client
+
+    def capacity(self) -> int:
+        try:
+            return sum(self.client().nthreads().values())
+        except (OSError, TimeoutError) as error:
+            raise DaskUnavailable(f"Dask scheduler {self.settings.workers.dask_scheduler}: {error}") from None
+
+    def submit(self, job_id: int) -> object:
+        return self.client().submit(
+            _dask_entry, self.settings, job_id, key=f"immunode-job-{job_id}-{uuid.uuid4().hex[:8]}", pure=False
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
 class JobRunner:
     def __init__(
         self, settings: Settings, database: Database, on_finished: Callable[[int], None] | None = None
@@ -84,10 +148,13 @@ class JobRunner:
         self.settings = settings
         self.database = database
         self.on_finished = on_finished
+        self.run_id: int | None = None  # the node run its claims are made for (set at start)
         self._lock = threading.Lock()
         self._running: dict[int, Future] = {}
         self._stopping = False
-        self._executor = self._new_executor()
+        self.dask = DaskEngine(settings) if settings.workers.engine == "dask" else None
+        self.unavailable = ""  # why jobs are not submitted now (the Dask scheduler unreachable), for status
+        self._executor = self._new_executor() if self.dask is None else None
 
     def _new_executor(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(
@@ -100,24 +167,40 @@ class JobRunner:
 
     def warm_up(self) -> None:
         """Start the workers now, so that they have imported the analysis code before the first job."""
+        if self._executor is None:
+            return  # Dask workers are the cluster's
         for _ in range(self.settings.workers.processes):
             self._executor.submit(_ready)
 
     def resume_interrupted(self) -> int:
+        """Jobs an earlier run of this node left running go back to the queue; those of another live node
+        sharing the index (its run's heartbeat is fresh) are left to it."""
         with self.database.session() as session:
-            return jobs.reset_interrupted_jobs(session, self.settings.workers.max_attempts)
+            alive = runs.live_runs(session) - ({self.run_id} if self.run_id is not None else set())
+            return jobs.reset_interrupted_jobs(session, self.settings.workers.max_attempts, alive)
 
     def submit_pending(self) -> list[int]:
         with self._lock:
             if self._stopping:
                 return []
-            free = self.settings.workers.processes - len(self._running)
+            try:
+                capacity = self.dask.capacity() if self.dask is not None else self.settings.workers.processes
+            except DaskUnavailable as error:
+                self._unavailable(str(error))
+                return []
+            self._unavailable("")
+            free = capacity - len(self._running)
             if free <= 0:
                 return []
             with self.database.session() as session:
-                specs = jobs.claim_pending_jobs(session, free)
+                specs = jobs.claim_pending_jobs(session, free, self.run_id)
             for spec in specs:
                 logger.info("job %d (%s) for study %s started", spec.job_id, spec.pipeline, spec.study_instance_uid)
+                if self.dask is not None:
+                    future = self.dask.submit(spec.job_id)
+                    self._running[spec.job_id] = future
+                    future.add_done_callback(partial(self._finished, spec.job_id))
+                    continue
                 try:
                     future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
                 except (BrokenProcessPool, RuntimeError):
@@ -126,6 +209,16 @@ class JobRunner:
                 self._running[spec.job_id] = future
                 future.add_done_callback(partial(self._finished, spec.job_id))
             return [spec.job_id for spec in specs]
+
+    def _unavailable(self, reason: str) -> None:
+        """Record (once per change) why jobs are not submitted; `immunode status` and the status page show it."""
+        if reason == self.unavailable:
+            return
+        self.unavailable = reason
+        if reason:
+            logger.error("jobs stay queued: %s", reason)
+        with self.database.session() as session:
+            record_event(session, "ERROR" if reason else "INFO", reason or "Dask scheduler reachable again")
 
     def _finished(self, job_id: int, future: Future) -> None:
         with self._lock:
@@ -139,7 +232,9 @@ class JobRunner:
         if error is None:
             logger.info("job %d finished: %s", job_id, future.result())
         else:
-            if isinstance(error, BrokenProcessPool):
+            if error.__class__.__name__ == "KilledWorker":
+                reason = f"Dask workers died running it ({error})"
+            elif isinstance(error, BrokenProcessPool):
                 reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
                 with self._lock:
                     self._executor.shutdown(wait=False, cancel_futures=False)
@@ -166,6 +261,16 @@ class JobRunner:
             self._stopping = True
             interrupted = list(self._running)
             processes = list(getattr(self._executor, "_processes", {}).values())
+            futures = list(self._running.values())
+        if self.dask is not None:
+            for future in futures:
+                future.cancel()
+            self.dask.close()
+            if interrupted:
+                with self.database.session() as session:
+                    jobs.return_interrupted_jobs(session, interrupted)
+                logger.info("stop: job(s) %s cancelled on the cluster, queued to resume", interrupted)
+            return len(interrupted)
         for process in processes:
             if process.is_alive():
                 process.terminate()

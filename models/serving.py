@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from torch import nn
@@ -36,42 +37,42 @@ def load_expression(weights: Path) -> tuple[ExpressionTransformer, tuple[str, ..
     return model, genes, card
 
 
-def load_fusion(weights: Path) -> tuple[nn.Module, ModelCard]:
-    """The fusion model (attention or concatenation ablation) and its card."""
+def _built(weights: Path, what: str, build: Callable[[ModelCard], nn.Module]) -> tuple[nn.Module, ModelCard]:
+    """Verified weights loaded into the network `build` makes from their card, in evaluation mode."""
     state, card = load_verified(weights)
     try:
-        parameters = card.parameters
-        model = new_model(parameters["kind"], dict(parameters["dims"]), FusionSettings(**parameters["settings"]))
+        model = build(card)
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ModelError(f"{weights}: not fusion weights ({error})") from None
+        raise ModelError(f"{weights}: not {what} weights ({error})") from None
     model.eval()
     return model, card
+
+
+def load_fusion(weights: Path) -> tuple[nn.Module, ModelCard]:
+    """The fusion model (attention or concatenation ablation) and its card."""
+
+    def build(card: ModelCard) -> nn.Module:
+        parameters = card.parameters
+        return new_model(parameters["kind"], dict(parameters["dims"]), FusionSettings(**parameters["settings"]))
+
+    return _built(weights, "fusion", build)
 
 
 def load_histology_encoder(weights: Path) -> tuple[nn.Module, ModelCard]:
     """The patch encoder (ResNet-50 of the base width on its card) and its card."""
     from models.histology import ResNetEncoder
 
-    state, card = load_verified(weights)
-    try:
-        model = ResNetEncoder(int(card.parameters["encoder"]["base_width"]))
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ModelError(f"{weights}: not histology patch-encoder weights ({error})") from None
-    model.eval()
-    return model, card
+    return _built(
+        weights, "histology patch-encoder", lambda card: ResNetEncoder(int(card.parameters["encoder"]["base_width"]))
+    )
 
 
 def load_histology_mil(weights: Path) -> tuple[nn.Module, ModelCard]:
     """The gated-attention MIL pooling and its card (which names the encoder it was trained on)."""
     from models.histology import GatedAttentionMIL, MilSettings
 
-    state, card = load_verified(weights)
-    try:
-        model = GatedAttentionMIL(int(card.parameters["feature_dim"]), MilSettings(**card.parameters["mil"]))
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise ModelError(f"{weights}: not histology MIL weights ({error})") from None
-    model.eval()
-    return model, card
+    def build(card: ModelCard) -> nn.Module:
+        return GatedAttentionMIL(int(card.parameters["feature_dim"]), MilSettings(**card.parameters["mil"]))
+
+    return _built(weights, "histology MIL", build)

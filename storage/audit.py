@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from common.types import from_attributes
@@ -177,3 +177,13 @@ def audit_records(session: Session, since: datetime | None = None, limit: int | 
     return [
         from_attributes(AuditEntry, r, study_uids=tuple(r.study_uids or ())) for r in session.scalars(statement).all()
     ]
+
+
+def audit_counts(session: Session) -> dict[tuple[str, str, str], int]:
+    """(direction, kind, outcome) → number of audit records."""
+    rows = session.execute(
+        select(AuditRecord.direction, AuditRecord.kind, AuditRecord.outcome, func.count(AuditRecord.id)).group_by(
+            AuditRecord.direction, AuditRecord.kind, AuditRecord.outcome
+        )
+    )
+    return {(d.value, k.value, o.value): n for d, k, o, n in rows}

@@ -6,7 +6,7 @@ Every function takes an open session; the caller owns the transaction (`Database
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -22,15 +22,29 @@ from storage.schema import (
 from storage.types import DeliveryStatus, DueDelivery
 
 
-def due_deliveries(session: Session, layout: FileLayout, now: datetime) -> dict[str, list[DueDelivery]]:
-    rows = session.execute(
+def due_deliveries(
+    session: Session, layout: FileLayout, now: datetime, run_id: int | None = None, lease: timedelta | None = None
+) -> dict[str, list[DueDelivery]]:
+    """Deliveries due now, by destination. With `run_id`, they are leased to that node run for `lease` (the
+    send's time-out and more): another node sharing the index skips them, so none is sent twice at once."""
+    statement = (
         select(
             Delivery.id, Delivery.destination, Output.path, Output.sop_instance_uid, Delivery.attempts, Output.sha256
         )
         .join(Output, Output.id == Delivery.output_fk)
         .where(Delivery.state == DeliveryState.PENDING, Delivery.next_attempt_at <= now)
         .order_by(Delivery.id)
-    ).all()
+    )
+    if run_id is not None:
+        free = Delivery.lease_until.is_(None) | (Delivery.lease_until < now) | (Delivery.claimed_by == run_id)
+        statement = statement.where(free).with_for_update(of=Delivery, skip_locked=True)
+    rows = session.execute(statement).all()
+    if run_id is not None and rows:
+        session.execute(
+            update(Delivery)
+            .where(Delivery.id.in_([row[0] for row in rows]))
+            .values(claimed_by=run_id, lease_until=now + (lease or timedelta(minutes=5)))
+        )
     batches: dict[str, list[DueDelivery]] = defaultdict(list)
     for delivery_id, destination, path, uid, attempts, digest in rows:
         batches[destination].append(DueDelivery(delivery_id, destination, layout.absolute(path), uid, attempts, digest))
@@ -42,6 +56,7 @@ def record_delivery_attempt(
 ) -> DeliveryState:
     delivery = session.get(Delivery, delivery_id)
     delivery.attempts += 1
+    delivery.claimed_by, delivery.lease_until = None, None
     if ok:
         delivery.state = DeliveryState.SENT
         delivery.sent_at = utcnow()

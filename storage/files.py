@@ -15,7 +15,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -64,16 +64,26 @@ class FileLayout:
         """Write to a temporary file, fsync it, rename it into place and fsync the folder.
 
         After this returns the file survives a power cut; on failure no partial file remains."""
-        temporary = self.root / "incoming" / f"{uuid.uuid4().hex}.part"
-        try:
+
+        def write(temporary: Path) -> None:
             with open(temporary, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+
+        self._durably(write, final_path)
+
+    def _durably(self, write: Callable[[Path], None], final_path: Path) -> None:
+        """`write` a temporary file in incoming/, rename it to `final_path`, fsync the folder; OSError becomes
+        OutOfResources and leaves neither the temporary file nor `final_path` behind."""
+        temporary = self.root / "incoming" / f"{uuid.uuid4().hex}.part"
+        try:
+            write(temporary)
             os.replace(temporary, final_path)
             fsync_directory(final_path.parent)
         except OSError as error:
             temporary.unlink(missing_ok=True)
+            final_path.unlink(missing_ok=True)
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"cannot write: {error.strerror}") from error
             raise OutOfResources(f"cannot write {final_path.name}: {error.strerror}") from error
@@ -85,31 +95,26 @@ class FileLayout:
         return self.root / "incoming"
 
     def adopt_durably(self, received: Path, final_path: Path) -> None:
-        """Move a file received to disk into place durably: fsync it, rename it (a streamed copy when the two
+        """Move a file received to disk into place durably: fsync it and rename it (a streamed copy when the two
         folders are on different file systems), fsync the folder. On failure nothing is left at `final_path`."""
-        try:
+
+        def move(temporary: Path) -> None:
             descriptor = os.open(received, os.O_RDONLY)
             try:
                 os.fsync(descriptor)
             finally:
                 os.close(descriptor)
             try:
-                os.replace(received, final_path)
+                os.replace(received, temporary)  # same file system: a rename, no copy
             except OSError as error:
                 if error.errno != errno.EXDEV:
                     raise
-                temporary = self.root / "incoming" / f"{uuid.uuid4().hex}.part"
                 with open(received, "rb") as source, open(temporary, "wb") as target:
                     shutil.copyfileobj(source, target, 1024 * 1024)
                     target.flush()
                     os.fsync(target.fileno())
-                os.replace(temporary, final_path)
-            fsync_directory(final_path.parent)
-        except OSError as error:
-            final_path.unlink(missing_ok=True)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise OutOfResources(f"cannot write: {error.strerror}") from error
-            raise OutOfResources(f"cannot store {final_path.name}: {error.strerror}") from error
+
+        self._durably(move, final_path)
 
     def object_files(self, since: date | None = None) -> Iterator[Path]:
         """Files under objects/, in day folders from `since` on (all when None)."""

@@ -1,15 +1,25 @@
 """Node runs: each `immunode serve` leaves a row; one without a clean stop tells the next start which days of
-the object store to reconcile with the index (files written but never indexed by a crash)."""
+the object store to reconcile with the index (files written but never indexed by a crash).
+
+Several nodes may share one index (PostgreSQL) and storage root: a run writes a heartbeat every few seconds,
+and a run without a stop is dead only when its heartbeat is older than `STALE_AFTER` (a live sibling's run is
+neither reconciled nor robbed of its jobs)."""
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.orm import Session
 
-from storage.schema import NodeRun, utcnow
+from storage.jobs import requeue_or_fail
+from storage.schema import Delivery, Job, JobState, NodeRun, utcnow
+
+HEARTBEAT_EVERY = timedelta(seconds=5)
+STALE_AFTER = timedelta(seconds=60)
 
 
 @dataclass(frozen=True)
@@ -33,10 +43,34 @@ class RunSummary:
     unclean_runs: int  # earlier runs that ended without a clean stop (crash, kill -9, power cut)
 
 
+def _alive(run: Row, now: datetime) -> bool:
+    """A run is alive while it has not stopped and its heartbeat is fresh; a run of this machine whose process is
+    gone is dead at once (a node restarted right after a crash reconciles at its start)."""
+    if run.stopped_at is not None or run.heartbeat_at is None or now - run.heartbeat_at >= STALE_AFTER:
+        return False
+    if run.host == socket.gethostname()[:255] and run.pid:
+        try:
+            os.kill(run.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # a process of another user has that pid
+    return True
+
+
+def _runs(session: Session) -> list[Row]:
+    return list(
+        session.execute(
+            select(NodeRun.id, NodeRun.started_at, NodeRun.stopped_at, NodeRun.heartbeat_at, NodeRun.host, NodeRun.pid)
+        ).all()
+    )
+
+
 def begin_run(session: Session, host: str, pid: int) -> RunStart:
-    earlier = session.execute(select(NodeRun.id, NodeRun.started_at, NodeRun.stopped_at)).all()
-    unclean = [(run_id, started) for run_id, started, stopped in earlier if stopped is None]
-    run = NodeRun(started_at=utcnow(), host=host[:255], pid=pid)
+    now = utcnow()
+    earlier = _runs(session)
+    unclean = [(run.id, run.started_at) for run in earlier if run.stopped_at is None and not _alive(run, now)]
+    run = NodeRun(started_at=now, host=host[:255], pid=pid, heartbeat_at=now)
     session.add(run)
     session.flush()
     if not earlier:
@@ -72,3 +106,39 @@ def latest_run(session: Session) -> RunSummary | None:
         select(func.count(NodeRun.id)).where(NodeRun.clean_stop.is_(False), NodeRun.stopped_at.is_not(None))
     )
     return RunSummary(run.started_at, run.host, run.orphans_indexed, run.orphans_quarantined, int(unclean or 0))
+
+
+def heartbeat(session: Session, run_id: int) -> None:
+    session.execute(update(NodeRun).where(NodeRun.id == run_id).values(heartbeat_at=utcnow()))
+
+
+def live_runs(session: Session) -> frozenset[int]:
+    now = utcnow()
+    return frozenset(run.id for run in _runs(session) if _alive(run, now))
+
+
+def dead_runs(session: Session) -> set[int]:
+    """Runs that ended (cleanly or not) or whose heartbeat went stale: their claims may be taken back."""
+    now = utcnow()
+    return {run.id for run in _runs(session) if not _alive(run, now)}
+
+
+def release_claims_of_dead_runs(session: Session, max_attempts: int) -> tuple[int, int]:
+    """Jobs running (or being paired) for a dead run go back to the queue (or fail when their attempts are
+    used up); its delivery leases are dropped. Returns (jobs, deliveries)."""
+    dead = dead_runs(session)
+    if not dead:
+        return 0, 0
+    jobs = session.scalars(
+        select(Job).where(Job.claimed_by.in_(dead), Job.state == JobState.RUNNING).with_for_update(skip_locked=True)
+    ).all()
+    requeue_or_fail(jobs, max_attempts, "its node died")
+    session.execute(
+        update(Job)
+        .where(Job.claimed_by.in_(dead), Job.state != JobState.RUNNING)
+        .values(claimed_by=None, lease_until=None)
+    )
+    released = session.execute(
+        update(Delivery).where(Delivery.claimed_by.in_(dead)).values(claimed_by=None, lease_until=None)
+    ).rowcount
+    return len(jobs), int(released or 0)

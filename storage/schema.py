@@ -170,6 +170,10 @@ class Job(Base):
     summary: Mapped[str] = mapped_column(Text, default="")
     # WAITING_BASELINE jobs run without their baseline after this time.
     waiting_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    # The node run that claimed the job (running it, or pairing it until `lease_until`): with several nodes on
+    # one index, a job is worked on by one of them; a dead run's claims are taken back (see storage.runs).
+    claimed_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     outputs: Mapped[list[Output]] = relationship(back_populates="job")
@@ -212,6 +216,9 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)
     last_error: Mapped[str] = mapped_column(Text, default="")
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    # The node run sending it, until `lease_until` (several nodes never send one delivery at the same time).
+    claimed_by: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
     output: Mapped[Output] = relationship(back_populates="deliveries")
 
@@ -478,6 +485,9 @@ class NodeRun(Base):
     clean_stop: Mapped[bool] = mapped_column(Boolean, default=False)  # false with stopped_at: found dead later
     orphans_indexed: Mapped[int] = mapped_column(Integer, default=0)
     orphans_quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    # Written every few seconds while the run is alive: another node sharing the index tells a live run from a
+    # dead one by it (a run without stop whose heartbeat is older than `runs.STALE_AFTER` is dead).
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class AuditRecord(Base):

@@ -61,7 +61,10 @@ def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStud
 
 def complete_study(session: Session, completed: CompletedStudy, jobs: Sequence[NewJob]) -> list[int]:
     """Mark the study complete at the revision seen and queue the jobs routing asked for."""
-    study = session.scalar(select(Study).where(Study.study_instance_uid == completed.study_instance_uid))
+    # Locked: another node routing the same quiet study waits here, then finds it complete.
+    study = session.scalar(
+        select(Study).where(Study.study_instance_uid == completed.study_instance_uid).with_for_update()
+    )
     if study is None or study.revision != completed.revision or study.state is not StudyState.RECEIVING:
         return []  # re-opened meanwhile: the next poll sees the new revision
     study.state = StudyState.COMPLETE
@@ -178,3 +181,7 @@ def recent_studies(session: Session, limit: int) -> list[StudyStatus]:
         StudyStatus(s.study_instance_uid, s.state.value, s.revision, s.last_received_at)
         for s in session.scalars(select(Study).order_by(Study.id.desc()).limit(limit)).all()
     ]
+
+
+def completed_study_count(session: Session) -> int:
+    return int(session.scalar(select(func.count(Study.id)).where(Study.completed_at.is_not(None))) or 0)

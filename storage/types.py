@@ -136,6 +136,7 @@ class JobStatus:
     error: str
     waiting_until: datetime | None
     pairing: PairingRecord | None
+    summary: str = ""  # what a succeeded job found (its results)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
             "workers": {"processes": 1, "job_cpu_limit_s": 300},
             "dispatch": {"max_attempts": 4, "backoff_initial_s": 0.5, "backoff_max_s": 2.0, "timeout_s": 10},
             "logging": {"level": "INFO"},
+            "monitoring": {"port": 0},  # a free port: tests start many nodes
         }
         for key, value in sections.items():
             if isinstance(value, dict) and isinstance(data.get(key), dict):

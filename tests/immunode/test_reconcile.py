@@ -123,7 +123,7 @@ def test_a_process_killed_between_write_and_commit_leaves_a_file_that_the_next_s
     start_node(settings).stop()  # a clean run first, then the crash
     script = textwrap.dedent(
         f"""
-        import os, sys
+        import os, socket, sys
         sys.path.insert(0, {str(REPO)!r})
         from dicom_node.ingest import parse_received
         from storage.database import Database
@@ -132,7 +132,7 @@ def test_a_process_killed_between_write_and_commit_leaves_a_file_that_the_next_s
         from storage.store import InstanceStore
         database = Database({settings.database_url!r})
         with database.session() as session:
-            begin_run(session, "doomed", os.getpid())
+            begin_run(session, socket.gethostname(), os.getpid())  # a node of this machine, then it dies
         store = InstanceStore(database, FileLayout({str(settings.storage.root)!r}))
         store._index = lambda *args, **kwargs: os._exit(9)  # dies between the write and the commit
         data = open({str(study.pet_files[0])!r}, "rb").read()

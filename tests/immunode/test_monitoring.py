@@ -1,0 +1,163 @@
+"""Monitoring served by a running node, tested with an HTTP client: Prometheus metrics with the names and labels
+an administrator scrapes, liveness and readiness, the status page (studies, jobs, failures, dead letters with a
+working retry action, refusals, the audit trail; every value escaped), and authentication off localhost."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from immunode.config import ConfigError, parse_settings
+from immunode.monitoring import check_password, hash_password
+from tests.conftest import free_port, storescu, wait_until
+from tests.synthetic import DEFAULT_LESIONS, write_study
+
+
+def _get(url: str, headers: dict | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def _samples(text: str) -> dict[tuple[str, tuple], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def test_metrics_health_and_the_status_page(tmp_path: Path, make_settings, start_node) -> None:
+    dead_port = free_port()  # nothing listens: deliveries die
+    settings = make_settings(
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": dead_port}],
+        dispatch={"max_attempts": 1, "backoff_initial_s": 0.2, "backoff_max_s": 0.5, "timeout_s": 2},
+    )
+    node = start_node(settings)
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    assert _get(base + "/healthz") == (200, "ok\n")
+    status, body = _get(base + "/readyz")
+    assert status == 200 and '"ready": true' in body
+
+    study = write_study(tmp_path / "scanner", shape_zyx=(16, 40, 40), lesions=DEFAULT_LESIONS[:1], patient_id="MON<1>")
+    assert storescu(node.port, list(study.pet_files)).returncode == 0
+    bad = pydicom.dcmread(study.pet_files[0])
+    bad.SeriesInstanceUID = "not..a..uid"
+    bad.save_as(tmp_path / "bad.dcm")
+    storescu(node.port, [tmp_path / "bad.dcm"])  # refused with a failure status
+
+    def dead_letter() -> bool:
+        samples = _samples(_get(base + "/metrics")[1])
+        return samples.get(("immunode_dead_letters", ()), 0) >= 1
+
+    wait_until(dead_letter, 120)
+    samples = _samples(_get(base + "/metrics")[1])
+    received = samples[("immunode_instances_received_total", (("calling_ae", "STORESCU"), ("status", "0x0000")))]
+    assert received == len(study.pet_files)
+    refused = [k for k in samples if k[0] == "immunode_instances_received_total" and ("status", "0x0000") not in k[1]]
+    assert refused and samples[refused[0]] == 1
+    assert samples[("immunode_received_bytes_total", ())] >= sum(p.stat().st_size for p in study.pet_files) * 0.9
+    assert samples[("immunode_store_seconds_count", ())] == len(study.pet_files) + 1
+    assert samples[("immunode_studies_completed_total", ())] == 1
+    assert samples[("immunode_jobs", (("pipeline", "pet_quant"), ("state", "SUCCEEDED")))] == 1
+    assert samples[("immunode_job_duration_seconds_count", (("pipeline", "pet_quant"),))] == 1
+    assert samples[("immunode_deliveries", (("state", "DEAD"),))] >= 1
+    assert samples[("immunode_queue_depth", ())] == 0
+    assert samples[("immunode_storage_free_bytes", ())] > 0
+    inbound = [k for k in samples if k[0] == "immunode_audit_records_total" and ("direction", "INBOUND") in k[1]]
+    assert inbound
+
+    status, page = _get(base + "/")
+    assert status == 200 and "immunode status" in page and "http-equiv=refresh" in page
+    assert study.study_uid in page and "pet_quant <span class='state SUCCEEDED'>SUCCEEDED</span>" in page
+    assert "Research use only" in page and "retry</button>" in page
+    # The retry action: from the page (same origin) it re-queues the dead letter; from elsewhere it is refused.
+    delivery_id = page.split("/retry/delivery/")[1].split("'")[0]
+    forged = urllib.request.Request(base + f"/retry/delivery/{delivery_id}", method="POST", data=b"")
+    forged.add_header("Origin", "http://evil.example")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=10)
+    assert refused.value.code == 403
+    retry = urllib.request.Request(base + f"/retry/delivery/{delivery_id}", method="POST", data=b"")
+    retry.add_header("Origin", base)
+    with urllib.request.urlopen(retry, timeout=10) as response:
+        assert response.status == 200  # redirected back to the page
+    assert _get(base + "/nothing")[0] == 404
+
+    assert "not..a..uid" in page or "refused" in page  # the refusal is on the page
+
+
+def test_page_values_are_escaped(tmp_path: Path, make_settings, start_node) -> None:
+    node = start_node(make_settings())
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    from storage.events import record_event
+
+    with node.database.session() as session:
+        record_event(session, "ERROR", "<script>alert(1)</script> refused", "1.2.3")
+    page = _get(base + "/")[1]
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_authentication_is_required_off_localhost(tmp_path: Path, make_settings, start_node) -> None:
+    with pytest.raises(ConfigError, match="monitoring: .*not localhost: set username and password_hash"):
+        parse_settings({"monitoring": {"host": "0.0.0.0"}})
+    stored = hash_password("correct horse battery")
+    assert check_password("correct horse battery", stored) and not check_password("wrong", stored)
+    settings = make_settings(monitoring={"host": "127.0.0.1", "port": 0, "username": "admin", "password_hash": stored})
+    node = start_node(settings)
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    assert _get(base + "/metrics")[0] == 401
+    assert _get(base + "/")[0] == 401
+    wrong = {"Authorization": "Basic " + base64.b64encode(b"admin:nope").decode()}
+    assert _get(base + "/", wrong)[0] == 401
+    right = {"Authorization": "Basic " + base64.b64encode(b"admin:correct horse battery").decode()}
+    assert _get(base + "/", right)[0] == 200 and _get(base + "/metrics", right)[0] == 200
+    assert _get(base + "/healthz")[0] == 200  # liveness stays open for the container's healthcheck
+
+
+def test_the_status_page_renders_in_a_real_browser(tmp_path: Path, make_settings, start_node) -> None:
+    """Headless Chromium (Debian package `chromium`, installed by the test set-up) loads the page and takes a
+    screenshot: the page renders (not blank, its tables drawn)."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh --with-postgres installs it)")
+    node = start_node(make_settings())
+    study = write_study(tmp_path / "scanner", shape_zyx=(16, 40, 40), lesions=DEFAULT_LESIONS[:1], patient_id="SHOT")
+    assert storescu(node.port, list(study.pet_files)).returncode == 0
+    wait_until(lambda: "class='state SUCCEEDED'" in _get(f"http://127.0.0.1:{node.monitoring_port}/")[1], 120)
+    shot = tmp_path / "status.png"
+    subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1280,900",
+            f"http://127.0.0.1:{node.monitoring_port}/",
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert shot.exists(), "chromium wrote no screenshot"
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 900)
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 20  # text, table borders, the banner: not a blank page

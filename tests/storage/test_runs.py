@@ -1,0 +1,77 @@
+"""Node runs as several nodes on one index see them: a run is alive while its heartbeat is fresh; the claims
+of a dead run (jobs it was running, deliveries it was sending) go back to the queue, a live run's stay."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select
+
+from common.states import JobState
+from storage import jobs, runs
+from storage.database import Database
+from storage.schema import Job, NodeRun, Patient, Study, utcnow
+
+
+@pytest.mark.postgres
+def test_the_claims_of_a_dead_node_are_taken_back(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        with database.session() as session:
+            live = runs.begin_run(session, "live-host", 1).run_id
+            dead = runs.begin_run(session, "dead-host", 2).run_id
+            session.get(NodeRun, dead).heartbeat_at = utcnow() - runs.STALE_AFTER - timedelta(seconds=5)
+            patient = Patient(patient_id="RUNS", issuer_of_patient_id="")
+            session.add(patient)
+            session.flush()
+            study = Study(study_instance_uid="1.2.3", patient_fk=patient.id, revision=1)
+            session.add(study)
+            session.flush()
+            for claimer, attempts in ((live, 1), (dead, 1), (dead, 2)):
+                session.add(
+                    Job(
+                        study_fk=study.id,
+                        pipeline="pet_quant",
+                        study_revision=1,
+                        state=JobState.RUNNING,
+                        attempts=attempts,
+                        claimed_by=claimer,
+                    )
+                )
+        with database.session() as session:
+            assert runs.live_runs(session) == {live}
+            taken, _ = runs.release_claims_of_dead_runs(session, max_attempts=2)
+        assert taken == 2
+        with database.session() as session:
+            states = [(j.claimed_by, j.state) for j in session.scalars(select(Job).order_by(Job.id))]
+        assert states == [(live, JobState.RUNNING), (None, JobState.PENDING), (None, JobState.FAILED)]
+        # A second node starting leaves the live run's job alone.
+        with database.session() as session:
+            assert jobs.reset_interrupted_jobs(session, 2, runs.live_runs(session)) == 0
+            # ... and a begin_run does not take the live run for a crashed one.
+            start = runs.begin_run(session, "third", 3)
+            assert live not in start.unclean_runs
+    finally:
+        database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_pending_job_is_claimed_by_one_run_only(database_url: str) -> None:
+    database = Database(database_url)
+    try:
+        with database.session() as session:
+            patient = Patient(patient_id="CLAIM", issuer_of_patient_id="")
+            session.add(patient)
+            session.flush()
+            study = Study(study_instance_uid="1.2.4", patient_fk=patient.id, revision=1)
+            session.add(study)
+            session.flush()
+            session.add(Job(study_fk=study.id, pipeline="pet_quant", study_revision=1, state=JobState.PENDING))
+        with database.session() as session:
+            (claimed,) = jobs.claim_pending_jobs(session, 5, run_id=7)
+        with database.session() as session:
+            assert jobs.claim_pending_jobs(session, 5, run_id=8) == []
+            assert session.get(Job, claimed.job_id).claimed_by == 7
+    finally:
+        database.dispose()
