@@ -10,7 +10,7 @@ only; means skip NaN.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn import metrics
@@ -63,6 +63,33 @@ def mean_metrics(per_split: Sequence[dict[str, float]]) -> dict[str, float]:
     return means
 
 
+def bootstrap_intervals(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    metrics: Callable[[np.ndarray, np.ndarray], Mapping[str, float]],
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of every metric `metrics` returns, over resampled patients (each resample
+    evaluated once for all metrics); resamples with one class are skipped."""
+    rng = np.random.default_rng(seed)
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    values: dict[str, list[float]] = {}
+    for _ in range(resamples):
+        rows = rng.integers(0, len(labels), len(labels))
+        if len(np.unique(labels[rows])) < 2:
+            continue
+        for name, value in metrics(labels[rows], probabilities[rows]).items():
+            values.setdefault(name, []).append(value)
+    tail = (1.0 - level) / 2.0 * 100.0
+    intervals = {}
+    for name, found in values.items():
+        low, high = np.nanpercentile(found, [tail, 100.0 - tail]) if not np.isnan(found).all() else (np.nan, np.nan)
+        intervals[name] = (float(low), float(high))
+    return intervals
+
+
 def bootstrap_interval(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -71,17 +98,6 @@ def bootstrap_interval(
     level: float = 0.95,
     seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of `metric` over resampled patients; resamples with one class are skipped."""
-    rng = np.random.default_rng(seed)
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    values = []
-    for _ in range(resamples):
-        rows = rng.integers(0, len(labels), len(labels))
-        if len(np.unique(labels[rows])) < 2:
-            continue
-        values.append(metric(labels[rows], probabilities[rows]))
-    if not values:
-        return float("nan"), float("nan")
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
+    """Percentile bootstrap interval of one `metric` (see `bootstrap_intervals`)."""
+    found = bootstrap_intervals(labels, probabilities, lambda y, p: {"m": metric(y, p)}, resamples, level, seed)
+    return found.get("m", (float("nan"), float("nan")))

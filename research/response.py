@@ -41,7 +41,7 @@ from models.expression_transformer import (
     train_transformer,
 )
 from models.fusion import MODALITIES, FusionData, FusionSettings, predict, train_fusion
-from models.metrics import METRIC_NAMES, bootstrap_interval, classification_metrics, mean_metrics
+from models.metrics import METRIC_NAMES, bootstrap_intervals, classification_metrics, mean_metrics
 from models.serving import load_expression, load_fusion
 from pipelines.omics.response import fusion_data
 from research.errors import CohortError
@@ -559,16 +559,10 @@ def train_fusion_model(
         if not len(rows) or np.isnan(probability).all():
             continue
         test_metrics[model_name] = classification_metrics(labels, probability)
-        intervals[model_name] = {
-            metric: bootstrap_interval(
-                labels,
-                probability,
-                lambda y, p, metric=metric: classification_metrics(y, p)[metric],
-                resamples=bootstrap,
-                seed=settings.seed,
-            )
-            for metric in METRIC_NAMES
-        }
+        every = bootstrap_intervals(
+            labels, probability, classification_metrics, resamples=bootstrap, seed=settings.seed
+        )
+        intervals[model_name] = {metric: every.get(metric, (float("nan"), float("nan"))) for metric in METRIC_NAMES}
         curves[model_name] = (labels, probability)
     _plot_curves(curves, out, "attention fusion, ablation and unimodal baselines, test set")
     rows_out = [

@@ -31,32 +31,13 @@ from research.errors import CohortError
 from research.response import FusionRow, fusion_cohort_data, train_fusion_model
 from storage.schema import Job, SlideResult
 from tests.conftest import StoreSCP, dciodvfy_errors, storescu, wait_until
+from tests.sr_content import sr_numbers, sr_texts
 from tests.synthetic_slides import write_slide
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wsi_cmu1_small"
 MIL_PATIENTS = 6
 FUSION_PATIENTS = 20
 RULES = [{"name": "histology", "pipeline": "histology", "series": {"modality": "SM"}}]
-
-
-def _numbers(items: object) -> dict[str, list[float]]:
-    found: dict[str, list[float]] = {}
-    for item in items or []:
-        if item.ValueType == "NUM":
-            name = item.ConceptNameCodeSequence[0].CodeMeaning
-            found.setdefault(name, []).append(float(item.MeasuredValueSequence[0].NumericValue))
-        for name, values in _numbers(item.get("ContentSequence")).items():
-            found.setdefault(name, []).extend(values)
-    return found
-
-
-def _texts(items: object) -> str:
-    found = []
-    for item in items or []:
-        if "TextValue" in item:
-            found.append(str(item.TextValue))
-        found.append(_texts(item.get("ContentSequence")))
-    return " ".join(found)
 
 
 def _jobs(node) -> list[Job]:
@@ -190,16 +171,16 @@ def test_slides_are_stored_trained_on_analysed_and_fused(
         assert seg.DimensionOrganizationType in ("TILED_SPARSE", "TILED_FULL")
     assert all(dciodvfy_errors(path) == [] for path in received)
     for sr in reports:
-        numbers = _numbers(sr.ContentSequence)
+        numbers = sr_numbers(sr.ContentSequence)
         (probability,) = numbers["ICI response probability, histology MIL (slide alone)"]
         assert 0.0 <= probability <= 1.0
         assert numbers["Number of tissue patches analysed"][0] >= 1
-        text = _texts(sr.ContentSequence)
+        text = sr_texts(sr.ContentSequence)
         assert "not ImageNet weights" in text and "SYNTHETIC" in text
         assert "Histology modality: the whole-slide image's gated-attention MIL embedding" in text
         assert numbers["Fusion modality weight, histology"] == [pytest.approx(1.0)]  # no other modality here
     real_report = next(sr for sr in reports if sr.StudyInstanceUID == _study_of(real[0]))
-    assert "0.499 um/pixel" in _texts(real_report.ContentSequence)  # the level nearest 0.5, stated
+    assert "0.499 um/pixel" in sr_texts(real_report.ContentSequence)  # the level nearest 0.5, stated
     with node.database.session() as session:
         stored = session.scalars(select(SlideResult)).all()
     assert len(stored) == MIL_PATIENTS + 1 and all(len(s.embedding) == 32 for s in stored)

@@ -15,6 +15,7 @@ from immunode.config import ConfigError, parse_settings
 from pipelines.builtin import BUILTIN
 from storage.schema import Job
 from tests.conftest import dciodvfy_errors, storescu, wait_until
+from tests.sr_content import sr_numbers
 from tests.suv_statistics_pipeline import SUV_STATISTICS
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
@@ -33,18 +34,6 @@ def test_its_configuration_block_is_composed_and_checked() -> None:
         parse_settings({"routing": {"rules": [{"name": "x", "pipeline": "suv_statistics"}]}})
 
 
-def _numbers(items: object) -> dict[str, list[float]]:
-    """Concept name → values of every NUM content item of an SR content tree."""
-    found: dict[str, list[float]] = {}
-    for item in items or []:
-        if item.ValueType == "NUM":
-            name = item.ConceptNameCodeSequence[0].CodeMeaning
-            found.setdefault(name, []).append(float(item.MeasuredValueSequence[0].NumericValue))
-        for name, values in _numbers(item.get("ContentSequence")).items():
-            found.setdefault(name, []).extend(values)
-    return found
-
-
 def test_a_pipeline_registered_in_a_test_runs_end_to_end(tmp_path: Path, make_settings, start_node, pacs) -> None:
     settings = make_settings(
         registry=REGISTRY,
@@ -60,7 +49,7 @@ def test_a_pipeline_registered_in_a_test_runs_end_to_end(tmp_path: Path, make_se
     sr = hd.sr.srread(received)  # reads back with highdicom
     assert sr.SeriesDescription == "test SUV statistics (RESEARCH USE ONLY)"
     assert sr.StudyInstanceUID == study.study_uid
-    numbers = _numbers(sr.ContentSequence)
+    numbers = sr_numbers(sr.ContentSequence)
     assert len(numbers["Percentile of SUVbw inside the body"]) == 2
     (maximum, mean) = sorted(numbers["SUVbw"], reverse=True)
     assert maximum > mean > 0

@@ -19,6 +19,7 @@ from common.states import JobState
 from storage.events import recent_events
 from storage.schema import Job
 from tests.conftest import POSTGRES_URL, REPO, StoreSCP, free_port, reset_postgres, storescu, wait_until
+from tests.sr_content import sr_numbers
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
 pytest.importorskip("distributed")
@@ -94,18 +95,6 @@ def cluster(tmp_path: Path):
     started.stop()
 
 
-def _sr_numbers(path: Path) -> dict[str, list[float]]:
-    def walk(items, found):
-        for item in items or []:
-            if item.ValueType == "NUM":
-                name = item.ConceptNameCodeSequence[0].CodeMeaning
-                found.setdefault(name, []).append(float(item.MeasuredValueSequence[0].NumericValue))
-            walk(item.get("ContentSequence"), found)
-        return found
-
-    return walk(hd.sr.srread(path).ContentSequence, {})
-
-
 def _jobs(node) -> list[Job]:
     with node.database.session() as session:
         return list(session.scalars(select(Job).order_by(Job.id)).all())
@@ -127,7 +116,7 @@ def test_jobs_run_on_the_cluster_like_on_the_local_engine(
     job = wait_until(lambda: (jobs := _jobs(node)) and jobs[0].state is JobState.SUCCEEDED and jobs[0], 180)
     assert job.attempts == 1
     reports = wait_until(lambda: [p for p in pacs.received() if hd.sr.srread(p).Modality == "SR"], 60)
-    on_cluster = _sr_numbers(reports[0])
+    on_cluster = sr_numbers(hd.sr.srread(reports[0]).ContentSequence)
     node.stop()
 
     # The same study on the local engine (SQLite, another store) gives the same measurements.
@@ -139,7 +128,7 @@ def test_jobs_run_on_the_cluster_like_on_the_local_engine(
         from storage.schema import Output
 
         sr_path = next(o.path for o in session.scalars(select(Output)) if o.kind.value == "SR")
-    on_local = _sr_numbers(Path(local.storage.root) / sr_path)
+    on_local = sr_numbers(hd.sr.srread(Path(local.storage.root) / sr_path).ContentSequence)
     assert on_local.keys() == on_cluster.keys()
     for name, values in on_local.items():
         assert on_cluster[name] == pytest.approx(values, rel=1e-6), name
