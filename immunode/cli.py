@@ -530,6 +530,7 @@ def cmd_train_expression(args: argparse.Namespace) -> int:
             args.training_data,
             args.synthetic,
             grid=args.grid,
+            shap_samples=args.shap_samples,
         )
     except (CohortError, ModelError, OSError) as error:
         return _print_problems(error)
@@ -909,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
     expression.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES)
     expression.add_argument(
         "--grid", choices=("published", "quick"), default="published", help="random forest / AdaBoost grids"
+    )
+    expression.add_argument(
+        "--shap-samples", type=int, default=0, help="samples the gene importance explains (0: all; seeded subset)"
     )
     _card_arguments(expression, "immunode-expression-transformer")
     expression.set_defaults(handler=cmd_train_expression)

@@ -92,7 +92,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
     table = write_training_table(cohort, tmp_path / "cohort.csv")
     out = tmp_path / "expression"
     train = ["train", "expression", "--cohort", str(table), "--out", str(out), "--splits", "2", "--epochs", "12"]
-    assert cli_main(base + train + ["--layers", "2", "--grid", "quick", "--synthetic"]) == 0
+    assert cli_main(base + train + ["--layers", "2", "--grid", "quick", "--shap-samples", "40", "--synthetic"]) == 0
     metrics = _rows(out / "metrics.csv")
     assert {r["model"] for r in metrics} == {"transformer", "svm", "random_forest", "adaboost", "xgboost", "cnn1d"}
     assert len([r for r in metrics if r["model"] == "transformer"]) == 3  # two splits and their mean
@@ -138,7 +138,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
         "PatientID,IssuerOfPatientID,response\n" + "".join(f"{p},SYNTH,\n" for p in cohort.patient_ids)
     )  # blank response: the imported best response is the label
     fusion_out = tmp_path / "fusion"
-    fusion = ["train", "fusion", "--cohort", str(labels), "--out", str(fusion_out), "--bootstrap", "200"]
+    fusion = ["train", "fusion", "--cohort", str(labels), "--out", str(fusion_out), "--bootstrap", "100"]
     fusion += ["--expression-weights", str(expression_weights), "--synthetic"]
     # The expression model was trained on every patient: testing the fusion on them would leak the label.
     assert cli_main(base + fusion) == 1
