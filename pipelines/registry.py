@@ -25,15 +25,18 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field, create_model
 
 from common.settings import Strict
 from common.states import PairingOutcome
 from common.types import Baseline, JobResult, PatientData, PreviousReport, SeriesFiles
-from pipelines.errors import UnknownPipeline
+from pipelines.errors import ConfigurationProblem, UnknownPipeline
 from pipelines.pairing import PairingSettings
+
+if TYPE_CHECKING:
+    from models.cards import ModelCard
 
 R = TypeVar("R")
 
@@ -136,6 +139,24 @@ class Pipeline(abc.ABC, Generic[R]):
 
     def __reduce__(self) -> tuple:
         return (_instance, (type(self),))
+
+
+def checked_card(key: str, path: Path) -> ModelCard:
+    """The card of configured weights, their sha256 checked against it (no network is loaded: start-up stays
+    light); ConfigurationProblem naming `key` otherwise."""
+    from models.cards import verify_card
+    from models.errors import ModelError
+
+    try:
+        return verify_card(path)
+    except ModelError as error:
+        raise ConfigurationProblem(key, str(error)) from None
+
+
+def card_line(key: str, card: ModelCard) -> str:
+    """What start-up reports of configured weights."""
+    synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
+    return f"{key}: {card.name} {card.version} sha256 {card.sha256[:16]}{synthetic}"
 
 
 def _instance(cls: type[Pipeline]) -> Pipeline:

@@ -63,8 +63,7 @@ def _ssl_patches(slides: Sequence[LabelledSlide], settings: HistologySettings, p
     found = []
     for slide in slides:
         with wsi.open_slide(slide.paths) as opened:
-            available = wsi.levels(opened)
-            grid = wsi.patch_grid(available, wsi.detect_tissue(opened, available, settings), settings)
+            _, grid = wsi.tissue_patches(opened, settings)
             rows = np.linspace(0, len(grid.origins) - 1, min(per_slide, len(grid.origins))).round().astype(int)
             patches = np.stack([wsi.read_patches(opened, grid, int(i), int(i) + 1)[0] for i in rows])
         found.append(stain.normalise(patches, stain.fit(patches, settings.stain_normalisation)))
@@ -73,8 +72,7 @@ def _ssl_patches(slides: Sequence[LabelledSlide], settings: HistologySettings, p
 
 def _features(slide: LabelledSlide, settings: HistologySettings, encoder: ResNetEncoder) -> np.ndarray:
     with wsi.open_slide(slide.paths) as opened:
-        available = wsi.levels(opened)
-        grid = wsi.patch_grid(available, wsi.detect_tissue(opened, available, settings), settings)
+        _, grid = wsi.tissue_patches(opened, settings)
         features, _ = patch_features(opened, grid, settings, encoder)
     return features
 

@@ -58,12 +58,14 @@ def _alive(run: Row, now: datetime) -> bool:
     return True
 
 
-def _runs(session: Session) -> list[Row]:
-    return list(
-        session.execute(
-            select(NodeRun.id, NodeRun.started_at, NodeRun.stopped_at, NodeRun.heartbeat_at, NodeRun.host, NodeRun.pid)
-        ).all()
+def _runs(session: Session, unstopped: bool = False) -> list[Row]:
+    """Recorded runs; `unstopped`: only those without a stop (live ones, or dead ones nobody reconciled yet)."""
+    statement = select(
+        NodeRun.id, NodeRun.started_at, NodeRun.stopped_at, NodeRun.heartbeat_at, NodeRun.host, NodeRun.pid
     )
+    if unstopped:
+        statement = statement.where(NodeRun.stopped_at.is_(None))
+    return list(session.execute(statement).all())
 
 
 def begin_run(session: Session, host: str, pid: int) -> RunStart:
@@ -95,7 +97,9 @@ def record_reconciliation(session: Session, start: RunStart, indexed: int, quara
 
 
 def end_run(session: Session, run_id: int) -> None:
+    """A clean stop: the run's delivery leases are handed back (its running jobs were, by the runner)."""
     session.execute(update(NodeRun).where(NodeRun.id == run_id).values(stopped_at=utcnow(), clean_stop=True))
+    session.execute(update(Delivery).where(Delivery.claimed_by == run_id).values(claimed_by=None, lease_until=None))
 
 
 def latest_run(session: Session) -> RunSummary | None:
@@ -114,13 +118,15 @@ def heartbeat(session: Session, run_id: int) -> None:
 
 def live_runs(session: Session) -> frozenset[int]:
     now = utcnow()
-    return frozenset(run.id for run in _runs(session) if _alive(run, now))
+    return frozenset(run.id for run in _runs(session, unstopped=True) if _alive(run, now))
 
 
 def dead_runs(session: Session) -> set[int]:
-    """Runs that ended (cleanly or not) or whose heartbeat went stale: their claims may be taken back."""
+    """Runs without a stop whose heartbeat went stale (or whose process on this machine is gone): their claims
+    may be taken back. A cleanly stopped run handed its claims back itself, so stopped runs are not read (this
+    runs with every heartbeat, and the table keeps every run ever)."""
     now = utcnow()
-    return {run.id for run in _runs(session) if not _alive(run, now)}
+    return {run.id for run in _runs(session, unstopped=True) if not _alive(run, now)}
 
 
 def release_claims_of_dead_runs(session: Session, max_attempts: int) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.pairing import PairingSettings
 from pipelines.pet.pipeline import PET_QUANT
-from pipelines.registry import JobInputs, Pipeline
+from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.ct.types import CtRadiomicsResult
@@ -86,17 +86,8 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
         settings: CtRadiomicsSettings = self.settings(pipelines)
         lines = []
         if settings.ar_signature is not None:
-            from models.cards import verify_card
-            from models.errors import ModelError
-
-            try:
-                card = verify_card(settings.ar_signature)
-            except ModelError as error:
-                raise ConfigurationProblem("pipelines.ct_radiomics.ar_signature", str(error)) from None
-            synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
-            lines.append(
-                f"pipelines.ct_radiomics.ar_signature: {card.name} {card.version} sha256 {card.sha256[:16]}{synthetic}"
-            )
+            key = "pipelines.ct_radiomics.ar_signature"
+            lines.append(card_line(key, checked_card(key, settings.ar_signature)))
         if settings.published_signature is not None:
             from pipelines.ct.delta import read_published_signature
 

@@ -64,9 +64,7 @@ def analyse_slide(
     from models.histology import embed_slide
 
     with wsi.open_slide(paths) as opened:
-        available = wsi.levels(opened)
-        tissue = wsi.detect_tissue(opened, available, settings)
-        grid = wsi.patch_grid(available, tissue, settings)
+        tissue, grid = wsi.tissue_patches(opened, settings)
         features, stain_text = patch_features(opened, grid, settings, encoder)
     pooled = embed_slide(mil, features)
     logger.info(

@@ -15,7 +15,7 @@ from common.types import JobResult, PatientData, ResultRecords, SlideRecord
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.histology.errors import ModelsNotConfigured
 from pipelines.histology.settings import HistologySettings
-from pipelines.registry import JobInputs, Pipeline
+from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.histology.types import HistologyJob, SlideAnalysis
@@ -67,17 +67,22 @@ class Histology(Pipeline["HistologyJob"]):
     analysis_modules = ("pipelines.histology.analysis", "pipelines.histology.report", "pipelines.omics.response")
 
     def check_configuration(self, pipelines: Strict) -> tuple[str, ...]:
+        """Both weights files against their cards, and the MIL against its encoder (hashes only: no network is
+        loaded into the node's process)."""
         settings: HistologySettings = self.settings(pipelines)
         if settings.encoder_weights is None and settings.mil_weights is None:
             return ("pipelines.histology: no weights configured; slides are stored, not analysed",)
-        try:
-            _, encoder, _, mil = _models(settings)
-        except ModelsNotConfigured as error:
-            raise ConfigurationProblem("pipelines.histology", str(error)) from None
-        return tuple(
-            f"pipelines.histology.{key}: {m.name} {m.version} sha256 {m.weights_sha256[:16]}"
-            + (" (SYNTHETIC)" if m.synthetic else "")
-            for key, m in (("encoder_weights", encoder), ("mil_weights", mil))
+        if settings.encoder_weights is None or settings.mil_weights is None:
+            raise ConfigurationProblem("pipelines.histology", "set both encoder_weights and mil_weights")
+        encoder = checked_card("pipelines.histology.encoder_weights", settings.encoder_weights)
+        mil = checked_card("pipelines.histology.mil_weights", settings.mil_weights)
+        if mil.parameters.get("encoder_sha256") != encoder.sha256:
+            raise ConfigurationProblem(
+                "pipelines.histology.mil_weights", "the MIL weights were trained on the features of another encoder"
+            )
+        return (
+            card_line("pipelines.histology.encoder_weights", encoder),
+            card_line("pipelines.histology.mil_weights", mil),
         )
 
     def analyse(self, inputs: JobInputs, pipelines: Strict, workdir: Path) -> HistologyJob:

@@ -148,6 +148,13 @@ def patch_grid(available: Sequence[Level], tissue: TissueMap, settings: Histolog
     return PatchGrid(level, size, np.asarray(origins)[index], np.asarray(fractions)[index], candidates)
 
 
+def tissue_patches(slide: object, settings: HistologySettings) -> tuple[TissueMap, PatchGrid]:
+    """An opened slide's tissue map and the patch grid on it: what the pipeline and its training read."""
+    available = levels(slide)
+    tissue = detect_tissue(slide, available, settings)
+    return tissue, patch_grid(available, tissue, settings)
+
+
 def read_patches(slide: object, grid: PatchGrid, start: int, stop: int) -> np.ndarray:
     return np.stack(
         [read_region(slide, grid.level, int(c), int(r), grid.size, grid.size) for c, r in grid.origins[start:stop]]

@@ -13,26 +13,14 @@ from typing import TYPE_CHECKING
 
 from common.settings import Strict
 from common.types import JobResult, LesionRecord, ResultRecords, from_attributes
-from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
+from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.registry import JobInputs, Pipeline
+from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.pet.types import PetJob, PetQuantResult
 
 logger = logging.getLogger(__name__)
-
-
-def _card_line(key: str, path: Path) -> str:
-    from models.cards import verify_card
-    from models.errors import ModelError
-
-    try:
-        card = verify_card(path)
-    except ModelError as error:
-        raise ConfigurationProblem(key, str(error)) from None
-    synthetic = " (SYNTHETIC demonstration weights)" if card.synthetic_training_data else ""
-    return f"{key}: {card.name} {card.version} sha256 {card.sha256[:16]}{synthetic}"
 
 
 def lesion_records(result: PetQuantResult) -> tuple[LesionRecord, ...]:
@@ -73,7 +61,7 @@ class PetQuant(Pipeline["PetJob"]):
         ]
         if params.cytact.enabled:
             files.append(("pipelines.pet_quant.cytact.weights", params.cytact.weights or SHIPPED_CYTACT_WEIGHTS))
-        return tuple(_card_line(key, path) for key, path in files if path is not None)
+        return tuple(card_line(key, checked_card(key, path)) for key, path in files if path is not None)
 
     def analyse(self, inputs: JobInputs, pipelines: Strict, workdir: Path) -> PetJob:
         """Each selected PET series: SUV volume, lesions (readers' annotations in its frame of reference, else
