@@ -47,7 +47,7 @@ class SentBatch:
     audit: AuditEntry | None  # None when no file was readable (no association attempted)
 
 
-def _read(item: OutboundFile) -> pydicom.Dataset | str:
+def read_outbound(item: OutboundFile) -> pydicom.Dataset | str:
     """The data set, or why it cannot be sent."""
     try:
         data = item.path.read_bytes()
@@ -70,7 +70,7 @@ def send_batch(
     destination: Destination, calling_ae_title: str, files: Sequence[OutboundFile | Path], timeout_s: float
 ) -> SentBatch:
     items = [f if isinstance(f, OutboundFile) else OutboundFile(Path(f)) for f in files]
-    read = [_read(item) for item in items]
+    read = [read_outbound(item) for item in items]
     results: list[SendResult | None] = [
         SendResult("", False, value) if isinstance(value, str) else None for value in read
     ]
