@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import pydicom
 import requests
 from dicomweb_client import DICOMwebClient
+from requests.adapters import HTTPAdapter
 
 from common.types import StudyFacts, parse_dicom_date
 from common.version import __version__
@@ -70,13 +71,26 @@ def read_secret(source: SecretSource) -> str:
     return value
 
 
+class _TrustedCaAdapter(HTTPAdapter):
+    """Verifies against the configured CA bundle whatever the environment says: requests lets REQUESTS_CA_BUNDLE
+    or CURL_CA_BUNDLE override a session's own `verify`."""
+
+    def __init__(self, ca_bundle: str) -> None:
+        super().__init__()
+        self.ca_bundle = ca_bundle
+
+    def send(self, request: requests.PreparedRequest, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        kwargs["verify"] = self.ca_bundle
+        return super().send(request, **kwargs)  # type: ignore[arg-type]
+
+
 def session_for(service: DicomWebService) -> requests.Session:
     """A requests session authenticated and verified as configured (raises SecretUnavailable)."""
     session = requests.Session()
     session.headers["User-Agent"] = f"immunode/{__version__}"
     if service.tls is not None:
         if service.tls.ca_certificates is not None:
-            session.verify = str(service.tls.ca_certificates)
+            session.mount("https://", _TrustedCaAdapter(str(service.tls.ca_certificates)))
         if service.tls.certificate is not None:
             session.cert = (str(service.tls.certificate), str(service.tls.private_key))
     auth = service.auth

@@ -154,6 +154,7 @@ def store_part(
     store: InstanceStore, part: ReceivedPart, calling: str, max_inflated_bytes: int, study_uid: str | None = None
 ) -> PartOutcome:
     """Check a received part as a C-STORE data set and store it durably; with `study_uid` it must be of that study."""
+    header = None
     try:
         if part.content_type != DICOM:
             raise UndecodableDataset(f"a part of type {part.content_type[:64]!r}, not {DICOM}")
@@ -161,7 +162,10 @@ def store_part(
         store.store_received(header, part.path, calling)
     except (ReceiveError, StorageError) as error:
         code = status.store_status_for(error)
-        sop_class, sop_instance = _meta_uids(part.path)
+        if header is not None:  # checked, then refused by the store (the file is gone by now)
+            sop_class, sop_instance = header.sop_class_uid, header.sop_instance_uid
+        else:
+            sop_class, sop_instance = _meta_uids(part.path)
         part.path.unlink(missing_ok=True)
         return PartOutcome(sop_class, sop_instance, getattr(error, "study_instance_uid", ""), code, str(error))
     return PartOutcome(header.sop_class_uid, header.sop_instance_uid, header.study_instance_uid, status.SUCCESS)

@@ -348,8 +348,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.NOT_FOUND, b"STOW-RS only: POST /studies or /studies/{StudyInstanceUID}\n", close=True)
             return
         if not node._slots.acquire(blocking=False):
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many requests at once; retry later\n", close=True)
             node.audit(request, path, 503, "too many requests at once", AuditOutcome.REJECTED, started)
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, b"too many requests at once; retry later\n", close=True)
             return
         try:
             self._store(request, path, match.group("study"), started)
@@ -371,32 +371,32 @@ class _Handler(BaseHTTPRequestHandler):
             node.store_parts(request, boundary, self._body(length), study)
         except _Refused as refused:
             logger.warning("STOW-RS from %s refused: HTTP %d %s", request.peer_host, refused.code, refused.reason)
-            self._send(refused.code, f"{refused.reason}\n".encode(), close=True)
             node.audit(request, path, refused.code, refused.reason, refused.outcome, started)
+            self._send(refused.code, f"{refused.reason}\n".encode(), close=True)
             return
         except BadMultipart as error:
-            self._send(HTTPStatus.BAD_REQUEST, f"{error}\n".encode(), close=True)
             node.audit(request, path, 400, f"nothing stored: {error}", AuditOutcome.FAILED, started)
+            self._send(HTTPStatus.BAD_REQUEST, f"{error}\n".encode(), close=True)
             return
         except OutOfResources as error:
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{error}\n".encode(), close=True)
             node.audit(request, path, 503, f"nothing stored: {error}", AuditOutcome.FAILED, started)
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{error}\n".encode(), close=True)
             return
         except OSError as error:  # the connection dropped or timed out mid-body
             self.close_connection = True
             node.audit(request, path, 0, f"nothing stored: connection lost: {error}", AuditOutcome.ABORTED, started)
             return
         code, outcome = _outcome_code(request.outcomes)
+        refused = [o for o in request.outcomes if not o.stored]
+        detail = f"{len(request.outcomes) - len(refused)} stored, {len(refused)} refused" + (
+            f": {'; '.join(sorted({f'0x{o.status:04X} {o.reason}' for o in refused}))}" if refused else ""
+        )
+        node.audit(request, path, code, detail, outcome, started)  # recorded before the client hears of it
         report = report_dataset(request.outcomes)
         if wants_xml(self.headers.get("Accept", "")):
             self._send(code, to_xml(report), "application/dicom+xml")
         else:
             self._send(code, json.dumps(report.to_json_dict()).encode(), "application/dicom+json")
-        refused = [o for o in request.outcomes if not o.stored]
-        detail = f"{len(request.outcomes) - len(refused)} stored, {len(refused)} refused" + (
-            f": {'; '.join(sorted({f'0x{o.status:04X} {o.reason}' for o in refused}))}" if refused else ""
-        )
-        node.audit(request, path, code, detail, outcome, started)
 
     def _boundary(self) -> str:
         kind, params = media_type(self.headers.get("Content-Type", ""))
