@@ -33,7 +33,7 @@ from common.types import StudyFacts, parse_dicom_date
 from common.version import __version__
 from dicom_node.errors import BadMultipart, RetrieveError, SecretUnavailable
 from dicom_node.multipart import DICOM, PartFiles, media_type, store_part
-from dicom_node.scu import OutboundFile, SentBatch, read_outbound
+from dicom_node.scu import OutboundFile, SentBatch, sendable
 from dicom_node.settings import (
     DicomWebDestination,
     DicomWebQueryRetrieveSettings,
@@ -214,13 +214,7 @@ def send_batch(
     destination: DicomWebDestination, calling_ae_title: str, files: Sequence[OutboundFile], timeout_s: float
 ) -> SentBatch:
     """STOW-RS of the batch's readable files in one request; one result per file, in order."""
-    read = [read_outbound(item) for item in files]
-    results: list[SendResult | None] = [SendResult("", False, v) if isinstance(v, str) else None for v in read]
-    datasets = [(i, ds) for i, ds in enumerate(read) if not isinstance(ds, str)]
-    for i, ds in datasets:
-        if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
-            results[i] = SendResult("", False, f"result file {files[i].path.name} lacks its SOP Class/Instance UID")
-    datasets = [(i, ds) for i, ds in datasets if results[i] is None]
+    results, datasets = sendable(files)
     if not datasets:
         return SentBatch(tuple(results), None)  # type: ignore[arg-type]
     started = utcnow()

@@ -246,11 +246,11 @@ def _checked_header(
     sop_instance_uid = str(identifiers["SOPInstanceUID"])
     if affected_sop_class_uid and affected_sop_class_uid != sop_class_uid:
         raise DatasetInvalid(
-            f"SOPClassUID of the data set ({sop_class_uid}) differs from the request's (C-STORE) or file meta's "
+            f"SOPClassUID of the data set ({sop_class_uid}) differs from the C-STORE request's (or the file meta's) "
             f"({str(affected_sop_class_uid)[:64]})"
         )
     if affected_sop_instance_uid and affected_sop_instance_uid != sop_instance_uid:
-        raise DatasetInvalid("SOPInstanceUID of the data set differs from the request's (C-STORE) or file meta's")
+        raise DatasetInvalid("SOPInstanceUID of the data set differs from the C-STORE request's (or the file meta's)")
     frame_of_reference = str(ds.get("FrameOfReferenceUID", "") or "")
     if frame_of_reference and not valid_uid(frame_of_reference):
         raise DatasetInvalid(f"FrameOfReferenceUID is not a valid UID: {frame_of_reference[:80]!r}")

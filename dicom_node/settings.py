@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from common.passwords import PASSWORD_HASH_PATTERN
 from common.settings import Strict
@@ -19,6 +19,14 @@ AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # DICOM AE VR: 16 chars, no 
 
 
 AeTitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN)]
+
+
+def _network(value: str) -> str:
+    ipaddress.ip_network(value, strict=False)  # ValueError names what is wrong
+    return value
+
+
+Network = Annotated[str, AfterValidator(_network)]  # an IP address or network (CIDR)
 
 
 TlsVersion = Literal["1.2", "1.3"]
@@ -85,14 +93,7 @@ class DicomWebClient(Strict):
     username: str | None = Field(None, min_length=1, max_length=128)
     password_hash: str | None = Field(None, pattern=PASSWORD_HASH_PATTERN)
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    host: str | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _valid_network(cls, value: str | None) -> str | None:
-        if value is not None:
-            ipaddress.ip_network(value, strict=False)
-        return value
+    host: Network | None = None
 
     @model_validator(mode="after")
     def _one_credential(self) -> DicomWebClient:
@@ -183,14 +184,7 @@ class NodeSettings(Strict):
 class AllowedPeer(Strict):
     ae_title: AeTitle
     # IP address or network (CIDR); None accepts the AE title from any host.
-    host: str | None = None
-
-    @field_validator("host")
-    @classmethod
-    def _valid_network(cls, value: str | None) -> str | None:
-        if value is not None:
-            ipaddress.ip_network(value, strict=False)
-        return value
+    host: Network | None = None
 
 
 class PeerSettings(Strict):

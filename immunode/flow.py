@@ -72,24 +72,28 @@ class QueryRetrievePeer:
         return self.settings.ae_title
 
     def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]:
-        try:
-            return qr.find_studies(
-                self.settings,
-                self.ae_title,
-                followup.patient_id,
-                followup.issuer_of_patient_id,
-                earliest,
-                latest,
-                self.audit,
-            )
-        except RetrieveError as error:
-            raise BaselineNotRetrieved(str(error)) from None
+        return _asked(qr.find_studies, self.settings, self.ae_title, followup, (earliest, latest), self.audit)
 
     def retrieve(self, study_instance_uid: str) -> str:
         try:
             return f"C-MOVE {qr.move_study(self.settings, self.ae_title, study_instance_uid, self.audit)}"
         except RetrieveError as error:
             raise BaselineNotRetrieved(str(error)) from None
+
+
+def _asked(
+    find_studies: Callable[..., list[StudyFacts]],
+    peer: object,
+    ae_title: str,
+    followup: StudyFacts,
+    window: tuple[date, date],
+    audit: qr.Audit | None,
+) -> list[StudyFacts]:
+    """A prior source's studies of the follow-up's patient in the window; its failure as `BaselineNotRetrieved`."""
+    try:
+        return find_studies(peer, ae_title, followup.patient_id, followup.issuer_of_patient_id, *window, audit)
+    except RetrieveError as error:
+        raise BaselineNotRetrieved(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -109,18 +113,7 @@ class DicomWebPriorSource:
         return self.settings.name
 
     def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]:
-        try:
-            return dicomweb.find_studies(
-                self.settings,
-                self.ae_title,
-                followup.patient_id,
-                followup.issuer_of_patient_id,
-                earliest,
-                latest,
-                self.audit,
-            )
-        except RetrieveError as error:
-            raise BaselineNotRetrieved(str(error)) from None
+        return _asked(dicomweb.find_studies, self.settings, self.ae_title, followup, (earliest, latest), self.audit)
 
     def retrieve(self, study_instance_uid: str) -> str:
         try:

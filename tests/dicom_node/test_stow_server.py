@@ -260,3 +260,20 @@ def test_https_with_the_hospital_ca(tmp_path: Path, database_url: str, study) ->
         assert node.audits()[-1].tls
     finally:
         node.close()
+
+
+def test_a_file_meta_that_names_another_instance_is_refused(endpoint: Endpoint, study, tmp_path: Path) -> None:
+    """The file meta stands in for the C-STORE request: its SOP Instance UID must be the data set's."""
+    ds = pydicom.dcmread(study.pet_files[0])
+    ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "mismatch.dcm")  # the file meta written as it is
+    response = requests.post(
+        f"{endpoint.url}/studies",
+        data=_body([(tmp_path / "mismatch.dcm").read_bytes()]),
+        headers={"Content-Type": MULTIPART, **_basic()},
+        timeout=30,
+    )
+    assert response.status_code == 409
+    (failed,) = pydicom.Dataset.from_json(response.json()).FailedSOPSequence
+    assert failed.FailureReason == status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert "file meta" in endpoint.events()[-1]
