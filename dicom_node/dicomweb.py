@@ -244,9 +244,9 @@ def send_batch(
         results[i] = result
     attempted = [results[i] for i, _ in datasets]
     sent = [r for r in attempted if r.ok]  # type: ignore[union-attr]
-    outcome = (
-        AuditOutcome.COMPLETED if len(sent) == len(attempted) else AuditOutcome.FAILED if not sent else AuditOutcome.PARTIAL
-    )
+    outcome = AuditOutcome.COMPLETED if len(sent) == len(attempted) else AuditOutcome.PARTIAL
+    if not sent:
+        outcome = AuditOutcome.FAILED
     studies = tuple(dict.fromkeys(str(ds.get("StudyInstanceUID", "")) for i, ds in datasets if results[i].ok))
     failures = "; ".join(sorted({r.detail for r in attempted if not r.ok}))  # type: ignore[union-attr]
     audit = _audit_entry(
@@ -303,7 +303,11 @@ def find_studies(
     except (requests.RequestException, SecretUnavailable, ValueError) as error:
         reason = _http_failure(error) if isinstance(error, requests.RequestException) else str(error)
         if audit is not None:
-            audit(_audit_entry(peer, peer.name, calling_ae_title, AuditKind.QUERY, AuditOutcome.FAILED, reason, at=started))
+            audit(
+                _audit_entry(
+                    peer, peer.name, calling_ae_title, AuditKind.QUERY, AuditOutcome.FAILED, reason, at=started
+                )
+            )
         raise RetrieveError(f"QIDO-RS at {peer.name}: {reason}") from None
     if audit is not None:
         audit(

@@ -1,6 +1,7 @@
 """Dispatch stage: send queued result deliveries, one association (DIMSE) or one STOW-RS request (DICOMweb) per
-destination and batch, with exponential back-off between attempts and a dead-letter state after the last one. Every attempt is
-recorded in the index, so retry counts survive restarts; every association leaves an audit record.
+destination and batch, with exponential back-off between attempts and a dead-letter state after the last one.
+Every attempt is recorded in the index, so retry counts survive restarts; every association (or request) leaves
+an audit record.
 
 A delivery whose file cannot be read or sent fails on its own (attempt recorded, dead after the maximum,
 shown by `immunode status`): the other deliveries to the same destination go on.

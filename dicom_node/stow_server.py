@@ -163,9 +163,8 @@ class DicomWebServer:
         self._server = server
         threading.Thread(target=server.serve_forever, name="immunode-dicomweb", daemon=True).start()
         bound = server.server_address[1]
-        logger.info(
-            "DICOMweb STOW-RS listening on %s:%d (%s)", self.settings.host, bound, "HTTPS" if self.tls_context else "HTTP"
-        )
+        scheme = "HTTPS" if self.tls_context else "HTTP"
+        logger.info("DICOMweb STOW-RS listening on %s:%d (%s)", self.settings.host, bound, scheme)
         return bound
 
     def stop(self) -> None:
@@ -345,7 +344,8 @@ class _Handler(BaseHTTPRequestHandler):
         path = urlsplit(self.path).path
         match = STUDIES_PATH.match(path)
         if match is None:
-            self._send(HTTPStatus.NOT_FOUND, b"STOW-RS only: POST /studies or /studies/{StudyInstanceUID}\n", close=True)
+            body = b"STOW-RS only: POST /studies or /studies/{StudyInstanceUID}\n"
+            self._send(HTTPStatus.NOT_FOUND, body, close=True)
             return
         if not node._slots.acquire(blocking=False):
             node.audit(request, path, 503, "too many requests at once", AuditOutcome.REJECTED, started)

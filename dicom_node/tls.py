@@ -11,7 +11,8 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def server_context(settings: TlsServerFiles) -> ssl.SSLContext:
-    """A listener's context (the SCP's, the DICOMweb endpoint's): its certificate and key; client certificates verified against the CA as configured."""
+    """A listener's context (the SCP's, the DICOMweb endpoint's): its certificate and key; client certificates
+    verified against the CA as configured."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[settings.minimum_version]
     try:

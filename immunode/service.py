@@ -199,10 +199,9 @@ class Node:
                 self.dicomweb_port = self.dicomweb.start()
             except OSError as error:
                 self.stop()
-                raise ConfigError(
-                    f"node.dicomweb.port: cannot listen on {self.settings.node.dicomweb.host}:"  # type: ignore[union-attr]
-                    f"{self.settings.node.dicomweb.port}: {error.strerror}"  # type: ignore[union-attr]
-                ) from None
+                web = self.settings.node.dicomweb
+                where = f"{web.host}:{web.port}"  # type: ignore[union-attr]
+                raise ConfigError(f"node.dicomweb.port: cannot listen on {where}: {error.strerror}") from None
         if self.monitoring is not None:
             try:
                 self.monitoring_port = self.monitoring.start()
