@@ -206,11 +206,10 @@ def segment_reader_regions(
             )
             continue
         number = len(lesions) + 1
-        lesions.append(
-            _measured(
-                volume, box, lesion_box, box_suv, threshold, i70, background, region.lymph_node, number, peak_kernel
-            )
+        lesion = _measured(
+            volume, box, lesion_box, box_suv, threshold, i70, background, region.lymph_node, number, peak_kernel
         )
+        lesions.append(replace(lesion, sources=region.sources, merge_note=region.merge_note))
     return tuple(lesions)
 
 
