@@ -39,7 +39,7 @@ from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.lesions import segment_lesions
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.pet.volume import geometry_order, load_pet_volume, read_headers
-from pipelines.types import VolumeGeometry
+from pipelines.types import AnnotationSource, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class _Region:
     mask: np.ndarray  # bool on the whole CT grid
     source: str
     lymph_node: bool = False
+    sources: tuple[AnnotationSource, ...] = ()  # the readers' annotated regions behind it
+    merge_note: str = ""
 
 
 def load_ct_volume(paths: Sequence[Path]) -> CtVolume:
@@ -93,9 +95,12 @@ def annotation_regions(
     annotations: Sequence[Path], ct: CtVolume, settings: AnnotationSettings
 ) -> tuple[list[_Region], list[LeftOut]]:
     """The readers' lesion regions (RTSTRUCT ROIs, SEG segments) on the CT grid, and what is not a lesion."""
-    found = annotated_regions(tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings)
+    found = annotated_regions(
+        tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings, ct.series_instance_uid, "CT"
+    )
     left_out = list(found.left_out) + [LeftOut("point mark", "a point, not a region, on the CT") for _ in found.points]
-    return [_Region(r.label, r.mask, "annotation", r.lymph_node) for r in found.regions], left_out
+    regions = [_Region(r.label, r.mask, "annotation", r.lymph_node, r.sources, r.merge_note) for r in found.regions]
+    return regions, left_out
 
 
 def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSettings) -> list[_Region]:
@@ -135,6 +140,8 @@ def _lesion(region: _Region, number: int, role: LesionRole, ct: CtVolume) -> CtL
         centroid_mm=centroid_mm,  # type: ignore[arg-type]
         long_axis_mm=diameters.long_axis_mm,
         short_axis_mm=diameters.short_axis_mm,
+        sources=region.sources,
+        merge_note=region.merge_note,
     )
 
 

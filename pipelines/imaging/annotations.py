@@ -124,3 +124,19 @@ def reader_annotations(
         except Exception as error:  # a malformed annotation must not stop the analysis; the SR says so
             left_out.append(f"{Path(path).name}: not usable: {error.__class__.__name__}: {error}"[:300])
     return ReaderAnnotations(annotated.regions, tuple(seeds), tuple(left_out))
+
+
+def reader_source_statements(lesions: Iterable[object]) -> list[str]:
+    """One line per lesion defined by readers' annotations, for the PET and CT reports alike: the annotated regions
+    it stands for (label, object, SOP Instance UID; why a region counts as a lesion when its name and type
+    disagree) and, when one tumour was annotated more than once, how the regions were merged."""
+    lines = []
+    for lesion in lesions:
+        sources = getattr(lesion, "sources", ())
+        if not sources:
+            continue
+        note = getattr(lesion, "merge_note", "")
+        line = f"{getattr(lesion, 'tracking_identifier', '')}: reader annotation(s) "
+        line += "; ".join(source.describe() for source in sources)
+        lines.append(line + (f"; {note}" if note else "") + ".")
+    return lines
