@@ -2,8 +2,8 @@
 where the CT shows the evidence; otherwise no site is given (a radiologist would rather read none than a wrong one).
 
 The CT is resampled onto the PET grid (NaN where it does not reach). What is read from it:
-- body: tissue above -400 HU, opened in-plane (the table is thin), the largest connected region, holes filled
-  slice by slice (lungs and bowel gas are inside the body); on each slice the largest body region is the trunk
+- body: tissue above -400 HU, opened in-plane (the table is thin), connected regions of at least 200 ml, holes
+  filled slice by slice (lungs and bowel gas are inside the body); on each slice the largest body region is the trunk
   (or the head), the others limbs;
 - lungs: regions of air density (below -400 HU) inside the body whose median is that of lung parenchyma
   (-950 to -600 HU: not bowel or airway gas, which is below -950), of lung size (each at least `LUNG_MIN_ML`,
@@ -52,6 +52,7 @@ PELVIS_LATERAL_MM = 50.0
 PELVIS_MIN_BONE_CM2 = 3.0
 ABDOMEN_BELOW_LUNGS_MM = 150.0  # without a bony pelvis on the CT: the abdomen certainly reaches this far
 LIMB_MIN_CM2 = 10.0
+BODY_PART_MIN_ML = 200.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +107,9 @@ class AnatomyMap:
         reach = np.maximum(np.round(4.0 / spacing[1:]).astype(int), 1)
         tissue = ndimage.binary_opening(hu > BODY_HU, _disk(reach))
         labels, count = ndimage.label(tissue)
-        if count:
-            sizes = ndimage.sum_labels(tissue, labels, np.arange(1, count + 1))
-            tissue = labels == int(np.argmax(sizes)) + 1
+        if count:  # the body and its limbs; not the bits of table or blanket that survive the opening
+            sizes = ndimage.sum_labels(tissue, labels, np.arange(1, count + 1)) * geometry.voxel_volume_ml
+            tissue = np.isin(labels, np.flatnonzero(sizes >= BODY_PART_MIN_ML) + 1)
         self.body = np.stack([ndimage.binary_fill_holes(plane) for plane in tissue])
         self.trunk, self.limbs = self._trunk_and_limbs()
         self.lungs, self.lung_note = self._lungs(hu)
