@@ -119,7 +119,7 @@ def analyse_pet_series(
     if reader.count:
         lesions = _reader_lesions(volume, reader, params, ct_hu)
     else:
-        detection = detect_lesions(volume, params, ct_hu)
+        detection = detect_lesions(volume, params, ct_hu, anatomy)
         lesions, notes = detection.lesions, detection.notes(params)
     lesions = tuple(_sited(lesion, anatomy) for lesion in lesions)
     cytact, not_computed, cytact_model = None, "", None

@@ -70,6 +70,8 @@ class PetQuantSettings(Strict):
     min_lesion_contrast: float = Field(2.0, ge=1)
     # No lesion smaller than this is reported (after the adaptive threshold), whatever found it.
     min_lesion_volume_ml: float = Field(0.5, ge=0)
+    # Automatic detection: candidates scored below this are not offered (pipelines/pet/candidates.py; 0: all are).
+    min_candidate_score: float = Field(0.0, ge=0, le=1)
     max_lesions: int = Field(50, ge=1)
     beta: float = Field(0.3, gt=0, le=1)
     i70_fraction: float = Field(0.7, gt=0, lt=1)
