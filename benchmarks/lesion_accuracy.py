@@ -208,7 +208,8 @@ def table(scores: list[PatientScore]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines = []
-    for title, group in (("Real studies", [s for s in scores if s.real]), ("Phantoms", [s for s in scores if not s.real])):
+    groups = (("Real studies", [s for s in scores if s.real]), ("Phantoms", [s for s in scores if not s.real]))
+    for title, group in groups:
         if not group:
             continue
         lines += [f"**{title}**", "", *header]

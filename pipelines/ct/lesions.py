@@ -7,12 +7,12 @@ Roles: a label matching `primary_label` marks the primary tumour (several such l
 primary volume); without one, `primary_rule` decides ("largest" lesion by volume, or "none"). Every other
 lesion is a metastasis; metastases are merged into one volume (M) for extraction, as in the method.
 
-Not every contour is a lesion: an RTSTRUCT ROI whose RT ROI Interpreted Type is in `non_lesion_roi_types`
-(organs at risk, the body outline, planning volumes...) is left out whatever its name; an ROI without a
-type, and a SEG segment, is left out when its label matches `non_lesion_label` and not `lesion_label`, or
-(SEG) its property category is an anatomical structure. A GTV type always counts as a lesion. What was left
-out is logged and stated in the SR; the lesions keep their contour's name (the SEG segment label, the SR's
-tracking identifier).
+Not every contour is a lesion: names (AAPM TG-263) and RT ROI Interpreted Types are read together
+(`pipelines.imaging.contours.classify`: a GTV name is a lesion whatever its type, planning volumes stay out
+unless configured, an organ's name typed GTV is an organ, other non-lesion types and names are left out). What
+was left out is logged and stated in the SR; the lesions keep their contour's name (the SEG segment label, the
+SR's tracking identifier). Overlapping contours of one tumour from different annotations (drawn on the PET and on
+the CT, say) are one lesion, its extent the contour drawn on the CT, its sources naming all.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def _sr_items(item: Dataset, site: str = "") -> Iterable[tuple[Dataset, str]]:
     for child in children:
         name = child.get("ConceptNameCodeSequence")
         if child.get("ValueType") == "CODE" and name and str(name[0].CodeValue) == FINDING_SITE:
-            site = str(child.ConceptCodeSequence[0].get("CodeMeaning", "")) if child.get("ConceptCodeSequence") else site
+            value = child.get("ConceptCodeSequence")
+            site = str(value[0].get("CodeMeaning", "")) if value else site
     for child in children:
         yield child, site
         yield from _sr_items(child, site)

@@ -26,7 +26,10 @@ LYMPH_NODE_CODE = "59441001"  # SCT Lymph node
 TARGET_NAME = re.compile(r"^(?P<kind>i?gtv|ctv|itv|ptv)", re.IGNORECASE)
 PLANNING_TYPES = {"CTV", "PTV"}  # RT ROI Interpreted Types of planning volumes
 # A contour named for the modality it was drawn on ("GTV_PET", "GTV_CT"), when the object does not say.
-DRAWN_ON_NAME = {"PT": re.compile(r"(?i)(^|[^a-z])(pet|pt|suv)([^a-z]|$)"), "CT": re.compile(r"(?i)(^|[^a-z])ct([^a-z]|$)")}
+DRAWN_ON_NAME = {
+    "PT": re.compile(r"(?i)(^|[^a-z])(pet|pt|suv)([^a-z]|$)"),
+    "CT": re.compile(r"(?i)(^|[^a-z])ct([^a-z]|$)"),
+}
 
 
 @dataclass(frozen=True)
@@ -67,22 +70,26 @@ def classify(label: str, roi_type: str, settings: AnnotationSettings, anatomical
     - no type (or an unlisted one): a lesion name (`lesion_label`) is a lesion, an organ/outline/planning name
       (`non_lesion_label`) is not, anything else is a lesion."""
     roi_type = roi_type.strip().upper()
-    typed = f"RT ROI Interpreted Type {roi_type}" if roi_type else ("SEG category Anatomical Structure" if anatomical else "")
+    typed = f"RT ROI Interpreted Type {roi_type}" if roi_type else ""
+    typed = typed or ("SEG category Anatomical Structure" if anatomical else "")
     kind = target_kind(label)
     if kind == "GTV":
         if (roi_type and roi_type != "GTV") or anatomical:
-            return Decision(True, f"a lesion by its TG-263 name (gross tumour volume) although its {typed}: the target name wins")
+            why = f"a lesion by its TG-263 name (gross tumour volume) although its {typed}: the target name wins"
+            return Decision(True, why)
         return Decision(True)
     planning = kind or (roi_type if roi_type in PLANNING_TYPES else "")
     if planning:
         by = f"TG-263 name ({kind})" if kind else typed
         if planning in settings.planning_volumes:
-            return Decision(True, f"planning volume {planning} counted as a lesion (pipelines.annotations.planning_volumes)")
+            why = f"planning volume {planning} counted as a lesion (pipelines.annotations.planning_volumes)"
+            return Decision(True, why)
         return Decision(False, f"planning volume by its {by}; not a lesion unless configured (planning_volumes)")
     organ_name = bool(re.search(settings.non_lesion_label, label)) and not re.search(settings.lesion_label, label)
     if roi_type == "GTV":
         if organ_name:
-            return Decision(False, "its name marks an organ or the body outline (TG-263), not a tumour: the name wins over RT ROI Interpreted Type GTV")
+            why = "its name marks an organ or the body outline (TG-263), not a tumour: the name wins over RT ROI "
+            return Decision(False, why + "Interpreted Type GTV")
         return Decision(True)
     if anatomical:
         return Decision(False, "SEG property category Anatomical Structure")
@@ -93,12 +100,6 @@ def classify(label: str, roi_type: str, settings: AnnotationSettings, anatomical
     if organ_name:
         return Decision(False, "its name marks an organ, the body outline or a planning volume")
     return Decision(True)
-
-
-def not_a_lesion(label: str, roi_type: str, settings: AnnotationSettings) -> str:
-    """Why an annotated region is not a lesion ("" when it is one), by `classify`."""
-    decision = classify(label, roi_type, settings)
-    return "" if decision.lesion else decision.reason
 
 
 def geometry_affine(geometry: VolumeGeometry) -> np.ndarray:
@@ -143,7 +144,7 @@ def resample_mask(source: np.ndarray, index_to_xyz: np.ndarray, geometry: Volume
 
 def _referenced_series(ds: pydicom.Dataset) -> set[str]:
     """Series of the images an RTSTRUCT or SEG says it was drawn on."""
-    series = {str(item.SeriesInstanceUID) for item in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in item}
+    series = {str(i.SeriesInstanceUID) for i in ds.get("ReferencedSeriesSequence", []) if "SeriesInstanceUID" in i}
     for frame in ds.get("ReferencedFrameOfReferenceSequence", []):
         for study in frame.get("RTReferencedStudySequence", []):
             for item in study.get("RTReferencedSeriesSequence", []):
@@ -170,7 +171,9 @@ class _Grid:
         return next((modality for modality, name in DRAWN_ON_NAME.items() if name.search(label)), "")
 
 
-def _source(ds: pydicom.Dataset, grid: _Grid, label: str, kind: str, roi_type: str, site: str, why: str) -> AnnotationSource:
+def _source(
+    ds: pydicom.Dataset, grid: _Grid, label: str, kind: str, roi_type: str, site: str, why: str
+) -> AnnotationSource:
     return AnnotationSource(
         label=label,
         kind=kind,
@@ -312,7 +315,9 @@ def merge_regions(regions: list[ReaderRegion], threshold: float, modality: str =
         for part in on_grid:
             mask |= part.mask
         labels = list(dict.fromkeys(r.label for r in on_grid + parts))
-        pairs = [f"{regions[i].label} / {regions[j].label} {100 * v:.0f} %" for (i, j), v in overlaps.items() if i in members]
+        pairs = [
+            f"{regions[i].label} / {regions[j].label} {100 * v:.0f} %" for (i, j), v in overlaps.items() if i in members
+        ]
         extent = ", ".join(dict.fromkeys(r.label for r in on_grid))
         note = (
             f"one tumour annotated {len(parts)} times ({'; '.join(pairs)} of the smaller region overlap, merged at "

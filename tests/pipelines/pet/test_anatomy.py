@@ -106,7 +106,8 @@ def test_thigh_crops_are_never_thorax(case: str) -> None:
     assert anatomy is not None and not anatomy.lungs.any()
     params = PetQuantSettings()
     annotations = [folder / "PET" / "RTSTRUCT_RS.dcm", folder / "CT" / "RTSTRUCT_RS.dcm"]
-    for result in (analyse_pet_series(pet, params, annotations, ct_paths=ct), analyse_pet_series(pet, params, ct_paths=ct)):
+    reader = analyse_pet_series(pet, params, annotations, ct_paths=ct)
+    for result in (reader, analyse_pet_series(pet, params, ct_paths=ct)):
         assert result.lesions
         for lesion in result.lesions:
             assert lesion.location in ("", "lower limb"), lesion.location_evidence
@@ -138,7 +139,11 @@ def test_chest_ct_lung_thorax_abdomen_and_bone(tmp_path: Path) -> None:
 
 def test_head_and_neck_phantom_lesions_are_head_and_neck(tmp_path: Path) -> None:
     study = write_study(
-        tmp_path, shape_zyx=HEAD_NECK_SHAPE, spacing_xyz=HEAD_NECK_SPACING, lesions=HEAD_NECK_LESIONS, head_and_neck=True
+        tmp_path,
+        shape_zyx=HEAD_NECK_SHAPE,
+        spacing_xyz=HEAD_NECK_SPACING,
+        lesions=HEAD_NECK_LESIONS,
+        head_and_neck=True,
     )
     result = analyse_pet_series(study.pet_files, PetQuantSettings(), ct_paths=study.ct_files)
     assert len(result.lesions) >= 6
