@@ -203,6 +203,8 @@ def test_sr_points_in_3d_and_on_an_image_give_seeds(tmp_path: Path, study) -> No
     (seed,) = annotation_seeds([path3d], frame, {})
     assert _near(seed, lesion.centre_mm, 0.01)
     assert seed.site_text == "Liver"  # the group's Finding Site: the lesion's organ (RECIST two per organ)
+    (seeded,) = analyse_pet_series(list(study.pet_files), PetQuantSettings(), [path3d]).lesions
+    assert seeded.organ == "liver" and "Liver" in seeded.organ_evidence
     # A 2D point on the slice through the lesion centre, at the pixel of the centre.
     image = min(pet, key=lambda ds: abs(float(ds.ImagePositionPatient[2]) - lesion.centre_mm[2]))
     column = (lesion.centre_mm[0] - float(image.ImagePositionPatient[0])) / 4.0 + 0.5
@@ -337,3 +339,20 @@ def test_two_rois_of_one_structure_set_are_kept_apart_however_they_overlap(tmp_p
     frame = pydicom.dcmread(study.pet_files[0]).FrameOfReferenceUID
     found, _ = annotation_regions(study, [path], frame)
     assert sorted(region.label for region in found.regions) == ["L1", "L2"]
+
+
+def test_a_ct_structure_set_typing_every_roi_organ_still_gives_its_gtv(tmp_path: Path) -> None:
+    """The real lung CT whose structure set typed every ROI ORGAN: the CT job failed "no lesions". Now the GTV is the
+    lesion, the organs stay out."""
+    from tests.synthetic import BASELINE_LESIONS, write_ct_study
+
+    written = write_ct_study(tmp_path, BASELINE_LESIONS[:2], "20260101")
+    ds = pydicom.dcmread(written.rtstruct)
+    ds.StructureSetROISequence[0].ROIName, ds.StructureSetROISequence[1].ROIName = "GTV-1", "Lung-Left"
+    for observation in ds.RTROIObservationsSequence:
+        observation.RTROIInterpretedType = "ORGAN"
+    ds.save_as(written.rtstruct)
+    ct = load_ct_volume(written.ct_files)
+    (lesion,), _, _, left_out = ct_lesions(ct, [written.rtstruct], [], CtRadiomicsSettings(), PetQuantSettings())
+    assert lesion.label == "GTV-1" and "the target name wins" in lesion.sources[0].decision
+    assert [(item.label, item.reason) for item in left_out] == [("Lung-Left", "RT ROI Interpreted Type ORGAN")]
