@@ -37,16 +37,47 @@ class ReaderSeed:
 
     position_mm: tuple[float, float, float]
     lymph_node: bool = False  # the reader labelled it a lymph node (RECIST node rule applies)
+    site_text: str = ""  # the reader's words for where it is (a TID 1500 Finding Site, a POINT ROI's name)
+
+
+@dataclass(frozen=True)
+class AnnotationSource:
+    """One reader's annotated region behind a lesion (an RTSTRUCT ROI, a SEG segment): its name, the object it
+    came from, and how its name and type were read (`pipelines.imaging.contours.classify`)."""
+
+    label: str
+    kind: str  # "RTSTRUCT" or "SEG"
+    sop_instance_uid: str  # of the annotation object
+    series_instance_uid: str = ""  # of the annotation object
+    roi_type: str = ""  # RT ROI Interpreted Type as stored ("" for a SEG segment or an untyped ROI)
+    finding_site: str = ""  # the reader's anatomic region (SEG Anatomic Region Sequence), when given
+    decision: str = ""  # why it is a lesion when its name and its type disagree ("" when they agree)
+    drawn_on: str = ""  # the modality it was drawn on, when known ("PT", "CT")
+
+    def describe(self) -> str:
+        """How a report names it: label, object, and the decision when there was one."""
+        text = f"{self.label} ({self.kind} {self.sop_instance_uid})"
+        return text + (f" [{self.decision}]" if self.decision else "")
 
 
 @dataclass(frozen=True, eq=False)
 class ReaderRegion:
-    """A reader's lesion region (RTSTRUCT ROI, SEG segment) on an image grid: a bool mask of the grid's shape."""
+    """A reader's lesion region on an image grid: a bool mask of the grid's shape, and the annotated regions it
+    stands for (one, or several readers' regions of one tumour merged, `pipelines.imaging.contours.merge_regions`)."""
 
     label: str
     mask: np.ndarray = field(repr=False)
     lymph_node: bool = False
-    kind: str = ""  # "RTSTRUCT" or "SEG"
+    kind: str = ""  # "RTSTRUCT" or "SEG" ("RTSTRUCT+SEG" for merged regions of both kinds)
+    sources: tuple[AnnotationSource, ...] = ()
+    merge_note: str = ""  # how overlapping regions were merged into this one, when they were
+
+    @property
+    def site_text(self) -> str:
+        """The reader's words for where it is: a SEG Anatomic Region, else the labels."""
+        return next((source.finding_site for source in self.sources if source.finding_site), "") or " ".join(
+            source.label for source in self.sources
+        ) or self.label
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ Roles: a label matching `primary_label` marks the primary tumour (several such l
 primary volume); without one, `primary_rule` decides ("largest" lesion by volume, or "none"). Every other
 lesion is a metastasis; metastases are merged into one volume (M) for extraction, as in the method.
 
-Not every contour is a lesion: an RTSTRUCT ROI whose RT ROI Interpreted Type is in `non_lesion_roi_types`
-(organs at risk, the body outline, planning volumes...) is left out whatever its name; an ROI without a
-type, and a SEG segment, is left out when its label matches `non_lesion_label` and not `lesion_label`, or
-(SEG) its property category is an anatomical structure. A GTV type always counts as a lesion. What was left
-out is logged and stated in the SR; the lesions keep their contour's name (the SEG segment label, the SR's
-tracking identifier).
+Not every contour is a lesion: names (AAPM TG-263) and RT ROI Interpreted Types are read together
+(`pipelines.imaging.contours.classify`: a GTV name is a lesion whatever its type, planning volumes stay out
+unless configured, an organ's name typed GTV is an organ, other non-lesion types and names are left out). What
+was left out is logged and stated in the SR; the lesions keep their contour's name (the SEG segment label, the
+SR's tracking identifier). Overlapping contours of one tumour from different annotations (drawn on the PET and on
+the CT, say) are one lesion, its extent the contour drawn on the CT, its sources naming all.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.lesions import segment_lesions
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.pet.volume import geometry_order, load_pet_volume, read_headers
-from pipelines.types import VolumeGeometry
+from pipelines.types import AnnotationSource, VolumeGeometry
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,8 @@ class _Region:
     mask: np.ndarray  # bool on the whole CT grid
     source: str
     lymph_node: bool = False
+    sources: tuple[AnnotationSource, ...] = ()  # the readers' annotated regions behind it
+    merge_note: str = ""
 
 
 def load_ct_volume(paths: Sequence[Path]) -> CtVolume:
@@ -93,9 +95,12 @@ def annotation_regions(
     annotations: Sequence[Path], ct: CtVolume, settings: AnnotationSettings
 ) -> tuple[list[_Region], list[LeftOut]]:
     """The readers' lesion regions (RTSTRUCT ROIs, SEG segments) on the CT grid, and what is not a lesion."""
-    found = annotated_regions(tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings)
+    found = annotated_regions(
+        tuple(annotations), ct.geometry, ct.frame_of_reference_uid, settings, ct.series_instance_uid, "CT"
+    )
     left_out = list(found.left_out) + [LeftOut("point mark", "a point, not a region, on the CT") for _ in found.points]
-    return [_Region(r.label, r.mask, "annotation", r.lymph_node) for r in found.regions], left_out
+    regions = [_Region(r.label, r.mask, "annotation", r.lymph_node, r.sources, r.merge_note) for r in found.regions]
+    return regions, left_out
 
 
 def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSettings) -> list[_Region]:
@@ -135,6 +140,8 @@ def _lesion(region: _Region, number: int, role: LesionRole, ct: CtVolume) -> CtL
         centroid_mm=centroid_mm,  # type: ignore[arg-type]
         long_axis_mm=diameters.long_axis_mm,
         short_axis_mm=diameters.short_axis_mm,
+        sources=region.sources,
+        merge_note=region.merge_note,
     )
 
 

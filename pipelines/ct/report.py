@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 from common.states import OutputKind
 from common.types import OutputFile
 from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange, Resistance
+from pipelines.imaging.annotations import reader_source_statements
 from pipelines.output import sr
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
@@ -194,6 +195,7 @@ def _patient_group(
 
 def statements(result: CtRadiomicsResult) -> list[str]:
     lines = [f"Pairing: {result.pairing_reason}", f"Lesions: {result.lesion_source}; {result.primary_reason}."]
+    lines += reader_source_statements(result.lesions)  # issue 18: merged reader annotations, named
     baseline = result.baseline
     if baseline is not None:
         lines.append(

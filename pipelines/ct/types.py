@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.types import Baseline, LesionRole
-from pipelines.types import ModelIdentity, SegmentedLesion, VolumeGeometry
+from pipelines.types import AnnotationSource, ModelIdentity, SegmentedLesion, VolumeGeometry
 
 
 @dataclass(frozen=True, eq=False)
@@ -23,6 +23,10 @@ class CtLesion(SegmentedLesion):
     centroid_mm: tuple[float, float, float] = (0.0, 0.0, 0.0)
     long_axis_mm: float = 0.0
     short_axis_mm: float = 0.0
+    # The readers' annotated regions behind it (several when one tumour was annotated more than once, e.g. on the
+    # PET and on the CT, and the regions were merged: pipelines.imaging.contours.merge_regions), and how.
+    sources: tuple[AnnotationSource, ...] = ()
+    merge_note: str = ""
 
     @property
     def recist_diameter_mm(self) -> float:

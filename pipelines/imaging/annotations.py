@@ -41,8 +41,11 @@ IMAGE_CLASSES = {
 }
 
 
-def _seed(position: np.ndarray, lymph_node: bool = False) -> ReaderSeed:
-    return ReaderSeed(tuple(float(v) for v in position), lymph_node)  # type: ignore[arg-type]
+FINDING_SITE = "363698007"  # SCT Finding Site (TID 1500 measurement groups)
+
+
+def _seed(position: np.ndarray, site: str = "") -> ReaderSeed:
+    return ReaderSeed(tuple(float(v) for v in position), site_text=site)  # type: ignore[arg-type]
 
 
 def _image_point_to_patient(image: Dataset, column_row: np.ndarray) -> np.ndarray:
@@ -57,26 +60,33 @@ def _image_point_to_patient(image: Dataset, column_row: np.ndarray) -> np.ndarra
     )
 
 
-def _sr_items(item: Dataset) -> Iterable[Dataset]:
-    for child in item.get("ContentSequence", []):
-        yield child
-        yield from _sr_items(child)
+def _sr_items(item: Dataset, site: str = "") -> Iterable[tuple[Dataset, str]]:
+    """Every content item, with the Finding Site stated in its container (a TID 1500 measurement group) or above."""
+    children = list(item.get("ContentSequence", []))
+    for child in children:
+        name = child.get("ConceptNameCodeSequence")
+        if child.get("ValueType") == "CODE" and name and str(name[0].CodeValue) == FINDING_SITE:
+            value = child.get("ConceptCodeSequence")
+            site = str(value[0].get("CodeMeaning", "")) if value else site
+    for child in children:
+        yield child, site
+        yield from _sr_items(child, site)
 
 
 def _sr_seeds(ds: Dataset, frame_of_reference_uid: str, images: dict[str, Dataset]) -> list[ReaderSeed]:
     seeds = []
-    for item in _sr_items(ds):
+    for item, site in _sr_items(ds):
         if item.get("ValueType") == "SCOORD3D" and str(item.get("ReferencedFrameOfReferenceUID", "")) == (
             frame_of_reference_uid
         ):
-            seeds.append(_seed(np.asarray(item.GraphicData, dtype=float).reshape(-1, 3).mean(axis=0)))
+            seeds.append(_seed(np.asarray(item.GraphicData, dtype=float).reshape(-1, 3).mean(axis=0), site))
         elif item.get("ValueType") == "SCOORD":
-            for reference in _sr_items(item):
+            for reference, _ in _sr_items(item):
                 sop = reference.get("ReferencedSOPSequence")
                 image = images.get(str(sop[0].ReferencedSOPInstanceUID)) if sop else None
                 if image is not None and str(image.get("FrameOfReferenceUID", "")) == frame_of_reference_uid:
                     points = np.asarray(item.GraphicData, dtype=float).reshape(-1, 2)
-                    seeds.append(_seed(_image_point_to_patient(image, points).mean(axis=0)))
+                    seeds.append(_seed(_image_point_to_patient(image, points).mean(axis=0), site))
     return seeds
 
 
@@ -97,11 +107,14 @@ def reader_annotations(
     frame_of_reference_uid: str,
     image_headers: dict[str, Dataset],
     settings: AnnotationSettings,
+    series_instance_uid: str = "",
+    modality: str = "PT",
 ) -> ReaderAnnotations:
-    """Regions (RTSTRUCT, SEG) on the PET grid and point seeds (SR, RTSTRUCT points) of every annotation in the
-    frame of reference; an unreadable annotation is left out, saying why."""
+    """Regions (RTSTRUCT, SEG) on the grid of the analysed series and point seeds (SR, RTSTRUCT points) of every
+    annotation in the frame of reference, overlapping regions of one tumour merged; an unreadable annotation is
+    left out, saying why."""
     paths = list(annotation_paths)
-    annotated = annotated_regions(paths, geometry, frame_of_reference_uid, settings)
+    annotated = annotated_regions(paths, geometry, frame_of_reference_uid, settings, series_instance_uid, modality)
     seeds = list(annotated.points)
     left_out = [f"{item.label}: {item.reason}" for item in annotated.left_out]
     for path in paths:
@@ -112,3 +125,19 @@ def reader_annotations(
         except Exception as error:  # a malformed annotation must not stop the analysis; the SR says so
             left_out.append(f"{Path(path).name}: not usable: {error.__class__.__name__}: {error}"[:300])
     return ReaderAnnotations(annotated.regions, tuple(seeds), tuple(left_out))
+
+
+def reader_source_statements(lesions: Iterable[object]) -> list[str]:
+    """One line per lesion defined by readers' annotations, for the PET and CT reports alike: the annotated regions
+    it stands for (label, object, SOP Instance UID; why a region counts as a lesion when its name and type
+    disagree) and, when one tumour was annotated more than once, how the regions were merged."""
+    lines = []
+    for lesion in lesions:
+        sources = getattr(lesion, "sources", ())
+        if not sources:
+            continue
+        note = getattr(lesion, "merge_note", "")
+        line = f"{getattr(lesion, 'tracking_identifier', '')}: reader annotation(s) "
+        line += "; ".join(source.describe() for source in sources)
+        lines.append(line + (f"; {note}" if note else "") + ".")
+    return lines

@@ -1,6 +1,9 @@
-"""Configuration block `pipelines.annotations`: which readers' contours and segments are lesions."""
+"""Configuration block `pipelines.annotations`: which readers' contours and segments are lesions, and when
+overlapping regions are one lesion."""
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -10,7 +13,8 @@ from common.settings import Strict, valid_regex
 class AnnotationSettings(Strict):
     """Readers' annotations (RTSTRUCT ROIs, SEG segments): which are lesions, which are lymph nodes."""
 
-    # RTSTRUCT ROIs of these RT ROI Interpreted Types are not lesions (a GTV always is one).
+    # RTSTRUCT ROIs of these RT ROI Interpreted Types are not lesions, unless their name is a TG-263 gross tumour
+    # volume (GTV..., the target name wins over the type; see pipelines/imaging/contours.py `classify`).
     non_lesion_roi_types: list[str] = Field(
         default_factory=lambda: [
             "ORGAN",
@@ -34,8 +38,14 @@ class AnnotationSettings(Strict):
             "BRACHY_CHNL_SHLD",
             "TREATED_VOLUME",
             "IRRAD_VOLUME",
+            "OAR",
         ]  # fmt: skip
     )
+    # Planning volumes (by TG-263 name CTV/ITV/PTV..., or by type CTV/PTV) are not lesions unless listed here.
+    planning_volumes: list[Literal["CTV", "ITV", "PTV"]] = Field(default_factory=list)
+    # Regions of different annotations (PET and CT contours, a SEG and an RTSTRUCT, two readers) are one lesion
+    # when their overlap on the analysed grid is at least this fraction of the smaller region (our choice).
+    merge_overlap: float = Field(0.5, gt=0, le=1)
     # An ROI without a type, or a SEG segment, labelled like this is a lesion ...
     lesion_label: str = r"(?i)(gtv|\bmet|metast|lesion|tumou?r|nodul|mass|\bnode|\bLN\b|primary)"
     # ... and otherwise, labelled like this, an organ, the body outline or a planning volume.

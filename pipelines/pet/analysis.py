@@ -17,7 +17,8 @@ from models.errors import ModelError
 from pipelines.imaging.annotations import ReaderAnnotations, reader_annotations
 from pipelines.imaging.geometry import patient_to_index
 from pipelines.imaging.settings import AnnotationSettings
-from pipelines.pet.anatomy import anatomy_for
+from pipelines.imaging.organs import reader_organ
+from pipelines.pet.anatomy import AnatomyMap, Site, anatomy_for
 from pipelines.pet.cytact import lesion_cytact
 from pipelines.pet.lesions import detect_lesions, segment_lesions, segment_reader_regions
 from pipelines.pet.settings import PetQuantSettings
@@ -50,10 +51,43 @@ def _reader_lesions(
         if not inside:
             points.append(seed)
     if points:
+        positions = np.asarray([seed.position_mm for seed in points])
         for lesion in segment_lesions(volume, params, points, ct_hu):
             number = len(lesions) + 1
-            lesions.append(dataclasses.replace(lesion, number=number, tracking_identifier=f"Lesion {number}"))
+            # The seed a lesion grew from is the one nearest to it (each lies within the seed search radius).
+            seed = points[int(np.argmin(np.linalg.norm(positions - lesion.measurements.centroid_mm, axis=1)))]
+            organ, evidence = reader_organ(lesion.measurements.lymph_node, [seed.site_text])
+            lesions.append(
+                dataclasses.replace(
+                    lesion, number=number, tracking_identifier=f"Lesion {number}", organ=organ, organ_evidence=evidence
+                )
+            )
     return tuple(lesions)
+
+
+def _sited(lesion: Lesion, anatomy: AnatomyMap | None) -> Lesion:
+    """The lesion with its anatomical site (from the CT, where it shows the evidence) and its organ (the reader's
+    finding site or name, else the CT, else unknown), each with where it came from."""
+    if anatomy is None:
+        site = Site("", "no CT of the study in the PET's frame of reference")
+    else:
+        site = anatomy.site(lesion.measurements.centroid_mm)
+    organ, evidence = lesion.organ, lesion.organ_evidence
+    if not organ and lesion.sources:
+        words = [s.finding_site for s in lesion.sources if s.finding_site] + [s.label for s in lesion.sources]
+        organ, evidence = reader_organ(lesion.measurements.lymph_node, words)
+    elif not organ and lesion.measurements.lymph_node:
+        organ, evidence = reader_organ(True, [])
+    if not organ and anatomy is not None:
+        from_ct = anatomy.organ(lesion)
+        organ, evidence = from_ct.name, from_ct.evidence
+    return dataclasses.replace(
+        lesion,
+        location=site.name,
+        location_evidence=site.evidence,
+        organ=organ,
+        organ_evidence=evidence or "unknown (no reader finding site, and no CT evidence)",
+    )
 
 
 def analyse_pet_series(
@@ -76,6 +110,8 @@ def analyse_pet_series(
             volume.frame_of_reference_uid,
             images or {},
             annotation_settings or AnnotationSettings(),
+            volume.series_instance_uid,
+            "PT",
         )
     anatomy = anatomy_for(volume, ct_paths)
     ct_hu = anatomy.ct_hu if anatomy else None
@@ -83,13 +119,9 @@ def analyse_pet_series(
     if reader.count:
         lesions = _reader_lesions(volume, reader, params, ct_hu)
     else:
-        detection = detect_lesions(volume, params, ct_hu)
+        detection = detect_lesions(volume, params, ct_hu, anatomy)
         lesions, notes = detection.lesions, detection.notes(params)
-    if anatomy is not None:
-        lesions = tuple(
-            dataclasses.replace(lesion, location=anatomy.location(lesion.measurements.centroid_mm))
-            for lesion in lesions
-        )
+    lesions = tuple(_sited(lesion, anatomy) for lesion in lesions)
     cytact, not_computed, cytact_model = None, "", None
     if not params.cytact.enabled:
         not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"

@@ -22,8 +22,9 @@ logger = logging.getLogger(__name__)
 
 RECIST_TARGETS = (
     "RECIST 1.1 target lesions: long axis >= 10 mm (lymph nodes named by a reader: short axis >= 15 mm) over at "
-    "least three PET voxels, the largest first, at most {total} in all and {per_organ} per organ (coarse "
-    "location from the CT)"
+    "least three PET voxels, the largest first, at most {total} in all and {per_organ} per organ (the organ from "
+    "the reader's finding site or name, else from the CT: lung, bone; all lymph nodes one organ; lesions of "
+    "unknown organ counted together as one organ)"
 )
 
 
@@ -43,9 +44,10 @@ def summary_lesions(lesions: tuple[Lesion, ...], settings: CytActSettings) -> tu
     for lesion in measurable:
         if len(chosen) == settings.max_targets:
             break
-        if lesion.location and per_organ[lesion.location] == settings.max_targets_per_organ:
+        # Unknown organs ("") share one count: two lesions of unknown organ may lie in one organ.
+        if per_organ[lesion.organ] == settings.max_targets_per_organ:
             continue
-        per_organ[lesion.location] += 1
+        per_organ[lesion.organ] += 1
         chosen.append(lesion)
     rule = RECIST_TARGETS.format(total=settings.max_targets, per_organ=settings.max_targets_per_organ)
     return tuple(sorted(chosen, key=lambda x: x.number)), rule

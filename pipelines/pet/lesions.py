@@ -23,6 +23,8 @@ from scipy import ndimage
 
 from pipelines.imaging.geometry import index_to_patient, patient_to_index
 from pipelines.imaging.recist import axial_diameters
+from pipelines.pet.anatomy import AnatomyMap
+from pipelines.pet.candidates import candidate_score
 from pipelines.pet.physiological import physiological_regions
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.pet.types import Lesion, LesionMeasurements, PetVolume
@@ -206,11 +208,10 @@ def segment_reader_regions(
             )
             continue
         number = len(lesions) + 1
-        lesions.append(
-            _measured(
-                volume, box, lesion_box, box_suv, threshold, i70, background, region.lymph_node, number, peak_kernel
-            )
+        lesion = _measured(
+            volume, box, lesion_box, box_suv, threshold, i70, background, region.lymph_node, number, peak_kernel
         )
+        lesions.append(replace(lesion, sources=region.sources, merge_note=region.merge_note))
     return tuple(lesions)
 
 
@@ -224,6 +225,9 @@ class Detection:
     capped: int = 0  # lesions beyond `max_lesions`, not reported
     too_small: int = 0  # lesions below `min_lesion_volume_ml` after the adaptive threshold, not reported
     low_contrast: int = 0  # candidates whose SUVmax stays below `min_lesion_contrast` times their background
+    low_score: int = 0  # candidates whose score stays below `min_candidate_score`, not reported
+    # Each reported candidate's score and what on the CT lowered it: "Lesion n: score s; evidence".
+    scores: tuple[str, ...] = ()
 
     def notes(self, params: PetQuantSettings) -> tuple[str, ...]:
         notes = []
@@ -239,18 +243,31 @@ class Detection:
                 f"{self.low_contrast} candidate(s) with SUVmax below {params.min_lesion_contrast} times their "
                 "background, not focal uptake, not reported."
             )
+        if self.low_score:
+            notes.append(
+                f"{self.low_score} candidate(s) with a candidate score below {params.min_candidate_score} "
+                "(pipelines.pet_quant.min_candidate_score), not reported."
+            )
         if self.capped:
             notes.append(
                 f"{self.capped + params.max_lesions} lesions found; only the {params.max_lesions} with the highest "
-                f"SUVmax are reported (pipelines.pet_quant.max_lesions), {self.capped} are not."
+                f"candidate score are reported (pipelines.pet_quant.max_lesions), {self.capped} are not."
             )
+        if self.scores:
+            notes.append("Candidate scores (pipelines/pet/candidates.py): " + "; ".join(self.scores) + ".")
         return tuple(notes)
 
 
-def detect_lesions(volume: PetVolume, params: PetQuantSettings, ct_hu: np.ndarray | None = None) -> Detection:
+def detect_lesions(
+    volume: PetVolume, params: PetQuantSettings, ct_hu: np.ndarray | None = None, anatomy: AnatomyMap | None = None
+) -> Detection:
     """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.pet.uptake`), physiological
     uptake left out (`pipelines.pet.physiological`), the adaptive threshold of the method per remaining focus,
-    lesions below `min_lesion_volume_ml` dropped, at most `max_lesions` (highest SUVmax first)."""
+    lesions below `min_lesion_volume_ml` dropped, each candidate scored (`pipelines.pet.candidates`, with the CT's
+    anatomy when the study has a CT), those below `min_candidate_score` dropped, at most `max_lesions` (highest score
+    first), numbered by descending SUVmax."""
+    if anatomy is not None:
+        ct_hu = anatomy.ct_hu
     # Regions under 10 ml are never split: the watershed is there to part organs from lesions touching them.
     min_split = max(int(10.0 / volume.geometry.voxel_volume_ml), 8)
     floor = params.plateau_suv_factor * params.detection_suv_threshold
@@ -277,17 +294,38 @@ def detect_lesions(volume: PetVolume, params: PetQuantSettings, ct_hu: np.ndarra
     lesions, low_contrast = _threshold_candidates(volume, params, foci, count, kept, set(), params.min_lesion_contrast)
     too_small = [lesion for lesion in lesions if lesion.measurements.metabolic_volume_ml < params.min_lesion_volume_ml]
     lesions = [lesion for lesion in lesions if lesion.measurements.metabolic_volume_ml >= params.min_lesion_volume_ml]
-    capped = max(len(lesions) - params.max_lesions, 0)
+    scored = []
+    for lesion in lesions:
+        below = anatomy is None or anatomy.lung_z is None or lesion.measurements.centroid_mm[2] < anatomy.lung_z[0]
+        candidate = candidate_score(
+            lesion,
+            volume.geometry,
+            ct_hu,
+            anatomy.body if anatomy else None,
+            anatomy.bone if anatomy else None,
+            anatomy.near_lungs if anatomy else None,
+            below,
+        )
+        scored.append((replace(lesion, candidate_score=round(candidate.score, 3)), candidate.evidence))
+    low_score = sum(1 for lesion, _ in scored if lesion.candidate_score < params.min_candidate_score)
+    scored = [item for item in scored if item[0].candidate_score >= params.min_candidate_score]
+    capped = max(len(scored) - params.max_lesions, 0)
     if capped:
         logger.warning(
-            "series %s: %d lesions, the %d with the highest SUVmax reported",
+            "series %s: %d lesions, the %d with the highest candidate score reported",
             volume.series_instance_uid,
-            len(lesions),
+            len(scored),
             params.max_lesions,
         )
-    lesions = _renumbered(lesions[: params.max_lesions])
+    ranked = sorted(scored, key=lambda item: -item[0].candidate_score)[: params.max_lesions]
+    ranked.sort(key=lambda item: -item[0].measurements.suv_max)
+    lesions = _renumbered([lesion for lesion, _ in ranked])
+    scores = tuple(
+        f"Lesion {n}: {lesion.candidate_score:.2f}" + (f" ({', '.join(why)})" if why else "")
+        for n, (lesion, why) in enumerate(ranked, start=1)
+    )
     excluded = tuple(f"{e.organ} ({e.reason})" for e in exclusions.values())
-    return Detection(lesions, excluded, len(kept), capped, len(too_small), low_contrast)
+    return Detection(lesions, excluded, len(kept), capped, len(too_small), low_contrast, low_score, scores)
 
 
 def _renumbered(lesions: Sequence[Lesion]) -> tuple[Lesion, ...]:

@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 from common.states import OutputKind
 from common.types import OutputFile
 from common.version import __version__
+from pipelines.imaging.annotations import reader_source_statements
 from pipelines.omics.types import ResponsePredictions
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
@@ -61,6 +62,8 @@ LOCATIONS = {
     "abdomen": codes.SCT.Abdomen,
     "pelvis": codes.SCT.Pelvis,
     "head and neck": codes.SCT.HeadAndNeck,
+    "upper limb": codes.SCT.UpperLimb,
+    "lower limb": codes.SCT.LowerLimb,
 }
 RECIST_TARGET = private_concept("RECIST_TARGET", "Meets RECIST 1.1 target lesion size rule")
 RESPONSE_EXPRESSION = private_concept("ICI_RESP_EXPR", "ICI response probability, expression transformer")
@@ -348,6 +351,7 @@ def build_measurement_report(
             if result.annotations_left_out
             else []
         ),
+        *reader_source_statements(result.lesions),  # issue 18: merged reader annotations, named
         RECIST_ON_PET,
         cytact_statement(result),
         *response_statements(result.response),

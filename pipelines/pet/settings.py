@@ -20,8 +20,8 @@ class CytActSettings(Strict):
     # method ("targets"); "all" uses every lesion (not the method). CytAct is predicted for every lesion either way.
     summary_lesions: Literal["targets", "all"] = "targets"
     max_targets: int = Field(5, ge=1)  # RECIST 1.1: at most five target lesions ...
-    # ... and two per organ; the organ is the lesion's coarse location from the CT (our choice: lesions without a
-    # location, e.g. PET without CT, are limited by the total only).
+    # ... and two per organ; the organ comes from the reader's finding site or name, else the CT (lung, bone), all
+    # lymph nodes being one organ (pipelines/imaging/organs.py); lesions of unknown organ count as one organ.
     max_targets_per_organ: int = Field(2, ge=1)
     # The method's cut-offs: minimum CytAct below -0.107 is the low group; a variance above the cut-off is high
     # heterogeneity (a fixed cut-off for one patient; `analyse-outcomes` splits a cohort at its median). They
@@ -70,6 +70,8 @@ class PetQuantSettings(Strict):
     min_lesion_contrast: float = Field(2.0, ge=1)
     # No lesion smaller than this is reported (after the adaptive threshold), whatever found it.
     min_lesion_volume_ml: float = Field(0.5, ge=0)
+    # Automatic detection: candidates scored below this are not offered (pipelines/pet/candidates.py; 0: all are).
+    min_candidate_score: float = Field(0.0, ge=0, le=1)
     max_lesions: int = Field(50, ge=1)
     beta: float = Field(0.3, gt=0, le=1)
     i70_fraction: float = Field(0.7, gt=0, lt=1)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.omics.types import ResponsePredictions
-from pipelines.types import ModelIdentity, SegmentedLesion, VolumeGeometry
+from pipelines.types import AnnotationSource, ModelIdentity, SegmentedLesion, VolumeGeometry
 
 
 class SuvType(enum.Enum):
@@ -69,7 +69,17 @@ class Lesion(SegmentedLesion):
     measurements: LesionMeasurements
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
     embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
-    location: str = ""  # coarse anatomical location from the CT, when derivable
+    location: str = ""  # anatomical site from the CT, only where the CT shows the evidence (pipelines.pet.anatomy)
+    location_evidence: str = ""  # what on the CT supports the site, or why no site is given
+    # RECIST organ ("lung", "lymph node", "bone", ...; "" unknown): the reader's finding site or name, else the CT.
+    organ: str = ""
+    organ_evidence: str = ""  # where the organ comes from
+    # Automatic detection: the ranked confidence that the candidate is a lesion (0-1, pipelines.pet.candidates).
+    candidate_score: float | None = None
+    # Semi-automatic mode: the readers' annotated regions that define the lesion (several when one tumour was
+    # annotated more than once and the regions were merged), and how they were merged.
+    sources: tuple[AnnotationSource, ...] = ()
+    merge_note: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ import pytest
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from pipelines.imaging.annotations import reader_annotations
+from pipelines.ct.lesions import ct_lesions, load_ct_volume
+from pipelines.ct.settings import CtRadiomicsSettings
+from pipelines.imaging.annotations import reader_annotations, reader_source_statements
+from pipelines.imaging.contours import classify
 from pipelines.imaging.geometry import index_to_patient, patient_to_index
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.analysis import analyse_pet_series
@@ -164,10 +167,11 @@ def test_the_method_runs_inside_the_readers_region_on_real_contours(case: str) -
     assert result.reader_seeds == 1
 
 
-def _sr(region, evidence: list[pydicom.Dataset], path: Path) -> Path:
+def _sr(region, evidence: list[pydicom.Dataset], path: Path, finding_site=None) -> Path:
     group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="reader lesion"),
         referenced_region=region,
+        finding_sites=[hd.sr.FindingSite(finding_site)] if finding_site is not None else None,
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(),
@@ -195,9 +199,12 @@ def test_sr_points_in_3d_and_on_an_image_give_seeds(tmp_path: Path, study) -> No
         graphic_data=np.array([lesion.centre_mm]),
         frame_of_reference_uid=frame,
     )
-    path3d = _sr(point3d, pet[:1], tmp_path / "sr3d.dcm")
+    path3d = _sr(point3d, pet[:1], tmp_path / "sr3d.dcm", codes.SCT.Liver)
     (seed,) = annotation_seeds([path3d], frame, {})
     assert _near(seed, lesion.centre_mm, 0.01)
+    assert seed.site_text == "Liver"  # the group's Finding Site: the lesion's organ (RECIST two per organ)
+    (seeded,) = analyse_pet_series(list(study.pet_files), PetQuantSettings(), [path3d]).lesions
+    assert seeded.organ == "liver" and "Liver" in seeded.organ_evidence
     # A 2D point on the slice through the lesion centre, at the pixel of the centre.
     image = min(pet, key=lambda ds: abs(float(ds.ImagePositionPatient[2]) - lesion.centre_mm[2]))
     column = (lesion.centre_mm[0] - float(image.ImagePositionPatient[0])) / 4.0 + 0.5
@@ -218,3 +225,134 @@ def test_malformed_annotation_is_skipped(tmp_path: Path, study) -> None:
     volume = load_pet_volume(list(study.pet_files))
     found = reader_annotations([broken], volume.geometry, "1.2.3", {}, SETTINGS)
     assert found.regions == () and found.seeds == () and "broken.dcm: not usable" in found.left_out[0]
+
+
+@pytest.mark.parametrize(
+    "name, roi_type, lesion, reason",
+    [
+        # Real exports type every ROI ORGAN, the GTV included: the TG-263 target name wins, and the SR says so.
+        ("GTV-1", "ORGAN", True, "by its TG-263 name (gross tumour volume) although its RT ROI Interpreted Type ORGAN"),
+        ("GTVp", "GTV", True, ""),
+        ("IGTV_Lung", "", True, ""),
+        ("GTV_nodes", "AVOIDANCE", True, "the target name wins"),
+        # An organ mistyped GTV: the organ name wins over the type.
+        ("Lung_L", "GTV", False, "its name marks an organ or the body outline (TG-263), not a tumour"),
+        ("Lungs-GTV", "ORGAN", False, "RT ROI Interpreted Type ORGAN"),  # TG-263: the lungs minus the GTV, an organ
+        ("Met liver", "GTV", True, ""),  # a lesion word beside the organ's name: a lesion
+        # Planning volumes stay out, by name or by type, whatever the other says.
+        ("PTV_High", "GTV", False, "planning volume by its TG-263 name (PTV)"),
+        ("CTV_60", "", False, "planning volume by its TG-263 name (CTV)"),
+        ("ITV", "GTV", False, "planning volume by its TG-263 name (ITV)"),
+        ("Boost", "PTV", False, "planning volume by its RT ROI Interpreted Type PTV"),
+        ("Liver", "", False, "its name marks an organ"),
+        ("Heart", "ORGAN", False, "RT ROI Interpreted Type ORGAN"),
+        ("Mass", "", True, ""),
+    ],
+)
+def test_tg263_names_and_interpreted_types_are_read_together(name: str, roi_type: str, lesion: bool, reason: str):
+    decision = classify(name, roi_type, SETTINGS)
+    assert decision.lesion is lesion
+    assert reason in decision.reason and bool(decision.reason) == bool(reason)
+
+
+def test_planning_volumes_count_only_when_configured() -> None:
+    settings = AnnotationSettings(planning_volumes=["PTV"])
+    decision = classify("PTV_High", "PTV", settings)
+    assert decision.lesion and "planning_volumes" in decision.reason
+    assert not classify("CTV_60", "CTV", settings).lesion
+    with pytest.raises(ValueError):
+        AnnotationSettings(planning_volumes=["GTV"])
+
+
+def test_a_gtv_typed_organ_is_a_lesion_and_the_report_states_why(tmp_path: Path, study) -> None:
+    """A real lung CT structure set types every ROI ORGAN, GTV-1 included: GTV-1 is the lesion, the decision and
+    its reason travel with it (to the SR's statements), the lungs stay out."""
+    path = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[:2])
+    ds = pydicom.dcmread(path)
+    ds.StructureSetROISequence[0].ROIName, ds.StructureSetROISequence[1].ROIName = "GTV-1", "Lung_L"
+    for observation in ds.RTROIObservationsSequence:
+        observation.RTROIInterpretedType = "ORGAN"
+    ds.save_as(path)
+    frame = ds.StructureSetROISequence[0].ReferencedFrameOfReferenceUID
+    found, _ = annotation_regions(study, [path], frame)
+    (region,) = found.regions
+    (source,) = region.sources
+    assert region.label == "GTV-1" and source.roi_type == "ORGAN" and source.sop_instance_uid == ds.SOPInstanceUID
+    assert "the target name wins" in source.decision
+    assert found.left_out == ("Lung_L: RT ROI Interpreted Type ORGAN",)
+    result = analyse_pet_series(list(study.pet_files), PetQuantSettings(), [path])
+    (lesion,) = result.lesions
+    (line,) = reader_source_statements(result.lesions)
+    assert line.startswith("Lesion 1: reader annotation(s) GTV-1 (RTSTRUCT " + ds.SOPInstanceUID)
+    assert "the target name wins" in line
+
+
+@pytest.mark.parametrize("case", ["sts_002", "sts_003"])
+def test_a_tumour_contoured_on_the_pet_and_on_the_ct_is_one_lesion_naming_both(case: str) -> None:
+    """sts_002/sts_003 hold one RTSTRUCT drawn on the PET and one drawn on the CT of the same tumour. On either grid
+    they are one lesion whose sources name both objects; its extent is the region drawn on that grid's modality, so
+    the PET lesion and the CT lesion equal those of the one contour drawn on each."""
+    folder = SHARED_DATA / case
+    both = [folder / "PET" / "RTSTRUCT_RS.dcm", folder / "CT" / "RTSTRUCT_RS.dcm"]
+    uids = [str(pydicom.dcmread(path).SOPInstanceUID) for path in both]
+    pet_paths = sorted((folder / "PET").glob("0*.dcm"))
+    params = PetQuantSettings()
+    (merged,) = analyse_pet_series(pet_paths, params, both).lesions
+    (pet_only,) = analyse_pet_series(pet_paths, params, both[:1]).lesions
+    assert [s.sop_instance_uid for s in merged.sources] == uids
+    assert [s.label for s in merged.sources] == ["GTV_Mass_PET", "GTV_Mass_CT"]
+    assert "one tumour annotated 2 times" in merged.merge_note and "extent from GTV_Mass_PET" in merged.merge_note
+    assert np.array_equal(merged.mask, pet_only.mask) and merged.offset == pet_only.offset
+    (line,) = reader_source_statements([merged])
+    assert all(uid in line for uid in uids)
+    ct = load_ct_volume(sorted((folder / "CT").glob("0*.dcm")))
+    (ct_lesion,), _, _, _ = ct_lesions(ct, both, [], CtRadiomicsSettings(), params)
+    (ct_only,), _, _, _ = ct_lesions(ct, both[1:], [], CtRadiomicsSettings(), params)
+    assert [s.sop_instance_uid for s in ct_lesion.sources] == uids[::-1]  # the CT's own contour first: the extent
+    assert np.array_equal(ct_lesion.mask, ct_only.mask) and ct_lesion.label == "GTV_Mass_CT + GTV_Mass_PET"
+
+
+def test_a_seg_and_an_rtstruct_of_one_lesion_merge_and_distinct_lesions_do_not(tmp_path: Path, study) -> None:
+    seg = reader_seg(study, DEFAULT_LESIONS[1], tmp_path / "seg.dcm")
+    rtstruct = write_rtstruct(tmp_path / "rs.dcm", study, DEFAULT_LESIONS[:3])  # L2 is the SEG's lesion
+    frame = pydicom.dcmread(study.pet_files[0]).FrameOfReferenceUID
+    found, _ = annotation_regions(study, [rtstruct, seg], frame)
+    assert sorted(region.label for region in found.regions) == ["L1", "L2 + reader lesion", "L3"]
+    merged = next(region for region in found.regions if "+" in region.label)
+    assert merged.kind == "RTSTRUCT+SEG" and "union: none known to be drawn on this grid" in merged.merge_note
+    overlap = float(merged.merge_note.split("reader lesion ")[1].split(" %")[0]) / 100
+    # Asked for more overlap than the two share, they stay two lesions.
+    volume = load_pet_volume(list(study.pet_files))
+    strict = AnnotationSettings(merge_overlap=min(overlap + 0.01, 1.0))
+    if overlap < 1.0:
+        assert len(reader_annotations([rtstruct, seg], volume.geometry, frame, {}, strict).regions) == 4
+    lesions = analyse_pet_series(list(study.pet_files), PetQuantSettings(), [rtstruct, seg]).lesions
+    assert len(lesions) == 3 and sum(len(lesion.sources) for lesion in lesions) == 4
+
+
+def test_two_rois_of_one_structure_set_are_kept_apart_however_they_overlap(tmp_path: Path, study) -> None:
+    """A reader who drew two ROIs in one structure set on one image meant two (a lesion and its necrotic core, a
+    node inside a conglomerate): they are not merged."""
+    lesion = DEFAULT_LESIONS[2]
+    inner = type(lesion)(lesion.centre_mm, lesion.radius_mm / 2, lesion.suv)
+    path = write_rtstruct(tmp_path / "rs.dcm", study, (lesion, inner))
+    frame = pydicom.dcmread(study.pet_files[0]).FrameOfReferenceUID
+    found, _ = annotation_regions(study, [path], frame)
+    assert sorted(region.label for region in found.regions) == ["L1", "L2"]
+
+
+def test_a_ct_structure_set_typing_every_roi_organ_still_gives_its_gtv(tmp_path: Path) -> None:
+    """The real lung CT whose structure set typed every ROI ORGAN: the CT job failed "no lesions". Now the GTV is the
+    lesion, the organs stay out."""
+    from tests.synthetic import BASELINE_LESIONS, write_ct_study
+
+    written = write_ct_study(tmp_path, BASELINE_LESIONS[:2], "20260101")
+    ds = pydicom.dcmread(written.rtstruct)
+    ds.StructureSetROISequence[0].ROIName, ds.StructureSetROISequence[1].ROIName = "GTV-1", "Lung-Left"
+    for observation in ds.RTROIObservationsSequence:
+        observation.RTROIInterpretedType = "ORGAN"
+    ds.save_as(written.rtstruct)
+    ct = load_ct_volume(written.ct_files)
+    (lesion,), _, _, left_out = ct_lesions(ct, [written.rtstruct], [], CtRadiomicsSettings(), PetQuantSettings())
+    assert lesion.label == "GTV-1" and "the target name wins" in lesion.sources[0].decision
+    assert [(item.label, item.reason) for item in left_out] == [("Lung-Left", "RT ROI Interpreted Type ORGAN")]

@@ -245,12 +245,12 @@ def test_groups_only_for_the_weights_the_cut_offs_belong_to(tmp_path: Path) -> N
     assert summary.heterogeneous == (summary.variance > 0.1)
 
 
-def _lesion(number: int, long_axis: float, location: str = "", node: bool = False, target: bool = True) -> Lesion:
+def _lesion(number: int, long_axis: float, organ: str = "", node: bool = False, target: bool = True) -> Lesion:
     measurements = LesionMeasurements(
         1, 1, 1, 1, 1, 1, 1, 1, 1, (0, 0, 0), long_axis, long_axis if node else 5.0, target, lymph_node=node
     )
     mask = np.ones((1, 1, 1), bool)
-    return Lesion(number, f"Lesion {number}", f"1.2.{number}", (0, 0, 0), mask, measurements, location=location)
+    return Lesion(number, f"Lesion {number}", f"1.2.{number}", (0, 0, 0), mask, measurements, organ=organ)
 
 
 def test_patient_summary_is_over_at_most_five_targets_two_per_organ() -> None:
@@ -261,16 +261,23 @@ def test_patient_summary_is_over_at_most_five_targets_two_per_organ() -> None:
         _lesion(1, 40, "lung"),
         _lesion(2, 35, "lung"),
         _lesion(3, 30, "lung"),  # third in the lung: not a target
-        _lesion(4, 25, "abdomen"),
-        _lesion(5, 8, "abdomen", target=False),  # below the RECIST size
+        _lesion(4, 25, "liver"),
+        _lesion(5, 8, "liver", target=False),  # below the RECIST size
         _lesion(6, 20, ""),
         _lesion(7, 18, ""),
-        _lesion(8, 16, "pelvis"),  # the sixth candidate: beyond five
-        _lesion(9, 22, "pelvis", node=True),  # a node by its short axis (22 mm)
+        _lesion(8, 16, "adrenal gland"),  # the sixth candidate: beyond five
+        _lesion(9, 22, "lymph node", node=True),  # a node by its short axis (22 mm)
     )
     chosen, rule = summary_lesions(lesions, CytActSettings())
     assert [lesion.number for lesion in chosen] == [1, 2, 4, 6, 9]
     assert "at most 5 in all and 2 per organ" in rule
+    # Organs unknown (no reader site, no CT evidence) count as one organ: two of them may lie in one organ.
+    unknown = (_lesion(10, 30, ""), _lesion(11, 25, ""), _lesion(12, 20, ""), _lesion(13, 15, "liver"))
+    assert [lesion.number for lesion in summary_lesions(unknown, CytActSettings())[0]] == [10, 11, 13]
+    # Liver, adrenal gland and abdominal nodes are three organs (they were one body region, "abdomen").
+    abdominal = (_lesion(14, 30, "liver"), _lesion(15, 28, "liver"), _lesion(16, 26, "adrenal gland"))
+    abdominal += (_lesion(17, 24, "lymph node", node=True), _lesion(18, 22, "liver"))
+    assert [lesion.number for lesion in summary_lesions(abdominal, CytActSettings())[0]] == [14, 15, 16, 17]
     everything, _ = summary_lesions(lesions, CytActSettings(summary_lesions="all"))
     assert len(everything) == len(lesions)
 
@@ -323,7 +330,9 @@ def test_lesions_get_a_coarse_location_from_the_ct(tmp_path: Path) -> None:
         for truth in DEFAULT_LESIONS
     }
     assert by_truth[DEFAULT_LESIONS[0].centre_mm].location == "lung"  # the nodule inside the lung
+    assert by_truth[DEFAULT_LESIONS[0].centre_mm].organ == "lung"  # ... is a lung lesion (RECIST organ)
     assert by_truth[DEFAULT_LESIONS[2].centre_mm].location == "abdomen"  # the liver metastasis
+    assert "below the lung bases" in by_truth[DEFAULT_LESIONS[2].centre_mm].location_evidence
     counter = iter(range(100))
     files = write_pet_report(
         result,

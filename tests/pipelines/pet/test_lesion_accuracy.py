@@ -58,7 +58,8 @@ def test_the_cap_is_stated_and_no_lesion_is_below_the_minimum(tmp_path: Path) ->
     capped = PARAMS.model_copy(update={"max_lesions": 3})
     result = analyse_pet_series(study.pet_files, capped, ct_paths=study.ct_files)
     assert len(result.lesions) == 3
-    assert any("only the 3 with the highest SUVmax are reported" in note for note in result.detection_notes)
+    assert any("only the 3 with the highest candidate score are reported" in note for note in result.detection_notes)
+    assert all(lesion.candidate_score is not None for lesion in result.lesions)
     big = PARAMS.model_copy(update={"min_lesion_volume_ml": 2.5})
     result = analyse_pet_series(study.pet_files, big, ct_paths=study.ct_files)
     assert result.lesions and all(lesion.measurements.metabolic_volume_ml >= 2.5 for lesion in result.lesions)
