@@ -29,6 +29,8 @@ class InstanceHeader:
     modality: str
     study_date: str = ""
     accession_number: str = ""
+    study_description: str = ""
+    patient_name: str = ""  # for the study list only (never logged)
     series_number: int | None = None
     series_description: str = ""
     manufacturer: str = ""
@@ -120,14 +122,6 @@ class PairingRecord:
 
 
 @dataclass(frozen=True)
-class StudyStatus:
-    study_instance_uid: str
-    state: str
-    revision: int
-    last_received_at: datetime
-
-
-@dataclass(frozen=True)
 class JobStatus:
     job_id: int
     pipeline: str
@@ -148,6 +142,7 @@ class DeliveryStatus:
     state: str
     attempts: int
     last_error: str
+    next_attempt_at: datetime | None = None  # pending ones: when they are tried next
 
 
 @dataclass(frozen=True)
