@@ -41,13 +41,13 @@ NOISE = (
     ),
 )
 
-# (message, category, module) for warnings.filterwarnings.
+# (message, category, module) for warnings.filterwarnings ("": any module).
 WARNINGS = (
     # The same over-long value as the pydicom record above, as a Python warning.
     (r"The value length \(\d+\) exceeds the maximum length of \d+ allowed for VR", UserWarning, r"pydicom\."),
-    # A source's single-component Patient's Name copied into an output: the warning quotes the patient's name,
-    # which never goes into the log.
-    (r"The string \".*\" is unlikely to represent the intended person name", UserWarning, r"highdicom\."),
+    # highdicom's check of a source's single-component Patient's Name copied into an output (attributed to its
+    # caller): the warning quotes the patient's name, which never goes into the log.
+    (r"The string \".*\" is unlikely to represent the intended person name", UserWarning, ""),
 )
 
 

@@ -38,8 +38,9 @@ def configure_logging(settings: LoggingSettings) -> None:
     logging.basicConfig(level=settings.level, handlers=handlers, force=True)
     logging.captureWarnings(True)  # warnings as records, in the same format (filtered below like the rest)
     quiet_third_party()
-    # pynetdicom logs every PDU, highdicom every copied module, apscheduler every poll at INFO: warnings only.
-    for chatty in ("pynetdicom", "highdicom"):
+    # pynetdicom logs every PDU, highdicom every copied module, pyradiomics every step of every extraction at
+    # INFO: warnings only.
+    for chatty in ("pynetdicom", "highdicom", "radiomics"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     # The stages are started as events as well as on the poll: APScheduler's "skipped: already running"
     # warnings are expected, its errors are not.
