@@ -187,10 +187,10 @@ def _peers(settings: Settings, warnings: list[str]) -> None:
         return
     hosts = [p.host for p in peers.allowed]
     if all(h is not None and ipaddress.ip_network(h, strict=False).is_loopback for h in hosts):
-        where = " inside a container, where that is the container itself" if _in_container() else ""
+        where = " (this runs in a container: its loopback is the container's own)" if _in_container() else ""
         warnings.append(
-            f"peers.allowed: only loopback addresses ({', '.join(sorted(set(hosts)))}){where}: no scanner or PACS on "
-            "another machine can store; list their AE titles and addresses"
+            f"peers.allowed: only loopback addresses ({', '.join(sorted(set(hosts)))}): only senders on this "
+            f"machine can store{where}; list your scanners' and PACS' AE titles and addresses"
         )
 
 
