@@ -94,8 +94,9 @@ def test_serve_sets_up_only_what_is_missing(checkout) -> None:
     # The second start: the Debian packages are asked after (dpkg), nothing is installed.
     assert serve() == ["dpkg -s dcmtk", "dpkg -s dicom3tools", "immunode serve --config x.yaml"]
     # A source file changed (a pull, an edit): the package alone is installed again, not its dependencies.
-    later = stamp.stat().st_mtime + 10
-    os.utime(repo / "storage" / "__init__.py", (later, later))
+    set_up = stamp.stat().st_mtime - 60
+    os.utime(stamp, (set_up, set_up))
+    os.utime(repo / "storage" / "__init__.py", (set_up + 30, set_up + 30))
     assert [c for c in serve() if c.startswith("python")] == ["python -m pip install -q --no-deps ."]
     assert [c for c in serve() if c.startswith("python")] == []
     # pyproject.toml changed (a dependency): the full install again.
