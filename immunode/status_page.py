@@ -17,7 +17,7 @@ e = html.escape
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} h1{font-size:1.4em}
 h2{font-size:1.1em;margin-top:1.5em} table{border-collapse:collapse;width:100%;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.3em;text-align:left;vertical-align:top} th{background:#eee}
+th,td{border:1px solid #ccc;padding:.3em;text-align:left;vertical-align:top;overflow-wrap:anywhere} th{background:#eee}
 code{font-size:.85em;word-break:break-all} .empty{color:#777} .FAILED{color:#b00;font-weight:bold}
 .SUCCEEDED{color:#070} .banner{background:#ffd;padding:.5em;border:1px solid #cc9}
 .health{padding:.5em;border:1px solid #999;font-weight:bold} .OK{background:#dfd} .ATTENTION{background:#ffd}

@@ -5,6 +5,8 @@ working retry action, refusals, the audit trail; every value escaped), and authe
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -225,3 +227,47 @@ def test_patient_names_only_when_the_configuration_allows(tmp_path: Path, make_s
     page = _get(base + "/")[1]
     assert "<th>patient name</th>" in page and "Doe^Jane" in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page
+
+
+def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh --with-postgres installs it)")
+    return subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            *arguments,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_the_study_list_in_a_real_browser(tmp_path: Path, make_settings, start_node) -> None:
+    """Headless Chromium reads the filtered study list as a browser parses it (the hostile description stays text,
+    no element comes from the data) and takes a screenshot of it."""
+    from PIL import Image
+
+    node = start_node(_list_settings(make_settings))
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    for files in _scanner_studies(tmp_path / "scanner").values():
+        assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: "3 studies; page 1 of 1" in _get(base + "/?state=done")[1], 60)
+    filtered = f"{base}/?patient=ACME&state=done"
+    dom = _chromium(tmp_path, "--dump-dom", filtered).stdout
+    assert "2 studies; page 1 of 1" in dom and "ACME-001" in dom and "ACME-002" in dom and "OTHER-3" not in dom
+    assert "&lt;script&gt;alert('d')&lt;/script&gt; restaging" in dom  # text, as the browser holds it
+    assert dom.count("<script") == 0 and "<img" not in dom
+    assert 'value="ACME"' in dom  # the search form keeps what was asked
+    shot = tmp_path / "study-list.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,900", filtered)
+    assert shot.exists(), "chromium wrote no screenshot"
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1400, 900) and len(image.getcolors(maxcolors=1 << 20) or []) > 20
