@@ -181,7 +181,9 @@ class Node:
         return take_snapshot(self.settings, self.database, query)
 
     def retain_once(self) -> None:
-        """Retention: purge what the policy says is due (by age, then by the disk watermark)."""
+        """Retention: finish a purge a crash left, then purge what the policy says is due (by age, then by the
+        disk watermark)."""
+        retention.recover_interrupted(self.database, self.layout)
         retention.apply(self.settings.storage.retention, self.database, self.layout, self.store.deleting_series)
 
     def _retry_delivery(self, delivery_id: int) -> int:

@@ -23,7 +23,7 @@ from storage.audit import AuditEntry
 from storage.database import Database
 from storage.errors import StorageError
 from storage.integrity import ConflictView, QuarantineView
-from storage.overview import DeliveryCell, IndexFacts, JobCell, StudyPage, StudyQuery
+from storage.overview import DeliveryCell, IndexFacts, JobCell, StudyPage, StudyQuery, StudyRow
 from storage.runs import RunSummary
 from storage.schema import AuditOutcome, DeliveryState, utcnow
 from storage.types import DeliveryStatus, EventRecord, JobStatus
@@ -199,3 +199,13 @@ def delivery_detail(delivery: DeliveryCell | DeliveryStatus, now: datetime) -> s
     if state is DeliveryState.DEAD:
         return f"DEAD after {delivery.attempts} attempt(s){error}"
     return f"{delivery.attempts} attempt(s), next {when(delivery.next_attempt_at, now)}{error}"
+
+
+def results_text(row: StudyRow) -> str:
+    """A study's result objects for people: "1 SEG, 1 SR (+2 earlier)"; "" when there are none."""
+    kinds: dict[str, int] = {}
+    for result in row.results:
+        kinds[result.kind.value] = kinds.get(result.kind.value, 0) + 1
+    shown = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+    earlier = f" (+{row.earlier_results} earlier)" if row.earlier_results else ""
+    return (shown or "none") + earlier if shown or earlier else ""

@@ -9,7 +9,15 @@ from collections.abc import Mapping, Sequence
 from datetime import date, datetime
 from urllib.parse import urlencode
 
-from immunode.snapshot import StatusSnapshot, Verdict, delivery_detail, health_line, job_detail, when
+from immunode.snapshot import (
+    StatusSnapshot,
+    Verdict,
+    delivery_detail,
+    health_line,
+    job_detail,
+    results_text,
+    when,
+)
 from storage.overview import MAX_PAGE_SIZE, StudyCondition, StudyPage, StudyQuery, StudyRow
 
 e = html.escape
@@ -121,12 +129,7 @@ def _study_cells(row: StudyRow, snapshot: StatusSnapshot, names: bool) -> list[s
         + (f": {e(detail)}" if (detail := job_detail(j, snapshot.max_job_attempts, now)) else "")
         for j in row.jobs
     )
-    kinds: dict[str, int] = {}
-    for result in row.results:
-        kinds[result.kind.value] = kinds.get(result.kind.value, 0) + 1
-    results = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
-    if row.earlier_results:
-        results += f" (+{row.earlier_results} earlier)"
+    results = results_text(row)
     deliveries = "<br>".join(
         f"{e(d.kind.value)} &rarr; {e(d.destination)}: {e(delivery_detail(d, now))}" for d in row.deliveries
     )

@@ -15,10 +15,11 @@ One purge, and what a crash at each step leaves:
 3. one transaction, while no instance is being indexed, checks the study again (complete at the same revision,
    nothing pending, the same files) and deletes its rows with the audit record of the purge: all or nothing;
 4. the folder is deleted.
-`recover_interrupted` (at start-up, before the object store is reconciled) finishes what a crash left: a file of a
-purging folder whose original path an index row still names goes back there (steps 1-2, or 3 rolled back); the
-others are deleted (step 3 committed). A study that changed meanwhile (new instances, a re-run) is put back the
-same way at once, and purged at a later pass if it is still due.
+`recover_interrupted` (at start-up, before the object store is reconciled, and before every retention pass)
+finishes what a crash left, once its folder is a minute old (another node sharing the storage root may be purging
+it): a file of a purging folder whose original path an index row still names goes back there (steps 1-2, or 3
+rolled back); the others are deleted (step 3 committed). A study that changed meanwhile (new instances, a re-run)
+is put back the same way at once, and purged at a later pass if it is still due.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ logger = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 BATCH = 20  # candidates read at a time (each purge is its own transaction)
+GRACE_S = 60.0  # a purge takes seconds: a purging folder older than this was left by a crash
 
 # Runs the row deletion while no instance is being indexed and forgets the series (`InstanceStore.deleting_series`).
 SeriesGuard = Callable[[Collection[str], Callable[[], Any]], Any]
@@ -371,10 +374,12 @@ def _delete_study_rows(session: Session, study_id: int) -> None:
 # --- after a crash ------------------------------------------------------------------------------------------------
 
 
-def recover_interrupted(database: Database, layout: FileLayout) -> tuple[int, int]:
-    """Finish the purges a crash interrupted; returns (files put back, files deleted)."""
+def recover_interrupted(database: Database, layout: FileLayout, grace_s: float = GRACE_S) -> tuple[int, int]:
+    """Finish the purges a crash interrupted; returns (files put back, files deleted). A folder younger than
+    `grace_s` is left alone: another node sharing the storage root may be purging it now."""
     restored = deleted = 0
-    for folder in sorted(p for p in layout.purging.iterdir() if p.is_dir()):
+    cutoff = time.time() - grace_s
+    for folder in sorted(p for p in layout.purging.iterdir() if p.is_dir() and p.stat().st_mtime < cutoff):
         back, gone = _settle(database, layout, folder)
         restored += back
         deleted += gone

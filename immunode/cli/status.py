@@ -10,7 +10,15 @@ from datetime import date
 from common.states import JobState
 from immunode.cli.common import index_database, settings
 from immunode.config import ConfigError
-from immunode.snapshot import StatusSnapshot, delivery_detail, health_line, job_detail, take_snapshot, when
+from immunode.snapshot import (
+    StatusSnapshot,
+    delivery_detail,
+    health_line,
+    job_detail,
+    results_text,
+    take_snapshot,
+    when,
+)
 from storage.overview import MAX_PAGE_SIZE, StudyCondition, StudyQuery, StudyRow
 from storage.schema import DeliveryState
 
@@ -97,13 +105,8 @@ def _print_study(row: StudyRow, snapshot: StatusSnapshot) -> None:
     for job in row.jobs:
         detail = job_detail(job, snapshot.max_job_attempts, now)
         print(f"      {job.pipeline} {job.state.value}" + (f": {detail}" if detail else ""))
-    if row.results or row.earlier_results:
-        kinds: dict[str, int] = {}
-        for result in row.results:
-            kinds[result.kind.value] = kinds.get(result.kind.value, 0) + 1
-        shown = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items())) or "none"
-        earlier = f" (+{row.earlier_results} earlier)" if row.earlier_results else ""
-        print(f"      results: {shown}{earlier}")
+    if results_text(row):
+        print(f"      results: {results_text(row)}")
     for delivery in row.deliveries:
         print(f"      {delivery.kind.value} -> {delivery.destination}: {delivery_detail(delivery, now)}")
 

@@ -129,35 +129,14 @@ def test_authentication_is_required_off_localhost(tmp_path: Path, make_settings,
 def test_the_status_page_renders_in_a_real_browser(tmp_path: Path, make_settings, start_node) -> None:
     """Headless Chromium (Debian package `chromium`, installed by the test set-up) loads the page and takes a
     screenshot: the page renders (not blank, its tables drawn)."""
-    import shutil
-    import subprocess
-
     from PIL import Image
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh --with-postgres installs it)")
     node = start_node(make_settings())
     study = write_study(tmp_path / "scanner", shape_zyx=(16, 40, 40), lesions=DEFAULT_LESIONS[:1], patient_id="SHOT")
     assert storescu(node.port, list(study.pet_files)).returncode == 0
     wait_until(lambda: "class='state SUCCEEDED'" in _get(f"http://127.0.0.1:{node.monitoring_port}/")[1], 120)
     shot = tmp_path / "status.png"
-    subprocess.run(
-        [
-            browser,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,900",
-            f"http://127.0.0.1:{node.monitoring_port}/",
-        ],
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", f"http://127.0.0.1:{node.monitoring_port}/")
     assert shot.exists(), "chromium wrote no screenshot"
     image = Image.open(shot).convert("RGB")
     assert image.size == (1280, 900)
