@@ -169,3 +169,47 @@ def test_status_prints_the_snapshot_searched_and_filtered(tmp_path: Path, make_s
     assert "Studies (2 matching; page 2 of 2" in out and "ACME-2" in out and "OTHER-3 " not in out
     assert cli_main(["status", "-c", str(config), "--accession", "zzz"]) == 0
     assert "Studies (0 matching" in capsys.readouterr().out
+
+
+def test_purge_lists_what_is_due_and_purges_only_without_a_running_node(tmp_path: Path, make_settings, capsys) -> None:
+    import os
+    import socket
+
+    from sqlalchemy import update
+
+    from common.states import JobState
+    from storage import runs
+    from storage.files import FileLayout
+    from storage.schema import Study, utcnow
+    from storage.store import InstanceStore
+    from tests.storage.conftest import job_with_result, store_study
+
+    settings = make_settings(storage={"retention": {"max_age_days": 30}})
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    database = Database(settings.database_url)
+    layout = FileLayout(settings.storage.root)
+    store = InstanceStore(database, layout)
+    old, _ = store_study(store, tmp_path / "old", "OLD-1")
+    recent, _ = store_study(store, tmp_path / "recent", "NEW-1")
+    for uid in (old, recent):
+        job_with_result(database, layout, uid, JobState.SUCCEEDED)
+    with database.session() as session:
+        session.execute(
+            update(Study).where(Study.study_instance_uid == old).values(last_received_at=utcnow().replace(year=2020))
+        )
+        live = runs.begin_run(session, socket.gethostname(), os.getpid()).run_id  # as a running node
+    assert cli_main(["purge", "--dry-run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert old in out and recent not in out and "more than 30 day(s) ago" in out
+    assert "1 stud(ies)" in out and "due for purging now" in out
+    assert cli_main(["purge", "--config", str(config)]) == 1
+    assert "a node is running on this index" in capsys.readouterr().err
+    with database.session() as session:
+        runs.end_run(session, live)
+    assert cli_main(["purge", "--config", str(config)]) == 0
+    assert "purged 1 stud(ies)" in capsys.readouterr().out
+    assert cli_main(["status", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "Studies (1 matching" in listed and "NEW-1" in listed and "OLD-1" not in listed
+    database.dispose()
