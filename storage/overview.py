@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, and_, exists, func, not_, or_, select
@@ -96,7 +96,8 @@ class StudyRow:
     study_instance_uid: str
     patient_id: str
     issuer_of_patient_id: str
-    patient_name: str | None  # None unless the caller asked for names (`monitoring.show_patient_names`)
+    # None unless the caller asked for names (`monitoring.show_patient_names`); never in a repr (a log line).
+    patient_name: str | None = field(repr=False)
     accession_number: str
     study_date: date | None
     description: str

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -30,7 +30,7 @@ class InstanceHeader:
     study_date: str = ""
     accession_number: str = ""
     study_description: str = ""
-    patient_name: str = ""  # for the study list only (never logged)
+    patient_name: str = field(default="", repr=False)  # for the study list only: never in a log line
     series_number: int | None = None
     series_description: str = ""
     manufacturer: str = ""

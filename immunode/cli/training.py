@@ -198,6 +198,8 @@ def cmd_train_histology(args: argparse.Namespace) -> int:
     return 0
 
 
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     from models import EXPRESSION_BASELINES as BASELINES
 
