@@ -122,21 +122,21 @@ def candidates(
     session: Session, received_before: datetime | None = None, limit: int = BATCH, skip: Collection[int] = ()
 ) -> list[Candidate]:
     """Purgeable studies, oldest last instance first (only those last received before `received_before`)."""
-    size = (
-        select(func.coalesce(func.sum(Instance.size_bytes), 0))
-        .join(Series, Series.id == Instance.series_fk)
-        .where(Series.study_fk == Study.id)
-        .scalar_subquery()
-    )
-    statement = select(Study.id, Study.study_instance_uid, Study.revision, Study.last_received_at, size).where(
-        *_purgeable()
-    )
+    statement = select(Study.id, Study.study_instance_uid, Study.revision, Study.last_received_at).where(*_purgeable())
     if received_before is not None:
         statement = statement.where(Study.last_received_at < received_before)
     if skip:
         statement = statement.where(Study.id.not_in(list(skip)))
     rows = session.execute(statement.order_by(Study.last_received_at, Study.id).limit(limit)).all()
-    return [Candidate(row[0], row[1], row[2], row[3], int(row[4] or 0)) for row in rows]
+    sizes = dict(  # of these studies only (a sum per study in the first query would run over every study)
+        session.execute(
+            select(Series.study_fk, func.sum(Instance.size_bytes))
+            .join(Instance, Instance.series_fk == Series.id)
+            .where(Series.study_fk.in_([row[0] for row in rows]))
+            .group_by(Series.study_fk)
+        ).all()
+    )
+    return [Candidate(row[0], row[1], row[2], row[3], int(sizes.get(row[0]) or 0)) for row in rows]
 
 
 def free_bytes(layout: FileLayout) -> int:
