@@ -18,10 +18,12 @@ COPY storage ./storage
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0" \
  && pip install --no-cache-dir .
 
-# Storage (files + SQLite index) lives on a volume; mount your own config.yaml over /etc/immunode/config.yaml.
+# Storage (files + SQLite index) lives on a volume. The configuration the image starts with is
+# deploy/container.yaml: its peers.allowed is empty (nobody may store until you list your senders), so mount your
+# copy of it over /etc/immunode/config.yaml (docs/operations.md, "In a container").
+COPY deploy/container.yaml /etc/immunode/config.yaml
 RUN useradd --system --home /var/lib/immunode immunode \
- && mkdir -p /var/lib/immunode /etc/immunode \
- && sed 's#root: ./immunode-data#root: /var/lib/immunode#' config.yaml > /etc/immunode/config.yaml \
+ && mkdir -p /var/lib/immunode \
  && chown -R immunode /var/lib/immunode
 USER immunode
 VOLUME /var/lib/immunode

@@ -48,6 +48,8 @@ HEADER_KEYWORDS = [
     "Modality",
     "StudyDate",
     "AccessionNumber",
+    "StudyDescription",
+    "PatientName",
     "SeriesNumber",
     "SeriesDescription",
     "Manufacturer",
@@ -201,6 +203,15 @@ def _text(ds: Dataset, keyword: str, limit: int) -> str:
     return "" if value is None else str(value).strip()[:limit]
 
 
+def _display_text(ds: Dataset, keyword: str, limit: int) -> str:
+    """A value kept for the study list only: one that cannot be decoded (an unknown character set) is left
+    empty rather than refusing an instance that is otherwise valid."""
+    try:
+        return _text(ds, keyword, limit)
+    except Exception:  # pydicom raises many types decoding text; none makes the instance invalid
+        return ""
+
+
 def _int_or_none(ds: Dataset, keyword: str) -> int | None:
     try:
         value = ds.get(keyword)
@@ -266,6 +277,8 @@ def _checked_header(
         modality=_text(ds, "Modality", 16),
         study_date=_text(ds, "StudyDate", 8),
         accession_number=_text(ds, "AccessionNumber", 16),
+        study_description=_display_text(ds, "StudyDescription", 64),
+        patient_name=_display_text(ds, "PatientName", 200),
         series_number=_int_or_none(ds, "SeriesNumber"),
         series_description=_text(ds, "SeriesDescription", 64),
         manufacturer=_text(ds, "Manufacturer", 64),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 
 from dicom_node.errors import TlsSetupError
 from dicom_node.settings import TlsClientSettings, TlsServerFiles
@@ -15,12 +16,9 @@ def server_context(settings: TlsServerFiles) -> ssl.SSLContext:
     verified against the CA as configured."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[settings.minimum_version]
-    try:
-        context.load_cert_chain(settings.certificate, settings.private_key)
-        if settings.ca_certificates is not None:
-            context.load_verify_locations(cafile=settings.ca_certificates)
-    except (OSError, ssl.SSLError) as error:
-        raise TlsSetupError(f"cannot load the TLS certificate, key or CA certificates: {error}") from None
+    _load_chain(context, settings.certificate, settings.private_key)
+    if settings.ca_certificates is not None:
+        _load_ca(context, settings.ca_certificates)
     context.verify_mode = {
         "none": ssl.CERT_NONE,
         "optional": ssl.CERT_OPTIONAL,
@@ -33,18 +31,46 @@ def client_context(settings: TlsClientSettings) -> ssl.SSLContext:
     """The context for connecting to a peer: its certificate verified (and its name, unless switched off)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = VERSIONS[settings.minimum_version]
-    try:
-        if settings.ca_certificates is not None:
-            context.load_verify_locations(cafile=settings.ca_certificates)
-        else:
-            context.load_default_certs(ssl.Purpose.SERVER_AUTH)
-        if settings.certificate is not None:
-            context.load_cert_chain(settings.certificate, settings.private_key)
-    except (OSError, ssl.SSLError) as error:
-        raise TlsSetupError(f"cannot load the TLS certificate, key or CA certificates: {error}") from None
+    if settings.ca_certificates is not None:
+        _load_ca(context, settings.ca_certificates)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
+    if settings.certificate is not None and settings.private_key is not None:
+        _load_chain(context, settings.certificate, settings.private_key)
     context.check_hostname = settings.verify_hostname
     context.verify_mode = ssl.CERT_REQUIRED
     return context
+
+
+def _readable(key: str, path: Path) -> None:
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise TlsSetupError(f"{key}: cannot read {path}: {error.strerror}") from None
+
+
+def _load_chain(context: ssl.SSLContext, certificate: Path, private_key: Path) -> None:
+    """The certificate (chain) and its key; errors name the setting and the file (the key is the file named)."""
+    _readable("certificate", certificate)
+    _readable("private_key", private_key)
+    try:
+        context.load_cert_chain(certificate, private_key)
+    except ssl.SSLError as error:
+        raise TlsSetupError(
+            f"certificate, private_key: {certificate} with {private_key}: not a PEM certificate and its matching "
+            f"key ({error.reason or error})"
+        ) from None
+
+
+def _load_ca(context: ssl.SSLContext, ca_certificates: Path) -> None:
+    _readable("ca_certificates", ca_certificates)
+    try:
+        context.load_verify_locations(cafile=ca_certificates)
+    except ssl.SSLError as error:
+        raise TlsSetupError(
+            f"ca_certificates: {ca_certificates}: no PEM CA certificate ({error.reason or error})"
+        ) from None
 
 
 def tls_arguments(settings: TlsClientSettings | None, host: str) -> tuple[ssl.SSLContext, str] | None:

@@ -105,6 +105,8 @@ class WorkerSettings(Strict):
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     file: Path | None = None
+    # text: one line a record; json: one JSON object a line (time, level, process, logger, message), for collectors.
+    format: Literal["text", "json"] = "text"
 
 
 class MonitoringSettings(Strict):
@@ -112,6 +114,8 @@ class MonitoringSettings(Strict):
     host: str = "127.0.0.1"
     port: int = Field(8104, ge=0, le=65535)  # 0: a free port
     refresh_s: int = Field(10, ge=1)  # the status page reloads itself this often
+    # The study list (page and `immunode status`) shows patient names only when true; Patient IDs always.
+    show_patient_names: bool = False
     # Required when `host` is not a loopback address; `immunode hash-password` makes the hash.
     username: str | None = None
     password_hash: str | None = Field(None, pattern=PASSWORD_HASH_PATTERN)

@@ -6,8 +6,9 @@
   durations, deliveries by state, dead letters, queue depth, audit records; and free disk of the storage root.
 - `/healthz` (liveness): the process answers and its scheduler runs. `/readyz` (readiness): the SCP listens,
   the index answers, the storage root has its reserve free; 503 with the reasons otherwise.
-- `/`: the status page (studies with their jobs and results, failures with reasons, deliveries and dead letters
-  with a retry action, refusals and the audit trail), refreshing itself. Bound to localhost by default; on any
+- `/`: the status page (`immunode.status_page`: the health line, the study list with search, filter and paging,
+  failures with reasons, deliveries and dead letters with a retry action, refusals and the audit trail), refreshing
+  itself. Bound to localhost by default; on any
   other address HTTP basic authentication is required (`monitoring.username`, `monitoring.password_hash`) and the
   retry action also checks that the request comes from the page itself (Origin/Referer).
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hmac
-import html
 import json
 import logging
 import shutil
@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -35,9 +35,12 @@ from sqlalchemy import text
 from common.passwords import check_password, hash_password  # noqa: F401 - hash_password: the CLI imports it here
 from common.states import JobState
 from dicom_node.types import StoreObservation
+from immunode import status_page
 from immunode.config import MonitoringSettings
-from storage import audit, deliveries, events, jobs, studies
+from immunode.snapshot import StatusSnapshot
+from storage import audit, deliveries, jobs, studies
 from storage.database import Database
+from storage.overview import StudyQuery
 from storage.schema import DeliveryState
 
 logger = logging.getLogger(__name__)
@@ -142,7 +145,7 @@ class MonitoringHooks:
     """What the server asks the node (the node passes these in; the server imports nothing of the service)."""
 
     metrics: NodeMetrics
-    database: Database
+    snapshot: Callable[[StudyQuery], StatusSnapshot]  # the status page's one reading of the index
     alive: Callable[[], bool]
     ready: Callable[[], Readiness]
     retry_delivery: Callable[[int], int]
@@ -205,7 +208,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         hooks = self.monitor.hooks
         if path == "/healthz":  # liveness answers without authentication (for the container's healthcheck)
             alive = hooks.alive()
@@ -222,7 +226,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(HTTPStatus.OK, hooks.metrics.exposition(), CONTENT_TYPE_LATEST)
         elif path == "/":
-            page = status_page(hooks.database, self.monitor.settings.refresh_s)
+            query, problems = status_page.parse_query(parse_qs(url.query))
+            page = status_page.render(hooks.snapshot(query), self.monitor.settings.refresh_s, problems)
             self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
@@ -246,102 +251,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
-
-
-# --- the status page ---------------------------------------------------------------------------------------------
-
-
-def _table(headers: list[str], rows: list[list[str]], empty: str) -> str:
-    if not rows:
-        return f"<p class=empty>{html.escape(empty)}</p>"
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-STYLE = """
-body{font-family:system-ui,sans-serif;margin:1.5em;color:#222} h1{font-size:1.4em}
-h2{font-size:1.1em;margin-top:1.5em} table{border-collapse:collapse;width:100%;font-size:.85em}
-th,td{border:1px solid #ccc;padding:.3em;text-align:left;vertical-align:top} th{background:#eee}
-code{font-size:.9em} .empty{color:#777} .FAILED{color:#b00;font-weight:bold} .SUCCEEDED{color:#070}
-.banner{background:#ffd;padding:.5em;border:1px solid #cc9}
-"""
-DELIVERY_COLUMNS = ["id", "kind", "instance", "destination", "state", "attempts", "last error", ""]
-
-
-def status_page(database: Database, refresh_s: int, limit: int = 50) -> str:
-    """The page: every value escaped (UIDs, AE titles and reasons come from the network)."""
-    e = html.escape
-    with database.session() as session:
-        recent = studies.recent_studies(session, limit)
-        job_list = jobs.recent_jobs(session, limit * 2)
-        unsent = deliveries.unsent_deliveries(session)
-        counts = deliveries.delivery_counts(session)
-        problems = events.recent_events(session, limit)
-        trail = audit.audit_records(session, limit=limit)
-    jobs_of: dict[str, list] = {}
-    for job in job_list:
-        jobs_of.setdefault(job.study_instance_uid, []).append(job)
-    study_rows = []
-    for study in recent:
-        described = "<br>".join(
-            f"{e(j.pipeline)} <span class='state {e(j.state.value)}'>{e(j.state.value)}</span>"
-            + (f": {e(j.summary[:200])}" if j.summary else "")
-            for j in jobs_of.get(study.study_instance_uid, [])
-        )
-        study_rows.append(
-            [
-                f"<code>{e(study.study_instance_uid)}</code>",
-                e(str(study.state)),
-                f"{study.last_received_at:%Y-%m-%d %H:%M:%S}Z",
-                described or "-",
-            ]
-        )
-    failure_rows = [
-        [str(j.job_id), e(j.pipeline), f"<code>{e(j.study_instance_uid)}</code>", e(j.error)]
-        for j in job_list
-        if j.state is JobState.FAILED
-    ]
-    delivery_rows = [
-        [
-            str(d.delivery_id),
-            e(d.kind.value),
-            f"<code>{e(d.sop_instance_uid)}</code>",
-            e(d.destination),
-            e(str(d.state)),
-            str(d.attempts),
-            e(d.last_error or "not yet attempted"),
-            f"<form method=post action='/retry/delivery/{d.delivery_id}'><button>retry</button></form>"
-            if str(d.state).endswith("DEAD")
-            else "",
-        ]
-        for d in unsent
-    ]
-    problem_rows = [
-        [f"{p.at:%Y-%m-%d %H:%M:%S}Z", e(p.level), f"<code>{e(p.study_instance_uid)}</code>", e(p.message)]
-        for p in problems
-    ]
-    audit_rows = [[f"{a.at:%Y-%m-%d %H:%M:%S}Z", e(a.line().removeprefix("audit "))] for a in trail]
-    dead = counts.get(DeliveryState.DEAD, 0)
-    return f"""<!doctype html>
-<html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content="{int(refresh_s)}">
-<title>immunode status</title>
-<style>{STYLE}</style></head><body>
-<h1>immunode status</h1>
-<p class=banner>Research use only. This page reloads every {int(refresh_s)} s.
-Deliveries: {", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState)}; dead letters: {dead}.</p>
-<h2>Studies, their jobs and results</h2>
-{_table(["study", "state", "last instance", "jobs"], study_rows, "no studies received")}
-<h2>Failures</h2>
-{_table(["job", "pipeline", "study", "reason"], failure_rows, "no failed jobs")}
-<h2>Deliveries not sent, dead letters</h2>
-{_table(DELIVERY_COLUMNS, delivery_rows, "every result delivered")}
-<h2>Refusals and problems</h2>
-{_table(["at", "level", "study", "message"], problem_rows, "none")}
-<h2>Audit trail</h2>
-{_table(["at", "record"], audit_rows, "no audit records")}
-</body></html>
-"""
 
 
 def index_answers(database: Database) -> str | None:

@@ -4,85 +4,31 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from dicom_node.dicomweb import check_service
 from dicom_node.dispatch import dispatch_due
-from dicom_node.errors import SecretUnavailable, TlsSetupError
 from dicom_node.scp import StorageSCP
-from dicom_node.settings import DicomWebService
 from dicom_node.stow_server import DicomWebServer
-from dicom_node.tls import client_context, server_context
 from immunode import flow
 from immunode.config import ConfigError, Settings
 from immunode.monitoring import MonitoringHooks, MonitoringServer, NodeMetrics, Readiness, index_answers
 from immunode.reconcile import reconcile
+from immunode.snapshot import StatusSnapshot, take_snapshot
+from immunode.startup import StartupCheck, check_startup
 from immunode.worker import JobRunner
-from pipelines.errors import ConfigurationProblem
-from storage import deliveries, runs, studies
+from storage import deliveries, retention, runs, studies
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.errors import StorageError
 from storage.files import FileLayout
+from storage.overview import StudyQuery
 from storage.store import InstanceStore
 
 logger = logging.getLogger(__name__)
-
-
-def check_pipelines(settings: Settings) -> None:
-    """Refuse to start when a pipeline's configuration names files that cannot be used (weights missing or not
-    matching their model card, an unreadable signature table). Only hashes and tables are checked here (no
-    PyTorch in the node's own process); the workers load the weights."""
-    for pipeline in settings.registry.pipelines:
-        try:
-            lines = pipeline.check_configuration(settings.pipelines)
-        except ConfigurationProblem as error:
-            raise ConfigError(str(error)) from None
-        for line in lines:
-            logger.info("%s", line)
-
-
-def _check_client_side(key: str, peer: object) -> None:
-    """A destination's or the query/retrieve peer's TLS files (and, for DICOMweb, its secrets) can be used."""
-    try:
-        if isinstance(peer, DicomWebService):
-            check_service(peer)
-        elif peer.tls is not None:  # type: ignore[attr-defined]
-            client_context(peer.tls)  # type: ignore[attr-defined]
-    except TlsSetupError as error:
-        raise ConfigError(f"{key}.tls: {error}") from None
-    except SecretUnavailable as error:
-        raise ConfigError(f"{key}.auth: {error}") from None
-
-
-def dicomweb_tls_context(settings: Settings) -> ssl.SSLContext | None:
-    """The DICOMweb endpoint's TLS context (checked before anything listens), None without TLS."""
-    if settings.node.dicomweb is None or settings.node.dicomweb.tls is None:
-        return None
-    try:
-        return server_context(settings.node.dicomweb.tls)
-    except TlsSetupError as error:
-        raise ConfigError(f"node.dicomweb.tls: {error}") from None
-
-
-def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
-    """The SCP's TLS context, and every configured client TLS context (and DICOMweb secret) checked, before
-    anything listens."""
-    for number, destination in enumerate(settings.destinations):
-        _check_client_side(f"destinations.{number}", destination)
-    if settings.query_retrieve is not None:
-        _check_client_side("query_retrieve", settings.query_retrieve)
-    if settings.node.tls is None:
-        return None
-    try:
-        return server_context(settings.node.tls)
-    except TlsSetupError as error:
-        raise ConfigError(f"node.tls: {error}") from None
 
 
 class Node:
@@ -91,10 +37,15 @@ class Node:
     once; a finished job starts its dispatch (and the next job, and the pairing of any follow-up that waited
     for it). The poll (`routing.poll_interval_s`) remains as the safety net and for back-off retries."""
 
-    def __init__(self, settings: Settings) -> None:
-        check_pipelines(settings)
-        tls_context = tls_server_context(settings)
-        web_tls_context = dicomweb_tls_context(settings)
+    def __init__(self, settings: Settings, checked: StartupCheck | None = None) -> None:
+        """`checked`: the start-up checks already run (`immunode serve` runs them with the ports); else they run
+        here, without the ports (a port may be given to `start`)."""
+        checked = checked or check_startup(settings, ports=False)
+        checked.raise_problems()
+        for note in checked.notes:
+            logger.info("%s", note)
+        for warning in checked.warnings:
+            logger.warning("%s", warning)
         self.settings = settings
         self._umask = os.umask(0o077) if settings.storage.private else None
         self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb, settings.storage.private)
@@ -103,7 +54,13 @@ class Node:
         self.store = InstanceStore(self.database, self.layout)
         self.metrics = NodeMetrics(self.database, self.layout.root)
         self.scp = StorageSCP(
-            settings.node, settings.peers, self.store, self.trail, tls_context, self._stored, self.metrics.observe
+            settings.node,
+            settings.peers,
+            self.store,
+            self.trail,
+            checked.tls_context,
+            self._stored,
+            self.metrics.observe,
         )
         self.dicomweb = (
             DicomWebServer(
@@ -111,7 +68,7 @@ class Node:
                 settings.node.ae_title,
                 self.store,
                 self.trail,
-                web_tls_context,
+                checked.dicomweb_tls_context,
                 self._stored,
                 self.metrics.observe,
                 settings.node.max_inflated_mb * 1024 * 1024,
@@ -123,7 +80,7 @@ class Node:
         self.monitoring = (
             MonitoringServer(
                 settings.monitoring,
-                MonitoringHooks(self.metrics, self.database, self.alive, self.readiness, self._retry_delivery),
+                MonitoringHooks(self.metrics, self.snapshot, self.alive, self.readiness, self._retry_delivery),
             )
             if settings.monitoring.enabled
             else None
@@ -171,6 +128,7 @@ class Node:
         warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
         removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
+        retention.recover_interrupted(self.database, self.layout)  # before reconciling: files go back first
         self._run_id = reconcile(
             self.database, self.layout, self.store, self.settings.node.max_inflated_mb * 1024 * 1024
         )
@@ -184,6 +142,15 @@ class Node:
         self._every(self.run_once, "run")
         self._every(self.dispatch_once, "dispatch")
         self._every(self.trail.flush_spool, "spool")
+        if self.settings.storage.retention.enabled:
+            self.scheduler.add_job(
+                self.retain_once,
+                "interval",
+                seconds=self.settings.storage.retention.interval_s,
+                id="retention",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.add_job(
             self.heartbeat_once,
             "interval",
@@ -234,6 +201,16 @@ class Node:
         if not self.alive():
             reasons.append("stopped")
         return Readiness(not reasons, tuple(reasons))
+
+    def snapshot(self, query: StudyQuery) -> StatusSnapshot:
+        """The status page's reading of the index and the disk."""
+        return take_snapshot(self.settings, self.database, query)
+
+    def retain_once(self) -> None:
+        """Retention: finish a purge a crash left, then purge what the policy says is due (by age, then by the
+        disk watermark)."""
+        retention.recover_interrupted(self.database, self.layout)
+        retention.apply(self.settings.storage.retention, self.database, self.layout, self.store.deleting_series)
 
     def _retry_delivery(self, delivery_id: int) -> int:
         with self.database.session() as session:

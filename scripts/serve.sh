@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Sets up and starts the node on its embedded defaults (SQLite and ./immunode-data), or with the config
-# file given as IMMUNODE_CONFIG. Stop with Ctrl-C.
+# Sets up what is missing (scripts/setup.sh: a second start installs nothing) and starts the node on its
+# embedded defaults (SQLite and ./immunode-data), or with the config file given as IMMUNODE_CONFIG. Stop with
+# Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -4,6 +4,9 @@
 # Usage: scripts/setup.sh [--with-postgres]   (root, or sudo, for apt-get; --with-postgres also installs the
 # test peers: a PostgreSQL server, Orthanc as a real PACS with its DICOMweb plugin, and headless Chromium for the
 # status page)
+# Only what is missing is installed: apt-get runs only for a Debian package that is not there, and pip only when
+# pyproject.toml or this script changed since the last set-up (their hash is kept in .venv/.immunode-setup) or,
+# for the package alone without its dependencies, when a source file is newer than that stamp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +22,18 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+stamp=.venv/.immunode-setup
+wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+sources=(common dicom_node immunode models pipelines research storage)
+if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$wanted" ]]; then
+  # Dependencies as set up: reinstall the package itself only when its files changed (a pull, an edit).
+  if [[ -n "$(find "${sources[@]}" -type f -newer "$stamp" -print -quit)" ]]; then
+    .venv/bin/python -m pip install -q --no-deps .
+    touch "$stamp"
+  fi
+  exit 0
+fi
+
 PYTHON=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
@@ -27,3 +42,4 @@ PYTHON=${PYTHON:-python3}
 # A regular (not editable) install: the package data installs without setuptools notes; tests and the
 # worker processes they start import the working tree, which comes first on their path.
 .venv/bin/python -m pip install -q ".[test]"
+echo "$wanted" > "$stamp"

@@ -47,6 +47,10 @@ class AuditEntry:
 
     def line(self) -> str:
         """The one log line of this record (no patient data: AE titles, addresses, counts, UIDs)."""
+        if self.direction is AuditDirection.LOCAL:
+            studies = " ".join(self.study_uids)
+            counted = f"{self.instances} instance(s) of {studies}"
+            return f"audit {self.kind.value}: {self.outcome.value}, {counted} ({self.detail})"
         tls = f"TLS {self.tls_peer_subject or 'no client certificate'}" if self.tls else "plain"
         studies = f" studies {' '.join(self.study_uids[:5])}" + (" ..." if len(self.study_uids) > 5 else "")
         return (
@@ -141,6 +145,11 @@ def spooled_count(spool_folder: Path) -> int:
     if not spool_file.exists():
         return 0
     return sum(1 for line in spool_file.read_text(encoding="utf-8").splitlines() if line.strip())
+
+
+def record_audit(session: Session, entry: AuditEntry) -> None:
+    """An audit record written in the caller's transaction (it commits, or rolls back, with what it records)."""
+    _insert(session, "audit", entry.row())
 
 
 def _insert(session: Session, table: str, values: dict) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -65,6 +65,50 @@ def upgrade(engine: Engine) -> None:
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def head_revision() -> str:
+    """The newest schema revision this version of the code migrates to."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def known_revision(revision: str) -> bool:
+    """Whether this version's migrations know `revision` (an index written by a newer version: not)."""
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    try:
+        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+def indexed_revision(url: str, timeout_s: float = 10.0) -> str | None:
+    """The schema revision of an existing index; None when there is none yet (no SQLite file, or a database
+    without immunode's schema). Creates nothing: a SQLite file is opened read-only. IndexUnavailable when the
+    database cannot be reached."""
+    file = sqlite_file(url)
+    if file is not None:
+        if not file.is_file():
+            return None
+        engine = create_engine(f"sqlite:///file:{file.resolve()}?mode=ro&uri=true")
+    elif url.startswith("sqlite"):
+        return None
+    else:
+        engine = create_engine(url, connect_args={"connect_timeout": max(1, int(timeout_s))})
+    try:
+        with engine.connect() as connection:
+            if not inspect(connection).has_table("alembic_version"):
+                return None
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError as error:
+        where = engine.url.render_as_string(hide_password=True)
+        reason = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()[0]
+        raise IndexUnavailable(f"cannot reach the database {where}: {reason}") from None
+    finally:
+        engine.dispose()
 
 
 class Database:

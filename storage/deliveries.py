@@ -104,6 +104,15 @@ def unsent_deliveries(session: Session) -> list[DeliveryStatus]:
         .order_by(Delivery.id)
     ).all()
     return [
-        DeliveryStatus(d.id, o.kind, o.sop_instance_uid, d.destination, d.state.value, d.attempts, d.last_error or "")
+        DeliveryStatus(
+            d.id,
+            o.kind,
+            o.sop_instance_uid,
+            d.destination,
+            d.state.value,
+            d.attempts,
+            d.last_error or "",
+            d.next_attempt_at if d.state is DeliveryState.PENDING else None,
+        )
         for d, o in rows
     ]

@@ -6,6 +6,7 @@
 <root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
 <root>/quarantine/<uuid>.dcm         files found without an index row that could not be indexed
 <root>/spool/records.jsonl           audit records and refusals written while the index was unavailable
+<root>/purging/<uuid>/               a study's files while retention deletes its rows (storage.retention)
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from storage.errors import OutOfResources
 
-FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool")
+FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool", "purging")
 
 
 class FileLayout:
@@ -37,6 +38,10 @@ class FileLayout:
     @property
     def spool(self) -> Path:
         return self.root / "spool"
+
+    @property
+    def purging(self) -> Path:
+        return self.root / "purging"
 
     def absolute(self, relative: str | Path) -> Path:
         return self.root / relative

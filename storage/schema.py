@@ -63,6 +63,7 @@ class ConflictKind(enum.Enum):
 class AuditDirection(enum.Enum):
     INBOUND = "INBOUND"  # a peer connected to this node
     OUTBOUND = "OUTBOUND"  # this node connected to a peer (results sent, query/retrieve)
+    LOCAL = "LOCAL"  # this node acting on its own store (retention)
 
 
 class AuditKind(enum.Enum):
@@ -72,6 +73,7 @@ class AuditKind(enum.Enum):
     QUERY = "QUERY"  # C-FIND (or QIDO-RS) at the query/retrieve peer
     RETRIEVE = "RETRIEVE"  # C-MOVE (or WADO-RS) at the query/retrieve peer
     STOW = "STOW"  # an inbound DICOMweb STOW-RS request, accepted or refused
+    PURGE = "PURGE"  # a study's files and index rows deleted by retention
 
 
 class AuditOutcome(enum.Enum):
@@ -97,12 +99,17 @@ class Patient(Base):
 
 class Study(Base):
     __tablename__ = "studies"
+    # The study list and retention order studies by their last instance received.
+    __table_args__ = (Index("ix_studies_last_received_at", "last_received_at"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(64), unique=True)
     patient_fk: Mapped[int] = mapped_column(ForeignKey("patients.id"))
     study_date: Mapped[str] = mapped_column(String(8), default="")
     accession_number: Mapped[str] = mapped_column(String(16), default="")
+    study_description: Mapped[str] = mapped_column(String(64), default="")
+    # As the first instance named it (PN, all component groups); shown only when `monitoring.show_patient_names`.
+    patient_name: Mapped[str] = mapped_column(String(200), default="")
     state: Mapped[StudyState] = mapped_column(_enum(StudyState), default=StudyState.RECEIVING)
     # Incremented each time instances re-open a complete study; jobs record the revision they analysed.
     revision: Mapped[int] = mapped_column(Integer, default=1)

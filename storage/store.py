@@ -23,16 +23,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.database import Database
-from storage.errors import IdentityMismatch, StorageError
+from storage.errors import IdentityMismatch, IndexUnavailable, StorageError
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import (
@@ -49,6 +52,8 @@ from storage.types import InstanceHeader, StoredInstance, StoreOutcome
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 # Attributes of an instance's header that its series row keeps.
 SERIES_ATTRIBUTES = (
     "series_instance_uid",
@@ -58,6 +63,10 @@ SERIES_ATTRIBUTES = (
     "manufacturer",
     "frame_of_reference_uid",
 )
+
+
+# Attributes of an instance's header that its study row keeps (from the study's first instance).
+STUDY_ATTRIBUTES = ("study_instance_uid", "study_date", "accession_number", "study_description", "patient_name")
 
 
 def _header_values(header: InstanceHeader, names: tuple[str, ...]) -> dict[str, object]:
@@ -115,7 +124,8 @@ class InstanceStore:
         # One index writer at a time in this process: concurrent associations of one study would
         # otherwise race to insert the same patient, study or series row.
         self._index_lock = threading.Lock()
-        # Committed series rows by Series Instance UID (series rows are never deleted), to skip the look-up.
+        # Committed series rows by Series Instance UID, to skip the look-up (retention deletes series rows only
+        # through `deleting_series`, which drops them here).
         self._series: dict[str, SeriesKey] = {}
         # The hot-path statements, built once. INSERT .. ON CONFLICT DO NOTHING: a known UID inserts
         # nothing and takes the duplicate path.
@@ -190,8 +200,7 @@ class InstanceStore:
         try:
             with self._index_lock:
                 try:
-                    with self.database.transaction() as connection:
-                        key = self._index_new(connection, header, path, size, digest, calling_ae_title)
+                    key = self._index_new_or_recached(header, path, size, digest, calling_ae_title)
                     self._series[header.series_instance_uid] = key  # committed: now it may be cached
                     return StoreOutcome.NEW, path, None
                 except _AlreadyIndexed:
@@ -203,6 +212,32 @@ class InstanceStore:
         except IdentityMismatch as error:
             self._record_conflict(header, error, calling_ae_title)
             raise
+
+    def _index_new_or_recached(
+        self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
+    ) -> SeriesKey:
+        try:
+            with self.database.transaction() as connection:
+                return self._index_new(connection, header, path, size, digest, calling_ae_title)
+        except IndexUnavailable as error:
+            # A cached series whose rows another node's retention deleted (PostgreSQL never reuses the id): look
+            # the series up again, once.
+            cached = self._series.pop(header.series_instance_uid, None)
+            if cached is None or not isinstance(error.__cause__, IntegrityError):
+                raise
+        with self.database.transaction() as connection:
+            return self._index_new(connection, header, path, size, digest, calling_ae_title)
+
+    def deleting_series(self, series_uids: Collection[str], delete: Callable[[], T]) -> T:
+        """Run `delete` (retention removing these series' rows) while no instance is being indexed, then drop the
+        series from the cache: a cached key must never outlive its rows (SQLite gives a deleted row's id to the
+        next new row, which would file instances under another patient's series)."""
+        with self._index_lock:
+            try:
+                return delete()
+            finally:
+                for uid in series_uids:
+                    self._series.pop(uid, None)
 
     def _record_conflict(self, header: InstanceHeader, error: IdentityMismatch, calling_ae_title: str) -> None:
         conflict = error.conflict
@@ -278,7 +313,7 @@ class InstanceStore:
             .returning(Study.id)
             .values(
                 patient_fk=patient_id,
-                **_header_values(header, ("study_instance_uid", "study_date", "accession_number")),
+                **_header_values(header, STUDY_ATTRIBUTES),
                 state=StudyState.RECEIVING,
                 revision=1,
                 first_received_at=now,

@@ -19,7 +19,7 @@ from common.types import SeriesFiles, StoredFile, StudyFacts, parse_dicom_date
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import Instance, Job, Output, Patient, Series, Study, StudyState, utcnow
-from storage.types import CompletedStudy, NewJob, PatientSeries, SeriesSummary, StudyStatus
+from storage.types import CompletedStudy, NewJob, PatientSeries, SeriesSummary
 
 
 def next_quiet_due(session: Session, stable_for: timedelta) -> datetime | None:
@@ -174,13 +174,6 @@ def candidate_studies(session: Session, facts: StudyFacts) -> list[StudyFacts]:
         select(Study).join(Patient, Patient.id == Study.patient_fk).where(Patient.patient_id == facts.patient_id)
     ).all()
     return [_facts(s) for s in studies if s.study_instance_uid != facts.study_instance_uid]
-
-
-def recent_studies(session: Session, limit: int) -> list[StudyStatus]:
-    return [
-        StudyStatus(s.study_instance_uid, s.state.value, s.revision, s.last_received_at)
-        for s in session.scalars(select(Study).order_by(Study.id.desc()).limit(limit)).all()
-    ]
 
 
 def completed_study_count(session: Session) -> int:

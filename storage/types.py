@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 
@@ -29,6 +29,8 @@ class InstanceHeader:
     modality: str
     study_date: str = ""
     accession_number: str = ""
+    study_description: str = ""
+    patient_name: str = field(default="", repr=False)  # for the study list only: never in a log line
     series_number: int | None = None
     series_description: str = ""
     manufacturer: str = ""
@@ -121,14 +123,6 @@ class PairingRecord:
 
 
 @dataclass(frozen=True)
-class StudyStatus:
-    study_instance_uid: str
-    state: str
-    revision: int
-    last_received_at: datetime
-
-
-@dataclass(frozen=True)
 class JobStatus:
     job_id: int
     pipeline: str
@@ -149,6 +143,7 @@ class DeliveryStatus:
     state: str
     attempts: int
     last_error: str
+    next_attempt_at: datetime | None = None  # pending ones: when they are tried next
 
 
 @dataclass(frozen=True)

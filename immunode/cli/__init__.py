@@ -1,6 +1,6 @@
 """Command line of the node: serve, status, check-config, retry, process, import, train, evaluate.
 
-One module a concern, each registering its own sub-commands: node (operations), imports, analysis (research
+One module a concern, each registering its own sub-commands: node (operations), status, imports, analysis (research
 statistics), training, evaluation, reproduction; common holds what they share."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import argparse
 import sys
 
 from common.version import __version__
-from immunode.cli import analysis, evaluation, imports, node, reproduction, training
+from immunode.cli import analysis, evaluation, imports, node, reproduction, status, training
 from immunode.cli.common import CommandParser, add_global_options, config_source
 from immunode.config import ConfigError
 from storage.errors import IndexMissing, IndexUnavailable
 
-COMMAND_MODULES = (node, analysis, training, reproduction, evaluation, imports)
+COMMAND_MODULES = (node, status, analysis, training, reproduction, evaluation, imports)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,11 +8,14 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
 from immunode.config import Settings, load_settings
+
+if TYPE_CHECKING:
+    from storage.database import Database
 
 DEFAULT_CONFIG_ENV = "IMMUNODE_CONFIG"
 
@@ -54,17 +57,23 @@ def settings(args: argparse.Namespace) -> Settings:
 
 
 @contextmanager
-def index_session(args: argparse.Namespace, create: bool = False) -> Iterator[Session]:
-    """A session on the configured index. Only the commands that bring data in create (and migrate) one; the
-    others refuse an index that does not exist (storage.errors.IndexMissing, reported by `main`)."""
+def index_database(args: argparse.Namespace, create: bool = False) -> Iterator[Database]:
+    """The configured index. Only the commands that bring data in create (and migrate) one; the others refuse an
+    index that does not exist (storage.errors.IndexMissing, reported by `main`)."""
     from storage.database import Database
 
     database = Database(settings(args).database_url, create=create)
     try:
-        with database.session() as session:
-            yield session
+        yield database
     finally:
         database.dispose()
+
+
+@contextmanager
+def index_session(args: argparse.Namespace, create: bool = False) -> Iterator[Session]:
+    """A session on the configured index (`index_database`)."""
+    with index_database(args, create) as database, database.session() as session:
+        yield session
 
 
 def print_problems(error: Exception) -> int:

@@ -1,4 +1,4 @@
-"""Node operations: serve, status, audit, retry, check-config, hash-password, process."""
+"""Node operations: serve, audit, retry, check-config, purge, hash-password, process."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from common.states import JobState
 from common.version import __version__
-from immunode.cli.common import config_path, index_session, settings
+from immunode.cli.common import config_path, index_database, index_session, settings
 from immunode.config import ConfigError, load_settings
 from immunode.logging_setup import configure_logging
 from storage.schema import utcnow
@@ -24,37 +23,52 @@ logger = logging.getLogger(__name__)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """The start-up checks of `serve` (immunode.startup), each problem naming its key and file."""
+    from immunode.startup import check_startup
+
     path = Path(args.file) if args.file else config_path(args)
     loaded = load_settings(path)
-    print(f"{path or 'embedded defaults'}: OK")
+    checked = check_startup(loaded, ports=not args.skip_ports)
+    print(f"{path or 'embedded defaults'}: {'OK' if not checked.problems else 'serve would refuse to start'}")
     print(f"  node {loaded.node.ae_title} on port {loaded.node.port}; database {loaded.database_url}")
     print(
         f"  {len(loaded.peers.allowed)} allowed peer(s), {len(loaded.destinations)} destination(s), "
         f"{len(loaded.routing.rules)} routing rule(s)"
     )
-    return 0
+    for note in checked.notes:
+        print(f"  {note}")
+    for warning in checked.warnings:
+        print(f"  warning: {warning}")
+    for problem in checked.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if checked.problems else 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from immunode.service import Node
+    from immunode.startup import check_startup
 
     config = settings(args)
     if config.storage.private:
         # Before anything is created: storage root, index, log and outputs for the service user only.
         os.umask(0o077)
+    checked = check_startup(config)  # exactly what `check-config` runs
+    checked.raise_problems()
     configure_logging(config.logging)
     if config.storage.private and config.logging.file is not None:
         config.logging.file.chmod(0o600)  # a log file made before the setting was on
-    node = Node(config)
+    node = Node(config, checked)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    port = node.start()
+    node.start()
+    listening = [f"port {node.port}"] if node.port is not None else []
+    listening += [f"TLS port {node.tls_port}"] if node.tls_port is not None else []
     logger.info(
-        "immunode %s serving as %s on port %d; storage %s",
+        "immunode %s serving as %s on %s; storage %s",
         __version__,
         config.node.ae_title,
-        port,
+        " and ".join(listening),
         config.storage.root.resolve(),
     )
     try:
@@ -67,72 +81,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    from storage import audit, deliveries, events, integrity, jobs, runs, studies
-    from storage.schema import AuditOutcome, DeliveryState
+def cmd_purge(args: argparse.Namespace) -> int:
+    """Retention by hand: what the policy purges now (--dry-run), or purge it when no node runs on the index."""
+    from storage import retention, runs
+    from storage.files import FileLayout
 
     config = settings(args)
-    with index_session(args) as session:
-        print("Studies")
-        for study in studies.recent_studies(session, args.limit):
+    policy = config.storage.retention
+    if not policy.enabled:
+        print("storage.retention sets neither max_age_days nor a watermark: nothing is ever purged")
+        return 0
+    with index_database(args) as database:
+        layout = FileLayout(config.storage.root)
+        chosen = retention.plan(policy, database, layout, utcnow())
+        for candidate, reason in chosen:
             print(
-                f"  {study.study_instance_uid}  {study.state:<9} rev {study.revision}  "
-                f"last instance {study.last_received_at:%Y-%m-%d %H:%M:%S}Z"
+                f"  {candidate.study_instance_uid}  last instance {candidate.last_received_at:%Y-%m-%d %H:%M:%S}Z  "
+                f"{candidate.size_bytes / 2**20:.1f} MB  {reason}"
             )
-        print("Jobs")
-        counts = jobs.job_counts(session)
-        print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in JobState))
-        for job in jobs.recent_jobs(session, args.limit):
-            line = f"  job {job.job_id:<5} {job.pipeline:<12} {job.state.value:<16} study {job.study_instance_uid}"
-            if job.state is JobState.FAILED:
-                line += f"\n      reason: {job.error}"
-            if job.pairing is not None:
-                line += f"\n      baseline: {job.pairing.outcome.value} {job.pairing.reason}"
-                if job.state is JobState.WAITING_BASELINE and job.waiting_until:
-                    line += f" (waiting for baseline until {job.waiting_until:%Y-%m-%d %H:%M:%S}Z)"
-            print(line)
-        print("Deliveries")
-        counts = deliveries.delivery_counts(session)
-        print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState))
-        for delivery in deliveries.unsent_deliveries(session):
+        total = sum(c.size_bytes for c, _ in chosen) / 2**20
+        print(f"{len(chosen)} stud(ies), {total:.1f} MB of instances, due for purging now")
+        if args.dry_run or not chosen:
+            return 0
+        with database.session() as session:
+            live = runs.live_runs(session)
+        if live:
             print(
-                f"  delivery {delivery.delivery_id:<5} {delivery.kind.value:<3} {delivery.sop_instance_uid} -> "
-                f"{delivery.destination}: {delivery.state}, {delivery.attempts} attempt(s); "
-                f"{delivery.last_error or 'not yet attempted'}"
+                "error: a node is running on this index; it purges on its own every storage.retention.interval_s "
+                "(use --dry-run to see what is due)",
+                file=sys.stderr,
             )
-        print("Identity conflicts (instances refused, not merged)")
-        total, conflicts = integrity.conflicts(session, args.limit)
-        print(f"  {total} in all" + ("" if total else "; none"))
-        for c in conflicts:
-            print(
-                f"  {c.at:%Y-%m-%d %H:%M:%S}Z {c.kind.value} study {c.study_instance_uid} instance "
-                f"{c.sop_instance_uid}: named {c.received}, the index holds {c.indexed}"
-            )
-        print("Quarantine (files found without an index row that could not be indexed)")
-        total, files = integrity.quarantined(session, args.limit)
-        run = runs.latest_run(session)
-        if run is not None:
-            print(
-                f"  this run started {run.started_at:%Y-%m-%d %H:%M:%S}Z on {run.host}: reconciliation indexed "
-                f"{run.orphans_indexed} and quarantined {run.orphans_quarantined} file(s); "
-                f"{run.unclean_runs} earlier run(s) ended without a clean stop"
-            )
-        print(f"  {total} file(s) in quarantine")
-        for q in files:
-            print(f"  {q.at:%Y-%m-%d %H:%M:%S}Z {q.path} {q.sop_instance_uid}: {q.reason}")
-        spooled = audit.spooled_count(config.storage.root / "spool")
-        if spooled:
-            print(f"Spooled records not yet in the index: {spooled} (written when the index is available)")
-        print("Recent rejected or failed associations")
-        refused = [a for a in audit.audit_records(session, limit=200) if a.outcome not in (AuditOutcome.COMPLETED,)][
-            : args.limit
-        ]
-        for a in refused:
-            print(f"  {a.at:%Y-%m-%d %H:%M:%S}Z {a.line()}")
-        print("Recent problems")
-        for event in events.recent_events(session, args.limit):
-            study = f" [{event.study_instance_uid}]" if event.study_instance_uid else ""
-            print(f"  {event.at:%Y-%m-%d %H:%M:%S}Z {event.level}{study} {event.message}")
+            return 1
+        purged = retention.apply(policy, database, layout)
+    print(f"purged {len(purged)} stud(ies), {sum(p.bytes_freed for p in purged) / 2**20:.1f} MB freed")
     return 0
 
 
@@ -206,12 +187,17 @@ def cmd_process(args: argparse.Namespace) -> int:
 
 def register(commands: argparse._SubParsersAction) -> None:
     commands.add_parser("serve", help="run the DICOM node").set_defaults(handler=cmd_serve)
-    status = commands.add_parser("status", help="studies, jobs, deliveries and failures with reasons")
-    status.add_argument("--limit", type=int, default=20)
-    status.set_defaults(handler=cmd_status)
-    check = commands.add_parser("check-config", help="validate a config file and report every problem")
+    check = commands.add_parser(
+        "check-config", help="the start-up checks of serve (config, files, weights, certificates, ports, database)"
+    )
     check.add_argument("file", nargs="?")
+    check.add_argument(
+        "--skip-ports", action="store_true", help="leave out the port checks (a config checked while the node runs)"
+    )
     check.set_defaults(handler=cmd_check_config)
+    purge = commands.add_parser("purge", help="retention by hand: what storage.retention purges now, or purge it")
+    purge.add_argument("--dry-run", action="store_true", help="list what is due, delete nothing")
+    purge.set_defaults(handler=cmd_purge)
     audit = commands.add_parser("audit", help="the audit trail: every association and outbound send, newest last")
     audit.add_argument("--since", help="ISO date/date-time (UTC) or a duration back from now, e.g. 12h, 7d")
     audit.add_argument("--limit", type=int, default=200)

@@ -20,6 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 import yaml
 
+from common.log_filters import quiet_third_party
 from common.processes import die_with_parent
 from pipelines.ct.types import FeatureSet
 from pipelines.errors import PipelineError
@@ -84,6 +85,13 @@ def _extract_one(
     return name, int(mask_box.sum()), time.perf_counter() - begun, features
 
 
+def _extraction_process() -> None:
+    """Initializer of an extraction process: it ends with its parent, and pyradiomics' repeated notes stay out
+    of the log (its own stderr handler prints them there, outside the node's logging)."""
+    die_with_parent()
+    quiet_third_party()
+
+
 def extract_volumes(
     hu: np.ndarray,
     geometry: VolumeGeometry,
@@ -112,7 +120,7 @@ def extract_volumes(
         else:
             context = get_context("spawn")
             with ProcessPoolExecutor(
-                max_workers=min(processes, len(tasks)), mp_context=context, initializer=die_with_parent
+                max_workers=min(processes, len(tasks)), mp_context=context, initializer=_extraction_process
             ) as pool:
                 results = [future.result() for future in [pool.submit(_extract_one, *task) for task in tasks]]
     finally:

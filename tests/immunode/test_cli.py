@@ -3,6 +3,7 @@ options anywhere on the line, and the commands that read the index refusing to c
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import highdicom as hd
@@ -113,3 +114,102 @@ def test_imports_create_the_index(tmp_path: Path, make_settings, capsys) -> None
     assert cli_main(["import", "clinical", str(clinical), "--config", str(config)]) == 0
     assert index.exists() and "1 new" in capsys.readouterr().out
     assert cli_main(["status", "--config", str(config)]) == 0
+
+
+def test_status_prints_the_snapshot_searched_and_filtered(tmp_path: Path, make_settings, capsys) -> None:
+    """`immunode status` prints the same snapshot as the page: the health line, then the study list (search,
+    state filter, paging) with each study's job, results and deliveries and their next attempt."""
+    from datetime import timedelta
+
+    from common.states import JobState
+    from storage import deliveries
+    from storage.files import FileLayout
+    from storage.schema import utcnow
+    from storage.store import InstanceStore
+    from tests.storage.conftest import job_with_result, store_study
+
+    config, _ = _config(tmp_path, make_settings, with_index=True)
+    settings = make_settings()
+    database = Database(settings.database_url)
+    layout = FileLayout(settings.storage.root)
+    store = InstanceStore(database, layout)
+    done, _ = store_study(
+        store,
+        tmp_path / "a",
+        "ACME-1",
+        AccessionNumber="A1",
+        StudyDate="20260105",
+        StudyDescription="PET-CT whole body",
+        PatientName="Doe^Jane",
+    )
+    waiting, _ = store_study(store, tmp_path / "b", "ACME-2", AccessionNumber="A2", StudyDate="20260210")
+    failed, _ = store_study(store, tmp_path / "c", "OTHER-3", AccessionNumber="B3", StudyDate="20260301")
+    job_with_result(database, layout, done, JobState.SUCCEEDED)
+    job_with_result(database, layout, waiting, JobState.SUCCEEDED, ["pacs"])
+    job_with_result(database, layout, failed, JobState.FAILED)
+    with database.session() as session:
+        (due,) = deliveries.due_deliveries(session, layout, utcnow() + timedelta(seconds=1))["pacs"]
+        deliveries.record_delivery_attempt(session, due.delivery_id, False, "refused", 3, utcnow() + timedelta(hours=1))
+    database.dispose()
+
+    assert cli_main(["status", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Health: ATTENTION | index reachable | disk ")
+    assert "  - 1 job(s) failed in the last 24 h" in out
+    assert "Studies (3 matching; page 1 of 1, newest last instance first)" in out
+    assert "ACME-1 (issuer IMMUNODE-TEST)  acc A1  2026-01-05  PT 'PET-CT whole body'  2 instance(s)  done" in out
+    assert "Doe^Jane" not in out  # names only when monitoring.show_patient_names
+    assert "pet_quant SUCCEEDED: 1 lesion" in out and "pet_quant FAILED: no PET series" in out
+    assert re.search(r"SR -> pacs: 1 attempt\(s\), next \S+ \S+Z \(in \d+ min\): refused", out)
+    assert cli_main(["status", "--config", str(config), "--patient", "acme", "--state", "delivering"]) == 0
+    out = capsys.readouterr().out
+    assert "Studies (1 matching; page 1 of 1" in out and "ACME-2" in out and "ACME-1 " not in out
+    assert cli_main(["status", "-c", str(config), "--from", "2026-02-01", "--page-size", "1", "--page", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "Studies (2 matching; page 2 of 2" in out and "ACME-2" in out and "OTHER-3 " not in out
+    assert cli_main(["status", "-c", str(config), "--accession", "zzz"]) == 0
+    assert "Studies (0 matching" in capsys.readouterr().out
+
+
+def test_purge_lists_what_is_due_and_purges_only_without_a_running_node(tmp_path: Path, make_settings, capsys) -> None:
+    import os
+    import socket
+
+    from sqlalchemy import update
+
+    from common.states import JobState
+    from storage import runs
+    from storage.files import FileLayout
+    from storage.schema import Study, utcnow
+    from storage.store import InstanceStore
+    from tests.storage.conftest import job_with_result, store_study
+
+    settings = make_settings(storage={"retention": {"max_age_days": 30}})
+    config = tmp_path / "node.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    database = Database(settings.database_url)
+    layout = FileLayout(settings.storage.root)
+    store = InstanceStore(database, layout)
+    old, _ = store_study(store, tmp_path / "old", "OLD-1")
+    recent, _ = store_study(store, tmp_path / "recent", "NEW-1")
+    for uid in (old, recent):
+        job_with_result(database, layout, uid, JobState.SUCCEEDED)
+    with database.session() as session:
+        session.execute(
+            update(Study).where(Study.study_instance_uid == old).values(last_received_at=utcnow().replace(year=2020))
+        )
+        live = runs.begin_run(session, socket.gethostname(), os.getpid()).run_id  # as a running node
+    assert cli_main(["purge", "--dry-run", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert old in out and recent not in out and "more than 30 day(s) ago" in out
+    assert "1 stud(ies)" in out and "due for purging now" in out
+    assert cli_main(["purge", "--config", str(config)]) == 1
+    assert "a node is running on this index" in capsys.readouterr().err
+    with database.session() as session:
+        runs.end_run(session, live)
+    assert cli_main(["purge", "--config", str(config)]) == 0
+    assert "purged 1 stud(ies)" in capsys.readouterr().out
+    assert cli_main(["status", "--config", str(config)]) == 0
+    listed = capsys.readouterr().out
+    assert "Studies (1 matching" in listed and "NEW-1" in listed and "OLD-1" not in listed
+    database.dispose()

@@ -5,6 +5,8 @@ working retry action, refusals, the audit trail; every value escaped), and authe
 from __future__ import annotations
 
 import base64
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -127,20 +129,90 @@ def test_authentication_is_required_off_localhost(tmp_path: Path, make_settings,
 def test_the_status_page_renders_in_a_real_browser(tmp_path: Path, make_settings, start_node) -> None:
     """Headless Chromium (Debian package `chromium`, installed by the test set-up) loads the page and takes a
     screenshot: the page renders (not blank, its tables drawn)."""
-    import shutil
-    import subprocess
-
     from PIL import Image
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        pytest.skip("chromium is not installed (scripts/setup.sh --with-postgres installs it)")
     node = start_node(make_settings())
     study = write_study(tmp_path / "scanner", shape_zyx=(16, 40, 40), lesions=DEFAULT_LESIONS[:1], patient_id="SHOT")
     assert storescu(node.port, list(study.pet_files)).returncode == 0
     wait_until(lambda: "class='state SUCCEEDED'" in _get(f"http://127.0.0.1:{node.monitoring_port}/")[1], 120)
     shot = tmp_path / "status.png"
-    subprocess.run(
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1280,900", f"http://127.0.0.1:{node.monitoring_port}/")
+    assert shot.exists(), "chromium wrote no screenshot"
+    image = Image.open(shot).convert("RGB")
+    assert image.size == (1280, 900)
+    colours = image.getcolors(maxcolors=1 << 20) or []
+    assert len(colours) > 20  # text, table borders, the banner: not a blank page
+
+
+def _scanner_studies(folder: Path) -> dict[str, list[Path]]:
+    """Three small PET studies as a scanner sends them, with their study attributes (one hostile description and
+    patient name, as the network may send)."""
+    made = {}
+    for patient, accession, day, description, name in [
+        ("ACME-001", "A100", "20260112", "PET-CT whole body", "Doe^Jane"),
+        ("ACME-002", "A200", "20260214", "<script>alert('d')</script> restaging", "<img src=x onerror=alert(1)>"),
+        ("OTHER-3", "B300", "20260320", "PET-CT", "Roe^Richard"),
+    ]:
+        study = write_study(folder / patient, shape_zyx=(2, 16, 16), lesions=(), with_ct=False, patient_id=patient)
+        for path in study.pet_files:
+            ds = pydicom.dcmread(path)
+            ds.AccessionNumber, ds.StudyDate, ds.StudyDescription, ds.PatientName = accession, day, description, name
+            ds.save_as(path)
+        made[patient] = list(study.pet_files)
+    return made
+
+
+def _list_settings(make_settings, **sections):
+    # Only whole-slide images are analysed: these PET studies complete at once, with no job.
+    rules = [{"name": "slides", "pipeline": "histology", "series": {"modality": "SM"}}]
+    return make_settings(routing={"study_stable_s": 0.5, "poll_interval_s": 0.2, "rules": rules}, **sections)
+
+
+def test_the_study_list_searched_filtered_and_paged(tmp_path: Path, make_settings, start_node) -> None:
+    node = start_node(_list_settings(make_settings))
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    for files in _scanner_studies(tmp_path / "scanner").values():
+        assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: "3 studies; page 1 of 1" in _get(base + "/?state=done")[1], 60)
+    status, page = _get(base + "/")
+    assert status == 200 and "class='health OK'>OK | index reachable | disk" in page
+    for text in ("ACME-001", "A100", "2026-01-12", "PET-CT whole body", "ACME-002", "OTHER-3", "B300"):
+        assert text in page, text
+    assert "3 studies; page 1 of 1" in page
+    assert "&lt;script&gt;alert(&#x27;d&#x27;)&lt;/script&gt; restaging" in page and "<script>" not in page
+    assert "Doe^Jane" not in page and "onerror" not in page  # patient names are off by default
+    patient = _get(base + "/?patient=acme-00")[1]
+    assert "ACME-001" in patient and "ACME-002" in patient and "OTHER-3" not in patient
+    dated = _get(base + "/?from=2026-02-01&to=2026-02-28")[1]
+    assert "ACME-002" in dated and "ACME-001" not in dated and "OTHER-3" not in dated
+    assert "1 study; page 1 of 1" in _get(base + "/?accession=b3")[1]
+    assert "no study matches" in _get(base + "/?state=receiving")[1]
+    first = _get(base + "/?size=2")[1]
+    assert "3 studies; page 1 of 2" in first and "OTHER-3" in first and "ACME-001" not in first  # newest first
+    older = first.split("href='/?")[1].split("'")[0].replace("&amp;", "&")
+    second = _get(base + "/?" + older)[1]
+    assert "page 2 of 2" in second and "ACME-001" in second and "OTHER-3" not in second
+    refused = _get(base + "/?from=%3Cb%3E&state=nonsense")[1]
+    assert "from: not a date (YYYY-MM-DD): &#x27;&lt;b&gt;&#x27;" in refused and "state: one of receiving" in refused
+    assert "3 studies" in refused  # the values that do not parse are left out, the list stays
+
+
+def test_patient_names_only_when_the_configuration_allows(tmp_path: Path, make_settings, start_node) -> None:
+    node = start_node(_list_settings(make_settings, monitoring={"port": 0, "show_patient_names": True}))
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    for files in _scanner_studies(tmp_path / "scanner").values():
+        assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: "3 studies; page 1 of 1" in _get(base + "/?state=done")[1], 60)
+    page = _get(base + "/")[1]
+    assert "<th>patient name</th>" in page and "Doe^Jane" in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "<img" not in page
+
+
+def _chromium(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (scripts/setup.sh --with-postgres installs it)")
+    return subprocess.run(
         [
             browser,
             "--headless",
@@ -148,16 +220,33 @@ def test_the_status_page_renders_in_a_real_browser(tmp_path: Path, make_settings
             "--disable-gpu",
             "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=1280,900",
-            f"http://127.0.0.1:{node.monitoring_port}/",
+            *arguments,
         ],
         capture_output=True,
+        text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_the_study_list_in_a_real_browser(tmp_path: Path, make_settings, start_node) -> None:
+    """Headless Chromium reads the filtered study list as a browser parses it (the hostile description stays text,
+    no element comes from the data) and takes a screenshot of it."""
+    from PIL import Image
+
+    node = start_node(_list_settings(make_settings))
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    for files in _scanner_studies(tmp_path / "scanner").values():
+        assert storescu(node.port, files).returncode == 0
+    wait_until(lambda: "3 studies; page 1 of 1" in _get(base + "/?state=done")[1], 60)
+    filtered = f"{base}/?patient=ACME&state=done"
+    dom = _chromium(tmp_path, "--dump-dom", filtered).stdout
+    assert "2 studies; page 1 of 1" in dom and "ACME-001" in dom and "ACME-002" in dom and "OTHER-3" not in dom
+    assert "&lt;script&gt;alert('d')&lt;/script&gt; restaging" in dom  # text, as the browser holds it
+    assert dom.count("<script") == 0 and "<img" not in dom
+    assert 'value="ACME"' in dom  # the search form keeps what was asked
+    shot = tmp_path / "study-list.png"
+    _chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,900", filtered)
     assert shot.exists(), "chromium wrote no screenshot"
     image = Image.open(shot).convert("RGB")
-    assert image.size == (1280, 900)
-    colours = image.getcolors(maxcolors=1 << 20) or []
-    assert len(colours) > 20  # text, table borders, the banner: not a blank page
+    assert image.size == (1400, 900) and len(image.getcolors(maxcolors=1 << 20) or []) > 20

@@ -79,7 +79,7 @@ def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make
     from dataclasses import asdict
 
     from immunode.config import ConfigError
-    from immunode.service import check_pipelines
+    from immunode.startup import check_startup
     from models.cards import ModelCard, save_weights
 
     model = AttentionFusion(DIMS, FusionSettings())
@@ -92,7 +92,8 @@ def test_node_refuses_fusion_weights_that_do_not_match_their_card(tmp_path, make
     )
     weights = tmp_path / "fusion.pt"
     save_weights(model.state_dict(), weights, card)
-    check_pipelines(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
+    settings = make_settings(pipelines={"response": {"fusion_weights": str(weights)}})
+    check_startup(settings, ports=False).raise_problems()
     weights.write_bytes(weights.read_bytes() + b"tampered")
     with pytest.raises(ConfigError, match="pipelines.response.fusion_weights: weights fusion.pt have sha256"):
-        check_pipelines(make_settings(pipelines={"response": {"fusion_weights": str(weights)}}))
+        check_startup(settings, ports=False).raise_problems()

@@ -38,3 +38,44 @@ def complete(database: Database, pet_series_uid: str) -> list[int]:
         return studies.complete_study(
             session, completed, [NewJob("r", "pet_quant", (pet_series_uid,), JobState.PENDING)]
         )
+
+
+def store_study(store: InstanceStore, folder: Path, patient_id: str, **attributes: str) -> tuple[str, str]:
+    """A small PET study stored through the receive path, with study attributes set on every instance (keywords:
+    AccessionNumber, StudyDate, StudyDescription, PatientName, SpecificCharacterSet); (study, series) UIDs."""
+    import pydicom
+
+    study = write_study(folder, shape_zyx=(2, 16, 16), lesions=(), with_ct=False, patient_id=patient_id)
+    for path in study.pet_files:
+        ds = pydicom.dcmread(path)
+        for keyword, value in attributes.items():
+            setattr(ds, keyword, value)
+        ds.save_as(path)
+        data = path.read_bytes()
+        store.store(parse_received(data), data, "STORESCU")
+    return study.study_uid, study.pet_series_uid
+
+
+def job_with_result(database: Database, layout: FileLayout, study_uid: str, state: JobState, destinations=()) -> int:
+    """Complete the (receiving) study with one PET job finished in `state`; a succeeded job gets an SR and one
+    delivery per destination."""
+    from pydicom.uid import generate_uid
+
+    from common.states import OutputKind
+    from common.types import JobResult, OutputFile
+    from storage import jobs, results
+
+    with database.session() as session:
+        (completed,) = [s for s in studies.quiet_studies(session, timedelta(0)) if s.study_instance_uid == study_uid]
+        series = tuple(s.series_instance_uid for s in completed.series)
+        (job_id,) = studies.complete_study(session, completed, [NewJob("r", "pet_quant", series, JobState.PENDING)])
+    if state is JobState.PENDING:
+        return job_id
+    with database.session() as session:
+        if state is JobState.SUCCEEDED:
+            path = layout.new_output_path(job_id)
+            path.write_bytes(b"an SR")
+            sr = OutputFile(OutputKind.SR, path, "1.2.840.10008.5.1.4.1.1.88.34", generate_uid(), generate_uid())
+            results.record_job_result(session, layout, job_id, JobResult((sr,), "1 lesion"), list(destinations))
+        jobs.finish_job(session, job_id, state, "1 lesion" if state is JobState.SUCCEEDED else "no PET series")
+    return job_id
