@@ -8,6 +8,7 @@ import ssl
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -24,7 +25,7 @@ from pipelines.errors import ConfigurationProblem
 from storage import deliveries, runs, studies
 from storage.audit import AuditTrail
 from storage.database import Database
-from storage.errors import StorageError
+from storage.errors import IndexOutage, StorageError
 from storage.files import FileLayout
 from storage.store import InstanceStore
 
@@ -65,6 +66,15 @@ def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
         raise ConfigError(f"node.tls: {error}") from None
 
 
+def _index_permitting(stage: Callable[[], object]) -> None:
+    """A scheduled stage, run on every poll: while the index cannot be reached it waits for the next poll (the
+    outage is logged once, by the index's health, not as a traceback per poll)."""
+    try:
+        stage()
+    except IndexOutage:
+        return
+
+
 class Node:
     """The running node. Stages hand work on as events, not only on the poll: an instance stored schedules the
     study's completion check for when it can be quiet; a study routed or a job paired starts the job at
@@ -102,9 +112,14 @@ class Node:
         self._route_due: datetime | None = None
         self._route_lock = threading.Lock()
 
-    def _every(self, function: Callable[[], object], name: str) -> None:
+    def _every(self, function: Callable[[], object], name: str, seconds: float | None = None) -> None:
         self.scheduler.add_job(
-            function, "interval", seconds=self.settings.routing.poll_interval_s, id=name, max_instances=1, coalesce=True
+            partial(_index_permitting, function),
+            "interval",
+            seconds=seconds or self.settings.routing.poll_interval_s,
+            id=name,
+            max_instances=1,
+            coalesce=True,
         )
 
     def _kick(self, name: str, at: datetime | None = None) -> None:
@@ -133,29 +148,27 @@ class Node:
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
         warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
-        removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
         self._run_id = reconcile(
             self.database, self.layout, self.store, self.settings.node.max_inflated_mb * 1024 * 1024
         )
-        self.runner.run_id = self._run_id
+        self.runner.run_id = self.layout.run_id = self._run_id
+        with self.database.session() as session:
+            removed = self.layout.remove_leftovers(runs.live_runs(session))
         resumed = self.runner.resume_interrupted()
         if removed or resumed:
-            logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
+            logger.info(
+                "start-up: removed %d file(s) in flight of runs no longer alive, resumed %d interrupted job(s)",
+                removed,
+                resumed,
+            )
         self.runner.warm_up()
         self._every(self.route_once, "route")
         self._every(self.pair_once, "pair")
         self._every(self.run_once, "run")
         self._every(self.dispatch_once, "dispatch")
         self._every(self.trail.flush_spool, "spool")
-        self.scheduler.add_job(
-            self.heartbeat_once,
-            "interval",
-            seconds=runs.HEARTBEAT_EVERY.total_seconds(),
-            id="heartbeat",
-            max_instances=1,
-            coalesce=True,
-        )
+        self._every(self.heartbeat_once, "heartbeat", runs.HEARTBEAT_EVERY.total_seconds())
         self.scheduler.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
         if self.monitoring is not None:
@@ -211,10 +224,22 @@ class Node:
             self._kick("route", at)
 
     def heartbeat_once(self) -> None:
-        """This run is alive; the claims of sibling nodes that died go back to the queue."""
+        """This run is alive; outcomes of finished jobs the index missed are recorded, and jobs the index says this
+        run is running but no worker of it runs go back to the queue. The claims and files in flight of sibling
+        nodes that died are taken back too, once this node has itself reached the index for `runs.STALE_AFTER`
+        (after an outage every live sibling's heartbeat is stale until it beats again)."""
         with self.database.session() as session:
             runs.heartbeat(session, self._run_id)
+        self.runner.settle()
+        if self.runner.release_untracked():
+            self._kick("run")
+        if self.database.health.answering_for() < runs.STALE_AFTER.total_seconds():
+            return
+        with self.database.session() as session:
             taken, released = runs.release_claims_of_dead_runs(session, self.settings.workers.max_attempts)
+            removed = self.layout.remove_leftovers(runs.live_runs(session))
+        if removed:
+            logger.warning("removed %d file(s) in flight of a node run that died", removed)
         if taken or released:
             logger.warning("took back %d job(s) and %d delivery lease(s) of a node that died", taken, released)
             self._kick("run")
@@ -249,10 +274,13 @@ class Node:
         self.scp.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        self.runner.stop()
-        if self._run_id is not None:
-            with self.database.session() as session:
-                runs.end_run(session, self._run_id)
+        try:
+            self.runner.stop()
+            if self._run_id is not None:
+                with self.database.session() as session:
+                    runs.end_run(session, self._run_id)
+        except IndexOutage as error:
+            logger.error("stop not recorded (%s): the next start takes this run's jobs back", error)
         self.database.dispose()
         if self._umask is not None:
             os.umask(self._umask)
