@@ -159,7 +159,9 @@ def _record(settings: Settings, database: Database, claim: JobClaim, write: Call
             delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
             continue
         if retries:
-            logger.info("job %d: outcome recorded after %d retr%s", claim.job_id, retries, "y" if retries == 1 else "ies")
+            logger.info(
+                "job %d: outcome recorded after %d retr%s", claim.job_id, retries, "y" if retries == 1 else "ies"
+            )
         return
 
 

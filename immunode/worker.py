@@ -243,7 +243,9 @@ class JobRunner:
         if isinstance(error, ClaimLost):
             return None  # taken back by another node, which runs it; logged by the worker
         if isinstance(error, IndexOutage):
-            logger.warning("job %d: outcome not recorded (index unavailable): back to the queue when it answers", job_id)
+            logger.warning(
+                "job %d: outcome not recorded (index unavailable): back to the queue when it answers", job_id
+            )
             why = "handed back to the queue: its outcome could not be recorded while the index was unavailable"
             return partial(jobs.return_interrupted_jobs, job_ids=[job_id], run_id=self.run_id, why=why)
         if error.__class__.__name__ == "KilledWorker":
@@ -287,7 +289,9 @@ class JobRunner:
                     session, self.run_id, tracked, self.settings.workers.max_attempts
                 )
         if released:
-            logger.warning("job(s) %s were running for this node in the index but not here: back to the queue", released)
+            logger.warning(
+                "job(s) %s were running for this node in the index but not here: back to the queue", released
+            )
         return released
 
     @property

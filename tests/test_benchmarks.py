@@ -24,3 +24,22 @@ def test_benchmark_script_runs_small() -> None:
     assert "| study complete -> SR accepted |" in completed.stdout
     assert "| last instance -> SR accepted by the PACS, quiet time excluded |" in completed.stdout
     assert "| idle `immunode serve` process, resident |" in completed.stdout
+
+
+@pytest.mark.slow
+def test_faults_benchmark_runs_small() -> None:
+    """kill -9 mid-transfer and a disk filling up, at CI size (the PostgreSQL outage has its own test:
+    tests/immunode/test_index_outage.py)."""
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "faults.py"), "--small", "--only", "kill,disk"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "| acknowledged but missing | 0 |" in completed.stdout
+    assert "| files in flight left after restart | 0 |" in completed.stdout
+    assert (
+        "| associations aborted; storescu exit codes | 0; [0] |" in completed.stdout or "not root" in completed.stdout
+    )

@@ -76,7 +76,9 @@ def node(make_settings):
         database = Database(settings.database_url)
         layout = FileLayout(settings.storage.root)
         layout.run_id = 1
-        scp = StorageSCP(settings.node, settings.peers, InstanceStore(database, layout), AuditTrail(database, layout.spool))
+        scp = StorageSCP(
+            settings.node, settings.peers, InstanceStore(database, layout), AuditTrail(database, layout.spool)
+        )
         port, _ = scp.start(port=0)
         started.append((scp, database))
         return port, database, layout
@@ -169,7 +171,9 @@ def test_an_index_on_a_full_disk_answers_out_of_resources(tmp_path: Path, small_
 
 
 @pytest.mark.parametrize("code", [errno.EIO, errno.EDQUOT])
-def test_an_io_error_or_a_quota_at_fsync_answers_out_of_resources(tmp_path: Path, node, instances, monkeypatch, code) -> None:
+def test_an_io_error_or_a_quota_at_fsync_answers_out_of_resources(
+    tmp_path: Path, node, instances, monkeypatch, code
+) -> None:
     port, database, layout = node(tmp_path / "store")
     real_fsync = os.fsync
     failing = {"left": 2}

@@ -56,7 +56,10 @@ def test_a_job_finishing_while_the_index_is_down_is_recorded_or_handed_back(
     try:
         for number, outage in ((1, "short"), (2, "long")):
             study = write_study(
-                tmp_path / f"study{number}", shape_zyx=(56, 80, 80), lesions=DEFAULT_LESIONS[:2], patient_id=f"IX{number}"
+                tmp_path / f"study{number}",
+                shape_zyx=(56, 80, 80),
+                lesions=DEFAULT_LESIONS[:2],
+                patient_id=f"IX{number}",
             )
             assert storescu(settings.node.port, list(study.pet_files)).returncode == 0
             # The worker has read the job's inputs from the index and is analysing (its scratch folder exists):
