@@ -276,6 +276,7 @@ class Node:
             self.scheduler.shutdown(wait=False)
         try:
             self.runner.stop()
+            self.runner.settle()  # outcomes the index has not been told yet
             if self._run_id is not None:
                 with self.database.session() as session:
                     runs.end_run(session, self._run_id)

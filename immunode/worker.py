@@ -146,6 +146,7 @@ class JobRunner:
         self._running: dict[int, Future] = {}
         # Finished jobs whose outcome the index could not be told yet (it was unavailable): job -> what to record.
         self._unsettled: dict[int, Callable[[Session], object]] = {}
+        self._settling = threading.Lock()
         self._stopping = False
         self.dask = DaskEngine(settings) if settings.workers.engine == "dask" else None
         self.unavailable = ""  # why jobs are not submitted now (the Dask scheduler unreachable), for status
@@ -269,13 +270,14 @@ class JobRunner:
     def settle(self) -> None:
         """Outcomes of finished jobs that the index could not be told yet, told now (IndexOutage while it still
         cannot be reached: the next poll tries again)."""
-        with self._lock:
-            waiting = list(self._unsettled.items())
-        for job_id, settle in waiting:
-            with self.database.session() as session:
-                settle(session)
+        with self._settling:  # one at a time: an outcome is told once
             with self._lock:
-                self._unsettled.pop(job_id, None)
+                waiting = list(self._unsettled.items())
+            for job_id, settle in waiting:
+                with self.database.session() as session:
+                    settle(session)
+                with self._lock:
+                    self._unsettled.pop(job_id, None)
 
     def release_untracked(self) -> list[int]:
         """Jobs the index says this run is running but no worker of it runs (their outcome lost) go back to the
@@ -313,7 +315,7 @@ class JobRunner:
             self.dask.close()
             if interrupted:
                 with self.database.session() as session:
-                    jobs.return_interrupted_jobs(session, interrupted)
+                    jobs.return_interrupted_jobs(session, interrupted, self.run_id)
                 logger.info("stop: job(s) %s cancelled on the cluster, queued to resume", interrupted)
             return len(interrupted)
         for process in processes:
@@ -327,6 +329,6 @@ class JobRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if interrupted:
             with self.database.session() as session:
-                jobs.return_interrupted_jobs(session, interrupted)
+                jobs.return_interrupted_jobs(session, interrupted, self.run_id)
             logger.info("stop: job(s) %s interrupted, queued to resume at the next start", interrupted)
         return len(interrupted)
