@@ -15,6 +15,17 @@ from storage.errors import ClaimLost
 from storage.schema import Job, NodeRun, Patient, Study, utcnow
 
 
+def _study(session, patient_id: str, study_uid: str) -> Study:
+    """A patient and a study of theirs, flushed: the jobs' parent rows."""
+    patient = Patient(patient_id=patient_id, issuer_of_patient_id="")
+    session.add(patient)
+    session.flush()
+    study = Study(study_instance_uid=study_uid, patient_fk=patient.id, revision=1)
+    session.add(study)
+    session.flush()
+    return study
+
+
 @pytest.mark.postgres
 def test_the_claims_of_a_dead_node_are_taken_back(database_url: str) -> None:
     database = Database(database_url)
@@ -23,12 +34,7 @@ def test_the_claims_of_a_dead_node_are_taken_back(database_url: str) -> None:
             live = runs.begin_run(session, "live-host", 1).run_id
             dead = runs.begin_run(session, "dead-host", 2).run_id
             session.get(NodeRun, dead).heartbeat_at = utcnow() - runs.STALE_AFTER - timedelta(seconds=5)
-            patient = Patient(patient_id="RUNS", issuer_of_patient_id="")
-            session.add(patient)
-            session.flush()
-            study = Study(study_instance_uid="1.2.3", patient_fk=patient.id, revision=1)
-            session.add(study)
-            session.flush()
+            study = _study(session, "RUNS", "1.2.3")
             for claimer, attempts in ((live, 1), (dead, 1), (dead, 2)):
                 session.add(
                     Job(
@@ -62,12 +68,7 @@ def test_a_pending_job_is_claimed_by_one_run_only(database_url: str) -> None:
     database = Database(database_url)
     try:
         with database.session() as session:
-            patient = Patient(patient_id="CLAIM", issuer_of_patient_id="")
-            session.add(patient)
-            session.flush()
-            study = Study(study_instance_uid="1.2.4", patient_fk=patient.id, revision=1)
-            session.add(study)
-            session.flush()
+            study = _study(session, "CLAIM", "1.2.4")
             session.add(Job(study_fk=study.id, pipeline="pet_quant", study_revision=1, state=JobState.PENDING))
         with database.session() as session:
             (claimed,) = jobs.claim_pending_jobs(session, 5, run_id=7)
@@ -86,12 +87,7 @@ def test_a_job_is_recorded_only_by_the_run_that_holds_it(database_url: str) -> N
     database = Database(database_url)
     try:
         with database.session() as session:
-            patient = Patient(patient_id="FENCE", issuer_of_patient_id="")
-            session.add(patient)
-            session.flush()
-            study = Study(study_instance_uid="1.2.5", patient_fk=patient.id, revision=1)
-            session.add(study)
-            session.flush()
+            study = _study(session, "FENCE", "1.2.5")
             for _ in range(3):
                 session.add(Job(study_fk=study.id, pipeline="pet_quant", study_revision=1, state=JobState.PENDING))
         with database.session() as session:
