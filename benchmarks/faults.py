@@ -137,13 +137,13 @@ def kill_loops(work: Path, loops: int, instances: int, seed: int = 20) -> dict:
     rng = random.Random(seed)
     settings = settings_for(work / "kill")
     layout = FileLayout(settings.storage.root)
-    acked = found = damaged = left_in_flight = 0
+    acked = found = damaged = at_kill = left_in_flight = 0
     restart_s = []
     for loop in range(loops):
         study = write_study(
             work / "kill" / f"send{loop}",
             with_ct=False,
-            shape_zyx=(instances, 256, 256),
+            shape_zyx=(instances, 512, 512),
             lesions=(),
             patient_id=f"K{loop}",
         )
@@ -153,12 +153,21 @@ def kill_loops(work: Path, loops: int, instances: int, seed: int = 20) -> dict:
         target = rng.randint(1, instances - 1)
         database = Database(settings.database_url, migrate=False)
         try:
-            wait_until(lambda: _count(database, Instance.id) >= target or sender.poll() is not None, 300, 0.02)
+            # Mid-transfer: past the target, and a data set arriving (its file in incoming/).
+            wait_until(
+                lambda: (
+                    (_count(database, Instance.id) >= target and any(layout.receiving.iterdir()))
+                    or sender.poll() is not None
+                ),
+                300,
+                0.002,
+            )
         finally:
             database.dispose()
         node.kill()  # kill -9, mid-transfer
         node.wait(30)
         sender.wait(60)
+        at_kill += sum(1 for _ in layout.receiving.iterdir())
         ok = [f for f, status in answers(work / "kill" / f"storescu{loop}.log").items() if status == "Success"]
         settings = settings.model_copy(update={"node": settings.node.model_copy(update={"port": free_port()})})
         started = time.perf_counter()
@@ -176,6 +185,7 @@ def kill_loops(work: Path, loops: int, instances: int, seed: int = 20) -> dict:
         "acknowledged and intact after restart": found,
         "acknowledged but damaged": damaged,
         "acknowledged but missing": acked - found - damaged,
+        "files in flight at the kill": at_kill,
         "files in flight left after restart": left_in_flight,
         "restart until listening, median s": round(statistics.median(restart_s), 1),
     }
@@ -314,8 +324,9 @@ def disk_fills(work: Path, disk_mb: int, senders: int, per_sender: int) -> dict:
                 database.dispose()
             orphans = sum(1 for p in layout.object_files() if layout.relative(p) not in indexed)
             node_log = (folder / "node.log").read_text().splitlines()
-            refusal_lines = sum("refused with 0xA700" in line for line in node_log)
-            other_lines = sum("No space left" in line or "disk is full" in line for line in node_log) - refusal_lines
+            refusal_lines = sum("dicom_node.scp: C-STORE from" in line for line in node_log)
+            last_resort = sum("neither indexed nor spooled" in line for line in node_log)
+            full = sum("No space left" in line or "disk is full" in line for line in node_log)
             subprocess.run(["mount", "-o", "remount,size=2g", str(mount)], check=True)
             refused = [Path(f) for result in results for f, status in result.items() if status != "Success"]
             resend = storescu(settings.node.port, refused, folder / "resend.log")
@@ -336,7 +347,9 @@ def disk_fills(work: Path, disk_mb: int, senders: int, per_sender: int) -> dict:
         f"{sum(statuses.values()) - statuses.get('Success', 0) - statuses.get('Refused: OutOfResources', 0)}",
         "associations aborted; storescu exit codes": f"{aborted}; {sorted(set(codes))}",
         "files left in incoming/; files in objects/ without index row": f"{in_flight}; {orphans}",
-        "log lines: C-STORE refusals / others naming the full disk": f"{refusal_lines} / {other_lines}",
+        "log lines: C-STORE refusals / refusal records neither indexed nor spooled / others naming the full disk": (
+            f"{refusal_lines} / {last_resort} / {full - refusal_lines - last_resort}"
+        ),
         "receive time until full and answered, s": round(elapsed, 1),
         "refused then resent with room: success": f"{resent.get('Success', 0)} / {len(refused)}",
         "all instances indexed and intact at the end": f"{good} / {sent} ({bad} damaged)",
