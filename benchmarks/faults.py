@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -203,20 +204,24 @@ def outage_during_job(work: Path, outage_s: float, record_retry_s: float, name: 
     """The index stopped while a job analyses (and while a second study arrives); started again `outage_s` later."""
     folder = work / name
     folder.mkdir(parents=True)
-    server = PostgresServer()
-    pacs = StoreSCP(folder / "pacs", free_port())
-    pacs.start()
-    settings = settings_for(
-        folder,
-        database={"url": server.url},
-        workers={"record_retry_s": record_retry_s},
-        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
-    )
-    root = Path(settings.storage.root)
-    log = folder / "node.log"
-    node = serve(folder, "node", settings)
-    database = Database(server.url, migrate=False)
-    try:
+    with ExitStack() as cleanup:
+        server = PostgresServer()
+        cleanup.callback(server.remove)
+        pacs = StoreSCP(folder / "pacs", free_port())
+        pacs.start()
+        cleanup.callback(pacs.stop)
+        settings = settings_for(
+            folder,
+            database={"url": server.url},
+            workers={"record_retry_s": record_retry_s},
+            destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
+        )
+        root = Path(settings.storage.root)
+        log = folder / "node.log"
+        node = serve(folder, "node", settings)
+        cleanup.callback(stop, node)
+        database = Database(server.url, migrate=False)
+        cleanup.callback(database.dispose)
         study = write_study(folder / "study", shape_zyx=(70, 96, 96), lesions=DEFAULT_LESIONS[:3], patient_id="PGJ")
         second = write_study(folder / "second", shape_zyx=(40, 96, 96), lesions=(), patient_id="PGR", with_ct=False)
         subprocess.run(
@@ -250,11 +255,6 @@ def outage_during_job(work: Path, outage_s: float, record_retry_s: float, name: 
         wait_until(lambda: len(pacs.received()) >= total, 60)
         received = Counter(str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in pacs.received())
         outage_lines = log.read_text().splitlines()[lines_before:]
-    finally:
-        database.dispose()
-        stop(node)
-        pacs.stop()
-        server.remove()
     refusals = sum("refused with 0xA700" in line for line in outage_lines)
     return {
         "outage s": round(lasted, 1),
