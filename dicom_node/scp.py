@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
-from tempfile import NamedTemporaryFile
 
 from pydicom import uid as uids
 from pynetdicom import AE, _config, dimse_messages, evt
@@ -28,11 +27,12 @@ from pynetdicom.transport import AssociationServer
 from dicom_node import status
 from dicom_node.errors import DatasetInvalid, ReceiveError
 from dicom_node.ingest import check_dataset, mapped_dataset
+from dicom_node.receiving import ReceivingFile
 from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
 from dicom_node.types import StoreObservation
 from storage.audit import AuditEntry, AuditTrail
-from storage.errors import StorageError
+from storage.errors import OutOfResources, StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome
 from storage.store import InstanceStore
 
@@ -98,14 +98,29 @@ class _Association:
     studies: list[str] = field(default_factory=list)
 
 
-def _receive_to_disk(folder: Path) -> None:
+def _receive_to_disk(folder: Path, prefix: str) -> None:
     """Make pynetdicom write each C-STORE data set to a file in `folder` as its PDUs arrive, instead of
     assembling it in memory: memory stays bounded by the PDU size whatever the instance's size (whole-slide
     images are hundreds of MB). pynetdicom's switch and its temporary file are process-wide; the folder is the
-    store's `incoming/` (same file system as objects/, so a stored instance is renamed, not copied), and
-    leftovers of aborted associations are removed at start-up (`FileLayout.remove_stale_partials`)."""
+    store's `incoming/` (same file system as objects/, so a stored instance is renamed, not copied), the names
+    begin with the node run's `prefix`; a file the disk refuses is answered 0xA700 (`ReceivingFile`); the file of
+    a data set its association did not wait for is removed when it ends, and a crashed run's at the next start
+    (`FileLayout.remove_leftovers`)."""
     _config.STORE_RECV_CHUNKED_DATASET = True
-    dimse_messages.NamedTemporaryFile = partial(NamedTemporaryFile, dir=folder, prefix="tmp")
+    dimse_messages.NamedTemporaryFile = partial(ReceivingFile, folder, prefix)
+
+
+def _discard_unanswered(assoc: object) -> None:
+    """Remove the files of data sets an ended association will not have answered: the one being received, and
+    those received but not handled."""
+    dimse = getattr(assoc, "dimse", None)
+    if dimse is None:
+        return
+    files = [getattr(dimse.message, "_data_set_file", None)]
+    files += [getattr(item[1], "_dataset_file", None) for item in list(dimse.msg_queue.queue)]
+    for file in files:
+        if isinstance(file, ReceivingFile):
+            file.discard()
 
 
 class StorageSCP:
@@ -153,7 +168,7 @@ class StorageSCP:
     def start(self, port: int | None = None, tls_port: int | None = None) -> tuple[int | None, int | None]:
         """Start listening (non-blocking); returns the bound (plain, TLS) ports, None where not listening.
         A port of 0 (in settings or argument) binds a free one."""
-        _receive_to_disk(self.store.layout.receiving)
+        _receive_to_disk(self.store.layout.receiving, f"{self.store.layout.in_flight_prefix}rx-")
         plain = self._serve(self.node.port if port is None else port, None) if self.node.plain else None
         secure = None
         if self.node.tls is not None and self.tls_context is not None:
@@ -241,6 +256,7 @@ class StorageSCP:
         """The transport's report that a connection ended: its audit record."""
         with self._lock:
             state = self._associations.pop(id(assoc), None) if assoc is not None else None
+        _discard_unanswered(assoc)
         if state is None and connection.bytes_received == 0:
             logger.debug("connection from %s:%d closed without data", connection.host, connection.port)
             return
@@ -304,6 +320,9 @@ class StorageSCP:
         try:
             if affected_class != str(event.context.abstract_syntax):
                 raise DatasetInvalid("the request's Affected SOP Class differs from its presentation context's")
+            receiving = getattr(request, "_dataset_file", None)
+            if isinstance(receiving, ReceivingFile) and receiving.error is not None:
+                raise OutOfResources(receiving.refusal())
             received = Path(event.dataset_path)  # written to disk as it arrived (see `_receive_to_disk`)
             with mapped_dataset(received) as dataset:
                 header = check_dataset(

@@ -273,8 +273,10 @@ class HttpTlsSettings(Strict):
         return self
 
 
-def loopback_host(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str) -> bool:
+    """`host` (a name or an address, IPv6 with or without brackets) names this machine's loopback interface."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -313,7 +315,7 @@ class DicomWebService(Strict):
     @model_validator(mode="after")
     def _no_credentials_in_clear(self) -> DicomWebService:
         parts = urlsplit(self.url)
-        if self.auth is not None and parts.scheme != "https" and not loopback_host(parts.hostname or ""):
+        if self.auth is not None and parts.scheme != "https" and not is_loopback(parts.hostname or ""):
             raise ValueError("auth over plain http would send the credentials in clear: use an https:// URL")
         if self.tls is not None and parts.scheme != "https":
             raise ValueError("tls is set but the URL is not https://")

@@ -29,7 +29,7 @@ from dicom_node.settings import (
     NodeSettings,
     PeerSettings,
     QueryRetrieveSettings,
-    loopback_host,
+    is_loopback,
 )
 from pipelines.builtin import BUILTIN
 from pipelines.registry import Registry
@@ -94,6 +94,9 @@ class WorkerSettings(Strict):
     # Address-space limit per job process; 0 disables it (local engine).
     job_memory_limit_mb: int = Field(8192, ge=0)
     max_attempts: int = Field(2, ge=1)
+    # A finished job's outcome is written to the index with retries (back-off) for this long while the index cannot
+    # be reached; past it the job goes back to the queue when the index answers again (its node hands it back).
+    record_retry_s: float = Field(300.0, ge=0)
 
     @model_validator(mode="after")
     def _dask_needs_a_scheduler(self) -> WorkerSettings:
@@ -116,17 +119,31 @@ class MonitoringSettings(Strict):
     refresh_s: int = Field(10, ge=1)  # the status page reloads itself this often
     # The study list (page and `immunode status`) shows patient names only when true; Patient IDs always.
     show_patient_names: bool = False
-    # Required when `host` is not a loopback address; `immunode hash-password` makes the hash.
+    # The names requests may give in their Host header (and their Origin): a page reached by any other name is
+    # refused (DNS rebinding). Default: the address bound, with localhost names on a loopback bind; on 0.0.0.0 or
+    # :: the machine's name and addresses and localhost. A name that is not localhost needs username/password_hash.
+    allowed_hosts: list[str] | None = None
+    # Required when `host` or an allowed host is not a loopback address; `immunode hash-password` makes the hash.
     username: str | None = None
     password_hash: str | None = Field(None, pattern=PASSWORD_HASH_PATTERN)
 
     @model_validator(mode="after")
     def _authentication_off_localhost(self) -> MonitoringSettings:
-        if self.enabled and not loopback_host(self.host) and (self.username is None or self.password_hash is None):
+        if not self.enabled or (self.username is not None and self.password_hash is not None):
+            return self
+        if not is_loopback(self.host):
             raise ValueError(
                 f"host {self.host!r} is not localhost: set username and password_hash (immunode hash-password)"
             )
+        outside = [name for name in self.allowed_hosts or () if not is_loopback(name)]
+        if outside:
+            raise ValueError(
+                f"allowed_hosts {outside} are not localhost: set username and password_hash (immunode hash-password)"
+            )
         return self
+
+
+LOCALHOST_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(Strict):

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from sqlalchemy.orm import Session
 
 from common.states import JobState, PairingOutcome
 from common.types import JobResult, SeriesFiles, StoredFile
@@ -26,10 +28,14 @@ from pipelines.errors import PipelineError
 from pipelines.registry import JobInputs, PairingContext, Pipeline
 from storage import jobs, pairings, patients, results, studies
 from storage.database import Database
+from storage.errors import ClaimLost, IndexOutage
 from storage.files import FileLayout
-from storage.types import CompletedStudy, SeriesSummary
+from storage.types import CompletedStudy, JobClaim, SeriesSummary
 
 logger = logging.getLogger(__name__)
+
+RECORD_BACKOFF_INITIAL_S = 0.5  # first wait before recording a job's outcome again; doubles up to the maximum
+RECORD_BACKOFF_MAX_S = 10.0
 
 
 def _analyse_and_report(
@@ -74,8 +80,14 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
 
 
 def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
-    """Analyse and report for one job; records outputs, deliveries, result records and the final state."""
+    """Analyse and report for one job; records outputs, deliveries, result records and the final state.
+
+    A pipeline's own failure (PipelineError) and an unexpected error in it (a bug, data it cannot handle; the
+    traceback goes to the log) fail the job with the reason: retrying would fail the same way. Only a worker
+    that dies (killed, out of memory, CPU limit) is retried, by the runner. Raises IndexOutage when the index
+    stays unreachable (`_record`), and ClaimLost when the job was taken from this run meanwhile."""
     with database.session() as session:
+        claim = jobs.job_claim(session, job_id)
         spec = jobs.job_spec(session, job_id)
     name = spec.pipeline
     try:
@@ -84,14 +96,74 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         result = _analyse_and_report(pipeline, inputs, settings, lambda: layout.new_output_path(job_id), layout.root)
     except PipelineError as error:
         logger.warning("job %d: %s", job_id, error)
-        with database.session() as session:
-            jobs.finish_job(session, job_id, JobState.FAILED, str(error))
-        return JobState.FAILED
+        return _finish(settings, database, claim, JobState.FAILED, str(error))
+    except IndexOutage:
+        raise
+    except Exception as error:
+        logger.exception("job %d: unexpected error in the pipeline", job_id)
+        reason = f"unexpected error in the pipeline: {error.__class__.__name__}: {error} (traceback in the log)"
+        return _finish(settings, database, claim, JobState.FAILED, reason[:2000])
     destinations = [d.name for d in settings.result_destinations(spec.rule)]
-    with database.session() as session:
+
+    def record(session: Session) -> None:
         results.record_job_result(session, layout, job_id, result, destinations)
         jobs.finish_job(session, job_id, JobState.SUCCEEDED, result.summary)
+
+    try:
+        _record(settings, database, claim, record)
+    except (IndexOutage, ClaimLost):
+        for output in result.outputs:  # never indexed: the job runs again (or ran elsewhere)
+            output.path.unlink(missing_ok=True)
+        raise
     return JobState.SUCCEEDED
+
+
+def _finish(settings: Settings, database: Database, claim: JobClaim, state: JobState, detail: str) -> JobState:
+    _record(settings, database, claim, lambda session: jobs.finish_job(session, claim.job_id, state, detail))
+    return state
+
+
+def _record(settings: Settings, database: Database, claim: JobClaim, write: Callable[[Session], None]) -> None:
+    """A job's outcome into the index, in one transaction, while its claim holds. An index that cannot be reached
+    is retried with back-off (one log line when the retries begin, one when they end) for up to
+    `workers.record_retry_s`; past that IndexOutage is raised and the runner hands the job back to the queue
+    once the index answers. A job taken from this run meanwhile raises ClaimLost (its new holder records)."""
+    deadline = time.monotonic() + settings.workers.record_retry_s
+    delay, retries = RECORD_BACKOFF_INITIAL_S, 0
+    while True:
+        try:
+            with database.session() as session:
+                if jobs.check_claim(session, claim):
+                    write(session)
+        except ClaimLost as error:
+            logger.warning("job %d: %s: its outcome here is not recorded", claim.job_id, error)
+            raise
+        except IndexOutage as error:
+            if time.monotonic() + delay > deadline:
+                logger.error(
+                    "job %d: outcome not recorded, the index still unavailable after %d retries (%s): the job goes "
+                    "back to the queue when it answers",
+                    claim.job_id,
+                    retries,
+                    error,
+                )
+                raise
+            if retries == 0:
+                logger.warning(
+                    "job %d: outcome not recorded yet (%s); retried for up to %.0f s",
+                    claim.job_id,
+                    error,
+                    settings.workers.record_retry_s,
+                )
+            retries += 1
+            time.sleep(delay)
+            delay = min(delay * 2, RECORD_BACKOFF_MAX_S)
+            continue
+        if retries:
+            logger.info(
+                "job %d: outcome recorded after %d retr%s", claim.job_id, retries, "y" if retries == 1 else "ies"
+            )
+        return
 
 
 def _folder_studies(folder: Path, problems: list[str]) -> dict[str, list[tuple[pydicom.Dataset, Path]]]:

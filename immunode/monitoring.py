@@ -11,6 +11,11 @@
   itself. Bound to localhost by default; on any
   other address HTTP basic authentication is required (`monitoring.username`, `monitoring.password_hash`) and the
   retry action also checks that the request comes from the page itself (Origin/Referer).
+
+Every request must name the server by one of its own names (`answered_hosts`: `monitoring.allowed_hosts`, or
+the address bound) in its Host header, and any Origin must be one of them too: a page of another site whose name
+was rebound to this address (DNS rebinding) gets 403, as does a cross-origin request; a request naming the
+server by a name that is not localhost needs authentication.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import hmac
 import json
 import logging
 import shutil
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,10 +42,11 @@ from common.passwords import check_password, hash_password  # noqa: F401 - hash_
 from common.states import JobState
 from dicom_node.types import StoreObservation
 from immunode import status_page
-from immunode.config import MonitoringSettings
+from immunode.config import LOCALHOST_NAMES, MonitoringSettings, is_loopback
 from immunode.snapshot import StatusSnapshot
 from storage import audit, deliveries, jobs, studies
 from storage.database import Database
+from storage.errors import IndexOutage, IndexUnavailable
 from storage.overview import StudyQuery
 from storage.schema import DeliveryState
 
@@ -92,12 +99,27 @@ class _IndexCollector:
         self.storage_root = storage_root
 
     def collect(self) -> Iterator[object]:
-        with self.database.session() as session:
-            by_pipeline = jobs.job_counts_by_pipeline(session)
-            durations = jobs.finished_job_seconds(session)
-            delivery_counts = deliveries.delivery_counts(session)
-            completed = studies.completed_study_count(session)
-            audit_counts = audit.audit_counts(session)
+        health = self.database.health
+        free = shutil.disk_usage(self.storage_root).free
+        yield GaugeMetricFamily("immunode_storage_free_bytes", "Free space under the storage root", free)
+        yield GaugeMetricFamily(
+            "immunode_index_up", "1 while the index answers this node, 0 during an outage", int(health.available)
+        )
+        yield CounterMetricFamily("immunode_index_outages", "Outages of the index this node has seen", health.outages)
+        yield CounterMetricFamily(
+            "immunode_index_outage_seconds",
+            "Time the index could not be reached, in outages that ended and the current one",
+            health.outage_seconds + health.down_for(),
+        )
+        try:
+            with self.database.session() as session:
+                by_pipeline = jobs.job_counts_by_pipeline(session)
+                durations = jobs.finished_job_seconds(session)
+                delivery_counts = deliveries.delivery_counts(session)
+                completed = studies.completed_study_count(session)
+                audit_counts = audit.audit_counts(session)
+        except IndexOutage:
+            return  # the figures read from the index are left out while it cannot be reached (immunode_index_up 0)
         yield CounterMetricFamily("immunode_studies_completed", "Studies completed (quiet) and routed", completed)
         job_gauge = GaugeMetricFamily("immunode_jobs", "Jobs by pipeline and state", labels=["pipeline", "state"])
         for (pipeline, state), count in sorted(by_pipeline.items(), key=lambda item: (item[0][0], item[0][1].value)):
@@ -133,8 +155,6 @@ class _IndexCollector:
         for (direction, kind, outcome), count in sorted(audit_counts.items()):
             audit_counter.add_metric([direction, kind, outcome], count)
         yield audit_counter
-        free = shutil.disk_usage(self.storage_root).free
-        yield GaugeMetricFamily("immunode_storage_free_bytes", "Free space under the storage root", free)
 
 
 # --- the HTTP server --------------------------------------------------------------------------------------------
@@ -151,10 +171,48 @@ class MonitoringHooks:
     retry_delivery: Callable[[int], int]
 
 
+def answered_hosts(settings: MonitoringSettings) -> frozenset[str]:
+    """The names a request may give in its Host header and its Origin: `monitoring.allowed_hosts`, or by default the
+    address bound, with the localhost names on a loopback bind; on a wildcard bind (0.0.0.0, ::) the machine's
+    name and addresses, and the localhost names."""
+    if settings.allowed_hosts is not None:
+        names = set(settings.allowed_hosts)
+    else:
+        names = {settings.host}
+        if is_loopback(settings.host) or settings.host in WILDCARDS:
+            names |= set(LOCALHOST_NAMES)
+        if settings.host in WILDCARDS:
+            names |= {socket.gethostname(), socket.getfqdn()}
+            try:
+                names |= {str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)}
+            except OSError:
+                pass  # a machine whose own name does not resolve: its name and localhost only
+    return frozenset(name.strip("[]").lower().rstrip(".") for name in names if name)
+
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def _host_of(value: str, origin: bool = False) -> str | None:
+    """The host name in a Host header (`name[:port]`) or an Origin/Referer (`scheme://name[:port]...`), lower
+    case, IPv6 without brackets; None when there is none or it does not parse (an Origin of `null`)."""
+    if not origin:
+        value = "//" + value
+    try:
+        parts = urlsplit(value.strip())
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        return None
+    if origin and parts.scheme not in ("http", "https"):
+        return None
+    return (parts.hostname or "").rstrip(".") or None
+
+
 class MonitoringServer:
     def __init__(self, settings: MonitoringSettings, hooks: MonitoringHooks) -> None:
         self.settings = settings
         self.hooks = hooks
+        self.hosts = answered_hosts(settings)
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> int:
@@ -176,14 +234,32 @@ class MonitoringServer:
 class _Handler(BaseHTTPRequestHandler):
     monitor: MonitoringServer
     server_version = "immunode"
+    named_host = ""  # the host name the request's Host header gives, once checked
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's signature
         logger.debug("monitoring %s %s", self.address_string(), format % args)
 
+    def _permitted(self) -> bool:
+        """The request names this server in its Host header (not a name rebound to its address), any Origin is one
+        of its names, and it is authenticated where that is needed; answered (403/401) otherwise."""
+        host = _host_of(self.headers.get("Host", ""))
+        if host is None or host not in self.monitor.hosts:
+            self._send(HTTPStatus.FORBIDDEN, b"unknown Host: not a name this server answers to\n", "text/plain")
+            return False
+        origin = self.headers.get("Origin")
+        if origin is not None and _host_of(origin, origin=True) not in self.monitor.hosts:
+            self._send(HTTPStatus.FORBIDDEN, b"cross-origin requests are refused\n", "text/plain")
+            return False
+        self.named_host = host
+        return True
+
     def _authorised(self) -> bool:
         settings = self.monitor.settings
         if settings.username is None or settings.password_hash is None:
-            return True  # only possible on localhost (the settings refuse it elsewhere)
+            if is_loopback(self.named_host):
+                return True  # localhost without credentials configured (the settings refuse it elsewhere)
+            self._send(HTTPStatus.FORBIDDEN, b"authentication is required off localhost\n", "text/plain")
+            return False
         header = self.headers.get("Authorization", "")
         if header.startswith("Basic "):
             try:
@@ -208,6 +284,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if not self._permitted():
+            return
         url = urlsplit(self.path)
         path = url.path
         hooks = self.monitor.hooks
@@ -227,23 +305,31 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, hooks.metrics.exposition(), CONTENT_TYPE_LATEST)
         elif path == "/":
             query, problems = status_page.parse_query(parse_qs(url.query))
-            page = status_page.render(hooks.snapshot(query), self.monitor.settings.refresh_s, problems)
+            try:
+                page = status_page.render(hooks.snapshot(query), self.monitor.settings.refresh_s, problems)
+            except IndexUnavailable as error:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{error}\n".encode(), "text/plain; charset=utf-8")
+                return
             self._send(HTTPStatus.OK, page.encode(), "text/html; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
 
     def do_POST(self) -> None:  # noqa: N802
-        if not self._authorised():
+        if not self._permitted() or not self._authorised():
             return
         path = urlsplit(self.path).path
+        # The action is taken from the status page only: a form posted from it names one of this server's names.
         origin = self.headers.get("Origin") or self.headers.get("Referer") or ""
-        host = self.headers.get("Host", "")
-        if not origin or urlsplit(origin).netloc != host:
+        if _host_of(origin, origin=True) not in self.monitor.hosts:
             self._send(HTTPStatus.FORBIDDEN, b"the retry action is taken from the status page only\n", "text/plain")
             return
         prefix = "/retry/delivery/"
         if path.startswith(prefix) and path[len(prefix) :].isdigit():
-            requeued = self.monitor.hooks.retry_delivery(int(path[len(prefix) :]))
+            try:
+                requeued = self.monitor.hooks.retry_delivery(int(path[len(prefix) :]))
+            except IndexUnavailable as error:
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, f"{error}\n".encode(), "text/plain; charset=utf-8")
+                return
             logger.info("status page: delivery %s re-queued (%d)", path[len(prefix) :], requeued)
             self.send_response(HTTPStatus.SEE_OTHER)
             self.send_header("Location", "/")

@@ -7,6 +7,7 @@ import os
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -23,12 +24,21 @@ from immunode.worker import JobRunner
 from storage import deliveries, retention, runs, studies
 from storage.audit import AuditTrail
 from storage.database import Database
-from storage.errors import StorageError
+from storage.errors import IndexOutage, StorageError
 from storage.files import FileLayout
 from storage.overview import StudyQuery
 from storage.store import InstanceStore
 
 logger = logging.getLogger(__name__)
+
+
+def _index_permitting(stage: Callable[[], object]) -> None:
+    """A scheduled stage, run on every poll: while the index cannot be reached it waits for the next poll (the
+    outage is logged once, by the index's health, not as a traceback per poll)."""
+    try:
+        stage()
+    except IndexOutage:
+        return
 
 
 class Node:
@@ -95,9 +105,14 @@ class Node:
         self._route_due: datetime | None = None
         self._route_lock = threading.Lock()
 
-    def _every(self, function: Callable[[], object], name: str) -> None:
+    def _every(self, function: Callable[[], object], name: str, seconds: float | None = None) -> None:
         self.scheduler.add_job(
-            function, "interval", seconds=self.settings.routing.poll_interval_s, id=name, max_instances=1, coalesce=True
+            partial(_index_permitting, function),
+            "interval",
+            seconds=seconds or self.settings.routing.poll_interval_s,
+            id=name,
+            max_instances=1,
+            coalesce=True,
         )
 
     def _kick(self, name: str, at: datetime | None = None) -> None:
@@ -126,16 +141,21 @@ class Node:
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
         warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
-        removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
         retention.recover_interrupted(self.database, self.layout)  # before reconciling: files go back first
         self._run_id = reconcile(
             self.database, self.layout, self.store, self.settings.node.max_inflated_mb * 1024 * 1024
         )
-        self.runner.run_id = self._run_id
+        self.runner.run_id = self.layout.run_id = self._run_id
+        with self.database.session() as session:
+            removed = self.layout.remove_leftovers(runs.live_runs(session))
         resumed = self.runner.resume_interrupted()
         if removed or resumed:
-            logger.info("start-up: removed %d partial file(s), resumed %d interrupted job(s)", removed, resumed)
+            logger.info(
+                "start-up: removed %d file(s) in flight of runs no longer alive, resumed %d interrupted job(s)",
+                removed,
+                resumed,
+            )
         self.runner.warm_up()
         self._every(self.route_once, "route")
         self._every(self.pair_once, "pair")
@@ -143,22 +163,8 @@ class Node:
         self._every(self.dispatch_once, "dispatch")
         self._every(self.trail.flush_spool, "spool")
         if self.settings.storage.retention.enabled:
-            self.scheduler.add_job(
-                self.retain_once,
-                "interval",
-                seconds=self.settings.storage.retention.interval_s,
-                id="retention",
-                max_instances=1,
-                coalesce=True,
-            )
-        self.scheduler.add_job(
-            self.heartbeat_once,
-            "interval",
-            seconds=runs.HEARTBEAT_EVERY.total_seconds(),
-            id="heartbeat",
-            max_instances=1,
-            coalesce=True,
-        )
+            self._every(self.retain_once, "retention", self.settings.storage.retention.interval_s)
+        self._every(self.heartbeat_once, "heartbeat", runs.HEARTBEAT_EVERY.total_seconds())
         self.scheduler.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
         if self.dicomweb is not None:
@@ -234,10 +240,22 @@ class Node:
             self._kick("route", at)
 
     def heartbeat_once(self) -> None:
-        """This run is alive; the claims of sibling nodes that died go back to the queue."""
+        """This run is alive; outcomes of finished jobs the index missed are recorded, and jobs the index says this
+        run is running but no worker of it runs go back to the queue. The claims and files in flight of sibling
+        nodes that died are taken back too, once this node has itself reached the index for `runs.STALE_AFTER`
+        (after an outage every live sibling's heartbeat is stale until it beats again)."""
         with self.database.session() as session:
             runs.heartbeat(session, self._run_id)
+        self.runner.settle()
+        if self.runner.release_untracked():
+            self._kick("run")
+        if self.database.health.answering_for() < runs.STALE_AFTER.total_seconds():
+            return
+        with self.database.session() as session:
             taken, released = runs.release_claims_of_dead_runs(session, self.settings.workers.max_attempts)
+            removed = self.layout.remove_leftovers(runs.live_runs(session))
+        if removed:
+            logger.warning("removed %d file(s) in flight of a node run that died", removed)
         if taken or released:
             logger.warning("took back %d job(s) and %d delivery lease(s) of a node that died", taken, released)
             self._kick("run")
@@ -274,10 +292,14 @@ class Node:
         self.scp.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        self.runner.stop()
-        if self._run_id is not None:
-            with self.database.session() as session:
-                runs.end_run(session, self._run_id)
+        try:
+            self.runner.stop()
+            self.runner.settle()  # outcomes the index has not been told yet
+            if self._run_id is not None:
+                with self.database.session() as session:
+                    runs.end_run(session, self._run_id)
+        except IndexOutage as error:
+            logger.error("stop not recorded (%s): the next start takes this run's jobs back", error)
         self.database.dispose()
         if self._umask is not None:
             os.umask(self._umask)

@@ -23,12 +23,15 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from multiprocessing import get_context
 
+from sqlalchemy.orm import Session
+
 from common.processes import exit_with_parent
 from common.states import JobState
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
 from storage import jobs, runs
 from storage.database import Database
+from storage.errors import ClaimLost, IndexOutage
 from storage.events import record_event
 from storage.files import FileLayout
 
@@ -74,17 +77,7 @@ def _run(settings: Settings, job_id: int) -> str:
     database = Database(settings.database_url, migrate=False)
     try:
         layout = FileLayout(settings.storage.root, settings.storage.min_free_mb)
-        try:
-            return run_job(settings, database, layout, job_id).value
-        except Exception as error:
-            # A deterministic failure of the analysis (a bug, data it cannot handle): the job fails with the
-            # reason, the traceback goes to the log; retrying would fail the same way. Only a worker that
-            # dies (killed, out of memory, CPU limit) is retried, by the runner.
-            logger.exception("job %d: unexpected error in the pipeline", job_id)
-            reason = f"unexpected error in the pipeline: {error.__class__.__name__}: {error} (traceback in the log)"
-            with database.session() as session:
-                jobs.finish_job(session, job_id, JobState.FAILED, reason[:2000])
-            return JobState.FAILED.value
+        return run_job(settings, database, layout, job_id).value
     finally:
         database.dispose()
 
@@ -151,6 +144,9 @@ class JobRunner:
         self.run_id: int | None = None  # the node run its claims are made for (set at start)
         self._lock = threading.Lock()
         self._running: dict[int, Future] = {}
+        # Finished jobs whose outcome the index could not be told yet (it was unavailable): job -> what to record.
+        self._unsettled: dict[int, Callable[[Session], object]] = {}
+        self._settling = threading.Lock()
         self._stopping = False
         self.dask = DaskEngine(settings) if settings.workers.engine == "dask" else None
         self.unavailable = ""  # why jobs are not submitted now (the Dask scheduler unreachable), for status
@@ -180,6 +176,7 @@ class JobRunner:
             return jobs.reset_interrupted_jobs(session, self.settings.workers.max_attempts, alive)
 
     def submit_pending(self) -> list[int]:
+        self.settle()
         with self._lock:
             if self._stopping:
                 return []
@@ -221,33 +218,83 @@ class JobRunner:
             record_event(session, "ERROR" if reason else "INFO", reason or "Dask scheduler reachable again")
 
     def _finished(self, job_id: int, future: Future) -> None:
-        with self._lock:
-            self._running.pop(job_id, None)
-            stopping = self._stopping
-        if stopping:
+        if self._stopping or future.cancelled():
+            with self._lock:
+                self._running.pop(job_id, None)
             return  # stop() puts the job back in the queue
-        error = future.exception() if not future.cancelled() else None
-        if future.cancelled():
-            return
-        if error is None:
-            logger.info("job %d finished: %s", job_id, future.result())
-        else:
-            if error.__class__.__name__ == "KilledWorker":
-                reason = f"Dask workers died running it ({error})"
-            elif isinstance(error, BrokenProcessPool):
-                reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
-                with self._lock:
-                    self._executor.shutdown(wait=False, cancel_futures=False)
-                    self._executor = self._new_executor()
-            else:
-                reason = f"{error.__class__.__name__}: {error}"
-            logger.error("job %d: %s", job_id, reason)
-            with self.database.session() as session:
-                state = jobs.requeue_job_or_fail(session, job_id, reason, self.settings.workers.max_attempts)
-            if state is JobState.FAILED:
-                logger.error("job %d failed for good", job_id)
+        error = future.exception()
+        settle = self._outcome(job_id, error)
+        with self._lock:  # at once: no moment where the job is RUNNING for this run and tracked by neither
+            self._running.pop(job_id, None)
+            if settle is not None:
+                self._unsettled[job_id] = settle
+        if settle is not None:
+            try:
+                self.settle()
+            except IndexOutage:
+                pass  # logged once by the index's health; settled at the next poll
         if self.on_finished is not None:
             self.on_finished(job_id)
+
+    def _outcome(self, job_id: int, error: BaseException | None) -> Callable[[Session], object] | None:
+        """What the index must still be told of a finished job (None: its worker recorded it)."""
+        if error is None:
+            logger.info("job %d finished", job_id)
+            return None
+        if isinstance(error, ClaimLost):
+            return None  # taken back by another node, which runs it; logged by the worker
+        if isinstance(error, IndexOutage):
+            logger.warning(
+                "job %d: outcome not recorded (index unavailable): back to the queue when it answers", job_id
+            )
+            why = "handed back to the queue: its outcome could not be recorded while the index was unavailable"
+            return partial(jobs.return_interrupted_jobs, job_ids=[job_id], run_id=self.run_id, why=why)
+        if error.__class__.__name__ == "KilledWorker":
+            reason = f"Dask workers died running it ({error})"
+        elif isinstance(error, BrokenProcessPool):
+            reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
+            with self._lock:
+                self._executor.shutdown(wait=False, cancel_futures=False)
+                self._executor = self._new_executor()
+        else:
+            reason = f"{error.__class__.__name__}: {error}"
+        logger.error("job %d: %s", job_id, reason)
+
+        def requeue_or_fail(session: Session) -> None:
+            state = jobs.requeue_job_or_fail(session, job_id, reason, self.settings.workers.max_attempts, self.run_id)
+            if state is JobState.FAILED:
+                logger.error("job %d failed for good", job_id)
+
+        return requeue_or_fail
+
+    def settle(self) -> None:
+        """Outcomes of finished jobs that the index could not be told yet, told now (IndexOutage while it still
+        cannot be reached: the next poll tries again)."""
+        with self._settling:  # one at a time: an outcome is told once
+            with self._lock:
+                waiting = list(self._unsettled.items())
+            for job_id, settle in waiting:
+                with self.database.session() as session:
+                    settle(session)
+                with self._lock:
+                    self._unsettled.pop(job_id, None)
+
+    def release_untracked(self) -> list[int]:
+        """Jobs the index says this run is running but no worker of it runs (their outcome lost) go back to the
+        queue: no job stays RUNNING without a live holder that actually runs it."""
+        if self.run_id is None or self._stopping:
+            return []
+        with self._lock:
+            tracked = set(self._running) | set(self._unsettled)
+            with self.database.session() as session:
+                released = jobs.release_untracked_jobs(
+                    session, self.run_id, tracked, self.settings.workers.max_attempts
+                )
+        if released:
+            logger.warning(
+                "job(s) %s were running for this node in the index but not here: back to the queue", released
+            )
+        return released
 
     @property
     def busy(self) -> int:
@@ -268,7 +315,7 @@ class JobRunner:
             self.dask.close()
             if interrupted:
                 with self.database.session() as session:
-                    jobs.return_interrupted_jobs(session, interrupted)
+                    jobs.return_interrupted_jobs(session, interrupted, self.run_id)
                 logger.info("stop: job(s) %s cancelled on the cluster, queued to resume", interrupted)
             return len(interrupted)
         for process in processes:
@@ -282,6 +329,6 @@ class JobRunner:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if interrupted:
             with self.database.session() as session:
-                jobs.return_interrupted_jobs(session, interrupted)
+                jobs.return_interrupted_jobs(session, interrupted, self.run_id)
             logger.info("stop: job(s) %s interrupted, queued to resume at the next start", interrupted)
         return len(interrupted)

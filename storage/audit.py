@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from common.types import from_attributes
 from storage.database import Database
-from storage.errors import StorageError
+from storage.errors import IndexOutage, StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, AuditRecord, Event, utcnow
 
 logger = logging.getLogger(__name__)
@@ -97,18 +97,23 @@ class AuditTrail:
             with self.database.session() as session:
                 _insert(session, table, values)
             return
+        except IndexOutage:
+            pass  # the outage is logged once, by the index's health; the record is spooled
         except StorageError as error:
-            logger.error("index unavailable (%s): %s record spooled to %s", error, table, self.spool_file)
+            logger.error("index refused the %s record (%s): spooled to %s", table, error, self.spool_file)
         self._spool(table, values)
 
     def _spool(self, table: str, values: dict) -> None:
         line = json.dumps({"table": table, "values": values}, default=_json_default) + "\n"
         with self._lock:
-            self.spool_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.spool_file, "a", encoding="utf-8") as handle:
-                handle.write(line)
-                handle.flush()
-                os.fsync(handle.fileno())
+            try:
+                self.spool_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.spool_file, "a", encoding="utf-8") as handle:
+                    handle.write(line)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            except OSError as error:  # the disk is full too: this log line is the record that remains
+                logger.error("%s record neither indexed nor spooled (%s): %s", table, error.strerror, line.strip())
 
     def spooled(self) -> int:
         with self._lock:
@@ -130,6 +135,8 @@ class AuditTrail:
                 with self.database.session() as session:
                     for record in records:
                         _insert(session, record["table"], _from_json(record["values"]))
+            except IndexOutage:
+                return 0  # logged once by the index's health; written at a later poll
             except StorageError as error:
                 logger.warning("spooled records not written yet: %s", error)
                 return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,15 +13,20 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from storage.errors import IndexMissing, IndexUnavailable
+from storage.errors import IndexMissing, IndexOutage, IndexUnavailable
 
 logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: a server that does not answer (host down, no RST) fails within this, not minutes
+# The index cannot be reached (server down or restarting, connection lost, pool exhausted, SQLite locked beyond its
+# timeout or its disk full): an outage, retried, as opposed to a statement the index refuses (a bug).
+OUTAGE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout)
 
 
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
@@ -49,7 +56,8 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    timeout = {} if "connect_timeout" in url else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 
 def alembic_config(url: str) -> AlembicConfig:
@@ -111,6 +119,64 @@ def indexed_revision(url: str, timeout_s: float = 10.0) -> str | None:
         engine.dispose()
 
 
+class IndexHealth:
+    """Whether the index answers, as this process's transactions find it. An outage is logged once when it starts
+    and once when it ends, whatever the number of transactions that fail meanwhile, and counted (`/metrics`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._down_since: float | None = None  # time.monotonic() of the first failure of the current outage
+        self._answering_since = time.monotonic()  # since this process started, or the last outage ended
+        self._failures = 0
+        self.outages = 0
+        self.outage_seconds = 0.0  # of the outages that ended
+
+    @property
+    def available(self) -> bool:
+        return self._down_since is None
+
+    def down_for(self) -> float:
+        """Seconds the current outage has lasted (0 when the index answers)."""
+        since = self._down_since
+        return 0.0 if since is None else time.monotonic() - since
+
+    def answering_for(self) -> float:
+        """Seconds the index has answered without an outage, since this process started (0 while it is down)."""
+        return 0.0 if self._down_since is not None else time.monotonic() - self._answering_since
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._down_since is not None:
+                return
+            self._down_since = time.monotonic()
+            self.outages += 1
+        logger.error("index unavailable (%s): work that needs it waits and is retried until it answers", reason)
+
+    def succeeded(self) -> None:
+        if self._down_since is None:
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = time.monotonic() - self._down_since
+            failures, self._down_since, self._failures = self._failures, None, 0
+            self._answering_since = time.monotonic()
+            self.outage_seconds += lasted
+        logger.warning("index available again after %.1f s (%d transaction(s) failed meanwhile)", lasted, failures)
+
+
+def _unavailable(error: SQLAlchemyError, health: IndexHealth) -> IndexUnavailable:
+    """The domain error for a failed transaction; an outage is noted in `health`."""
+    if isinstance(error, OUTAGE_ERRORS):
+        cause = getattr(error, "orig", None) or error
+        lines = str(cause).strip().splitlines()
+        reason = f"{cause.__class__.__name__}: {lines[0] if lines else ''}"[:300]
+        health.failed(reason)
+        return IndexOutage(f"index unavailable: {reason}")
+    return IndexUnavailable(f"index transaction failed: {error.__class__.__name__}: {error}")
+
+
 class Database:
     """Owns the engine and hands out transactional sessions.
 
@@ -123,6 +189,7 @@ class Database:
         if not create and file is not None and not file.is_file():
             raise IndexMissing(f"no index at {file}")
         self.engine = make_engine(url)
+        self.health = IndexHealth()
         if not create:
             self._check_schema()
         if migrate:
@@ -142,19 +209,21 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session committed on success and rolled back on any error."""
+        """A session committed on success and rolled back on any error (IndexOutage when the index cannot be
+        reached, IndexUnavailable when it refuses the transaction)."""
         session = self._sessions()
         try:
             yield session
             session.commit()
         except SQLAlchemyError as error:
-            session.rollback()
-            raise IndexUnavailable(f"index transaction failed: {error.__class__.__name__}: {error}") from error
+            _rollback(session)
+            raise _unavailable(error, self.health) from error
         except BaseException:
-            session.rollback()
+            _rollback(session)
             raise
         finally:
             session.close()
+        self.health.succeeded()
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:
@@ -163,7 +232,16 @@ class Database:
             with self.engine.begin() as connection:
                 yield connection
         except SQLAlchemyError as error:
-            raise IndexUnavailable(f"index transaction failed: {error.__class__.__name__}: {error}") from error
+            raise _unavailable(error, self.health) from error
+        self.health.succeeded()
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def _rollback(session: Session) -> None:
+    """Roll back; a connection already lost cannot roll back, and the transaction's own error is the one to raise."""
+    try:
+        session.rollback()
+    except SQLAlchemyError:
+        session.invalidate()

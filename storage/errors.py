@@ -15,6 +15,9 @@ class IndexUnavailable(StorageError):
 
 class IndexMissing(StorageError):
     """An index that must already exist does not: no database file, or a database without immunode's schema."""
+class IndexOutage(IndexUnavailable):
+    """The SQL index cannot be reached (server down or restarting, connection lost, locked beyond its timeout, its
+    disk full): work that needs it waits and is retried; `Database.health` logs the outage once."""
 
 
 class InvalidIdentifier(StorageError):
@@ -29,3 +32,8 @@ class IdentityMismatch(StorageError):
         super().__init__(message)
         self.study_instance_uid = study_instance_uid
         self.conflict = conflict  # storage.store.Conflict
+
+
+class ClaimLost(StorageError):
+    """A job is no longer held by the run that was running it (taken back by another node that judged the run
+    dead, or handed back): that run's result is not recorded."""

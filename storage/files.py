@@ -1,34 +1,42 @@
 """File layout of the storage root. Every path is chosen here, never built from received values.
 
-<root>/incoming/<uuid>.part          being written; removed or renamed, never left behind on success
-<root>/incoming/tmp*.dcm             data sets the network is receiving (moved into objects/ once stored)
+<root>/incoming/r<run>-<uuid>.part   being written; removed or renamed, never left behind on success
+<root>/incoming/r<run>-rx*.dcm       data sets the network is receiving (moved into objects/ once stored)
 <root>/objects/<yyyy>/<mm>/<dd>/<uuid>.dcm   received instances (the day is the day of receipt, UTC)
 <root>/outputs/<job id>/<uuid>.dcm   SEG and SR produced by jobs
 <root>/quarantine/<uuid>.dcm         files found without an index row that could not be indexed
 <root>/spool/records.jsonl           audit records and refusals written while the index was unavailable
 <root>/purging/<uuid>/               a study's files while retention deletes its rows (storage.retention)
+
+Files in flight (incoming/) carry the node run that writes them (`r<run id>-`, storage.runs): several nodes may
+share one root, and a starting node removes the leftovers of runs that are not alive (its own earlier runs killed
+or crashed, a dead sibling's) at once, never a live sibling's (`remove_leftovers`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
 
 from storage.errors import OutOfResources
 
 FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool", "purging")
+IN_FLIGHT_RUN = re.compile(r"^r(\d+)-")  # the run id an in-flight file's name starts with
+UNOWNED_MAX_AGE_S = 3600.0  # in-flight files named without a run (older versions): removed after this long unwritten
 
 
 class FileLayout:
     def __init__(self, root: Path, min_free_mb: int = 0, private: bool = False) -> None:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_mb * 1024 * 1024
+        self.run_id: int | None = None  # the node run whose files in flight this layout writes (set at start)
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         if private:
@@ -81,7 +89,7 @@ class FileLayout:
     def _durably(self, write: Callable[[Path], None], final_path: Path) -> None:
         """`write` a temporary file in incoming/, rename it to `final_path`, fsync the folder; OSError becomes
         OutOfResources and leaves neither the temporary file nor `final_path` behind."""
-        temporary = self.root / "incoming" / f"{uuid.uuid4().hex}.part"
+        temporary = self.root / "incoming" / f"{self.in_flight_prefix}{uuid.uuid4().hex}.part"
         try:
             write(temporary)
             os.replace(temporary, final_path)
@@ -92,6 +100,11 @@ class FileLayout:
             if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise OutOfResources(f"cannot write: {error.strerror}") from error
             raise OutOfResources(f"cannot write {final_path.name}: {error.strerror}") from error
+
+    @property
+    def in_flight_prefix(self) -> str:
+        """How the names of this run's files in incoming/ begin."""
+        return f"r{self.run_id}-" if self.run_id is not None else ""
 
     @property
     def receiving(self) -> Path:
@@ -142,22 +155,25 @@ class FileLayout:
         fsync_directory(path.parent)
         return target
 
-    def remove_stale_partials(self, received_max_age_s: float = 3600.0) -> int:
-        """Delete leftovers of writes interrupted by a crash (called at start-up): partial copies, and data sets
-        the network was receiving (`*.dcm`) not written to for `received_max_age_s` (an association that
-        died; another node process sharing the root may still be receiving the younger ones)."""
+    def remove_leftovers(self, live_runs: Collection[int], unowned_max_age_s: float = UNOWNED_MAX_AGE_S) -> int:
+        """Delete the files in flight (incoming/) of node runs not in `live_runs`: writes and receptions a crash or
+        kill -9 interrupted, whatever their age; a live run's (this one's, a sibling node's on the same root) are
+        left alone. Files named without a run are removed once not written to for `unowned_max_age_s`."""
         count = 0
-        for partial in (self.root / "incoming").glob("*.part"):
-            partial.unlink(missing_ok=True)
-            count += 1
-        cutoff = time.time() - received_max_age_s
-        for received in (self.root / "incoming").glob("*.dcm"):
-            try:
-                if received.stat().st_mtime < cutoff:
-                    received.unlink()
-                    count += 1
-            except FileNotFoundError:
+        cutoff = time.time() - unowned_max_age_s
+        for path in (self.root / "incoming").iterdir():
+            if not path.is_file():
                 continue
+            owner = IN_FLIGHT_RUN.match(path.name)
+            try:
+                if owner is not None and int(owner.group(1)) in live_runs:
+                    continue
+                if owner is None and path.stat().st_mtime >= cutoff:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # finished or removed meanwhile
+                continue
+            count += 1
         return count
 
 

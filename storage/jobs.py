@@ -12,10 +12,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from common.states import JobState
+from storage.errors import ClaimLost
 from storage.events import record_event
 from storage.pairings import latest_pairing
 from storage.schema import Job, Study, utcnow
-from storage.types import JobSpec, JobStatus, WaitingJob
+from storage.types import JobClaim, JobSpec, JobStatus, WaitingJob
 
 
 def reset_interrupted_jobs(session: Session, max_attempts: int, alive: frozenset[int] = frozenset()) -> int:
@@ -41,18 +42,58 @@ def requeue_or_fail(jobs: Sequence[Job], max_attempts: int, why: str) -> None:
         job.claimed_by = None
 
 
-def return_interrupted_jobs(session: Session, job_ids: list[int]) -> None:
-    """A clean stop interrupted these running jobs: back to the queue, the attempt not counted."""
-    for job in session.scalars(select(Job).where(Job.id.in_(job_ids), Job.state == JobState.RUNNING)).all():
+def return_interrupted_jobs(
+    session: Session,
+    job_ids: list[int],
+    run_id: int | None = None,
+    why: str = "interrupted by a stop of the node; resumes at the next start",
+) -> list[int]:
+    """These running jobs go back to the queue, the attempt not counted (a clean stop interrupted them, or their
+    result could not be recorded while the index was away). With `run_id`, only while that run still holds them.
+    Returns the jobs returned."""
+    statement = select(Job).where(Job.id.in_(job_ids), Job.state == JobState.RUNNING)
+    if run_id is not None:
+        statement = statement.where(Job.claimed_by == run_id)
+    returned = []
+    for job in session.scalars(statement.with_for_update()).all():
         job.state = JobState.PENDING
         job.attempts = max(job.attempts - 1, 0)
         job.started_at = None
-        record_event(
-            session,
-            "INFO",
-            f"job {job.id} interrupted by a stop of the node; resumes at the next start",
-            job.study.study_instance_uid,
-        )
+        job.claimed_by = None
+        record_event(session, "INFO", f"job {job.id} {why}", job.study.study_instance_uid)
+        returned.append(job.id)
+    return returned
+
+
+def release_untracked_jobs(session: Session, run_id: int, tracked: set[int], max_attempts: int) -> list[int]:
+    """Jobs the index says `run_id` is running but that run is not (not in `tracked`: its worker gone without a
+    word, its outcome lost): back to the queue, the attempt counted, or failed when attempts are used up. No job
+    stays RUNNING without a live holder that actually runs it."""
+    statement = select(Job).where(Job.state == JobState.RUNNING, Job.claimed_by == run_id)
+    if tracked:
+        statement = statement.where(Job.id.not_in(tracked))
+    untracked = session.scalars(statement.with_for_update(skip_locked=True)).all()
+    requeue_or_fail(untracked, max_attempts, "its node was no longer running it")
+    return [job.id for job in untracked]
+
+
+def job_claim(session: Session, job_id: int) -> JobClaim:
+    job = session.get(Job, job_id)
+    return JobClaim(job.id, job.claimed_by, job.started_at)
+
+
+def check_claim(session: Session, claim: JobClaim) -> bool:
+    """Before a job's outcome is recorded: True while `claim` still holds the job (locked until the transaction
+    ends); False when that claim already finished it (a commit whose answer was lost, retried); ClaimLost when the
+    job was taken back or handed on meanwhile."""
+    job = session.scalar(select(Job).where(Job.id == claim.job_id).with_for_update())
+    if job is None or (job.claimed_by, job.started_at) != (claim.run_id, claim.started_at):
+        raise ClaimLost(f"job {claim.job_id} is no longer held by the run that ran it")
+    if job.state is JobState.RUNNING:
+        return True
+    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        return False
+    raise ClaimLost(f"job {claim.job_id} is {job.state.value}, no longer running")
 
 
 def claim_pending_jobs(session: Session, limit: int, run_id: int | None = None) -> list[JobSpec]:
@@ -101,11 +142,17 @@ def finish_job(session: Session, job_id: int, state: JobState, detail: str) -> N
     )
 
 
-def requeue_job_or_fail(session: Session, job_id: int, reason: str, max_attempts: int) -> JobState:
-    """After a worker crash: retry while attempts remain, else fail with the reason."""
-    job = session.get(Job, job_id)
+def requeue_job_or_fail(
+    session: Session, job_id: int, reason: str, max_attempts: int, run_id: int | None = None
+) -> JobState:
+    """After a worker crash: retry while attempts remain, else fail with the reason. With `run_id`, only while
+    that run still holds the job (another node may have taken it back); returns the job's state."""
+    job = session.get(Job, job_id, with_for_update=True)
+    if run_id is not None and (job.state is not JobState.RUNNING or job.claimed_by != run_id):
+        return job.state
     if job.attempts < max_attempts:
         job.state = JobState.PENDING
+        job.claimed_by = None
         job.error = f"attempt {job.attempts} failed: {reason}"
         record_event(
             session,

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from storage.database import Database
-from storage.errors import IdentityMismatch, IndexUnavailable, StorageError
+from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources, StorageError
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import (
@@ -153,9 +153,12 @@ class InstanceStore:
     def store_received(self, header: InstanceHeader, received: Path, calling_ae_title: str) -> StoredInstance:
         """`store` for a file the network wrote to disk as it arrived (`FileLayout.receiving`): hashed in
         blocks and moved into place, never held in memory. The same errors and guarantees as `store`."""
-        with open(received, "rb") as handle:
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-        size = received.stat().st_size
+        try:
+            with open(received, "rb") as handle:
+                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            size = received.stat().st_size
+        except OSError as error:
+            raise OutOfResources(f"cannot read the received data set: {error.strerror}") from error
         self.layout.check_free_space(0)  # already on disk: refuse only when the store is below its reserve
         final_path = self.layout.new_object_path()
         self.layout.adopt_durably(received, final_path)

@@ -95,6 +95,16 @@ class JobSpec:
 
 
 @dataclass(frozen=True)
+class JobClaim:
+    """Who runs a job, as the index said when its run started: the node run that claimed it and when. A result is
+    recorded only while the index still says so (`storage.jobs.check_claim`)."""
+
+    job_id: int
+    run_id: int | None
+    started_at: datetime | None
+
+
+@dataclass(frozen=True)
 class NewJob:
     """A job routing asks for: the rule, the pipeline (its registry name), the series, its first state."""
 

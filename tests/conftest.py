@@ -353,3 +353,71 @@ def orthanc_dicomweb(tmp_path: Path) -> Iterator[Orthanc]:
     pacs.start()
     yield pacs
     pacs.stop()
+def serve(tmp_path: Path, name: str, settings: Settings) -> subprocess.Popen:
+    """`immunode serve` as a service runs it, in its own process (its log in `tmp_path/<name>.log`); returns once
+    its SCP listens on `settings.node.port`."""
+    import sys
+
+    import yaml
+
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    log = (tmp_path / f"{name}.log").open("a")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"], cwd=REPO, stdout=log, stderr=log
+    )
+    log.close()
+
+    def listening() -> bool:
+        if process.poll() is not None:
+            raise AssertionError(f"immunode serve ({name}) exited: {(tmp_path / f'{name}.log').read_text()[-3000:]}")
+        return _port_open(settings.node.port)
+
+    wait_until(listening, 120)
+    return process
+
+
+class PostgresServer:
+    """A PostgreSQL server of the test's own, which the test stops and starts (an index outage): initdb in a
+    folder of /tmp (the server's user must reach its socket there), a Unix socket only."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+        if not bins:
+            pytest.fail("PostgreSQL is not installed (scripts/setup.sh --with-postgres installs it)")
+        self.bin = bins[-1]
+        self.folder = Path(tempfile.mkdtemp(prefix="immunode-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql+psycopg://postgres@/immunode?host={self.folder}&port={self.port}"
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres")
+        self._run(f"{self.bin}/initdb -D {self.folder}/data -A trust -U postgres")
+        self.start()
+        self._run(f"{self.bin}/createdb -h {self.folder} -p {self.port} -U postgres immunode")
+
+    def _run(self, command: str, check: bool = True) -> None:
+        argv = ["su", "postgres", "-s", "/bin/bash", "-c", command] if os.geteuid() == 0 else ["bash", "-c", command]
+        subprocess.run(argv, check=check, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=''"
+        self._run(f'{self.bin}/pg_ctl -D {self.folder}/data -o "{options}" -l {self.folder}/log -w start')
+
+    def stop(self) -> None:
+        """A fast shutdown: open connections are ended, as when the server goes away."""
+        self._run(f"{self.bin}/pg_ctl -D {self.folder}/data -m fast -w stop")
+
+    def remove(self) -> None:
+        self._run(f"{self.bin}/pg_ctl -D {self.folder}/data -m immediate stop", check=False)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[PostgresServer]:
+    if POSTGRES_URL is None:
+        pytest.skip("needs PostgreSQL (IMMUNODE_TEST_DATABASE_URL, set by scripts/test.sh)")
+    server = PostgresServer()
+    yield server
+    server.remove()

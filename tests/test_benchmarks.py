@@ -10,17 +10,33 @@ import pytest
 from tests.conftest import REPO
 
 
-@pytest.mark.slow
-def test_benchmark_script_runs_small() -> None:
+def _run_small(script: str, *arguments: str) -> str:
+    """A benchmark script at CI size; its standard output (the figures)."""
     completed = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--small"],
+        [sys.executable, str(REPO / "benchmarks" / script), "--small", *arguments],
         capture_output=True,
         text=True,
         timeout=600,
         cwd=REPO,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    assert "| immunode (fsync + index) |" in completed.stdout
-    assert "| study complete -> SR accepted |" in completed.stdout
-    assert "| last instance -> SR accepted by the PACS, quiet time excluded |" in completed.stdout
-    assert "| idle `immunode serve` process, resident |" in completed.stdout
+    return completed.stdout
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_small() -> None:
+    output = _run_small("run.py")
+    assert "| immunode (fsync + index) |" in output
+    assert "| study complete -> SR accepted |" in output
+    assert "| last instance -> SR accepted by the PACS, quiet time excluded |" in output
+    assert "| idle `immunode serve` process, resident |" in output
+
+
+@pytest.mark.slow
+def test_faults_benchmark_runs_small() -> None:
+    """kill -9 mid-transfer and a disk filling up, at CI size (the PostgreSQL outage has its own test:
+    tests/immunode/test_index_outage.py)."""
+    output = _run_small("faults.py", "--only", "kill,disk")
+    assert "| acknowledged but missing | 0 |" in output
+    assert "| files in flight left after restart | 0 |" in output
+    assert "| associations aborted; storescu exit codes | 0; [0] |" in output or "not root" in output

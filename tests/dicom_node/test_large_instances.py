@@ -100,14 +100,21 @@ def test_a_refused_large_instance_leaves_nothing_behind(tmp_path: Path, node) ->
     assert not list(layout.receiving.glob("*.dcm"))
 
 
-def test_received_files_of_a_dead_association_are_removed_at_start_up(tmp_path: Path) -> None:
+def test_received_files_of_dead_runs_are_removed_at_start_up(tmp_path: Path) -> None:
+    """Files in flight carry their node run: a run that is not alive (killed, crashed) leaves nothing for long,
+    whatever the age of its files; a live run's (another node on the same root) are left alone. Files named
+    without a run (written by an older version) go once an hour old."""
     import os
     import time
 
     layout = FileLayout(tmp_path / "store")
+    dead, live = layout.receiving / "r3-rx-abc.dcm", layout.receiving / "r4-rx-def.dcm"
+    dead_part, live_part = layout.receiving / "r3-0f.part", layout.receiving / "r4-0e.part"
     old, young = layout.receiving / "tmpold.dcm", layout.receiving / "tmpyoung.dcm"
-    old.write_bytes(b"partial")
-    young.write_bytes(b"partial")
+    for path in (dead, live, dead_part, live_part, old, young):
+        path.write_bytes(b"partial")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
-    assert layout.remove_stale_partials() == 1
-    assert not old.exists() and young.exists()  # another process sharing the root may be receiving it
+    assert layout.remove_leftovers(live_runs={4, 5}) == 3
+    assert sorted(p.name for p in layout.receiving.iterdir()) == ["r4-0e.part", "r4-rx-def.dcm", "tmpyoung.dcm"]
+    layout.run_id = 5
+    assert layout.in_flight_prefix == "r5-"

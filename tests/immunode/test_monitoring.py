@@ -84,6 +84,18 @@ def test_metrics_health_and_the_status_page(tmp_path: Path, make_settings, start
     assert "Research use only" in page and "retry</button>" in page
     # The retry action: from the page (same origin) it re-queues the dead letter; from elsewhere it is refused.
     delivery_id = page.split("/retry/delivery/")[1].split("'")[0]
+    # DNS rebinding: a page of rebind.example whose name now resolves to this node; Host and Origin agree.
+    rebound = f"rebind.example:{node.monitoring_port}"
+    forged = urllib.request.Request(
+        base + f"/retry/delivery/{delivery_id}",
+        method="POST",
+        data=b"",
+        headers={"Host": rebound, "Origin": f"http://{rebound}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(forged, timeout=10)
+    assert refused.value.code == 403
+    assert f"/retry/delivery/{delivery_id}" in _get(base + "/")[1]  # still a dead letter
     forged = urllib.request.Request(base + f"/retry/delivery/{delivery_id}", method="POST", data=b"")
     forged.add_header("Origin", "http://evil.example")
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -107,6 +119,48 @@ def test_page_values_are_escaped(tmp_path: Path, make_settings, start_node) -> N
         record_event(session, "ERROR", "<script>alert(1)</script> refused", "1.2.3")
     page = _get(base + "/")[1]
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_a_rebound_name_or_another_origin_is_refused(tmp_path: Path, make_settings, start_node) -> None:
+    """DNS rebinding: another site's name resolved to the node's address. Host and Origin both name it (as a
+    browser sends them): the page, the metrics and the retry action are refused; so is any request carrying a
+    foreign Origin. The node's own names (the address bound, localhost) are answered."""
+    node = start_node(make_settings())
+    port = node.monitoring_port
+    base = f"http://127.0.0.1:{port}"
+    rebound = {"Host": f"rebind.example:{port}", "Origin": f"http://rebind.example:{port}"}
+    for path in ("/", "/metrics", "/readyz"):
+        assert _get(base + path, rebound)[0] == 403
+        assert _get(base + path, {"Host": f"rebind.example:{port}"})[0] == 403
+        assert _get(base + path, {"Origin": "http://evil.example"})[0] == 403
+        assert _get(base + path, {"Origin": "null"})[0] == 403
+    retry = urllib.request.Request(base + "/retry/delivery/1", method="POST", data=b"", headers=rebound)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(retry, timeout=10)
+    assert refused.value.code == 403
+    for name in ("127.0.0.1", "localhost", "LOCALHOST"):
+        assert _get(base + "/", {"Host": f"{name}:{port}"})[0] == 200
+    assert _get(base + "/", {"Host": f"localhost:{port}", "Origin": f"http://localhost:{port}"})[0] == 200
+
+
+def test_a_name_that_is_not_localhost_needs_authentication(tmp_path: Path, make_settings, start_node) -> None:
+    """`monitoring.allowed_hosts` names the node by a name behind which it is reached (a proxy, a tunnel): that
+    name is answered, with authentication only, and the settings refuse it without credentials."""
+    with pytest.raises(ConfigError, match="allowed_hosts .*not localhost: set username and password_hash"):
+        parse_settings({"monitoring": {"allowed_hosts": ["localhost", "node.example"]}})
+    stored = hash_password("correct horse battery")
+    node = start_node(
+        make_settings(
+            monitoring={"allowed_hosts": ["node.example", "127.0.0.1"], "username": "admin", "password_hash": stored}
+        )
+    )
+    base = f"http://127.0.0.1:{node.monitoring_port}"
+    named = {"Host": f"node.example:{node.monitoring_port}"}
+    right = {"Authorization": "Basic " + base64.b64encode(b"admin:correct horse battery").decode()}
+    assert _get(base + "/", named)[0] == 401
+    assert _get(base + "/", {**named, **right})[0] == 200
+    assert _get(base + "/", {"Host": f"localhost:{node.monitoring_port}", **right})[0] == 403  # not in the list
+    assert _get(base + "/healthz", named)[0] == 200
 
 
 def test_authentication_is_required_off_localhost(tmp_path: Path, make_settings, start_node) -> None:
