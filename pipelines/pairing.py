@@ -80,7 +80,8 @@ class BaselineFinder(Protocol):
 
     def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]: ...
 
-    def retrieve(self, study_instance_uid: str) -> str: ...  # how it went, as text ("C-MOVE status ...", "WADO-RS: ...")
+    # how it went, as text ("C-MOVE status ...", "WADO-RS: ...")
+    def retrieve(self, study_instance_uid: str) -> str: ...
 
 
 # Analysis states of a baseline that is still coming: the follow-up waits for its result.

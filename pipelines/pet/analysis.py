@@ -16,8 +16,8 @@ import numpy as np
 from models.errors import ModelError
 from pipelines.imaging.annotations import ReaderAnnotations, reader_annotations
 from pipelines.imaging.geometry import patient_to_index
-from pipelines.imaging.settings import AnnotationSettings
 from pipelines.imaging.organs import reader_organ
+from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.anatomy import AnatomyMap, Site, anatomy_for
 from pipelines.pet.cytact import lesion_cytact
 from pipelines.pet.lesions import detect_lesions, segment_lesions, segment_reader_regions
