@@ -103,16 +103,18 @@ def parse_received(
 
 
 @contextmanager
-def mapped_dataset(path: Path) -> Iterator[memoryview]:
-    """The data set of a file received to disk (after its preamble and file meta), mapped rather than read into
-    memory: checking a whole-slide image of hundreds of MB touches only its element headers."""
+def mapped_dataset(path: Path, offset: int | None = None) -> Iterator[memoryview]:
+    """The data set of a file received to disk (after its preamble and file meta, at `offset` when the writer
+    knows it), mapped rather than read into memory: checking a whole-slide image of hundreds of MB touches only
+    its element headers."""
     with open(path, "rb") as handle:
-        try:
-            read_preamble(handle, force=False)
-            _read_file_meta_info(handle)
-        except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
-            raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
-        offset = handle.tell()
+        if offset is None:
+            try:
+                read_preamble(handle, force=False)
+                _read_file_meta_info(handle)
+            except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
+                raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
+            offset = handle.tell()
         if os.fstat(handle.fileno()).st_size <= offset:
             yield memoryview(b"")
             return

@@ -83,6 +83,9 @@ class NodeSettings(Strict):
     max_pdu_bytes: int = Field(1048576, ge=4096, le=64 * 1024 * 1024)
     # A deflated data set may inflate to at most this much; beyond, the instance is refused (0xA700).
     max_inflated_mb: int = Field(512, ge=1)
+    # C-STOREs received, answered and written to disk by the node's own P-DATA path (dicom_node.fast_store);
+    # false: through pynetdicom's DIMSE provider and storage service class (several times the CPU per instance).
+    fast_store: bool = True
 
     @field_validator("storage_sop_classes")
     @classmethod

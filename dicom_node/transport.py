@@ -38,6 +38,9 @@ from pynetdicom._globals import MODE_ACCEPTOR
 from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
+from dicom_node.fast_store import FastStoreSettings
+from dicom_node.reactor import EventDrivenAssociation
+
 logger = logging.getLogger(__name__)
 
 MAX_CONTROL_PDU_BYTES = 1024 * 1024  # A-ASSOCIATE-RQ/AC/RJ, A-RELEASE, A-ABORT: far smaller in practice
@@ -186,6 +189,8 @@ class TransportGuard:
         self.pdu_timeout_s = pdu_timeout_s
         self.handshake_timeout_s = handshake_timeout_s
         self.pending = PendingConnections(max_pending)
+        # The C-STORE fast path (`dicom_node.fast_store`), when the SCP uses it.
+        self.fast_store: FastStoreSettings | None = None
         # Called once per connection after it ended, with the association (None if TLS failed first).
         self.on_closed = on_closed
         self._connections: dict[int, Connection] = {}
@@ -257,11 +262,13 @@ class GuardedRequestHandler(RequestHandler):
         return True
 
     def _create_association(self) -> Association:
-        """As pynetdicom's RequestHandler does, with the guarded socket."""
-        assoc = Association(self.ae, MODE_ACCEPTOR)
+        """As pynetdicom's RequestHandler does, with the guarded socket and the event-driven reactors."""
+        assoc = EventDrivenAssociation(self.ae, MODE_ACCEPTOR)
         assoc._server = self.server
         assoc.name = f"AcceptorThread@{self.connection.host}:{self.connection.port}"
         assoc.set_socket(GuardedSocket(assoc, self.request, self.connection, self.server.guard))
+        if self.server.guard.fast_store is not None:
+            assoc.receive_stores(self.server.guard.fast_store)
         assoc.acceptor.maximum_length = self.ae.maximum_pdu_size
         assoc.acceptor.ae_title = self.server.ae_title
         assoc.acceptor.address_info = self.local
