@@ -21,6 +21,7 @@ received), so the same handler serves both paths.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import struct
@@ -210,6 +211,7 @@ class StoreReceiver:
         self._descriptor: int | None = None
         self._path: Path | None = None
         self._offset = 0
+        self._digest = hashlib.sha256()
 
     def consume(self, pdu: bytes | bytearray) -> list[bytes | bytearray]:
         if self._passing:
@@ -291,10 +293,12 @@ class StoreReceiver:
             *self._implementation,
         )  # fmt: skip
         self._offset = len(meta)
+        self._digest = hashlib.sha256()
         self._write(memoryview(meta))
         return True
 
     def _write(self, data: memoryview) -> None:
+        self._digest.update(data)  # the stored file's SHA-256, without reading it back
         while data:
             written = os.write(self._descriptor, data)
             data = data[written:]
@@ -315,6 +319,7 @@ class StoreReceiver:
             transfer_syntax=context.transfer_syntax,
             dataset_path=path,
             dataset_offset=self._offset,
+            sha256=self._digest.hexdigest(),
         )
         try:
             status = self.settings.handler(request)

@@ -326,7 +326,7 @@ class StorageSCP:
             received = request.dataset_path
             with mapped_dataset(received, request.dataset_offset) as dataset:
                 header = check_dataset(dataset, request.transfer_syntax, affected_class, affected, self._max_inflated)
-            stored = self.store.store_received(header, received, calling)
+            stored = self.store.store_received(header, received, calling, request.sha256)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
             logger.warning("C-STORE from %r refused with 0x%04X: %s", calling[:16], code, error)

@@ -38,3 +38,4 @@ class StoreRequest:
     transfer_syntax: str  # ... and its transfer syntax: the data set's encoding
     dataset_path: Path  # preamble, File Meta Information, then the data set as received
     dataset_offset: int | None = None  # where the data set starts in that file, when known
+    sha256: str | None = None  # of that file, when computed as it was written
