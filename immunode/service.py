@@ -132,7 +132,7 @@ class Node:
 
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
-        warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
+        warmed if so configured (otherwise the first job starts them); then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
         removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
         self._run_id = reconcile(
@@ -148,6 +148,7 @@ class Node:
         self._every(self.run_once, "run")
         self._every(self.dispatch_once, "dispatch")
         self._every(self.trail.flush_spool, "spool")
+        self._every(self.runner.release_idle, "workers")  # worker processes returned after their idle period
         self.scheduler.add_job(
             self.heartbeat_once,
             "interval",
