@@ -157,7 +157,8 @@ class EventDrivenDUL(DULServiceProvider):
         if self.state_machine.current_state != "Sta1":
             return False
         self.kill_dul()
-        self.join()
+        if threading.current_thread() is not self:
+            self.join()
         return True
 
     def _wait(self) -> None:
