@@ -100,7 +100,7 @@ def main() -> int:
     print(f"| idle node, no worker process (workers start with the first job) | {result.idle_tree_mb:.0f} |")
     print(f"| peak while receiving and analysing | {result.peak_tree_mb:.0f} |")
     print(f"| after the job, workers returned (idle_release_s) | {result.after_tree_mb:.0f} |")
-    print(f"| study complete -> SR accepted by the PACS (first job starts the worker) | {result.complete_to_sr_s:.1f} s |")
+    print(f"| study complete -> SR accepted (the job starts the worker) | {result.complete_to_sr_s:.1f} s |")
     return 0
 
 

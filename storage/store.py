@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,7 +117,6 @@ class InstanceStore:
         # race to insert the same patient, study or series row), writing for every association at once:
         # instances that arrive together share one transaction and one commit (`storage.group_commit`).
         self._commits: GroupCommit[_Pending, _Indexed] = GroupCommit(self._index_batch)
-        self._folder_sync = ThreadPoolExecutor(1, thread_name_prefix="immunode-folder-sync")
         # Committed series rows by Series Instance UID (series rows are never deleted), to skip the look-up.
         self._series: dict[str, SeriesKey] = {}
         # The hot-path statements, built once. INSERT .. ON CONFLICT DO NOTHING: a known UID inserts
@@ -202,45 +200,45 @@ class InstanceStore:
 
     def _index_batch(self, items: Sequence[_Pending]) -> list[_Indexed | BaseException]:
         """Index new instances in one transaction; each that is not simply new (a UID already indexed, an
-        identity conflict) then alone, as before. The folders the files were renamed into are fsynced while
-        the transaction commits (two device flushes in flight at once instead of one after the other)."""
-        folders = self._folder_sync.submit(self.layout.settle, {item.path.parent for item in items})
+        identity conflict) then alone, as before. Then the folders the kept files were renamed into are fsynced,
+        once for the batch."""
         results: list[_Indexed | BaseException | None] = [None] * len(items)
         keys: dict[int, SeriesKey] = {}
         alone: list[int] = []
         try:
-            try:
-                with self.database.transaction() as connection:
-                    for number, item in enumerate(items):
-                        try:
-                            keys[number] = self._insert_new(connection, item)
-                        except (_AlreadyIndexed, IdentityMismatch):
-                            alone.append(number)  # nothing of it was written (see `_insert_new`)
-                    self._mark_studies(connection, [(keys[n].study_id, items[n].header) for n in keys])
-            finally:
-                unsettled = folders.exception()
+            with self.database.transaction() as connection:
+                for number, item in enumerate(items):
+                    try:
+                        keys[number] = self._insert_new(connection, item)
+                    except (_AlreadyIndexed, IdentityMismatch):
+                        alone.append(number)  # nothing of it was written (see `_insert_new`)
+                self._mark_studies(connection, [(keys[n].study_id, items[n].header) for n in keys])
         except (StorageError, _BatchBroken) as error:
             if len(items) == 1 and isinstance(error, StorageError):
                 return [error]
-            results = [self._caught(self._index_alone, item) for item in items]
-            return self._settled(results, unsettled)
+            return self._settled(items, [self._caught(self._index_alone, item) for item in items])
         for number, key in keys.items():
             self._series[items[number].header.series_instance_uid] = key  # committed: now it may be cached
             results[number] = (StoreOutcome.NEW, items[number].path, None)
         for number in alone:
             results[number] = self._caught(self._index_alone, items[number])
-        return self._settled(results, unsettled)
+        return self._settled(items, results)
 
-    @staticmethod
     def _settled(
-        results: list[_Indexed | BaseException | None], unsettled: BaseException | None
+        self, items: Sequence[_Pending], results: list[_Indexed | BaseException | None]
     ) -> list[_Indexed | BaseException]:
-        """Where a folder could not be fsynced, the instances whose files were kept in it are refused."""
-        if unsettled is not None:
-            logger.error("indexed instances' folder not made durable: %s", unsettled)
-            for number, result in enumerate(results):
-                if isinstance(result, tuple) and result[0] is not StoreOutcome.DUPLICATE_IDENTICAL:
-                    results[number] = _Unsettled(str(unsettled))
+        """fsync the folders of the files kept; where that fails, their instances are refused (files kept)."""
+        kept = [
+            number
+            for number, result in enumerate(results)
+            if isinstance(result, tuple) and result[0] is not StoreOutcome.DUPLICATE_IDENTICAL
+        ]
+        try:
+            self.layout.settle({items[n].path.parent for n in kept})
+        except StorageError as error:
+            logger.error("indexed instances' folder not made durable: %s", error)
+            for number in kept:
+                results[number] = _Unsettled(str(error))
         return results  # type: ignore[return-value]
 
     @staticmethod

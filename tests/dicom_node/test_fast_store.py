@@ -99,7 +99,8 @@ def test_a_request_pynetdicom_encodes_is_read_back(instance) -> None:
 def test_the_file_meta_is_the_one_pynetdicom_writes() -> None:
     buffer = DicomBytesIO()
     buffer.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buffer, create_file_meta(sop_class_uid=CT, sop_instance_uid=UID_2, transfer_syntax="1.2.840.10008.1.2.1"))
+    meta = create_file_meta(sop_class_uid=CT, sop_instance_uid=UID_2, transfer_syntax="1.2.840.10008.1.2.1")
+    write_file_meta_info(buffer, meta)
     ours = file_preamble_and_meta(
         CT, UID_2, "1.2.840.10008.1.2.1", PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
     )
