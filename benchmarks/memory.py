@@ -23,21 +23,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from common.processes import descendants  # noqa: E402
+
 
 def process_tree(pid: int) -> list[int]:
-    """`pid` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    tree = [pid]
-    for member in tree:
-        tree.extend(children.get(member, []))
-    return tree
+    """`pid` and all its descendants."""
+    return [pid, *descendants(pid)]
 
 
 def worker_processes(pid: int) -> list[int]:

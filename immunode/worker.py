@@ -15,7 +15,9 @@ their attempt returned, to resume at the next start.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import signal
 import threading
 import time
 import uuid
@@ -25,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from multiprocessing import get_context
 
-from common.processes import exit_with_parent
+from common.processes import descendants, exit_with_parent
 from common.states import JobState
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
@@ -305,9 +307,17 @@ class JobRunner:
                     jobs.return_interrupted_jobs(session, interrupted)
                 logger.info("stop: job(s) %s cancelled on the cluster, queued to resume", interrupted)
             return len(interrupted)
+        # A worker's own children (a job's radiomics extraction processes) end with it once they run, but one
+        # still importing its modules under load would outlive the node by seconds: ended with their worker.
+        below = [pid for process in processes if process.is_alive() for pid in descendants(process.pid)]
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for process in processes:
             process.join(grace_s)
             if process.is_alive():
