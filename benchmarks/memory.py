@@ -63,21 +63,13 @@ def main() -> int:
     parser.add_argument("--slices", type=int, default=1000, help="PET slices (and as many CT slices)")
     parser.add_argument("--small", action="store_true", help="CI-sized: 40 + 40 slices of 64 x 64")
     args = parser.parse_args()
-    from benchmarks.run import end_to_end
-    from tests.synthetic import SyntheticLesion, write_study
+    from benchmarks.run import end_to_end, whole_body_lesions
+    from tests.synthetic import write_study
 
     shape = (40, 64, 64) if args.small else (args.slices, 192, 192)
     spacing = (4.0, 4.0, 2.0)
     count = 3 if args.small else 24
-    length = shape[0] * spacing[2]
-    lesions = tuple(
-        SyntheticLesion(
-            ((-90 + 37 * i) % 160 - 80, (i % 3) * 30 - 30, -length * 0.42 + i * length * 0.84 / count),
-            8.0 + (i % 4) * 2.0,
-            4.0 + (i % 7) * 0.9,
-        )
-        for i in range(count)
-    )
+    lesions = whole_body_lesions(shape[0] * spacing[2], count)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_study(root / "study", shape_zyx=shape, spacing_xyz=spacing, lesions=lesions)

@@ -200,6 +200,18 @@ def end_to_end(
     )
 
 
+def whole_body_lesions(length_mm: float, count: int) -> tuple[SyntheticLesion, ...]:
+    """`count` lesions of 8-14 mm spread along a whole body of `length_mm`, of varied uptake."""
+    return tuple(
+        SyntheticLesion(
+            ((-90 + 37 * i) % 160 - 80, (i % 3) * 30 - 30, -length_mm * 0.42 + i * length_mm * 0.84 / count),
+            8.0 + (i % 4) * 2.0,
+            4.0 + (i % 7) * 0.9,
+        )
+        for i in range(count)
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="CI-sized inputs")
@@ -237,18 +249,7 @@ def main() -> int:
         wb_shape = (60, 64, 64) if args.small else (545, 128, 128)
         spacing = (4.0, 4.0, 3.0)
         count = 3 if args.small else 24
-        lesions = tuple(
-            SyntheticLesion(
-                (
-                    (-90 + 37 * i) % 160 - 80,
-                    (i % 3) * 30 - 30,
-                    -wb_shape[0] * spacing[2] * 0.42 + i * wb_shape[0] * spacing[2] * 0.84 / count,
-                ),
-                8.0 + (i % 4) * 2.0,
-                4.0 + (i % 7) * 0.9,
-            )
-            for i in range(count)
-        )
+        lesions = whole_body_lesions(wb_shape[0] * spacing[2], count)
         write_study(root / "wb", shape_zyx=wb_shape, spacing_xyz=spacing, lesions=lesions)
         result = end_to_end(root / "wb", root / "e2e")
         print(
