@@ -308,9 +308,7 @@ def main() -> int:
         dcmtk = statistics.median(timings[("dcmtk storescp", associations)])
         for name in RECEIVERS:
             seconds = statistics.median(timings[(name, associations)])
-            print(
-                f"| {name} | {associations} | {seconds:.2f} | {len(files) / seconds:.0f} | {seconds / dcmtk:.2f}x |"
-            )
+            print(f"| {name} | {associations} | {seconds:.2f} | {len(files) / seconds:.0f} | {seconds / dcmtk:.2f}x |")
     return 0
 
 

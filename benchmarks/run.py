@@ -29,6 +29,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.memory import tree_pss_kb, worker_processes  # noqa: E402
 from common.states import OutputKind  # noqa: E402
 from dicom_node.scp import StorageSCP  # noqa: E402
 from immunode.config import parse_settings  # noqa: E402
@@ -37,7 +38,6 @@ from storage.database import Database  # noqa: E402
 from storage.files import FileLayout  # noqa: E402
 from storage.schema import Delivery, DeliveryState, Job, Output, Study  # noqa: E402
 from storage.store import InstanceStore  # noqa: E402
-from benchmarks.memory import tree_pss_kb, worker_processes  # noqa: E402
 from tests.conftest import StoreSCP, free_port, wait_until  # noqa: E402
 from tests.synthetic import SyntheticLesion, write_study  # noqa: E402
 

@@ -27,9 +27,9 @@ from pynetdicom.transport import AssociationServer
 
 from dicom_node import status
 from dicom_node.errors import DatasetInvalid, ReceiveError
+from dicom_node.fast_store import FastStoreSettings
 from dicom_node.ingest import check_dataset, mapped_dataset
 from dicom_node.settings import NodeSettings, PeerSettings
-from dicom_node.fast_store import FastStoreSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
 from dicom_node.types import StoreObservation, StoreRequest
 from storage.audit import AuditEntry, AuditTrail, EventEntry

@@ -132,7 +132,8 @@ class Node:
 
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
-        warmed if so configured (otherwise the first job starts them); then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
+        warmed if so configured (otherwise the first job starts them); then the scheduler and the SCP. Returns
+        the plain DICOM port (None when only TLS listens)."""
         removed = self.layout.remove_stale_partials()
         self.trail.flush_spool()
         self._run_id = reconcile(

@@ -3,8 +3,9 @@
 The workers start with the first job (or with the node, `workers.warm_at_start`), import the analysis code
 (PyTorch, SimpleITK, pyradiomics, highdicom) once, and each runs up to `JOBS_PER_WORKER` jobs before a fresh
 one replaces it (warming as it starts). After `workers.idle_release_s` without a job the pool is returned,
-so that an idle node holds no analysis process (`JobRunner.release_idle`); the next job starts it again. Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured
-from the job's start) and the worker under the address-space limit (`job_memory_limit_mb`); a worker killed
+so that an idle node holds no analysis process (`JobRunner.release_idle`); the next job starts it again.
+Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured from the job's start) and the
+worker under the address-space limit (`job_memory_limit_mb`); a worker killed
 by a limit or a crash breaks only its pool, which is rebuilt, and the job is retried or failed with the
 reason in the index. A worker exits when the node is gone (`common.processes.exit_with_parent`).
 

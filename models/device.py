@@ -11,6 +11,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Device:
     """The device chosen for a setting, and in words what it is and why (for logs and reports)."""

@@ -14,7 +14,6 @@ from models.errors import ModelError
 from models.expression_transformer import ExpressionTransformer, TransformerSettings
 from models.fusion import FusionSettings, new_model
 
-
 CPU = torch.device("cpu")
 
 

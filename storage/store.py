@@ -193,9 +193,7 @@ class InstanceStore:
                 )
         return StoreOutcome.DUPLICATE_IDENTICAL if indexed == digest else StoreOutcome.REPLACED
 
-    def _index(
-        self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
-    ) -> _Indexed:
+    def _index(self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str) -> _Indexed:
         return self._commits.submit(_Pending(header, path, size, digest, calling_ae_title))
 
     def _index_batch(self, items: Sequence[_Pending]) -> list[_Indexed | BaseException]:

@@ -16,10 +16,10 @@ import numpy as np
 
 from common.types import ClinicalVariables, PatientData
 from models.cards import ModelCard
+from models.device import select_device
 from models.errors import ModelError
 from models.expression_transformer import ExpressionTransformer, GenePanel, embed, panel_features, predict_proba
 from models.fusion import MODALITIES, FusionData, predict
-from models.device import select_device
 from models.serving import load_expression, load_fusion
 from pipelines.omics.settings import ResponseModelSettings
 from pipelines.omics.types import BloodChange, ResponsePredictions

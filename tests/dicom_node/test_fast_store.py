@@ -193,7 +193,7 @@ def test_a_store_in_fragments_is_written_whole_and_answered(tmp_path: Path) -> N
     assert receiver.consume(_pdu((1, 0x03, command[10:]), (1, 0x00, data[:1000]))) == []
     assert receiver.consume(_pdu((1, 0x00, data[1000:5000]), (1, 0x00, data[5000:7000]))) == []
     assert receiver.consume(_pdu((1, 0x02, data[7000:]))) == []
-    (request, written), = peer.requests
+    ((request, written),) = peer.requests
     assert written[request.dataset_offset :] == data
     assert request.sha256 == hashlib.sha256(written).hexdigest()
     assert (request.message_id, request.affected_sop_instance_uid, request.transfer_syntax) == (
