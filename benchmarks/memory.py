@@ -8,7 +8,8 @@ process as resident sizes would. Sampled every 50 ms while the study is received
 The node runs with its defaults for the workers (started by the first routed job, returned after
 `workers.idle_release_s`, here 10 s); the study is a synthetic whole-body PET/CT (tests.synthetic) of
 `--slices` PET and as many CT slices (default 1,000 + 1,000 = 2,000 instances, 192 x 192, 2 mm slices) with
-24 lesions, sent by dcmtk storescu; the SR goes to a dcmtk storescp playing the PACS.
+24 lesions, sent by dcmtk storescu and analysed by the PET pipeline (which reads the CT for lesion locations); the
+SR goes to a dcmtk storescp playing the PACS.
 
 Usage: python benchmarks/memory.py [--slices N] [--small]   (--small: the CI-sized run)
 """
@@ -73,7 +74,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_study(root / "study", shape_zyx=shape, spacing_xyz=spacing, lesions=lesions)
-        result = end_to_end(root / "study", root / "run", workers={"idle_release_s": 10.0}, warm_wait_s=5.0)
+        result = end_to_end(
+            root / "study",
+            root / "run",
+            workers={"idle_release_s": 10.0},
+            warm_wait_s=5.0,
+            rules=[{"name": "pet", "pipeline": "pet_quant", "series": {"modality": "PT"}}],  # the PET/CT analysis
+        )
     print(
         f"Memory (PSS of the node's process tree), whole-body PET/CT of {2 * shape[0]} instances "
         f"({shape[0]} PET + {shape[0]} CT slices, {shape[1]} x {shape[2]}), {count} lesions:"

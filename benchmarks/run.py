@@ -125,7 +125,12 @@ class EndToEnd:
 
 
 def end_to_end(
-    study_folder: Path, work: Path, stable_s: float = 1.0, workers: dict | None = None, warm_wait_s: float = 15.0
+    study_folder: Path,
+    work: Path,
+    stable_s: float = 1.0,
+    workers: dict | None = None,
+    warm_wait_s: float = 15.0,
+    rules: list[dict] | None = None,
 ) -> EndToEnd:
     """`immunode serve` as its own process (its workers warm at start unless `workers` says otherwise), a study sent
     by storescu, results to storescp; with `workers.idle_release_s`, the node's memory is measured again once
@@ -140,7 +145,7 @@ def end_to_end(
             "storage": {"root": str(work / "node"), "min_free_mb": 0},
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
             # The default poll: hand-offs between stages are event-driven, the poll is only the safety net.
-            "routing": {"study_stable_s": stable_s},
+            "routing": {"study_stable_s": stable_s, **({"rules": rules} if rules is not None else {})},
             "workers": workers,
             "logging": {"level": "WARNING"},
         }
