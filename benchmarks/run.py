@@ -29,6 +29,7 @@ from sqlalchemy import select
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from benchmarks.memory import tree_pss_kb, worker_processes  # noqa: E402
 from common.states import OutputKind  # noqa: E402
 from dicom_node.scp import StorageSCP  # noqa: E402
 from immunode.config import parse_settings  # noqa: E402
@@ -113,40 +114,28 @@ def ingest_dcmtk(folder: Path, work: Path) -> float:
         scp.stop()
 
 
-def _tree_rss_kb(pid: int) -> int:
-    """Resident memory of a process and all its descendants, from /proc."""
-    total, pending = 0, [pid]
-    while pending:
-        current = pending.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-            for task in Path(f"/proc/{current}/task").iterdir():
-                pending += [int(c) for c in (task / "children").read_text().split()]
-        except (OSError, StopIteration):
-            continue
-    return total
-
-
 @dataclass(frozen=True)
 class EndToEnd:
     last_instance_to_sr_s: float  # last instance stored -> SR accepted by the PACS, quiet time excluded
     complete_to_sr_s: float  # study complete (routed) -> SR accepted by the PACS
-    idle_node_mb: float  # resident memory of the idle `immunode serve` process (before the study)
-    idle_tree_mb: float  # ... with its warm worker process(es)
-    peak_tree_mb: float  # peak resident memory of the node with its workers while analysing
+    idle_node_mb: float  # proportional set size (PSS) of the idle `immunode serve` process (before the study)
+    idle_tree_mb: float  # ... with its worker process(es), if started (warm_at_start)
+    peak_tree_mb: float  # peak PSS of the node with its workers while receiving and analysing
+    after_tree_mb: float | None = None  # PSS of the node once its workers were returned (idle_release_s)
 
 
-def _rss_kb(pid: int) -> int:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
-
-
-def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEnd:
-    """`immunode serve` as its own process, its workers warmed, a study sent by storescu, results to storescp."""
+def end_to_end(
+    study_folder: Path,
+    work: Path,
+    stable_s: float = 1.0,
+    workers: dict | None = None,
+    warm_wait_s: float = 15.0,
+    rules: list[dict] | None = None,
+) -> EndToEnd:
+    """`immunode serve` as its own process (its workers warm at start unless `workers` says otherwise), a study sent
+    by storescu, results to storescp; with `workers.idle_release_s`, the node's memory is measured again once
+    its workers are returned."""
+    workers = workers or {"warm_at_start": True}
     pacs = StoreSCP(work / "pacs", free_port())
     pacs.start()
     port = free_port()
@@ -156,7 +145,8 @@ def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEn
             "storage": {"root": str(work / "node"), "min_free_mb": 0},
             "destinations": [{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": pacs.port}],
             # The default poll: hand-offs between stages are event-driven, the poll is only the safety net.
-            "routing": {"study_stable_s": stable_s},
+            "routing": {"study_stable_s": stable_s, **({"rules": rules} if rules is not None else {})},
+            "workers": workers,
             "logging": {"level": "WARNING"},
         }
     )
@@ -175,15 +165,15 @@ def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEn
             ),
             timeout_s=60,
         )
-        time.sleep(15.0)  # the warm workers import the analysis code
-        idle_node_kb, idle_tree_kb = _rss_kb(server.pid), _tree_rss_kb(server.pid)
+        time.sleep(warm_wait_s)  # warm workers import the analysis code; an on-demand node settles
+        idle_node_kb, idle_tree_kb = tree_pss_kb(server.pid, children=False), tree_pss_kb(server.pid)
         sender = threading.Thread(target=send, args=(port, study_folder, "IMMUNODE"))
         sender.start()
         database = Database(settings.database_url, migrate=False)
 
         def sr_sent():
             nonlocal peak_kb
-            peak_kb = max(peak_kb, _tree_rss_kb(server.pid))
+            peak_kb = max(peak_kb, tree_pss_kb(server.pid))
             with database.session() as session:
                 return session.execute(
                     select(Study.completed_at, Delivery.sent_at, Study.last_received_at)
@@ -193,9 +183,14 @@ def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEn
                     .where(Output.kind == OutputKind.SR, Delivery.state == DeliveryState.SENT)
                 ).first()
 
-        completed_at, sent_at, last_received = wait_until(sr_sent, timeout_s=900, interval_s=0.05)
+        completed_at, sent_at, last_received = wait_until(sr_sent, timeout_s=3600, interval_s=0.05)
         sender.join()
         database.dispose()
+        after_kb = None
+        if workers.get("idle_release_s"):
+            # The workers are returned idle_release_s after the job: measured once only the node is left.
+            wait_until(lambda: not worker_processes(server.pid), timeout_s=workers["idle_release_s"] + 120)
+            after_kb = tree_pss_kb(server.pid)
     finally:
         server.terminate()
         server.wait(60)
@@ -206,6 +201,19 @@ def end_to_end(study_folder: Path, work: Path, stable_s: float = 1.0) -> EndToEn
         idle_node_kb / 1024,
         idle_tree_kb / 1024,
         peak_kb / 1024,
+        after_kb / 1024 if after_kb is not None else None,
+    )
+
+
+def whole_body_lesions(length_mm: float, count: int) -> tuple[SyntheticLesion, ...]:
+    """`count` lesions of 8-14 mm spread along a whole body of `length_mm`, of varied uptake."""
+    return tuple(
+        SyntheticLesion(
+            ((-90 + 37 * i) % 160 - 80, (i % 3) * 30 - 30, -length_mm * 0.42 + i * length_mm * 0.84 / count),
+            8.0 + (i % 4) * 2.0,
+            4.0 + (i % 7) * 0.9,
+        )
+        for i in range(count)
     )
 
 
@@ -246,18 +254,7 @@ def main() -> int:
         wb_shape = (60, 64, 64) if args.small else (545, 128, 128)
         spacing = (4.0, 4.0, 3.0)
         count = 3 if args.small else 24
-        lesions = tuple(
-            SyntheticLesion(
-                (
-                    (-90 + 37 * i) % 160 - 80,
-                    (i % 3) * 30 - 30,
-                    -wb_shape[0] * spacing[2] * 0.42 + i * wb_shape[0] * spacing[2] * 0.84 / count,
-                ),
-                8.0 + (i % 4) * 2.0,
-                4.0 + (i % 7) * 0.9,
-            )
-            for i in range(count)
-        )
+        lesions = whole_body_lesions(wb_shape[0] * spacing[2], count)
         write_study(root / "wb", shape_zyx=wb_shape, spacing_xyz=spacing, lesions=lesions)
         result = end_to_end(root / "wb", root / "e2e")
         print(
@@ -268,9 +265,9 @@ def main() -> int:
             f"| last instance -> SR accepted by the PACS, quiet time excluded | {result.last_instance_to_sr_s:.1f} s |"
         )
         print(f"| study complete -> SR accepted | {result.complete_to_sr_s:.1f} s |")
-        print(f"| idle `immunode serve` process, resident | {result.idle_node_mb:.0f} MB |")
-        print(f"| idle, with its warm worker process | {result.idle_tree_mb:.0f} MB |")
-        print(f"| peak, node with its worker processes | {result.peak_tree_mb:.0f} MB |")
+        print(f"| idle `immunode serve` process, PSS | {result.idle_node_mb:.0f} MB |")
+        print(f"| idle, with its warm worker process (workers.warm_at_start) | {result.idle_tree_mb:.0f} MB |")
+        print(f"| peak, node with its worker processes, PSS | {result.peak_tree_mb:.0f} MB |")
     return 0
 
 

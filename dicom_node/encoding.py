@@ -30,6 +30,7 @@ SHORT_VRS = {
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL",
     b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 }  # fmt: skip
+VR_NAMES = {vr: vr.decode("ascii") for vr in SHORT_VRS | LONG_VRS}
 WIDTH = {
     "US": 2, "SS": 2, "UL": 4, "SL": 4, "FL": 4, "AT": 4, "FD": 8, "SV": 8, "UV": 8,
     "US or SS": 2, "US or OW": 2, "US or SS or OW": 2,
@@ -92,6 +93,8 @@ class _Walker:
     def dataset(self, offset: int, end: int, depth: int, until_item_end: bool) -> int:
         """Walk elements from `offset`; stop at `end`, or (undefined-length item) at its delimiter."""
         buffer, explicit = self.buffer, self.explicit
+        is_view = isinstance(buffer, memoryview)
+        dictionary_get = DicomDictionary.get
         if depth > MAX_DEPTH:
             raise self.fail(offset, f"sequences nested deeper than {MAX_DEPTH}")
         creators: dict[int, str] = {}  # private creators of this data set (their block, as (gggg,00xx))
@@ -112,7 +115,7 @@ class _Walker:
                     return offset + 8
                 raise self.fail(offset, f"item or delimiter tag ({group:04X},{element:04X}) outside a sequence")
             if explicit:
-                vr = bytes(buffer[offset + 4 : offset + 6])
+                vr = buffer[offset + 4 : offset + 6].tobytes() if is_view else buffer[offset + 4 : offset + 6]
                 if vr in SHORT_VRS:
                     length = self.short.unpack_from(buffer, offset + 6)[0]
                     offset += 8
@@ -123,7 +126,7 @@ class _Walker:
                     offset += 12
                 else:
                     raise self.fail(offset, f"({group:04X},{element:04X}) has an invalid VR {vr!r}")
-                vr_name = vr.decode("ascii")
+                vr_name = VR_NAMES[vr]
                 if vr_name == "UN" and length != UNDEFINED and (group & 1 or length < 0xFFFF):
                     vr_name = _vr_of(tag, creators)  # pydicom reads a known tag sent as UN by its own VR
                     if vr_name == "SQ":  # ... and a sequence sent as UN in implicit VR (PS3.5 6.2.2)
@@ -133,7 +136,8 @@ class _Walker:
                         offset += length
                         continue
             else:
-                vr_name = _vr_of(tag, creators)
+                entry = dictionary_get(tag)  # `_vr_of`, inlined for the common case of a standard tag
+                vr_name = entry[0] if entry is not None else _vr_of(tag, creators)
                 offset += 8
             if length == UNDEFINED:
                 offset = self.undefined(tag, vr_name, offset, end, depth)

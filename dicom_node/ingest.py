@@ -22,6 +22,8 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import Tag
@@ -105,23 +107,27 @@ def parse_received(
 
 
 @contextmanager
-def mapped_dataset(path: Path) -> Iterator[memoryview]:
-    """The data set of a file received to disk (after its preamble and file meta), mapped rather than read into
-    memory: checking a whole-slide image of hundreds of MB touches only its element headers."""
-    with _mapped_file(path) as (_, dataset):
+def mapped_dataset(path: Path, offset: int | None = None) -> Iterator[memoryview]:
+    """The data set of a file received to disk (after its preamble and file meta, at `offset` when the writer
+    knows it), mapped rather than read into memory: checking a whole-slide image of hundreds of MB touches only
+    its element headers."""
+    with _mapped_file(path, offset) as (_, dataset):
         yield dataset
 
 
 @contextmanager
-def _mapped_file(path: Path) -> Iterator[tuple[Dataset, memoryview]]:
-    """The file meta information and the mapped data set of a Part 10 file."""
+def _mapped_file(path: Path, offset: int | None = None) -> Iterator[tuple[Dataset | None, memoryview]]:
+    """The file meta information (None when `offset` is given: not read) and the mapped data set of a Part 10
+    file."""
     with open(path, "rb") as handle:
-        try:
-            read_preamble(handle, force=False)
-            meta = _read_file_meta_info(handle)
-        except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
-            raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
-        offset = handle.tell()
+        meta = None
+        if offset is None:
+            try:
+                read_preamble(handle, force=False)
+                meta = _read_file_meta_info(handle)
+            except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
+                raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
+            offset = handle.tell()
         if os.fstat(handle.fileno()).st_size <= offset:
             yield meta, memoryview(b"")
             return
@@ -180,14 +186,65 @@ def check_dataset(
     if syntax.is_deflated:
         dataset = inflate(dataset, max_inflated_bytes)
     walked = walk(dataset, not syntax.is_implicit_VR, syntax.is_little_endian, HEADER_TAGS)
-    ds = Dataset(walked.elements)
-    ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
+    ds = plain_values(walked.elements, syntax.is_little_endian)
+    if ds is None:  # something only pydicom decodes as pydicom would (character sets, several values...)
+        ds = Dataset(walked.elements)
+        ds.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian)
     try:
         with pydicom_config.disable_value_validation():
             return _header(ds, walked.pixels, syntax, affected_sop_class_uid, affected_sop_instance_uid)
     except (ValueError, TypeError, LookupError, UnicodeError) as error:
         study_uid = _study_uid(ds)
         raise DatasetInvalid(f"header attributes cannot be decoded: {error}", study_uid) from None
+
+
+# The values of the header's elements as `Dataset.get` gives them, decoded directly where that is plain: one
+# value of printable ASCII (text, UI, IS) or one US. Anything else is left to pydicom (`plain_values` -> None).
+_KEYWORD_VR = {int(Tag(keyword)): (keyword, dictionary_VR(keyword)) for keyword in HEADER_KEYWORDS}
+_PADDING = b"\0 "
+_INTEGER = re.compile(rb"^[+-]?[0-9]+$")
+_PLAIN_BYTES = bytes(byte for byte in range(0x20, 0x7F) if byte != 0x5C)  # printable ASCII, no backslash
+
+
+def _printable(value: bytes) -> bool:
+    return not value.translate(None, _PLAIN_BYTES)
+
+
+def plain_values(elements: dict[int, RawDataElement], little: bool) -> dict[str, object] | None:
+    """The header elements (keyword -> value as pydicom's `Dataset.get` returns it), or None where one needs
+    pydicom's decoding (a character set beyond ASCII, several values, an unexpected VR)."""
+    values: dict[str, object] = {}
+    for tag, raw in elements.items():
+        keyword, vr = _KEYWORD_VR[tag]
+        if raw.VR is not None and raw.VR != vr:
+            return None
+        value = bytes(raw.value or b"")
+        if vr == "US":
+            if len(value) == 2:
+                values[keyword] = int.from_bytes(value, "little" if little else "big")
+            elif not value:
+                values[keyword] = None
+            else:
+                return None
+            continue
+        value = value.rstrip(_PADDING)
+        if not _printable(value):
+            return None
+        if vr == "IS":
+            value = value.strip(b" ")
+            if not value:
+                values[keyword] = None
+            elif _INTEGER.match(value):
+                values[keyword] = int(value)
+            else:
+                return None
+        elif vr == "UI":
+            values[keyword] = value.lstrip(b" ").decode("ascii")
+        elif keyword == "SpecificCharacterSet":
+            continue  # only needed to decode what is not ASCII, and that goes to pydicom
+        else:
+            values[keyword] = value.decode("ascii")
+    return values
 
 
 def _study_uid(ds: Dataset) -> str:

@@ -69,6 +69,10 @@ class ReceivingFile:
 
     def refusal(self) -> str:
         """Why the data set could not be received, for the C-STORE answer and the log."""
-        error = self.error
-        what = os.strerror(error.errno) if error is not None and error.errno else str(error)
-        return f"cannot write the data set being received to incoming/: {what}"
+        return write_refusal(self.error)
+
+
+def write_refusal(error: OSError | None) -> str:
+    """Why a data set could not be received to incoming/ (the file system refused its file)."""
+    what = os.strerror(error.errno) if error is not None and error.errno else str(error)
+    return f"cannot write the data set being received to incoming/: {what}"

@@ -26,11 +26,12 @@ from pynetdicom.transport import AssociationServer
 
 from dicom_node import status
 from dicom_node.errors import DatasetInvalid, ReceiveError
+from dicom_node.fast_store import FastStoreSettings
 from dicom_node.ingest import check_dataset, mapped_dataset
 from dicom_node.receiving import ReceivingFile
 from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
-from dicom_node.types import StoreObservation
+from dicom_node.types import StoreObservation, StoreRequest
 from storage.audit import AuditEntry, AuditTrail
 from storage.errors import OutOfResources, StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome
@@ -110,6 +111,14 @@ def _receive_to_disk(folder: Path, prefix: str) -> None:
     dimse_messages.NamedTemporaryFile = partial(ReceivingFile, folder, prefix)
 
 
+def _receive_error(request: object) -> str | None:
+    """Why pynetdicom's file of this data set could not be written (the disk refused it), None when it was."""
+    receiving = getattr(request, "_dataset_file", None)
+    if isinstance(receiving, ReceivingFile) and receiving.error is not None:
+        return receiving.refusal()
+    return None
+
+
 def _discard_unanswered(assoc: object) -> None:
     """Remove the files of data sets an ended association will not have answered: the one being received, and
     those received but not handled."""
@@ -168,7 +177,11 @@ class StorageSCP:
     def start(self, port: int | None = None, tls_port: int | None = None) -> tuple[int | None, int | None]:
         """Start listening (non-blocking); returns the bound (plain, TLS) ports, None where not listening.
         A port of 0 (in settings or argument) binds a free one."""
-        _receive_to_disk(self.store.layout.receiving, f"{self.store.layout.in_flight_prefix}rx-")
+        prefix = f"{self.store.layout.in_flight_prefix}rx-"
+        _receive_to_disk(self.store.layout.receiving, prefix)
+        if self.node.fast_store:
+            classes = frozenset(storage_sop_classes(self.node.storage_sop_classes).values())
+            self.guard.fast_store = FastStoreSettings(self.handle_store, self.store.layout.receiving, prefix, classes)
         plain = self._serve(self.node.port if port is None else port, None) if self.node.plain else None
         secure = None
         if self.node.tls is not None and self.tls_context is not None:
@@ -299,36 +312,49 @@ class StorageSCP:
         return status.SUCCESS
 
     def _on_store(self, event: Event) -> int:
+        """pynetdicom's C-STORE event: what the fast path does not take (`node.fast_store` false)."""
+        request = event.request
+        return self.handle_store(
+            StoreRequest(
+                assoc=event.assoc,
+                calling_ae_title=str(event.assoc.requestor.ae_title).strip(),
+                message_id=int(request.MessageID or 0),
+                affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+                affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
+                abstract_syntax=str(event.context.abstract_syntax),
+                transfer_syntax=str(event.context.transfer_syntax),
+                dataset_path=Path(event.dataset_path),  # written to disk as it arrived (`_receive_to_disk`)
+                receive_error=_receive_error(request),
+            )
+        )
+
+    def handle_store(self, request: StoreRequest) -> int:
+        """Validate, store durably, index; the status to answer (called on the association's thread)."""
         started = time.perf_counter()
-        path = getattr(event.request, "_dataset_path", None)
         try:
-            size = path.stat().st_size if path is not None else 0  # before the file is moved into the store
+            size = request.dataset_path.stat().st_size  # before the file is moved into the store
         except OSError:
             size = 0
-        code = self._store(event, started)
+        code = self._store(request)
         if self.observe is not None:
-            calling = str(event.assoc.requestor.ae_title).strip()
-            self.observe(StoreObservation(calling, code, size, time.perf_counter() - started))
+            self.observe(StoreObservation(request.calling_ae_title, code, size, time.perf_counter() - started))
         return code
 
-    def _store(self, event: Event, started: float) -> int:
-        state = self._state(event.assoc)
-        calling = state.calling or str(event.assoc.requestor.ae_title).strip()
-        request = event.request
-        affected = str(request.AffectedSOPInstanceUID or "")
-        affected_class = str(request.AffectedSOPClassUID or "")
+    def _store(self, request: StoreRequest) -> int:
+        started = time.perf_counter()
+        state = self._state(request.assoc)
+        calling = state.calling or request.calling_ae_title
+        affected = request.affected_sop_instance_uid
+        affected_class = request.affected_sop_class_uid
         try:
-            if affected_class != str(event.context.abstract_syntax):
+            if affected_class != request.abstract_syntax:
                 raise DatasetInvalid("the request's Affected SOP Class differs from its presentation context's")
-            receiving = getattr(request, "_dataset_file", None)
-            if isinstance(receiving, ReceivingFile) and receiving.error is not None:
-                raise OutOfResources(receiving.refusal())
-            received = Path(event.dataset_path)  # written to disk as it arrived (see `_receive_to_disk`)
-            with mapped_dataset(received) as dataset:
-                header = check_dataset(
-                    dataset, event.context.transfer_syntax, affected_class, affected, self._max_inflated
-                )
-            stored = self.store.store_received(header, received, calling)
+            if request.receive_error is not None:
+                raise OutOfResources(request.receive_error)
+            received = request.dataset_path
+            with mapped_dataset(received, request.dataset_offset) as dataset:
+                header = check_dataset(dataset, request.transfer_syntax, affected_class, affected, self._max_inflated)
+            stored = self.store.store_received(header, received, calling, request.sha256)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
             logger.warning("C-STORE from %r refused with 0x%04X: %s", calling[:16], code, error)

@@ -159,6 +159,9 @@ class NodeSettings(Strict):
     max_inflated_mb: int = Field(512, ge=1)
     # The DICOMweb STOW-RS endpoint; None: off.
     dicomweb: DicomWebServerSettings | None = None
+    # C-STOREs received, answered and written to disk by the node's own P-DATA path (dicom_node.fast_store);
+    # false: through pynetdicom's DIMSE provider and storage service class (several times the CPU per instance).
+    fast_store: bool = True
 
     @field_validator("storage_sop_classes")
     @classmethod

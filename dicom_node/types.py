@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -21,3 +22,21 @@ class StoreObservation:
     status: int
     size_bytes: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class StoreRequest:
+    """A C-STORE-RQ whose data set has been received to a file, as the SCP's store handler gets it (from the
+    fast path, `dicom_node.fast_store`, or from pynetdicom's C-STORE event)."""
+
+    assoc: object  # the association it came on (the SCP keeps per-association audit state under it)
+    calling_ae_title: str
+    message_id: int
+    affected_sop_class_uid: str
+    affected_sop_instance_uid: str
+    abstract_syntax: str  # of the presentation context it came on
+    transfer_syntax: str  # ... and its transfer syntax: the data set's encoding
+    dataset_path: Path  # preamble, File Meta Information, then the data set as received
+    dataset_offset: int | None = None  # where the data set starts in that file, when known
+    sha256: str | None = None  # of that file, when computed as it was written
+    receive_error: str | None = None  # the disk refused the file while the data set arrived: answered 0xA700

@@ -88,6 +88,11 @@ class WorkerSettings(Strict):
     dask_scheduler: str | None = None  # e.g. tcp://10.0.0.7:8786
     dask_connect_timeout_s: float = Field(5.0, gt=0)
     processes: int = Field(1, ge=1, le=64)  # local engine; with dask, the cluster's worker threads count
+    # Local engine: the worker processes (each ~0.5 GB once PyTorch and the analysis code are imported) start
+    # with the first job and are returned after `idle_release_s` without one (0: kept once started). With
+    # `warm_at_start` they start with the node instead, so that the first job does not wait for the imports.
+    warm_at_start: bool = False
+    idle_release_s: float = Field(300.0, ge=0)
     # A job past this much CPU time is killed by the kernel (RLIMIT_CPU) and marked failed (local engine; on a
     # Dask cluster the workers' own --memory-limit applies and no CPU limit).
     job_cpu_limit_s: int = Field(1800, ge=10)

@@ -140,7 +140,8 @@ class Node:
 
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
-        warmed; then the scheduler and the SCP. Returns the plain DICOM port (None when only TLS listens)."""
+        warmed if so configured (otherwise the first job starts them); then the scheduler and the SCP. Returns
+        the plain DICOM port (None when only TLS listens)."""
         self.trail.flush_spool()
         retention.recover_interrupted(self.database, self.layout)  # before reconciling: files go back first
         self._run_id = reconcile(
@@ -165,6 +166,7 @@ class Node:
         if self.settings.storage.retention.enabled:
             self._every(self.retain_once, "retention", self.settings.storage.retention.interval_s)
         self._every(self.heartbeat_once, "heartbeat", runs.HEARTBEAT_EVERY.total_seconds())
+        self._every(self.runner.release_idle, "workers")  # worker processes returned after their idle period
         self.scheduler.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
         if self.dicomweb is not None:

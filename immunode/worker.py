@@ -1,9 +1,11 @@
 """Job execution in worker processes, so that a crash or runaway analysis never takes the SCP down.
 
-The workers are warm: spawned when the node starts, they import the analysis code (PyTorch, SimpleITK,
-pyradiomics, highdicom) before the first job, and each runs up to `JOBS_PER_WORKER` jobs before a fresh one
-replaces it (warming as it starts). Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured
-from the job's start) and the worker under the address-space limit (`job_memory_limit_mb`); a worker killed
+The workers start with the first job (or with the node, `workers.warm_at_start`), import the analysis code
+(PyTorch, SimpleITK, pyradiomics, highdicom) once, and each runs up to `JOBS_PER_WORKER` jobs before a fresh
+one replaces it (warming as it starts). After `workers.idle_release_s` without a job the pool is returned,
+so that an idle node holds no analysis process (`JobRunner.release_idle`); the next job starts it again.
+Each job runs under its own CPU-time budget (`job_cpu_limit_s`, measured from the job's start) and the
+worker under the address-space limit (`job_memory_limit_mb`); a worker killed
 by a limit or a crash breaks only its pool, which is rebuilt, and the job is retried or failed with the
 reason in the index. A worker exits when the node is gone (`common.processes.exit_with_parent`).
 
@@ -14,8 +16,11 @@ their attempt returned, to resume at the next start.
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import signal
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -25,7 +30,7 @@ from multiprocessing import get_context
 
 from sqlalchemy.orm import Session
 
-from common.processes import exit_with_parent
+from common.processes import descendants, exit_with_parent
 from common.states import JobState
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
@@ -150,23 +155,51 @@ class JobRunner:
         self._stopping = False
         self.dask = DaskEngine(settings) if settings.workers.engine == "dask" else None
         self.unavailable = ""  # why jobs are not submitted now (the Dask scheduler unreachable), for status
-        self._executor = self._new_executor() if self.dask is None else None
+        self._executor: ProcessPoolExecutor | None = None  # local engine: started by the first job
+        self._last_busy = time.monotonic()  # when a job last ran (the idle release counts from it)
 
-    def _new_executor(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(
-            max_workers=self.settings.workers.processes,
-            mp_context=get_context("spawn"),
-            initializer=_warm,
-            initargs=(self.settings,),
-            max_tasks_per_child=JOBS_PER_WORKER,
-        )
+    def _pool(self) -> ProcessPoolExecutor:
+        """The local worker pool, started when first needed (call with the lock held)."""
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=self.settings.workers.processes,
+                mp_context=get_context("spawn"),
+                initializer=_warm,
+                initargs=(self.settings,),
+                max_tasks_per_child=JOBS_PER_WORKER,
+            )
+            logger.info("worker pool started (%d process(es))", self.settings.workers.processes)
+        return self._executor
 
     def warm_up(self) -> None:
-        """Start the workers now, so that they have imported the analysis code before the first job."""
-        if self._executor is None:
-            return  # Dask workers are the cluster's
-        for _ in range(self.settings.workers.processes):
-            self._executor.submit(_ready)
+        """With `workers.warm_at_start`: start the workers now, so that they have imported the analysis code
+        before the first job."""
+        if self.dask is not None or not self.settings.workers.warm_at_start:
+            return  # Dask workers are the cluster's; otherwise the first job starts them
+        with self._lock:
+            self._last_busy = time.monotonic()
+            pool = self._pool()
+            for _ in range(self.settings.workers.processes):
+                pool.submit(_ready)
+
+    @property
+    def started(self) -> bool:
+        """Whether local worker processes are started (what an idle node should not hold)."""
+        with self._lock:
+            return self._executor is not None
+
+    def release_idle(self) -> bool:
+        """Return the worker processes when no job ran for `workers.idle_release_s`; True when it did."""
+        idle_s = self.settings.workers.idle_release_s
+        with self._lock:
+            if self._executor is None or self._running or self._stopping or not idle_s:
+                return False
+            if time.monotonic() - self._last_busy < idle_s:
+                return False
+            executor, self._executor = self._executor, None
+        executor.shutdown(wait=True, cancel_futures=True)
+        logger.info("worker pool returned after %.0f s without a job", idle_s)
+        return True
 
     def resume_interrupted(self) -> int:
         """Jobs an earlier run of this node left running go back to the queue; those of another live node
@@ -191,6 +224,8 @@ class JobRunner:
                 return []
             with self.database.session() as session:
                 specs = jobs.claim_pending_jobs(session, free, self.run_id)
+            if specs:
+                self._last_busy = time.monotonic()
             for spec in specs:
                 logger.info("job %d (%s) for study %s started", spec.job_id, spec.pipeline, spec.study_instance_uid)
                 if self.dask is not None:
@@ -199,10 +234,10 @@ class JobRunner:
                     future.add_done_callback(partial(self._finished, spec.job_id))
                     continue
                 try:
-                    future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
+                    future = self._pool().submit(_worker_entry, self.settings, spec.job_id)
                 except (BrokenProcessPool, RuntimeError):
-                    self._executor = self._new_executor()
-                    future = self._executor.submit(_worker_entry, self.settings, spec.job_id)
+                    self._executor = None
+                    future = self._pool().submit(_worker_entry, self.settings, spec.job_id)
                 self._running[spec.job_id] = future
                 future.add_done_callback(partial(self._finished, spec.job_id))
             return [spec.job_id for spec in specs]
@@ -221,11 +256,13 @@ class JobRunner:
         if self._stopping or future.cancelled():
             with self._lock:
                 self._running.pop(job_id, None)
+                self._last_busy = time.monotonic()
             return  # stop() puts the job back in the queue
         error = future.exception()
         settle = self._outcome(job_id, error)
         with self._lock:  # at once: no moment where the job is RUNNING for this run and tracked by neither
             self._running.pop(job_id, None)
+            self._last_busy = time.monotonic()
             if settle is not None:
                 self._unsettled[job_id] = settle
         if settle is not None:
@@ -254,8 +291,9 @@ class JobRunner:
         elif isinstance(error, BrokenProcessPool):
             reason = "worker process died (killed by the CPU-time or memory limit, or crashed)"
             with self._lock:
-                self._executor.shutdown(wait=False, cancel_futures=False)
-                self._executor = self._new_executor()
+                if self._executor is not None:
+                    self._executor.shutdown(wait=False, cancel_futures=False)
+                self._executor = None  # a fresh pool for the next job
         else:
             reason = f"{error.__class__.__name__}: {error}"
         logger.error("job %d: %s", job_id, reason)
@@ -318,15 +356,24 @@ class JobRunner:
                     jobs.return_interrupted_jobs(session, interrupted, self.run_id)
                 logger.info("stop: job(s) %s cancelled on the cluster, queued to resume", interrupted)
             return len(interrupted)
+        # A worker's own children (a job's radiomics extraction processes) end with it once they run, but one
+        # still importing its modules under load would outlive the node by seconds: ended with their worker.
+        below = [pid for process in processes if process.is_alive() for pid in descendants(process.pid)]
         for process in processes:
             if process.is_alive():
                 process.terminate()
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
         for process in processes:
             process.join(grace_s)
             if process.is_alive():
                 process.kill()
                 process.join(grace_s)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
         if interrupted:
             with self.database.session() as session:
                 jobs.return_interrupted_jobs(session, interrupted, self.run_id)

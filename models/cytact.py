@@ -17,6 +17,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
+from models.device import model_device
+
 SUV_SCALE = 10.0
 SUV_CLIP = 3.0
 
@@ -76,14 +78,17 @@ class CytActNet(nn.Module):
 
 
 def predict_with_embeddings(model: CytActNet, cubes: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted CytAct [n] and lesion embeddings [n, embedding] (the fusion's imaging modality)."""
+    """Predicted CytAct [n] and lesion embeddings [n, embedding] (the fusion's imaging modality), computed on
+    the device the model is on."""
     model.eval()
+    device = model_device(model)
     scores, embeddings = [], []
     with torch.no_grad():
         for start in range(0, len(cubes), batch_size):
-            embedding = model.embedding(torch.from_numpy(np.ascontiguousarray(cubes[start : start + batch_size])))
-            embeddings.append(embedding.numpy())
-            scores.append(model.head(embedding).squeeze(-1).numpy())
+            batch = torch.from_numpy(np.ascontiguousarray(cubes[start : start + batch_size])).to(device)
+            embedding = model.embedding(batch)
+            embeddings.append(embedding.cpu().numpy())
+            scores.append(model.head(embedding).squeeze(-1).cpu().numpy())
     if not scores:
         return np.zeros(0, dtype=np.float32), np.zeros((0, model.head.in_features), dtype=np.float32)
     return np.concatenate(scores), np.concatenate(embeddings)
@@ -91,8 +96,10 @@ def predict_with_embeddings(model: CytActNet, cubes: np.ndarray, batch_size: int
 
 def predict(model: CytActNet, cubes: np.ndarray, batch_size: int = 64) -> np.ndarray:
     model.eval()
+    device = model_device(model)
     outputs = []
     with torch.no_grad():
         for start in range(0, len(cubes), batch_size):
-            outputs.append(model(torch.from_numpy(np.ascontiguousarray(cubes[start : start + batch_size]))).numpy())
+            batch = torch.from_numpy(np.ascontiguousarray(cubes[start : start + batch_size])).to(device)
+            outputs.append(model(batch).cpu().numpy())
     return np.concatenate(outputs) if outputs else np.zeros(0, dtype=np.float32)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.device import model_device
 from models.errors import ModelError
 from models.training import balanced_rows
 
@@ -211,17 +212,22 @@ def train_transformer(
     return model
 
 
+def _inputs(model: ExpressionTransformer, features: np.ndarray) -> torch.Tensor:
+    """Features as a tensor on the device the model is on."""
+    return torch.from_numpy(features.astype(np.float32)).to(model_device(model))
+
+
 def predict_proba(model: ExpressionTransformer, features: np.ndarray) -> np.ndarray:
-    """Responder probability per sample."""
+    """Responder probability per sample (on the model's device)."""
     model.eval()
     with torch.no_grad():
-        return torch.softmax(model(torch.from_numpy(features.astype(np.float32))), dim=1)[:, 1].numpy()
+        return torch.softmax(model(_inputs(model, features)), dim=1)[:, 1].cpu().numpy()
 
 
 def embed(model: ExpressionTransformer, features: np.ndarray) -> np.ndarray:
     model.eval()
     with torch.no_grad():
-        return model.embedding(torch.from_numpy(features.astype(np.float32))).numpy()
+        return model.embedding(_inputs(model, features)).cpu().numpy()
 
 
 def gene_embedding_similarity(model: ExpressionTransformer) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.device import model_device
 from models.training import balanced_rows
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
@@ -111,13 +112,15 @@ def parameter_count(model: nn.Module) -> int:
 
 
 def encode_patches(encoder: ResNetEncoder, patches: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """uint8 RGB patches [N, H, W, 3] → features [N, dim] (evaluation mode, no gradients)."""
+    """uint8 RGB patches [N, H, W, 3] → features [N, dim] (evaluation mode, no gradients), on the device the
+    encoder is on (the patches go there as bytes, a quarter of their size as floats)."""
     encoder.eval()
+    device = model_device(encoder)
     out = []
     with torch.no_grad():
         for start in range(0, len(patches), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size])).float() / 255.0
-            out.append(encoder(batch.permute(0, 3, 1, 2)).numpy())
+            batch = torch.from_numpy(np.ascontiguousarray(patches[start : start + batch_size])).to(device)
+            out.append(encoder(batch.permute(0, 3, 1, 2).float() / 255.0).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
 
 
@@ -240,8 +243,8 @@ class SlideEmbedding:
 def embed_slide(model: GatedAttentionMIL, features: np.ndarray) -> SlideEmbedding:
     model.eval()
     with torch.no_grad():
-        logit, embedding, attention = model(torch.from_numpy(features.astype(np.float32)))
-    return SlideEmbedding(embedding.numpy(), attention.numpy(), float(torch.sigmoid(logit)))
+        logit, embedding, attention = model(torch.from_numpy(features.astype(np.float32)).to(model_device(model)))
+    return SlideEmbedding(embedding.cpu().numpy(), attention.cpu().numpy(), float(torch.sigmoid(logit)))
 
 
 def train_mil(bags: list[np.ndarray], labels: np.ndarray, settings: MilSettings) -> GatedAttentionMIL:

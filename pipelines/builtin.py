@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pipelines.compute import ComputeSettings
 from pipelines.ct.pipeline import CT_RADIOMICS
 from pipelines.histology.pipeline import HISTOLOGY
 from pipelines.imaging.settings import AnnotationSettings
@@ -11,5 +12,9 @@ from pipelines.registry import Registry
 
 BUILTIN = Registry(
     pipelines=(PET_QUANT, CT_RADIOMICS, HISTOLOGY),
-    shared=(("annotations", AnnotationSettings), ("response", ResponseModelSettings)),
+    shared=(
+        ("annotations", AnnotationSettings),
+        ("response", ResponseModelSettings),
+        ("compute", ComputeSettings),
+    ),
 )

@@ -21,7 +21,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -37,6 +37,7 @@ class FileLayout:
         self.root = Path(root).resolve()
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.run_id: int | None = None  # the node run whose files in flight this layout writes (set at start)
+        self._day_folders: dict[date, Path] = {}
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         if private:
@@ -55,7 +56,10 @@ class FileLayout:
         return self.root / relative
 
     def relative(self, path: Path) -> str:
-        return str(Path(path).resolve().relative_to(self.root))
+        path = Path(path)
+        if path.is_absolute() and ".." not in path.parts and path.is_relative_to(self.root):
+            return str(path.relative_to(self.root))  # a path this layout made: no symbolic links to resolve
+        return str(path.resolve().relative_to(self.root))
 
     def check_free_space(self, incoming_bytes: int) -> None:
         free = shutil.disk_usage(self.root).free
@@ -63,9 +67,12 @@ class FileLayout:
             raise OutOfResources(f"only {free // (1024 * 1024)} MB free under {self.root}")
 
     def new_object_path(self) -> Path:
-        today = datetime.now(timezone.utc)
-        folder = self.root / "objects" / f"{today:%Y}" / f"{today:%m}" / f"{today:%d}"
-        folder.mkdir(parents=True, exist_ok=True)
+        today = datetime.now(timezone.utc).date()
+        folder = self._day_folders.get(today)
+        if folder is None:
+            folder = self.root / "objects" / f"{today:%Y}" / f"{today:%m}" / f"{today:%d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self._day_folders = {today: folder}  # made once a day, not once an instance
         return folder / f"{uuid.uuid4().hex}.dcm"
 
     def new_output_path(self, job_id: int) -> Path:
@@ -86,20 +93,28 @@ class FileLayout:
 
         self._durably(write, final_path)
 
-    def _durably(self, write: Callable[[Path], None], final_path: Path) -> None:
-        """`write` a temporary file in incoming/, rename it to `final_path`, fsync the folder; OSError becomes
-        OutOfResources and leaves neither the temporary file nor `final_path` behind."""
+    def _durably(self, write: Callable[[Path], None], final_path: Path, sync_folder: bool = True) -> None:
+        """`write` a temporary file in incoming/, rename it to `final_path`, fsync the folder (unless the caller
+        does that itself, `settle`); OSError becomes OutOfResources and leaves neither the temporary file nor
+        `final_path` behind."""
         temporary = self.root / "incoming" / f"{self.in_flight_prefix}{uuid.uuid4().hex}.part"
         try:
             write(temporary)
             os.replace(temporary, final_path)
-            fsync_directory(final_path.parent)
+            if sync_folder:
+                fsync_directory(final_path.parent)
         except OSError as error:
             temporary.unlink(missing_ok=True)
             final_path.unlink(missing_ok=True)
-            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise OutOfResources(f"cannot write: {error.strerror}") from error
-            raise OutOfResources(f"cannot write {final_path.name}: {error.strerror}") from error
+            raise _out_of_resources(error, final_path) from error
+
+    def settle(self, folders: Iterable[Path]) -> None:
+        """fsync folders that files were renamed into (`adopt`): the names are durable once this returns."""
+        for folder in folders:
+            try:
+                fsync_directory(folder)
+            except OSError as error:
+                raise _out_of_resources(error, folder) from error
 
     @property
     def in_flight_prefix(self) -> str:
@@ -115,24 +130,44 @@ class FileLayout:
     def adopt_durably(self, received: Path, final_path: Path) -> None:
         """Move a file received to disk into place durably: fsync it and rename it (a streamed copy when the two
         folders are on different file systems), fsync the folder. On failure nothing is left at `final_path`."""
+        self.adopt(received, final_path, sync_folder=True)
 
-        def move(temporary: Path) -> None:
-            descriptor = os.open(received, os.O_RDONLY)
+    def adopt(self, received: Path, final_path: Path, sync_folder: bool = False) -> None:
+        """`adopt_durably` without the folder's fsync, which the caller does with `settle` (once for many files,
+        after their index rows are committed).
+
+        The file is renamed first and fsynced under its new name: on journalling file systems (ext4, XFS) that
+        one fsync's journal commit makes the data and the name durable together, and the folder's fsync after
+        it finds nothing left to write (one device flush per file instead of two). A crash before the fsync
+        returns leaves at most a partial file without an index row (never acknowledged), which start-up
+        reconciliation finds invalid and quarantines (`immunode.reconcile`)."""
+        try:
+            os.replace(received, final_path)  # same file system: a rename, no copy
+        except OSError as error:
+            if error.errno != errno.EXDEV:
+                raise _out_of_resources(error, final_path) from error
+        else:
             try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
-            try:
-                os.replace(received, temporary)  # same file system: a rename, no copy
+                descriptor = os.open(final_path, os.O_RDONLY)
+                try:
+                    os.fsync(descriptor)
+                finally:
+                    os.close(descriptor)
+                if sync_folder:
+                    fsync_directory(final_path.parent)
             except OSError as error:
-                if error.errno != errno.EXDEV:
-                    raise
-                with open(received, "rb") as source, open(temporary, "wb") as target:
-                    shutil.copyfileobj(source, target, 1024 * 1024)
-                    target.flush()
-                    os.fsync(target.fileno())
+                final_path.unlink(missing_ok=True)
+                raise _out_of_resources(error, final_path) from error
+            return
 
-        self._durably(move, final_path)
+        def copy(temporary: Path) -> None:
+            with open(received, "rb") as source, open(temporary, "wb") as target:
+                shutil.copyfileobj(source, target, 1024 * 1024)
+                target.flush()
+                os.fsync(target.fileno())
+
+        self._durably(copy, final_path, sync_folder)
+        received.unlink(missing_ok=True)
 
     def object_files(self, since: date | None = None) -> Iterator[Path]:
         """Files under objects/, in day folders from `since` on (all when None)."""
@@ -175,6 +210,12 @@ class FileLayout:
                 continue
             count += 1
         return count
+
+
+def _out_of_resources(error: OSError, path: Path) -> OutOfResources:
+    if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutOfResources(f"cannot write: {error.strerror}")
+    return OutOfResources(f"cannot write {path.name}: {error.strerror}")
 
 
 def fsync_directory(folder: Path) -> None:

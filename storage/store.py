@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -38,6 +37,7 @@ from storage.database import Database
 from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources, StorageError
 from storage.events import record_event
 from storage.files import FileLayout
+from storage.group_commit import GroupCommit
 from storage.schema import (
     ConflictKind,
     IdentityConflict,
@@ -121,9 +121,10 @@ class InstanceStore:
     def __init__(self, database: Database, layout: FileLayout) -> None:
         self.database = database
         self.layout = layout
-        # One index writer at a time in this process: concurrent associations of one study would
-        # otherwise race to insert the same patient, study or series row.
-        self._index_lock = threading.Lock()
+        # One index writer at a time in this process (concurrent associations of one study would otherwise
+        # race to insert the same patient, study or series row), writing for every association at once:
+        # instances that arrive together share one transaction and one commit (`storage.group_commit`).
+        self._commits: GroupCommit[_Pending, _Indexed] = GroupCommit(self._index_batch)
         # Committed series rows by Series Instance UID, to skip the look-up (retention deletes series rows only
         # through `deleting_series`, which drops them here).
         self._series: dict[str, SeriesKey] = {}
@@ -135,6 +136,7 @@ class InstanceStore:
             .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
             .returning(Instance.id)
         )
+        self._instance_exists = select(Instance.id).where(Instance.sop_instance_uid == bindparam("uid"))
         self._refresh_study = (
             update(Study)
             .where(Study.id == bindparam("study_id"), Study.state == StudyState.RECEIVING)
@@ -150,18 +152,22 @@ class InstanceStore:
         self.layout.write_durably(data, final_path)
         return self._stored(header, final_path, len(data), digest, calling_ae_title)
 
-    def store_received(self, header: InstanceHeader, received: Path, calling_ae_title: str) -> StoredInstance:
+    def store_received(
+        self, header: InstanceHeader, received: Path, calling_ae_title: str, digest: str | None = None
+    ) -> StoredInstance:
         """`store` for a file the network wrote to disk as it arrived (`FileLayout.receiving`): hashed in
-        blocks and moved into place, never held in memory. The same errors and guarantees as `store`."""
+        blocks (unless the writer gives its SHA-256) and moved into place, never held in memory. The same
+        errors and guarantees as `store`."""
         try:
-            with open(received, "rb") as handle:
-                digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            if digest is None:
+                with open(received, "rb") as handle:
+                    digest = hashlib.file_digest(handle, "sha256").hexdigest()
             size = received.stat().st_size
         except OSError as error:
             raise OutOfResources(f"cannot read the received data set: {error.strerror}") from error
         self.layout.check_free_space(0)  # already on disk: refuse only when the store is below its reserve
         final_path = self.layout.new_object_path()
-        self.layout.adopt_durably(received, final_path)
+        self.layout.adopt(received, final_path)  # the folder is fsynced after the index commit (`_index_batch`)
         return self._stored(header, final_path, size, digest, calling_ae_title)
 
     def _stored(
@@ -169,6 +175,8 @@ class InstanceStore:
     ) -> StoredInstance:
         try:
             outcome, kept_path, replaced = self._index(header, final_path, size, digest, calling_ae_title)
+        except _Unsettled:
+            raise  # indexed, but its name may not be durable: refused, and a resent copy finds it
         except BaseException:
             final_path.unlink(missing_ok=True)
             raise
@@ -183,10 +191,10 @@ class InstanceStore:
         """Index a file already durable in the object store (start-up reconciliation of a crash between
         write and commit). Only a new instance is indexed: a SOP Instance UID already indexed keeps its
         acknowledged copy, and the caller disposes of this one (`DUPLICATE_IDENTICAL` or `REPLACED`)."""
-        with self._index_lock:
+        with self._commits.exclusive():
             try:
                 with self.database.transaction() as connection:
-                    key = self._index_new(connection, header, path, size, digest, "")
+                    key = self._index_new(connection, _Pending(header, path, size, digest, ""))
                 self._series[header.series_instance_uid] = key
                 return StoreOutcome.NEW
             except _AlreadyIndexed:
@@ -197,45 +205,88 @@ class InstanceStore:
                 )
         return StoreOutcome.DUPLICATE_IDENTICAL if indexed == digest else StoreOutcome.REPLACED
 
-    def _index(
-        self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
-    ) -> tuple[StoreOutcome, Path, Path | None]:
-        try:
-            with self._index_lock:
-                try:
-                    key = self._index_new_or_recached(header, path, size, digest, calling_ae_title)
-                    self._series[header.series_instance_uid] = key  # committed: now it may be cached
-                    return StoreOutcome.NEW, path, None
-                except _AlreadyIndexed:
-                    pass
-                with self.database.session() as session:
-                    outcome, kept, replaced, key = self._index_again(session, header, path, size, digest)
-                self._series[header.series_instance_uid] = key
-                return outcome, kept, replaced
-        except IdentityMismatch as error:
-            self._record_conflict(header, error, calling_ae_title)
-            raise
+    def _index(self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str) -> _Indexed:
+        return self._commits.submit(_Pending(header, path, size, digest, calling_ae_title))
 
-    def _index_new_or_recached(
-        self, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
-    ) -> SeriesKey:
+    def _index_batch(self, items: Sequence[_Pending]) -> list[_Indexed | BaseException]:
+        """Index new instances in one transaction; each that is not simply new (a UID already indexed, an
+        identity conflict) then alone, as before. Then the folders the kept files were renamed into are fsynced,
+        once for the batch."""
+        results: list[_Indexed | BaseException | None] = [None] * len(items)
+        keys: dict[int, SeriesKey] = {}
+        alone: list[int] = []
         try:
             with self.database.transaction() as connection:
-                return self._index_new(connection, header, path, size, digest, calling_ae_title)
-        except IndexUnavailable as error:
-            # A cached series whose rows another node's retention deleted (PostgreSQL never reuses the id): look
-            # the series up again, once.
-            cached = self._series.pop(header.series_instance_uid, None)
-            if cached is None or not isinstance(error.__cause__, IntegrityError):
-                raise
-        with self.database.transaction() as connection:
-            return self._index_new(connection, header, path, size, digest, calling_ae_title)
+                for number, item in enumerate(items):
+                    try:
+                        keys[number] = self._insert_new(connection, item)
+                    except (_AlreadyIndexed, IdentityMismatch):
+                        alone.append(number)  # nothing of it was written (see `_insert_new`)
+                self._mark_studies(connection, [(keys[n].study_id, items[n].header) for n in keys])
+        except (StorageError, _BatchBroken) as error:
+            if isinstance(error, IndexUnavailable) and isinstance(error.__cause__, IntegrityError):
+                # A cached series whose rows another node's retention deleted (PostgreSQL never reuses the id):
+                # the series are looked up again, each instance alone.
+                for item in items:
+                    self._series.pop(item.header.series_instance_uid, None)
+            elif len(items) == 1 and isinstance(error, StorageError):
+                return [error]
+            return self._settled(items, [self._caught(self._index_alone, item) for item in items])
+        for number, key in keys.items():
+            self._series[items[number].header.series_instance_uid] = key  # committed: now it may be cached
+            results[number] = (StoreOutcome.NEW, items[number].path, None)
+        for number in alone:
+            results[number] = self._caught(self._index_alone, items[number])
+        return self._settled(items, results)
+
+    def _settled(
+        self, items: Sequence[_Pending], results: list[_Indexed | BaseException | None]
+    ) -> list[_Indexed | BaseException]:
+        """fsync the folders of the files kept; where that fails, their instances are refused (files kept)."""
+        kept = [
+            number
+            for number, result in enumerate(results)
+            if isinstance(result, tuple) and result[0] is not StoreOutcome.DUPLICATE_IDENTICAL
+        ]
+        try:
+            self.layout.settle({items[n].path.parent for n in kept})
+        except StorageError as error:
+            logger.error("indexed instances' folder not made durable: %s", error)
+            for number in kept:
+                results[number] = _Unsettled(str(error))
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _caught(function: Callable[[_Pending], _Indexed], item: _Pending) -> _Indexed | BaseException:
+        try:
+            return function(item)
+        except Exception as error:  # noqa: BLE001 - raised in the thread that submitted the item
+            return error
+
+    def _index_alone(self, item: _Pending) -> _Indexed:
+        """One instance in its own transaction: new, or the duplicate policy, or a recorded identity conflict."""
+        header = item.header
+        try:
+            try:
+                with self.database.transaction() as connection:
+                    key = self._index_new(connection, item)
+                self._series[header.series_instance_uid] = key  # committed: now it may be cached
+                return StoreOutcome.NEW, item.path, None
+            except _AlreadyIndexed:
+                pass
+            with self.database.session() as session:
+                outcome, kept, replaced, key = self._index_again(session, header, item.path, item.size, item.digest)
+            self._series[header.series_instance_uid] = key
+            return outcome, kept, replaced
+        except IdentityMismatch as error:
+            self._record_conflict(header, error, item.calling_ae_title)
+            raise
 
     def deleting_series(self, series_uids: Collection[str], delete: Callable[[], T]) -> T:
         """Run `delete` (retention removing these series' rows) while no instance is being indexed, then drop the
         series from the cache: a cached key must never outlive its rows (SQLite gives a deleted row's id to the
         next new row, which would file instances under another patient's series)."""
-        with self._index_lock:
+        with self._commits.exclusive():
             try:
                 return delete()
             finally:
@@ -337,9 +388,19 @@ class InstanceStore:
             revision = session.scalar(select(Study.revision).where(Study.id == study_id))
             record_event(session, "INFO", f"study re-opened by new instances (revision {revision})", study_uid)
 
-    def _index_new(
-        self, session: Connection, header: InstanceHeader, path: Path, size: int, digest: str, calling_ae_title: str
-    ) -> SeriesKey:
+    def _index_new(self, session: Connection, item: _Pending) -> SeriesKey:
+        key = self._insert_new(session, item)
+        self._mark_received(session, key.study_id, item.header.study_instance_uid)
+        return key
+
+    def _insert_new(self, session: Connection, item: _Pending) -> SeriesKey:
+        """Insert the instance's row (and its patient, study and series rows where they are new). Raises
+        _AlreadyIndexed or IdentityMismatch before anything is written, so that one instance of a batch can
+        be set aside without rolling the others back."""
+        header = item.header
+        cached = header.series_instance_uid in self._series
+        if not cached and session.execute(self._instance_exists, {"uid": header.sop_instance_uid}).first():
+            raise _AlreadyIndexed()
         key = self._key(session, header)
         inserted = session.execute(
             self._insert_instance,
@@ -349,19 +410,26 @@ class InstanceStore:
                 "series_fk": key.series_id,
                 "instance_number": header.instance_number,
                 "transfer_syntax_uid": header.transfer_syntax_uid,
-                "path": self.layout.relative(path),
-                "size_bytes": size,
-                "sha256": digest,
-                "calling_ae_title": calling_ae_title[:16],
+                "path": self.layout.relative(item.path),
+                "size_bytes": item.size,
+                "sha256": item.digest,
+                "calling_ae_title": item.calling_ae_title[:16],
                 "received_at": utcnow(),
                 "times_received": 1,
             },
         )
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
         if inserted.first() is None:
+            if not cached:
+                raise _BatchBroken()  # another process indexed it since the look-up, after our rows were written
             raise _AlreadyIndexed()
-        self._mark_received(session, key.study_id, header.study_instance_uid)
         return key
+
+    def _mark_studies(self, session: Connection, received: list[tuple[int, InstanceHeader]]) -> None:
+        """`_mark_received` once for each study of a batch."""
+        studies = {study_id: header.study_instance_uid for study_id, header in received}
+        for study_id, study_uid in studies.items():
+            self._mark_received(session, study_id, study_uid)
 
     def _index_again(
         self, session: Session, header: InstanceHeader, path: Path, size: int, digest: str
@@ -384,7 +452,7 @@ class InstanceStore:
                 conflict,
             )
         instance.times_received += 1
-        if instance.sha256 == digest:
+        if instance.sha256 == digest and _intact(self.layout.absolute(instance.path), instance.size_bytes):
             with session.no_autoflush:
                 study = session.get(Study, key.study_id)
             if study.state is StudyState.RECEIVING:
@@ -404,5 +472,38 @@ class InstanceStore:
         return StoreOutcome.REPLACED, path, replaced, key
 
 
+def _intact(path: Path, size: int) -> bool:
+    """The indexed copy is there, whole. A crash after an index commit and before its folder's fsync (on a file
+    system that does not journal the rename with that commit) can leave a row without its file; the instance
+    was never acknowledged, and the resent copy takes its place."""
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
 class _AlreadyIndexed(Exception):
     """The SOP Instance UID is already indexed (the duplicate path follows)."""
+
+
+class _BatchBroken(Exception):
+    """A batch wrote rows for an instance it cannot index: the batch is rolled back and each instance retried."""
+
+
+class _Unsettled(OutOfResources):
+    """Indexed, but the folder its file was renamed into could not be fsynced: refused (a resent copy finds
+    the indexed one), the file kept."""
+
+
+@dataclass(frozen=True)
+class _Pending:
+    """An instance whose file is durable, waiting for its index row."""
+
+    header: InstanceHeader
+    path: Path
+    size: int
+    digest: str
+    calling_ae_title: str
+
+
+_Indexed = tuple[StoreOutcome, Path, "Path | None"]  # outcome, the file kept, a replaced file to delete

@@ -60,20 +60,27 @@ def analyse_slide(
     encoder_identity: ModelIdentity,
     mil: object,
     mil_identity: ModelIdentity,
+    device: object = None,
 ) -> SlideAnalysis:
+    """One slide; `device` (a `models.device.Device`, the CPU when None) is where the networks are: on a GPU the
+    slide's every tissue patch is encoded (`gpu_max_patches`), on the CPU an even subsample (`max_patches`)."""
+    from models.device import CPU
     from models.histology import embed_slide
 
+    device = device or CPU
+    limit = settings.gpu_max_patches if device.accelerated else settings.max_patches
     with wsi.open_slide(paths) as opened:
-        tissue, grid = wsi.tissue_patches(opened, settings)
+        tissue, grid = wsi.tissue_patches(opened, settings, limit)
         features, stain_text = patch_features(opened, grid, settings, encoder)
     pooled = embed_slide(mil, features)
     logger.info(
-        "slide %s: %d patches (of %d with tissue) at %.2f µm/pixel, tissue %.1f %%",
+        "slide %s: %d patches (of %d with tissue) at %.2f µm/pixel, tissue %.1f %%, encoded on %s",
         series_instance_uid,
         len(grid.origins),
         grid.candidates,
         grid.level.microns_per_pixel,
         100 * tissue.fraction,
+        device.description,
     )
     return SlideAnalysis(
         series_instance_uid=series_instance_uid,
@@ -91,4 +98,6 @@ def analyse_slide(
         attention=pooled.attention,
         probability=pooled.probability,
         heatmap=heatmap(tissue, grid, pooled.attention),
+        device=device.description + (f" ({device.fallback})" if device.fallback else ""),
+        patch_limit=limit,
     )

@@ -38,8 +38,9 @@ def slide_record(result: SlideAnalysis) -> SlideRecord:
     )
 
 
-def _models(settings: HistologySettings) -> tuple:
-    """(encoder, its identity, MIL, its identity), verified against their cards and against each other."""
+def _models(settings: HistologySettings, device: object) -> tuple:
+    """(encoder, its identity, MIL, its identity) on `device` (a torch device), verified against their cards and
+    against each other."""
     from models.errors import ModelError
     from models.serving import load_histology_encoder, load_histology_mil
     from pipelines.omics.response import model_identity
@@ -50,8 +51,8 @@ def _models(settings: HistologySettings) -> tuple:
             "stored: train them with `immunode train histology`, configure them and re-analyse"
         )
     try:
-        encoder, encoder_card = load_histology_encoder(settings.encoder_weights)
-        mil, mil_card = load_histology_mil(settings.mil_weights)
+        encoder, encoder_card = load_histology_encoder(settings.encoder_weights, device)
+        mil, mil_card = load_histology_mil(settings.mil_weights, device)
     except ModelError as error:
         raise ModelsNotConfigured(f"histology weights not usable: {error}") from None
     if mil_card.parameters.get("encoder_sha256") != encoder_card.sha256:
@@ -86,17 +87,26 @@ class Histology(Pipeline["HistologyJob"]):
         )
 
     def analyse(self, inputs: JobInputs, pipelines: Strict, workdir: Path) -> HistologyJob:
+        from models.device import select_device
         from pipelines.histology.analysis import analyse_slide
         from pipelines.histology.types import HistologyJob
         from pipelines.omics.response import predict_response
 
         settings: HistologySettings = self.settings(pipelines)
-        encoder, encoder_identity, mil, mil_identity = _models(settings)
+        device = select_device(pipelines.compute.device)  # the shared block
+        encoder, encoder_identity, mil, mil_identity = _models(settings, device.torch_device)
         results, problems = [], []
         for series in sorted(inputs.selected_series(), key=lambda s: s.series_instance_uid):
             try:
                 result = analyse_slide(
-                    series.series_instance_uid, series.paths, settings, encoder, encoder_identity, mil, mil_identity
+                    series.series_instance_uid,
+                    series.paths,
+                    settings,
+                    encoder,
+                    encoder_identity,
+                    mil,
+                    mil_identity,
+                    device,
                 )
             except PipelineError as error:
                 problems.append(f"series {series.series_instance_uid}: {error}")
@@ -104,7 +114,7 @@ class Histology(Pipeline["HistologyJob"]):
                 continue
             patient = inputs.patient or PatientData("", "", None, None)
             with_slide = dataclasses.replace(patient, slide=slide_record(result))
-            response = predict_response(with_slide, None, None, pipelines.response)  # the shared block
+            response = predict_response(with_slide, None, None, pipelines.response, pipelines.compute.device)
             results.append(dataclasses.replace(result, response=response))
         return HistologyJob(tuple(results), tuple(problems))
 

@@ -157,11 +157,14 @@ def statements(result: SlideAnalysis, asked_mpp: float) -> list[str]:
         f"({result.tissue_level.microns_per_pixel:.2f} um/pixel), {100 * result.tissue_fraction:.1f} % of the slide.",
         f"Stain normalisation: {result.stain}.",
     ]
+    setting = "gpu_max_patches" if result.device.startswith("cuda") else "max_patches"
     if result.candidates > len(result.origins):
         lines.append(
             f"Subsampled: {len(result.origins)} of {result.candidates} tissue patches, evenly over the slide "
-            "(pipelines.histology.max_patches)."
+            f"(pipelines.histology.{setting}); encoded on {result.device}."
         )
+    else:
+        lines.append(f"Every tissue patch analysed ({result.candidates}); encoded on {result.device}.")
     return lines
 
 

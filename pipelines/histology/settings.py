@@ -24,6 +24,8 @@ class HistologySettings(Strict):
     # At most this many patches per slide, an even spatial subsample when there are more (CPU time: ~0.3 s per
     # patch for ResNet-50 on one core); the report says when a slide was subsampled.
     max_patches: int = Field(1000, ge=1)
+    # On a GPU (`pipelines.compute.device`) the encoder reads every tissue patch (None), or at most this many.
+    gpu_max_patches: int | None = Field(None, ge=1)
     # Macenko et al. 2009 (stain vectors estimated per slide, concentrations mapped to the reference H&E of the
     # paper's implementation), Reinhard et al. 2001 (LAB mean/std to a reference), or none.
     stain_normalisation: Literal["macenko", "reinhard", "none"] = "macenko"

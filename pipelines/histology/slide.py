@@ -117,9 +117,14 @@ def detect_tissue(slide: object, available: Sequence[Level], settings: Histology
     return TissueMap(level, mask, float(mask.mean()))
 
 
-def patch_grid(available: Sequence[Level], tissue: TissueMap, settings: HistologySettings) -> PatchGrid:
+def patch_grid(
+    available: Sequence[Level], tissue: TissueMap, settings: HistologySettings, max_patches: int | None = -1
+) -> PatchGrid:
     """Non-overlapping patches at the level nearest to the method's resolution, kept when at least
-    `min_tissue_fraction` of their area is tissue; an even subsample of `max_patches` when there are more."""
+    `min_tissue_fraction` of their area is tissue; an even subsample of `max_patches` when there are more
+    (`settings.max_patches` unless given; None: every tissue patch)."""
+    if max_patches == -1:
+        max_patches = settings.max_patches
     level = nearest_level(available, settings.microns_per_pixel)
     size = settings.patch_size
     scale_x = tissue.mask.shape[1] / level.columns
@@ -143,16 +148,18 @@ def patch_grid(available: Sequence[Level], tissue: TissueMap, settings: Histolog
         )
     candidates = len(origins)
     index = np.arange(candidates)
-    if candidates > settings.max_patches:
-        index = np.linspace(0, candidates - 1, settings.max_patches).round().astype(int)
+    if max_patches is not None and candidates > max_patches:
+        index = np.linspace(0, candidates - 1, max_patches).round().astype(int)
     return PatchGrid(level, size, np.asarray(origins)[index], np.asarray(fractions)[index], candidates)
 
 
-def tissue_patches(slide: object, settings: HistologySettings) -> tuple[TissueMap, PatchGrid]:
+def tissue_patches(
+    slide: object, settings: HistologySettings, max_patches: int | None = -1
+) -> tuple[TissueMap, PatchGrid]:
     """An opened slide's tissue map and the patch grid on it: what the pipeline and its training read."""
     available = levels(slide)
     tissue = detect_tissue(slide, available, settings)
-    return tissue, patch_grid(available, tissue, settings)
+    return tissue, patch_grid(available, tissue, settings, max_patches)
 
 
 def read_patches(slide: object, grid: PatchGrid, start: int, stop: int) -> np.ndarray:

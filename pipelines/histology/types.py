@@ -30,6 +30,8 @@ class SlideAnalysis:
     probability: float
     heatmap: np.ndarray = field(repr=False)  # float [rows, columns] of the tissue level, 0..1 (attention / max)
     response: ResponsePredictions | None = None
+    device: str = "CPU"  # what the encoder ran on, and why when a configured GPU was missing
+    patch_limit: int | None = None  # the subsample's size on that device (None: every tissue patch)
 
 
 @dataclass(frozen=True)

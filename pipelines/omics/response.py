@@ -16,6 +16,7 @@ import numpy as np
 
 from common.types import ClinicalVariables, PatientData
 from models.cards import ModelCard
+from models.device import select_device
 from models.errors import ModelError
 from models.expression_transformer import ExpressionTransformer, GenePanel, embed, panel_features, predict_proba
 from models.fusion import MODALITIES, FusionData, predict
@@ -129,7 +130,9 @@ def predict_response(
     lesion_embeddings: Sequence[Sequence[float]] | None,
     cytact_model: ModelIdentity | None,
     settings: ResponseModelSettings,
+    device: str = "auto",
 ) -> ResponsePredictions:
+    """The patient's response predictions; the expression transformer runs on `device` (`pipelines.compute`)."""
     lipi, dnlr, lipi_reason = _lipi(patient)
     changes, blood_reason = blood_changes(patient, settings)
     values: dict = {
@@ -144,7 +147,7 @@ def predict_response(
         values["expression_not_computed"] = "no expression model configured (pipelines.response.expression_weights)"
     else:
         try:
-            model, genes, card = load_expression(settings.expression_weights)
+            model, genes, card = load_expression(settings.expression_weights, select_device(device).torch_device)
             expression = (model, genes)
             values["expression_model"] = model_identity(card)
         except ModelError as error:

@@ -97,6 +97,7 @@ def analyse_pet_series(
     images: dict | None = None,
     ct_paths: Sequence[Path] = (),
     annotation_settings: AnnotationSettings | None = None,
+    device: str = "auto",
 ) -> PetQuantResult:
     """SUV volume, lesions and measurements. With reader annotations (SEG, RTSTRUCT, SR) in the PET's frame
     of reference, they define the lesions (semi-automatic mode: the threshold inside a reader's region, or
@@ -129,7 +130,7 @@ def analyse_pet_series(
         not_computed = "no lesion"
     else:
         try:
-            prediction = lesion_cytact(volume, lesions, params.cytact)
+            prediction = lesion_cytact(volume, lesions, params.cytact, device)
             lesions, cytact, not_computed, cytact_model = (
                 prediction.lesions,
                 prediction.summary,

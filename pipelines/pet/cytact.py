@@ -13,6 +13,7 @@ from collections import Counter
 import numpy as np
 
 from models.cytact import lesion_cube, predict_with_embeddings
+from models.device import select_device
 from models.serving import load_cytact
 from pipelines.pet.settings import CytActSettings
 from pipelines.pet.types import CytActPrediction, CytActSummary, Lesion, PetVolume
@@ -63,9 +64,13 @@ def _cutoffs_apply(model: ModelIdentity, settings: CytActSettings) -> str:
     )
 
 
-def lesion_cytact(volume: PetVolume, lesions: tuple[Lesion, ...], settings: CytActSettings) -> CytActPrediction:
-    """Every lesion's CytAct and the patient summary over the summary lesions. Raises models.errors.ModelError."""
-    model, card = load_cytact(settings.weights)
+def lesion_cytact(
+    volume: PetVolume, lesions: tuple[Lesion, ...], settings: CytActSettings, device: str = "auto"
+) -> CytActPrediction:
+    """Every lesion's CytAct and the patient summary over the summary lesions, the network on `device`
+    (`pipelines.compute.device`). Raises models.errors.ModelError."""
+    chosen_device = select_device(device)
+    model, card = load_cytact(settings.weights, chosen_device.torch_device)
     spacing_zyx = tuple(volume.geometry.spacing_mm[::-1])
     cubes = np.stack(
         [
@@ -108,12 +113,13 @@ def lesion_cytact(volume: PetVolume, lesions: tuple[Lesion, ...], settings: CytA
         groups_not_given=not_given,
     )
     logger.info(
-        "series %s: CytAct min %.3f over %d of %d lesion(s) (%s %s)",
+        "series %s: CytAct min %.3f over %d of %d lesion(s) (%s %s, on %s)",
         volume.series_instance_uid,
         summary.minimum,
         len(chosen),
         len(scored),
         card.name,
         card.version,
+        chosen_device.description,
     )
     return CytActPrediction(scored, identity, summary)

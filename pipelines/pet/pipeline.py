@@ -94,7 +94,8 @@ class PetQuant(Pipeline["PetJob"]):
                     annotations,
                     images,
                     ct.paths if ct and series.frame_of_reference_uid else (),
-                    pipelines.annotations,  # the shared block
+                    pipelines.annotations,  # the shared blocks
+                    pipelines.compute.device,
                 )
             except PipelineError as error:
                 problems.append(f"series {series.series_instance_uid}: {error}")
@@ -105,7 +106,8 @@ class PetQuant(Pipeline["PetJob"]):
                 inputs.patient,
                 embeddings,
                 result.cytact_model,
-                pipelines.response,  # the shared block
+                pipelines.response,  # the shared blocks
+                pipelines.compute.device,
             )
             results.append(dataclasses.replace(result, response=response))
         return PetJob(tuple(results), tuple(problems))

@@ -110,7 +110,7 @@ def test_failed_index_commit_removes_the_new_file(tmp_path: Path, database_url: 
     def broken_index(*args, **kwargs):
         raise RuntimeError("database went away")
 
-    monkeypatch.setattr(store, "_index_new", broken_index)
+    monkeypatch.setattr(store, "_insert_new", broken_index)
     with pytest.raises(RuntimeError):
         store.store(parse_received(data), data, "STORESCU")
     assert not any((tmp_path / "root" / "objects").rglob("*.dcm"))
