@@ -32,6 +32,21 @@ def parse_dicom_date(value: str | None) -> date | None:
         return None
 
 
+# Readers' annotation objects (DICOM SEG, RT Structure Set, structured reports): a study that receives only these
+# after its analysis is routed after the short `routing.annotation_stable_s` (reader in the loop).
+ANNOTATION_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+        "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+        "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    }
+)
+
+
 # --- pairing -------------------------------------------------------------------------------------------------
 
 

@@ -60,13 +60,47 @@ class SeriesSummary:
     instance_count: int
 
 
+class ArrivalKind(enum.Enum):
+    """What re-opened a study analysed before (the reason a new version of its results states)."""
+
+    FIRST = "FIRST"  # the study's first revision
+    IMAGES = "IMAGES"  # new images (the study grew after its analysis), with or without annotations
+    ANNOTATIONS = "ANNOTATIONS"  # only readers' annotation objects (SEG, RTSTRUCT, SR)
+    OWN_RESULTS = "OWN_RESULTS"  # only this node's own results, sent back by a PACS: nothing to re-run
+
+
+@dataclass(frozen=True)
+class ArrivedSeries:
+    """Instances of one series received since the study's previous completion."""
+
+    series_instance_uid: str
+    modality: str
+    instances: int
+    calling_ae_titles: tuple[str, ...]
+    first_received_at: datetime
+    annotation: bool  # every instance is an annotation object
+    own: bool  # every instance is one of this node's outputs
+
+
 @dataclass(frozen=True)
 class CompletedStudy:
-    """A study quiet for the stability time, at the revision routing saw, with its series."""
+    """A study quiet for the stability time, at the revision routing saw, with its series and, for a revision
+    after the first, what arrived since the previous completion."""
 
     study_instance_uid: str
     revision: int
     series: tuple[SeriesSummary, ...]
+    arrived: tuple[ArrivedSeries, ...] = ()
+
+    @property
+    def arrival(self) -> ArrivalKind:
+        if self.revision == 1 or not self.arrived:
+            return ArrivalKind.FIRST if self.revision == 1 else ArrivalKind.IMAGES
+        if all(a.own for a in self.arrived):
+            return ArrivalKind.OWN_RESULTS
+        if all(a.annotation or a.own for a in self.arrived):
+            return ArrivalKind.ANNOTATIONS
+        return ArrivalKind.IMAGES
 
 
 @dataclass(frozen=True)
@@ -93,12 +127,14 @@ class JobSpec:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job routing asks for: the rule, the pipeline (its registry name), the series, its first state."""
+    """A job routing asks for: the rule, the pipeline (its registry name), the series, its first state, and why
+    it runs (stated by the report of a new version)."""
 
     rule: str
     pipeline: str
     series_instance_uids: tuple[str, ...]
     state: JobState
+    reason: str = ""
 
 
 @dataclass(frozen=True)
