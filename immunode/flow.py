@@ -121,6 +121,7 @@ def pair_jobs(settings: Settings, database: Database, audit: qr.Audit | None = N
         decision = _decide_new(settings, database, job, finder)
         if decision is not None:
             _record(database, job, decision)
+            _reassess_later_studies(settings, database, job)
     for job in waiting:
         decision = _decide_waiting(settings, database, job)
         if decision is not None:
@@ -186,6 +187,52 @@ def _decide_new(
         finder=finder,
         follow_ups=course.recorded,
     )
+
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED)
+
+
+def _reassess_later_studies(settings: Settings, database: Database, job: WaitingJob) -> list[int]:
+    """A study placed in its patient's course may change the place of the patient's later studies analysed
+    before it arrived (baseline, T1 and T2 sent days apart in any order): each whose baseline is now another
+    is analysed again, as a new version of its report saying why."""
+    pipeline: Pipeline = settings.registry.get(job.pipeline)
+    requeued = []
+    with database.session() as session:
+        facts = studies.study_facts(session, job.study_instance_uid)
+        if facts is None or facts.study_date is None:
+            return []
+        later = [
+            c
+            for c in studies.candidate_studies(session, facts)
+            if (c.patient_id, c.issuer_of_patient_id) == (facts.patient_id, facts.issuer_of_patient_id)
+            and c.study_date is not None
+            and c.study_date > facts.study_date
+            and jobs.study_job_state(session, c.study_instance_uid, pipeline.name) in FINISHED
+        ]
+        for study in sorted(later, key=lambda c: (c.study_date, c.study_instance_uid)):
+            course = _course(session, study, pipeline)
+            place = place_in_course(
+                study,
+                course.candidates,
+                pipeline.pairing_settings(settings.pipelines),
+                course.therapy,
+                pipeline.modality,
+                course.recorded,
+            )
+            recorded = pairings.study_pairing(session, study.study_instance_uid, pipeline.name)
+            before = recorded.baseline_study_uid if recorded is not None else ""
+            if place.baseline is None or place.baseline.study_instance_uid == before:
+                continue
+            reason = (
+                f"re-paired: study {facts.study_instance_uid} of {facts.study_date} arrived after this study's "
+                f"analysis (baseline then: {before or 'none'}); now {place.reason}"
+            )
+            job_id = jobs.requeue_study(session, study.study_instance_uid, pipeline.name, reason)
+            if job_id is not None:
+                requeued.append(job_id)
+                logger.info("job %d: %s", job_id, reason)
+    return requeued
 
 
 def _decide_waiting(settings: Settings, database: Database, job: WaitingJob) -> PairingDecision | None:

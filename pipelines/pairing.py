@@ -197,6 +197,29 @@ def place_in_course(
     return _choice(followup, list(pool.values()), follow_ups, settings, therapy_start, modality)
 
 
+def baseline_of(
+    study: StudyFacts,
+    candidates: Sequence[StudyFacts],
+    settings: PairingSettings,
+    therapy_start: date | None = None,
+    modality: str = "CT",
+    recorded: Sequence[EarlierFollowUp] = (),
+) -> list[StudyFacts]:
+    """The patient's later studies whose place in the course makes `study` their baseline."""
+    everyone = [*candidates, study]
+    return [
+        later
+        for later in candidates
+        if later.study_date is not None
+        and study.study_date is not None
+        and later.study_date > study.study_date
+        and _same_patient(later, study)
+        and (place := place_in_course(later, everyone, settings, therapy_start, modality, recorded)).baseline
+        is not None
+        and place.baseline.study_instance_uid == study.study_instance_uid
+    ]
+
+
 def _choice(
     study: StudyFacts,
     candidates: Sequence[StudyFacts],
@@ -264,6 +287,11 @@ def decide_new(
     wait_until = now + timedelta(seconds=settings.baseline_wait_s)
     if choice.kind is PairingDecisionKind.BASELINE_ITSELF:
         return PairingDecision(PairingOutcome.BASELINE_ITSELF, choice.reason)
+    if choice.kind is PairingDecisionKind.NO_BASELINE:
+        followed = baseline_of(followup, candidates, settings, therapy_start, modality, follow_ups)
+        if followed:
+            named = ", ".join(f"{f.study_instance_uid} of {f.study_date}" for f in followed)
+            return PairingDecision(PairingOutcome.BASELINE_ITSELF, f"the baseline of follow-up(s) {named}")
     if choice.kind is PairingDecisionKind.PAIRED:
         baseline_uid = choice.baseline.study_instance_uid  # type: ignore[union-attr]
         state = analysis_state(baseline_uid)

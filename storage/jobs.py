@@ -167,6 +167,33 @@ def study_job_state(session: Session, study_uid: str, pipeline: str) -> JobState
     )
 
 
+def requeue_study(session: Session, study_uid: str, pipeline: str, reason: str) -> int | None:
+    """A new job of the pipeline for a study analysed before (same rule, series and revision), first through the
+    pairing stage, saying why; None when the study has no job of the pipeline."""
+    newest = session.scalar(
+        select(Job)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Job.pipeline == pipeline, Job.state != JobState.SUPERSEDED)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    if newest is None:
+        return None
+    job = Job(
+        study_fk=newest.study_fk,
+        pipeline=pipeline,
+        rule=newest.rule,
+        series_uids=newest.series_uids,
+        study_revision=newest.study_revision,
+        state=JobState.PAIRING,
+        reason=reason,
+    )
+    session.add(job)
+    session.flush()
+    record_event(session, "INFO", f"job {job.id} ({pipeline}) queued: {reason}"[:4000], study_uid)
+    return job.id
+
+
 def job_counts(session: Session) -> dict[JobState, int]:
     return {state: count for state, count in session.execute(select(Job.state, func.count(Job.id)).group_by(Job.state))}
 
