@@ -148,10 +148,22 @@ class SeriesFiles:
 
 @dataclass(frozen=True)
 class PreviousReport:
-    """The newest SR an earlier job of the same pipeline produced for a source series (to be superseded)."""
+    """The newest SR an earlier job of the same pipeline produced for a source series (to be superseded), and
+    that job's SEG of the series (its lesions, whose tracking UIDs persist in the new version)."""
 
     sop_instance_uid: str
     path: Path
+    segmentation_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResultVersion:
+    """Which version of a pipeline's results for a study a job writes and why (the reason its SR states), and
+    every Series Number the study holds already (never reused: each version is a new series)."""
+
+    number: int
+    reason: str = ""
+    series_numbers_used: frozenset[int] = frozenset()
 
 
 # --- imported genomic and clinical data ----------------------------------------------------------------------
@@ -279,6 +291,7 @@ class OutputFile:
     series_instance_uid: str
     source_series_uid: str = ""
     supersedes_sop_instance_uid: str = ""  # an earlier SR of the same source series (Predecessor Documents)
+    series_number: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from common.states import JobState
 from storage.events import record_event
@@ -57,12 +57,25 @@ def return_interrupted_jobs(session: Session, job_ids: list[int]) -> None:
 
 def claim_pending_jobs(session: Session, limit: int, run_id: int | None = None) -> list[JobSpec]:
     """Up to `limit` pending jobs, now RUNNING for `run_id`. Rows another node is claiming are skipped
-    (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite serialises writers), so no job is claimed twice."""
+    (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite serialises writers), so no job is claimed twice. The versions of
+    one study's results are written in order: a job waits while one of the same pipeline for the study runs
+    (its report supersedes the running one's)."""
+    running = aliased(Job)
+    busy = exists().where(
+        running.study_fk == Job.study_fk, running.pipeline == Job.pipeline, running.state == JobState.RUNNING
+    )
     jobs = session.scalars(
-        select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
+        select(Job)
+        .where(Job.state == JobState.PENDING, ~busy)
+        .order_by(Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
-    specs = []
+    specs, claimed = [], set()
     for job in jobs:
+        if (job.study_fk, job.pipeline) in claimed:
+            continue
+        claimed.add((job.study_fk, job.pipeline))
         job.state = JobState.RUNNING
         job.claimed_by = run_id
         job.attempts += 1

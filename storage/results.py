@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import date
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.states import JobState, OutputKind
@@ -26,6 +26,7 @@ from common.types import (
     PreviousReport,
     PriorAssessment,
     ResultRecords,
+    ResultVersion,
     parse_dicom_date,
 )
 from storage.files import FileLayout
@@ -49,15 +50,46 @@ from storage.types import LesionCytAct, PetCytActAnalysis, StoredAssessment
 
 
 def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
-    """Source series → the newest SR earlier jobs produced for it in this study (a rerun supersedes it)."""
+    """Source series → the newest SR earlier jobs of the same pipeline produced for it in this study (a rerun
+    supersedes it), with that job's SEG of the series."""
+    pipeline = session.scalar(select(Job.pipeline).where(Job.id == job_id))
     rows = session.execute(
-        select(Output.source_series_uid, Output.sop_instance_uid, Output.path)
+        select(Output.job_fk, Output.kind, Output.source_series_uid, Output.sop_instance_uid, Output.path)
         .join(Job, Job.id == Output.job_fk)
         .join(Study, Study.id == Job.study_fk)
-        .where(Study.study_instance_uid == study_uid, Output.kind == OutputKind.SR, Job.id != job_id)
+        .where(Study.study_instance_uid == study_uid, Job.id != job_id, Job.pipeline == pipeline)
         .order_by(Output.id)
     ).all()
-    return {series: PreviousReport(uid, layout.absolute(path)) for series, uid, path in rows}
+    segmentations = {(job, series): path for job, kind, series, _, path in rows if kind is OutputKind.SEG}
+    return {
+        series: PreviousReport(
+            uid,
+            layout.absolute(path),
+            layout.absolute(segmentations[(job, series)]) if (job, series) in segmentations else None,
+        )
+        for job, kind, series, uid, path in rows
+        if kind is OutputKind.SR
+    }
+
+
+def result_version(session: Session, study_uid: str, job_id: int) -> ResultVersion:
+    """The version a job writes: one more than the earlier jobs of its pipeline for the study that produced
+    results, its reason, and the Series Numbers the study already holds (received series and our outputs)."""
+    job = session.get(Job, job_id)
+    earlier = session.scalar(
+        select(func.count(func.distinct(Output.job_fk)))
+        .join(Job, Job.id == Output.job_fk)
+        .where(Job.study_fk == job.study_fk, Job.pipeline == job.pipeline, Job.id < job_id)
+    )
+    received = session.scalars(
+        select(Series.series_number).where(Series.study_fk == job.study_fk, Series.series_number.is_not(None))
+    ).all()
+    ours = session.scalars(
+        select(Output.series_number)
+        .join(Job, Job.id == Output.job_fk)
+        .where(Job.study_fk == job.study_fk, Output.series_number.is_not(None))
+    ).all()
+    return ResultVersion(int(earlier or 0) + 1, job.reason, frozenset(int(n) for n in (*received, *ours)))
 
 
 def record_job_result(
@@ -87,6 +119,7 @@ def _record_output(
         path=layout.relative(file.path),
         sha256=hashlib.sha256(file.path.read_bytes()).hexdigest(),
         supersedes_fk=supersedes,
+        series_number=file.series_number,
     )
     session.add(output)
     session.flush()

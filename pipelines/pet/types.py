@@ -70,6 +70,7 @@ class Lesion(SegmentedLesion):
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
     embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
     location: str = ""  # coarse anatomical location from the CT, when derivable
+    candidate_score: float | None = None
 
 
 @dataclass(frozen=True)
