@@ -104,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from storage import audit, deliveries, events, integrity, jobs, runs, studies
+    from storage import audit, deliveries, events, integrity, jobs, results, runs, studies
     from storage.schema import AuditOutcome, DeliveryState
 
     settings = _settings(args)
@@ -127,6 +127,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 if job.state is JobState.WAITING_BASELINE and job.waiting_until:
                     line += f" (waiting for baseline until {job.waiting_until:%Y-%m-%d %H:%M:%S}Z)"
             print(line)
+        print("Result versions (each supersedes the one before)")
+        for chain in results.result_versions(session, args.limit):
+            print(f"  study {chain.study_instance_uid}")
+            for v in chain.versions:
+                print(f"    {v.pipeline} v{v.number} job {v.job_id} {v.written_at:%Y-%m-%d %H:%M:%S}Z {v.line()}")
         print("Deliveries")
         counts = deliveries.delivery_counts(session)
         print("  " + ", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState))

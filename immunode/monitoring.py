@@ -37,7 +37,7 @@ from sqlalchemy import text
 from common.states import JobState
 from dicom_node.types import StoreObservation
 from immunode.config import MonitoringSettings
-from storage import audit, deliveries, events, jobs, studies
+from storage import audit, deliveries, events, jobs, results, studies
 from storage.database import Database
 from storage.schema import DeliveryState
 
@@ -292,6 +292,12 @@ def status_page(database: Database, refresh_s: int, limit: int = 50) -> str:
         counts = deliveries.delivery_counts(session)
         problems = events.recent_events(session, limit)
         trail = audit.audit_records(session, limit=limit)
+        chains = results.result_versions(session, limit)
+    version_rows = [
+        [f"<code>{e(c.study_instance_uid)}</code>", e(v.pipeline), f"v{v.number}", str(v.job_id), e(v.line())]
+        for c in chains
+        for v in c.versions
+    ]
     jobs_of: dict[str, list] = {}
     for job in job_list:
         jobs_of.setdefault(job.study_instance_uid, []).append(job)
@@ -345,6 +351,8 @@ def status_page(database: Database, refresh_s: int, limit: int = 50) -> str:
 Deliveries: {", ".join(f"{s.value} {counts.get(s, 0)}" for s in DeliveryState)}; dead letters: {dead}.</p>
 <h2>Studies, their jobs and results</h2>
 {_table(["study", "state", "last instance", "jobs"], study_rows, "no studies received")}
+<h2>Result versions (each supersedes the one before)</h2>
+{_table(["study", "pipeline", "version", "job", "series, SR and reason"], version_rows, "no results written")}
 <h2>Failures</h2>
 {_table(["job", "pipeline", "study", "reason"], failure_rows, "no failed jobs")}
 <h2>Deliveries not sent, dead letters</h2>

@@ -14,7 +14,7 @@ from dataclasses import fields
 from datetime import date
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from common.states import JobState, OutputKind
 from common.types import (
@@ -46,7 +46,13 @@ from storage.schema import (
     SlideResult,
     Study,
 )
-from storage.types import LesionCytAct, PetCytActAnalysis, StoredAssessment
+from storage.types import (
+    LesionCytAct,
+    PetCytActAnalysis,
+    ResultVersionRecord,
+    StoredAssessment,
+    StudyVersions,
+)
 
 
 def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
@@ -90,6 +96,59 @@ def result_version(session: Session, study_uid: str, job_id: int) -> ResultVersi
         .where(Job.study_fk == job.study_fk, Output.series_number.is_not(None))
     ).all()
     return ResultVersion(int(earlier or 0) + 1, job.reason, frozenset(int(n) for n in (*received, *ours)))
+
+
+def result_versions(session: Session, limit: int) -> list[StudyVersions]:
+    """The chain of result versions of the `limit` studies with results most recently written, newest study
+    first; each version is one job's outputs, numbered per study and pipeline in the order they were written."""
+    recent = (
+        select(Job.study_fk, func.max(Output.id).label("newest"))
+        .join(Output, Output.job_fk == Job.id)
+        .group_by(Job.study_fk)
+        .order_by(func.max(Output.id).desc())
+        .limit(limit)
+        .subquery()
+    )
+    superseded = aliased(Output)
+    rows = session.execute(
+        select(
+            Study.study_instance_uid,
+            Job.pipeline,
+            Job.id,
+            Job.reason,
+            Output.created_at,
+            Output.kind,
+            Output.series_number,
+            Output.sop_instance_uid,
+            superseded.sop_instance_uid,
+            recent.c.newest,
+        )
+        .join(Job, Job.id == Output.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .join(recent, recent.c.study_fk == Study.id)
+        .outerjoin(superseded, superseded.id == Output.supersedes_fk)
+        .order_by(recent.c.newest.desc(), Job.id, Output.id)
+    ).all()
+    chains: dict[str, dict[int, list]] = {}
+    for study_uid, pipeline, job_id, reason, at, kind, number, sop_uid, supersedes, _ in rows:
+        job = chains.setdefault(study_uid, {}).setdefault(job_id, [pipeline, reason, at, [], "", ""])
+        if number is not None:
+            job[3].append(number)
+        if kind is OutputKind.SR:
+            job[4], job[5] = sop_uid, supersedes or ""
+    found = []
+    for study_uid, by_job in chains.items():
+        counted: dict[str, int] = {}
+        versions = []
+        for job_id, (pipeline, reason, at, numbers, sr_uid, supersedes) in by_job.items():
+            counted[pipeline] = counted.get(pipeline, 0) + 1
+            versions.append(
+                ResultVersionRecord(
+                    pipeline, counted[pipeline], job_id, reason, at, tuple(numbers), sr_uid, supersedes
+                )
+            )
+        found.append(StudyVersions(study_uid, tuple(versions)))
+    return found
 
 
 def record_job_result(

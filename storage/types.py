@@ -249,3 +249,32 @@ class PatientSeries:
     study_instance_uid: str
     study_date: str
     series: SeriesFiles
+
+
+@dataclass(frozen=True)
+class ResultVersionRecord:
+    """One version of a pipeline's results for a study: the job that wrote it, why, its series and its SR (and
+    the SR it supersedes), for `immunode status` and the status page."""
+
+    pipeline: str
+    number: int
+    job_id: int
+    reason: str
+    written_at: datetime
+    series_numbers: tuple[int, ...]
+    sr_sop_instance_uid: str
+    supersedes_sop_instance_uid: str
+
+    def line(self) -> str:
+        numbers = ", ".join(str(n) for n in self.series_numbers) or "-"
+        supersedes = f" (supersedes {self.supersedes_sop_instance_uid})" if self.supersedes_sop_instance_uid else ""
+        reason = self.reason or "reason not recorded"
+        return f"series {numbers}; SR {self.sr_sop_instance_uid or '-'}{supersedes}: {reason}"
+
+
+@dataclass(frozen=True)
+class StudyVersions:
+    """The chain of result versions of one study, oldest first."""
+
+    study_instance_uid: str
+    versions: tuple[ResultVersionRecord, ...]

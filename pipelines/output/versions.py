@@ -26,6 +26,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from common.types import ResultVersion
 from pipelines.types import SegmentedLesion
 
 logger = logging.getLogger(__name__)
@@ -234,3 +235,28 @@ def version_statements(
         if withdrawn:
             lines.append("Not in this version (withdrawn): " + ", ".join(withdrawn) + ".")
     return lines
+
+
+def report_version(
+    version: ResultVersion,
+    previous_sop_instance_uid: str,
+    numbers: SeriesNumbers,
+    seg_series_number: int | None,
+    sr_series_number: int,
+    readers: Sequence[ReaderObserver] = (),
+    matches: Sequence[LesionMatch] = (),
+    prior: Sequence[SegmentedLesion] = (),
+    labels: dict[int, str] | None = None,
+) -> ReportVersion:
+    """A report's version: its statements, the reader who confirmed its lesions (the first one named), and its
+    Series Numbers taken from `numbers` (the pipeline's own ones, moved past those the study holds; no SEG
+    number when there is no SEG)."""
+    statements = version_statements(
+        version.number, version.reason, previous_sop_instance_uid, matches, prior, labels, readers
+    )
+    return ReportVersion(
+        tuple(statements),
+        next((reader.name for reader in readers if reader.name), ""),
+        numbers.take(seg_series_number) if seg_series_number is not None else None,
+        numbers.take(sr_series_number),
+    )

@@ -22,14 +22,6 @@ from pipelines.omics.types import ResponsePredictions
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
 from pipelines.output.sources import conform_sources
-from pipelines.output.versions import (
-    ReaderObserver,
-    ReportVersion,
-    SeriesNumbers,
-    match_by_overlap,
-    prior_lesions,
-    version_statements,
-)
 from pipelines.output.sr import (
     NOT_A_PREDICTION,
     UNIT_ML,
@@ -43,6 +35,14 @@ from pipelines.output.sr import (
     source_statements,
     sr_algorithm,
     ucum,
+)
+from pipelines.output.versions import (
+    ReaderObserver,
+    ReportVersion,
+    SeriesNumbers,
+    match_by_overlap,
+    prior_lesions,
+    report_version,
 )
 from pipelines.pet.types import CytActSummary, Lesion, PetQuantResult
 from pipelines.types import AlgorithmIdentity, ModelIdentity
@@ -466,19 +466,14 @@ def versioned(
         dataclasses.replace(lesion, tracking_uid=carried.get(lesion.number, lesion.tracking_uid))
         for lesion in result.lesions
     )
-    confirmed_by = tuple(readers) if result.reader_seeds else ()
-    statements = version_statements(
-        version.number,
-        version.reason,
+    return dataclasses.replace(result, lesions=lesions), report_version(
+        version,
         previous.sop_instance_uid if previous is not None else "",
+        numbers,
+        SEG_SERIES_NUMBER if lesions else None,
+        SR_SERIES_NUMBER,
+        tuple(readers) if result.reader_seeds else (),
         matches,
         prior,
         {lesion.number: lesion.tracking_identifier for lesion in lesions},
-        confirmed_by,
-    )
-    return dataclasses.replace(result, lesions=lesions), ReportVersion(
-        tuple(statements),
-        next((reader.name for reader in confirmed_by if reader.name), ""),
-        numbers.take(SEG_SERIES_NUMBER) if lesions else None,
-        numbers.take(SR_SERIES_NUMBER),
     )
