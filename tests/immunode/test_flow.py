@@ -3,13 +3,14 @@ decisions recorded with their reasons, jobs moved on."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -92,10 +93,11 @@ COURSE = {"T0": "20260105", "T1": "20260316", "T2": "20260615"}  # baseline, res
 
 def _arrive(store: InstanceStore, patient: str, name: str) -> str:
     """One CT instance of the patient's study `name` received (its content is never analysed here)."""
-    uid = generate_uid(entropy_srcs=[patient, name])
+    digest = int(hashlib.sha256(f"{patient}/{name}".encode()).hexdigest(), 16) % 10**20
+    uid = f"1.2.826.0.1.3680043.10.{digest}"
     header = InstanceHeader(
         sop_class_uid=str(CTImageStorage),
-        sop_instance_uid=f"{uid[:60]}.1.1",
+        sop_instance_uid=f"{uid}.1.1",
         study_instance_uid=uid,
         series_instance_uid=f"{uid}.1",
         transfer_syntax_uid=str(ExplicitVRLittleEndian),
