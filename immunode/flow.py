@@ -33,7 +33,14 @@ from dicom_node.settings import QueryRetrieveSettings
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import BaselineNotRetrieved
-from pipelines.pairing import PairingDecision, assessments_coming, decide_new, decide_waiting, place_in_course
+from pipelines.pairing import (
+    PairingChoice,
+    PairingDecision,
+    assessments_coming,
+    decide_new,
+    decide_waiting,
+    place_in_course,
+)
 from pipelines.registry import Pipeline
 from storage import jobs, pairings, patients, studies
 from storage.database import Database
@@ -151,6 +158,17 @@ class _Course:
     therapy: date | None
     recorded: list[EarlierFollowUp]  # follow-ups already paired with (or awaiting) a baseline
 
+    def place(self, settings: Settings, pipeline: Pipeline) -> PairingChoice:
+        """The study's place in its patient's course (its baseline, by study date)."""
+        return place_in_course(
+            self.facts,
+            self.candidates,
+            pipeline.pairing_settings(settings.pipelines),
+            self.therapy,
+            pipeline.modality,
+            self.recorded,
+        )
+
 
 def _course(session: Session, facts: StudyFacts, pipeline: Pipeline) -> _Course:
     candidates = studies.candidate_studies(session, facts)
@@ -211,15 +229,7 @@ def _reassess_later_studies(settings: Settings, database: Database, job: Waiting
             and jobs.study_job_state(session, c.study_instance_uid, pipeline.name) in FINISHED
         ]
         for study in sorted(later, key=lambda c: (c.study_date, c.study_instance_uid)):
-            course = _course(session, study, pipeline)
-            place = place_in_course(
-                study,
-                course.candidates,
-                pipeline.pairing_settings(settings.pipelines),
-                course.therapy,
-                pipeline.modality,
-                course.recorded,
-            )
+            place = _course(session, study, pipeline).place(settings, pipeline)
             recorded = pairings.study_pairing(session, study.study_instance_uid, pipeline.name)
             before = recorded.baseline_study_uid if recorded is not None else ""
             if place.baseline is None or place.baseline.study_instance_uid == before:
@@ -246,14 +256,7 @@ def _decide_waiting(settings: Settings, database: Database, job: WaitingJob) -> 
         followup = studies.study_facts(session, job.study_instance_uid)
         baseline = studies.study_facts(session, baseline_uid) if baseline_uid else None
         course = _course(session, followup, pipeline)
-    place = place_in_course(
-        followup,
-        course.candidates,
-        pipeline.pairing_settings(settings.pipelines),
-        course.therapy,
-        pipeline.modality,
-        course.recorded,
-    )
+    place = course.place(settings, pipeline)
     coming = assessments_coming(followup, baseline_uid, course.candidates, course.states.get, pipeline.modality)
     why = place.reason if place.baseline is not None and place.baseline.study_instance_uid == baseline_uid else ""
     return decide_waiting(followup, baseline_uid, baseline, state, job.waiting_until, utcnow(), coming, why)
