@@ -73,6 +73,10 @@ class ReaderObserver:
 
     name: str  # Person Name as the annotation object gives it ("" when it names nobody)
     source: str  # which object, in words (kind, SOP Instance UID, its label)
+    frames: tuple[str, ...] = ()  # the frames of reference it annotates (empty: not stated, e.g. an SR)
+
+    def annotates(self, frame_of_reference_uid: str) -> bool:
+        return not self.frames or frame_of_reference_uid in self.frames
 
 
 def _first(value: object) -> str:
@@ -112,7 +116,10 @@ def reader_observers(paths: Iterable[Path]) -> tuple[ReaderObserver, ...]:
         )
         label = str(ds.get("ContentLabel", "") or ds.get("StructureSetLabel", "") or ds.get("SeriesDescription", ""))
         source = f"{modality} {ds.get('SOPInstanceUID', '')}" + (f" ({label})" if label else "")
-        found.append(ReaderObserver(name.strip(), source))
+        frames = [str(ds.get("FrameOfReferenceUID", ""))] + [
+            str(item.get("FrameOfReferenceUID", "")) for item in ds.get("ReferencedFrameOfReferenceSequence", [])
+        ]
+        found.append(ReaderObserver(name.strip(), source, tuple(frame for frame in frames if frame)))
     return tuple(found)
 
 

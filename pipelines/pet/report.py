@@ -472,7 +472,7 @@ def versioned(
         numbers,
         SEG_SERIES_NUMBER if lesions else None,
         SR_SERIES_NUMBER,
-        tuple(readers) if result.reader_seeds else (),
+        tuple(r for r in readers if r.annotates(result.volume.frame_of_reference_uid)) if result.reader_seeds else (),
         matches,
         prior,
         {lesion.number: lesion.tracking_identifier for lesion in lesions},
