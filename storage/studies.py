@@ -67,7 +67,7 @@ def _arrived(session: Session, study: Study) -> tuple[ArrivedSeries, ...]:
 def _quiet_after(arrival: ArrivalKind, stable_for: timedelta, annotations_for: timedelta | None) -> timedelta:
     """How long a study must be quiet: annotations (or our own results) after an analysis go fast."""
     if annotations_for is not None and arrival in (ArrivalKind.ANNOTATIONS, ArrivalKind.OWN_RESULTS):
-        return annotations_for
+        return min(annotations_for, stable_for)
     return stable_for
 
 
