@@ -32,6 +32,21 @@ def parse_dicom_date(value: str | None) -> date | None:
         return None
 
 
+# Readers' annotation objects (DICOM SEG, RT Structure Set, structured reports): a study that receives only these
+# after its analysis is routed after the short `routing.annotation_stable_s` (reader in the loop).
+ANNOTATION_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
+        "1.2.840.10008.5.1.4.1.1.481.3",  # RT Structure Set
+        "1.2.840.10008.5.1.4.1.1.88.11",  # Basic Text SR
+        "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
+        "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
+        "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
+        "1.2.840.10008.5.1.4.1.1.88.35",  # Extensible SR
+    }
+)
+
+
 # --- pairing -------------------------------------------------------------------------------------------------
 
 
@@ -133,10 +148,22 @@ class SeriesFiles:
 
 @dataclass(frozen=True)
 class PreviousReport:
-    """The newest SR an earlier job of the same pipeline produced for a source series (to be superseded)."""
+    """The newest SR an earlier job of the same pipeline produced for a source series (to be superseded), and
+    that job's SEG of the series (its lesions, whose tracking UIDs persist in the new version)."""
 
     sop_instance_uid: str
     path: Path
+    segmentation_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResultVersion:
+    """Which version of a pipeline's results for a study a job writes and why (the reason its SR states), and
+    every Series Number the study holds already (never reused: each version is a new series)."""
+
+    number: int
+    reason: str = ""
+    series_numbers_used: frozenset[int] = frozenset()
 
 
 # --- imported genomic and clinical data ----------------------------------------------------------------------
@@ -264,6 +291,7 @@ class OutputFile:
     series_instance_uid: str
     source_series_uid: str = ""
     supersedes_sop_instance_uid: str = ""  # an earlier SR of the same source series (Predecessor Documents)
+    series_number: int | None = None
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,9 @@ class RoutingRule(Strict):
 
 class RoutingSettings(Strict):
     study_stable_s: float = Field(120.0, ge=0)
+    # A study analysed before that then receives only readers' annotations (SEG, RTSTRUCT, SR) is complete after
+    # this much quiet: the reader's version of the results goes out within seconds (reader in the loop).
+    annotation_stable_s: float = Field(5.0, ge=0)
     poll_interval_s: float = Field(5.0, gt=0)
     rules: list[RoutingRule] = Field(
         default_factory=lambda: [

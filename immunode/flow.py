@@ -24,22 +24,31 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from sqlalchemy.orm import Session
+
 from common.states import JobState
-from common.types import StudyFacts
+from common.types import EarlierFollowUp, StudyFacts
 from dicom_node import dicomweb, qr
 from dicom_node.errors import RetrieveError
 from dicom_node.settings import DicomWebQueryRetrieveSettings, QueryRetrieveSettings
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import BaselineNotRetrieved
-from pipelines.pairing import PairingDecision, decide_new, decide_waiting
+from pipelines.pairing import (
+    PairingChoice,
+    PairingDecision,
+    assessments_coming,
+    decide_new,
+    decide_waiting,
+    place_in_course,
+)
 from pipelines.registry import Pipeline
 from storage import jobs, pairings, patients, studies
 from storage.database import Database
 from storage.files import FileLayout
 from storage.schema import utcnow
 from storage.store import InstanceStore
-from storage.types import WaitingJob
+from storage.types import ArrivalKind, WaitingJob
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +56,28 @@ logger = logging.getLogger(__name__)
 def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
     """Route stage: complete every study quiet for the stability time and queue its jobs."""
     with database.session() as session:
-        quiet = studies.quiet_studies(session, timedelta(seconds=settings.routing.study_stable_s))
+        quiet = studies.quiet_studies(session, *quiet_times(settings))
     job_ids: list[int] = []
     for study in quiet:
         decisions = route(study, settings.routing.rules, settings.registry)
+        own = study.arrival is ArrivalKind.OWN_RESULTS
+        note = "only this node's own results came back: nothing re-run" if own else ""
         with database.session() as session:
-            job_ids += studies.complete_study(session, study, [d.job() for d in decisions])
+            job_ids += studies.complete_study(session, study, [d.job() for d in decisions], note)
         logger.info(
-            "study %s revision %d complete: %d job(s)", study.study_instance_uid, study.revision, len(decisions)
+            "study %s revision %d complete (%s): %d job(s)",
+            study.study_instance_uid,
+            study.revision,
+            study.arrival.value,
+            len(decisions),
         )
     return job_ids
+
+
+def quiet_times(settings: Settings) -> tuple[timedelta, timedelta]:
+    """How long a study must be quiet before it is routed: after images, and after only readers' annotations."""
+    routing = settings.routing
+    return timedelta(seconds=routing.study_stable_s), timedelta(seconds=routing.annotation_stable_s)
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,10 @@ def pair_jobs(
         waiting = jobs.lease_jobs_in_state(session, JobState.WAITING_BASELINE, run_id, PAIRING_LEASE)
     finder = baseline_finder(settings, database, audit, store, on_stored) if new else None
     for job in new:
-        _record(database, job, _decide_new(settings, database, job, finder))
+        decision = _decide_new(settings, database, job, finder)
+        if decision is not None:
+            _record(database, job, decision)
+            _reassess_later_studies(settings, database, job)
     for job in waiting:
         decision = _decide_waiting(settings, database, job)
         if decision is not None:
@@ -189,34 +213,106 @@ def _record(database: Database, job: WaitingJob, decision: PairingDecision) -> N
         )
 
 
-def _decide_new(
-    settings: Settings, database: Database, job: WaitingJob, finder: QueryRetrievePeer | DicomWebPriorSource | None
-) -> PairingDecision:
-    pipeline: Pipeline = settings.registry.get(job.pipeline)
-    with database.session() as session:
-        facts = studies.study_facts(session, job.study_instance_uid)
-        candidates = studies.candidate_studies(session, facts)
-        therapy = patients.therapy_start(session, facts)
-        awaited = pairings.awaited_baseline(session, job.study_instance_uid, pipeline.name)
-        follow_ups = pairings.earlier_follow_ups(session, facts, pipeline.name)
-        states = {
-            c.study_instance_uid: jobs.study_job_state(session, c.study_instance_uid, pipeline.name) for c in candidates
-        }
-    return decide_new(
+@dataclass(frozen=True)
+class _Course:
+    """What the store holds about a study's patient, as the pairing decisions read it."""
+
+    facts: StudyFacts
+    candidates: list[StudyFacts]
+    states: dict[str, JobState | None]  # the newest job of the pipeline of each candidate
+    therapy: date | None
+    recorded: list[EarlierFollowUp]  # follow-ups already paired with (or awaiting) a baseline
+
+    def place(self, settings: Settings, pipeline: Pipeline) -> PairingChoice:
+        """The study's place in its patient's course (its baseline, by study date)."""
+        return place_in_course(
+            self.facts,
+            self.candidates,
+            pipeline.pairing_settings(settings.pipelines),
+            self.therapy,
+            pipeline.modality,
+            self.recorded,
+        )
+
+
+def _course(session: Session, facts: StudyFacts, pipeline: Pipeline) -> _Course:
+    candidates = studies.candidate_studies(session, facts)
+    return _Course(
         facts,
         candidates,
-        pipeline.pairing_settings(settings.pipelines),
-        modality=pipeline.modality,
-        now=utcnow(),
-        therapy_start=therapy,
-        awaited=awaited,
-        analysis_state=states.get,
-        finder=finder,
-        follow_ups=follow_ups,
+        {c.study_instance_uid: jobs.study_job_state(session, c.study_instance_uid, pipeline.name) for c in candidates},
+        patients.therapy_start(session, facts),
+        pairings.earlier_follow_ups(session, facts, pipeline.name),
     )
 
 
+def _decide_new(
+    settings: Settings, database: Database, job: WaitingJob, finder: QueryRetrievePeer | DicomWebPriorSource | None
+) -> PairingDecision | None:
+    """The new job's decision; None while a study of the patient dated before it is still arriving (its place in
+    the patient's course is decided by study date once every earlier study is whole, whatever the arrival order)."""
+    pipeline: Pipeline = settings.registry.get(job.pipeline)
+    with database.session() as session:
+        facts = studies.study_facts(session, job.study_instance_uid)
+        if studies.arriving_before(session, facts):
+            return None
+        course = _course(session, facts, pipeline)
+        awaited = pairings.awaited_baseline(session, job.study_instance_uid, pipeline.name)
+    return decide_new(
+        facts,
+        course.candidates,
+        pipeline.pairing_settings(settings.pipelines),
+        modality=pipeline.modality,
+        now=utcnow(),
+        therapy_start=course.therapy,
+        awaited=awaited,
+        analysis_state=course.states.get,
+        finder=finder,
+        follow_ups=course.recorded,
+    )
+
+
+FINISHED = (JobState.SUCCEEDED, JobState.FAILED)
+
+
+def _reassess_later_studies(settings: Settings, database: Database, job: WaitingJob) -> list[int]:
+    """A study placed in its patient's course may change the place of the patient's later studies analysed
+    before it arrived (baseline, T1 and T2 sent days apart in any order): each whose baseline is now another
+    is analysed again, as a new version of its report saying why."""
+    pipeline: Pipeline = settings.registry.get(job.pipeline)
+    requeued = []
+    with database.session() as session:
+        facts = studies.study_facts(session, job.study_instance_uid)
+        if facts is None or facts.study_date is None:
+            return []
+        later = [
+            c
+            for c in studies.candidate_studies(session, facts)
+            if (c.patient_id, c.issuer_of_patient_id) == (facts.patient_id, facts.issuer_of_patient_id)
+            and c.study_date is not None
+            and c.study_date > facts.study_date
+            and jobs.study_job_state(session, c.study_instance_uid, pipeline.name) in FINISHED
+        ]
+        for study in sorted(later, key=lambda c: (c.study_date, c.study_instance_uid)):
+            place = _course(session, study, pipeline).place(settings, pipeline)
+            recorded = pairings.study_pairing(session, study.study_instance_uid, pipeline.name)
+            before = recorded.baseline_study_uid if recorded is not None else ""
+            if place.baseline is None or place.baseline.study_instance_uid == before:
+                continue
+            reason = (
+                f"re-paired: study {facts.study_instance_uid} of {facts.study_date} arrived after this study's "
+                f"analysis (baseline then: {before or 'none'}); now {place.reason}"
+            )
+            job_id = jobs.requeue_study(session, study.study_instance_uid, pipeline.name, reason)
+            if job_id is not None:
+                requeued.append(job_id)
+                logger.info("job %d: %s", job_id, reason)
+    return requeued
+
+
 def _decide_waiting(settings: Settings, database: Database, job: WaitingJob) -> PairingDecision | None:
+    """Released once the baseline and the earlier assessments of it are analysed (or the wait is over); the
+    reason restates the follow-up's place in the course."""
     pipeline: Pipeline = settings.registry.get(job.pipeline)
     with database.session() as session:
         pairing = pairings.latest_pairing(session, job.job_id)
@@ -224,4 +320,8 @@ def _decide_waiting(settings: Settings, database: Database, job: WaitingJob) -> 
         state = jobs.study_job_state(session, baseline_uid, pipeline.name) if baseline_uid else None
         followup = studies.study_facts(session, job.study_instance_uid)
         baseline = studies.study_facts(session, baseline_uid) if baseline_uid else None
-    return decide_waiting(followup, baseline_uid, baseline, state, job.waiting_until, utcnow())
+        course = _course(session, followup, pipeline)
+    place = course.place(settings, pipeline)
+    coming = assessments_coming(followup, baseline_uid, course.candidates, course.states.get, pipeline.modality)
+    why = place.reason if place.baseline is not None and place.baseline.study_instance_uid == baseline_uid else ""
+    return decide_waiting(followup, baseline_uid, baseline, state, job.waiting_until, utcnow(), coming, why)

@@ -76,6 +76,7 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
             patient=patients.study_patient_data(session, study_uid),
             pairing=pairing,
             job_id=job_id,
+            version=results.result_version(session, study_uid, job_id),
         )
 
 

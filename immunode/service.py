@@ -125,8 +125,10 @@ class Node:
             job.modify(next_run_time=when)
 
     def _stored(self, study_instance_uid: str) -> None:
-        """An instance was stored: its study can be quiet `study_stable_s` from now."""
-        due = datetime.now(timezone.utc) + timedelta(seconds=self.settings.routing.study_stable_s + 0.05)
+        """An instance was stored: its study can be quiet `study_stable_s` from now (`annotation_stable_s` when
+        it is an annotation on an analysed study; the route stage tells which)."""
+        quiet = min(flow.quiet_times(self.settings))
+        due = datetime.now(timezone.utc) + quiet + timedelta(seconds=0.05)
         with self._route_lock:
             if self._route_due is not None and self._route_due <= due:
                 return
@@ -232,9 +234,8 @@ class Node:
         if flow.route_quiet_studies(self.settings, self.database):
             self._kick("pair")
             self._kick("run")
-        stable = timedelta(seconds=self.settings.routing.study_stable_s)
         with self.database.session() as session:
-            due = studies.next_quiet_due(session, stable)
+            due = studies.next_quiet_due(session, *flow.quiet_times(self.settings))
         if due is not None:
             at = due.replace(tzinfo=timezone.utc) + timedelta(seconds=0.05)
             with self._route_lock:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from common.states import JobState
 from immunode.config import Settings
-from storage import audit, deliveries, events, integrity, jobs, overview, runs
+from storage import audit, deliveries, events, integrity, jobs, overview, results, runs
 from storage.audit import AuditEntry
 from storage.database import Database
 from storage.errors import StorageError
@@ -26,7 +26,7 @@ from storage.integrity import ConflictView, QuarantineView
 from storage.overview import DeliveryCell, IndexFacts, JobCell, StudyPage, StudyQuery, StudyRow
 from storage.runs import RunSummary
 from storage.schema import AuditOutcome, DeliveryState, utcnow
-from storage.types import DeliveryStatus, EventRecord, JobStatus
+from storage.types import DeliveryStatus, EventRecord, JobStatus, StudyVersions
 
 MB = 1024 * 1024
 FAILING_RECENTLY = timedelta(hours=24)
@@ -67,6 +67,7 @@ class StatusSnapshot:
     refused: tuple[AuditEntry, ...] = ()  # recent rejected or failed associations
     audit: tuple[AuditEntry, ...] = ()
     problems: tuple[EventRecord, ...] = ()
+    versions: tuple[StudyVersions, ...] = ()  # the chains of result versions of the studies with newest results
 
     @property
     def failures(self) -> tuple[JobStatus, ...]:
@@ -98,6 +99,7 @@ def take_snapshot(
                 )[:limit],
                 audit=tuple(audit.audit_records(session, limit=limit)),
                 problems=tuple(events.recent_events(session, limit)),
+                versions=tuple(results.result_versions(session, limit)),
             )
     except StorageError as error:
         problem = f"index unreachable: {error}"

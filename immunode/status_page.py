@@ -217,6 +217,11 @@ def render(snapshot: StatusSnapshot, refresh_s: int, problems: tuple[str, ...] =
         [e(_at(p.at)), e(p.level), f"<code>{e(p.study_instance_uid)}</code>", e(p.message)] for p in snapshot.problems
     ]
     audit_rows = [[e(_at(a.at)), e(a.line().removeprefix("audit "))] for a in snapshot.audit]
+    version_rows = [
+        [f"<code>{e(c.study_instance_uid)}</code>", e(v.pipeline), f"v{v.number}", str(v.job_id), e(v.line())]
+        for c in snapshot.versions
+        for v in c.versions
+    ]
     counts = ", ".join(f"{s.value} {n}" for s, n in sorted(snapshot.delivery_counts.items(), key=lambda i: i[0].value))
     spooled = f" {snapshot.spooled} record(s) spooled, written when the index answers." if snapshot.spooled else ""
     return f"""<!doctype html>
@@ -230,6 +235,8 @@ def render(snapshot: StatusSnapshot, refresh_s: int, problems: tuple[str, ...] =
 Deliveries: {e(counts or "none")}.{e(spooled)}</p>
 <h2>Studies, their jobs, results and deliveries</h2>
 {_studies(snapshot, query, problems, snapshot.patient_names)}
+<h2>Result versions (each supersedes the one before)</h2>
+{_table(["study", "pipeline", "version", "job", "series, SR, why"], version_rows, "no results yet")}
 <h2>Failures</h2>
 {_table(["job", "pipeline", "study", "reason"], failure_rows, "no failed jobs")}
 <h2>Deliveries not sent, dead letters</h2>

@@ -10,12 +10,17 @@ the method follows the patient up to progression), and a follow-up is never itse
 With an imported therapy start and `use_therapy_start`: the baseline must be on or before the therapy start
 and the follow-up after it (a study on or before the start is itself a baseline). Of several eligible
 studies the latest is chosen (nearest to therapy start, as a pre-treatment baseline should be).
+
+The patient's course is decided by study date, never by arrival: `place_in_course` walks the patient's studies
+in date order, so that baseline, T1 and T2 sent in any order (one association, or days apart) get the same
+roles; a follow-up waits while a study dated before it is still arriving, and while an earlier assessment
+of its baseline is still being analysed (its assessment counts theirs: nadir, best response).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Protocol
@@ -154,6 +159,112 @@ def choose_baseline(
     return PairingChoice(PairingDecisionKind.PAIRED, chosen, reason)
 
 
+def place_in_course(
+    followup: StudyFacts,
+    candidates: Sequence[StudyFacts],
+    settings: PairingSettings,
+    therapy_start: date | None = None,
+    modality: str = "CT",
+    recorded: Sequence[EarlierFollowUp] = (),
+) -> PairingChoice:
+    """The follow-up's place in the patient's course, by study date whatever the order the studies arrived in:
+    the patient's studies before it are placed first, in date order (a study after an earlier follow-up is a
+    later assessment of that follow-up's baseline; otherwise its baseline is chosen among the earlier studies
+    that are not follow-ups themselves). `recorded`: follow-ups already paired with (or awaiting) a baseline
+    the store may not hold yet (retrieved from the query/retrieve peer)."""
+    pool = {c.study_instance_uid: c for c in candidates if c.study_instance_uid != followup.study_instance_uid}
+    known = {f.study_instance_uid: f for f in recorded}
+    earlier = sorted(
+        (
+            c
+            for c in pool.values()
+            if _same_patient(c, followup)
+            and c.may_hold(modality)
+            and c.study_date is not None
+            and followup.study_date is not None
+            and c.study_date < followup.study_date
+        ),
+        key=lambda c: (c.study_date, c.study_instance_uid),
+    )
+    follow_ups = dict(known)
+    for study in earlier:
+        if study.study_instance_uid in follow_ups:
+            continue
+        choice = _choice(study, list(pool.values()) + [followup], follow_ups, settings, therapy_start, modality)
+        if choice.kind is PairingDecisionKind.PAIRED and choice.baseline is not None:
+            follow_ups[study.study_instance_uid] = EarlierFollowUp(
+                study.study_instance_uid, study.study_date, choice.baseline.study_instance_uid
+            )
+    return _choice(followup, list(pool.values()), follow_ups, settings, therapy_start, modality)
+
+
+def baseline_of(
+    study: StudyFacts,
+    candidates: Sequence[StudyFacts],
+    settings: PairingSettings,
+    therapy_start: date | None = None,
+    modality: str = "CT",
+    recorded: Sequence[EarlierFollowUp] = (),
+) -> list[StudyFacts]:
+    """The patient's later studies whose place in the course makes `study` their baseline."""
+    everyone = [*candidates, study]
+    return [
+        later
+        for later in candidates
+        if later.study_date is not None
+        and study.study_date is not None
+        and later.study_date > study.study_date
+        and _same_patient(later, study)
+        and (place := place_in_course(later, everyone, settings, therapy_start, modality, recorded)).baseline
+        is not None
+        and place.baseline.study_instance_uid == study.study_instance_uid
+    ]
+
+
+def _choice(
+    study: StudyFacts,
+    candidates: Sequence[StudyFacts],
+    follow_ups: Mapping[str, EarlierFollowUp],
+    settings: PairingSettings,
+    therapy_start: date | None,
+    modality: str,
+) -> PairingChoice:
+    """One study's baseline given the follow-ups known before it (a follow-up is never itself a baseline)."""
+    others = [c for c in candidates if c.study_instance_uid not in follow_ups]
+    choice = choose_baseline(study, others, settings, therapy_start, modality)
+    if choice.kind is PairingDecisionKind.BASELINE_ITSELF:
+        return choice
+    later = _later_assessment(study, list(follow_ups.values()))
+    return later if later is not None else choice
+
+
+def _same_patient(a: StudyFacts, b: StudyFacts) -> bool:
+    return (a.patient_id, a.issuer_of_patient_id) == (b.patient_id, b.issuer_of_patient_id)
+
+
+def earlier_assessments(
+    followup: StudyFacts,
+    baseline_uid: str,
+    candidates: Sequence[StudyFacts],
+    baseline_date: date | None,
+    modality: str = "CT",
+) -> list[StudyFacts]:
+    """The patient's studies between the baseline and the follow-up: its earlier assessments, whose analyses
+    the follow-up's assessment counts (nadir, best response)."""
+    if followup.study_date is None:
+        return []
+    return [
+        c
+        for c in candidates
+        if c.study_instance_uid not in (followup.study_instance_uid, baseline_uid)
+        and _same_patient(c, followup)
+        and c.may_hold(modality)
+        and c.study_date is not None
+        and c.study_date < followup.study_date
+        and (baseline_date is None or c.study_date > baseline_date)
+    ]
+
+
 def decide_new(
     followup: StudyFacts,
     candidates: Sequence[StudyFacts],
@@ -173,21 +284,24 @@ def decide_new(
     pipeline (None: never analysed)."""
     if awaited:
         return PairingDecision(PairingOutcome.BASELINE_ITSELF, "awaited as the baseline of a waiting follow-up")
-    followed = {f.study_instance_uid for f in follow_ups}
-    choice = choose_baseline(
-        followup, [c for c in candidates if c.study_instance_uid not in followed], settings, therapy_start, modality
-    )
+    choice = place_in_course(followup, candidates, settings, therapy_start, modality, follow_ups)
     wait_until = now + timedelta(seconds=settings.baseline_wait_s)
     if choice.kind is PairingDecisionKind.BASELINE_ITSELF:
         return PairingDecision(PairingOutcome.BASELINE_ITSELF, choice.reason)
-    later = _later_assessment(followup, follow_ups)
-    if later is not None:
-        choice = later
+    if choice.kind is PairingDecisionKind.NO_BASELINE:
+        followed = baseline_of(followup, candidates, settings, therapy_start, modality, follow_ups)
+        if followed:
+            named = ", ".join(f"{f.study_instance_uid} of {f.study_date}" for f in followed)
+            return PairingDecision(PairingOutcome.BASELINE_ITSELF, f"the baseline of follow-up(s) {named}")
     if choice.kind is PairingDecisionKind.PAIRED:
         baseline_uid = choice.baseline.study_instance_uid  # type: ignore[union-attr]
         state = analysis_state(baseline_uid)
         if state in STILL_COMING:
             reason = f"{choice.reason}; its {modality} analysis is {state.value}: waiting"  # type: ignore[union-attr]
+            return PairingDecision(PairingOutcome.WAITING, reason, baseline_uid, wait_until)
+        coming = assessments_coming(followup, baseline_uid, candidates, analysis_state, modality)
+        if coming:
+            reason = f"{choice.reason}; {coming}: waiting"
             return PairingDecision(PairingOutcome.WAITING, reason, baseline_uid, wait_until)
         note = (
             ""
@@ -196,6 +310,25 @@ def decide_new(
         )
         return PairingDecision(PairingOutcome.PAIRED, choice.reason + note, baseline_uid)
     return _retrieve_or_go_without(followup, choice.reason, settings, therapy_start, modality, wait_until, finder)
+
+
+def assessments_coming(
+    followup: StudyFacts,
+    baseline_uid: str,
+    candidates: Sequence[StudyFacts],
+    analysis_state: Callable[[str], JobState | None],
+    modality: str,
+) -> str:
+    """The earlier assessments of the baseline whose analysis is still coming, in words ("" when none)."""
+    baseline = next((c for c in candidates if c.study_instance_uid == baseline_uid), None)
+    since = baseline.study_date if baseline else None
+    coming = []
+    for study in earlier_assessments(followup, baseline_uid, candidates, since, modality):
+        state = analysis_state(study.study_instance_uid)
+        if state in STILL_COMING:
+            uid, day = study.study_instance_uid, study.study_date
+            coming.append(f"earlier assessment {uid} of {day}: analysis {state.value}")  # type: ignore[union-attr]
+    return "; ".join(coming)
 
 
 def _later_assessment(followup: StudyFacts, follow_ups: Sequence[EarlierFollowUp]) -> PairingChoice | None:
@@ -255,15 +388,24 @@ def decide_waiting(
     analysis_state: JobState | None,
     waiting_until: datetime | None,
     now: datetime,
+    earlier_coming: str = "",
+    course: str = "",
 ) -> PairingDecision | None:
-    """A waiting job: paired once its baseline is analysed (and is the same patient), paired without Δ when
-    that analysis failed, timed out past `waiting_until`; None while it should go on waiting."""
+    """A waiting job: paired once its baseline is analysed (and is the same patient) and no earlier assessment
+    of it is still being analysed (`earlier_coming`, in words), paired without Δ when that analysis failed, timed
+    out past `waiting_until`; None while it should go on waiting. `course`: why this baseline (for the record)."""
+    timed_out = waiting_until is None or now >= waiting_until
     if analysis_state is JobState.SUCCEEDED and baseline is not None:
         if (baseline.patient_id, baseline.issuer_of_patient_id) == (
             followup.patient_id,
             followup.issuer_of_patient_id,
         ):
-            return PairingDecision(PairingOutcome.PAIRED, f"baseline {baseline_uid} analysed", baseline_uid)
+            if earlier_coming and not timed_out:
+                return None
+            why = f"baseline {baseline_uid} analysed" + (f" ({course})" if course else "")
+            if earlier_coming:
+                why += f"; not waited for longer: {earlier_coming}"
+            return PairingDecision(PairingOutcome.PAIRED, why, baseline_uid)
         return PairingDecision(
             PairingOutcome.NO_BASELINE,
             f"study {baseline_uid} arrived with PatientID {baseline.patient_id!r} issuer "
@@ -275,7 +417,7 @@ def decide_waiting(
             f"baseline {baseline_uid} analysis failed; reported without delta features",
             baseline_uid,
         )
-    if waiting_until is None or now >= waiting_until:
+    if timed_out:
         what = "not analysed" if analysis_state else "not received"
         return PairingDecision(
             PairingOutcome.TIMED_OUT,

@@ -31,7 +31,7 @@ from pydantic import Field, create_model
 
 from common.settings import Strict
 from common.states import PairingOutcome
-from common.types import Baseline, JobResult, PatientData, PreviousReport, SeriesFiles
+from common.types import Baseline, JobResult, PatientData, PreviousReport, ResultVersion, SeriesFiles
 from pipelines.errors import ConfigurationProblem, UnknownPipeline
 from pipelines.pairing import PairingSettings
 
@@ -67,6 +67,7 @@ class JobInputs:
     patient: PatientData | None = None
     pairing: PairingContext | None = None
     job_id: int | None = None  # for the log; None outside the node (`immunode process`)
+    version: ResultVersion = ResultVersion(1)  # which version of the results this job writes, and why
 
     def selected_series(self) -> tuple[SeriesFiles, ...]:
         return tuple(s for s in self.series if s.series_instance_uid in self.selected)

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session, aliased
 
 from common.states import JobState
 from storage.errors import ClaimLost
@@ -98,12 +98,25 @@ def check_claim(session: Session, claim: JobClaim) -> bool:
 
 def claim_pending_jobs(session: Session, limit: int, run_id: int | None = None) -> list[JobSpec]:
     """Up to `limit` pending jobs, now RUNNING for `run_id`. Rows another node is claiming are skipped
-    (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite serialises writers), so no job is claimed twice."""
+    (PostgreSQL: FOR UPDATE SKIP LOCKED; SQLite serialises writers), so no job is claimed twice. The versions of
+    one study's results are written in order: a job waits while one of the same pipeline for the study runs
+    (its report supersedes the running one's)."""
+    running = aliased(Job)
+    busy = exists().where(
+        running.study_fk == Job.study_fk, running.pipeline == Job.pipeline, running.state == JobState.RUNNING
+    )
     jobs = session.scalars(
-        select(Job).where(Job.state == JobState.PENDING).order_by(Job.id).limit(limit).with_for_update(skip_locked=True)
+        select(Job)
+        .where(Job.state == JobState.PENDING, ~busy)
+        .order_by(Job.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
-    specs = []
+    specs, claimed = [], set()
     for job in jobs:
+        if (job.study_fk, job.pipeline) in claimed:
+            continue
+        claimed.add((job.study_fk, job.pipeline))
         job.state = JobState.RUNNING
         job.claimed_by = run_id
         job.attempts += 1
@@ -213,6 +226,33 @@ def study_job_state(session: Session, study_uid: str, pipeline: str) -> JobState
         .order_by(Job.id.desc())
         .limit(1)
     )
+
+
+def requeue_study(session: Session, study_uid: str, pipeline: str, reason: str) -> int | None:
+    """A new job of the pipeline for a study analysed before (same rule, series and revision), first through the
+    pairing stage, saying why; None when the study has no job of the pipeline."""
+    newest = session.scalar(
+        select(Job)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Job.pipeline == pipeline, Job.state != JobState.SUPERSEDED)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    if newest is None:
+        return None
+    job = Job(
+        study_fk=newest.study_fk,
+        pipeline=pipeline,
+        rule=newest.rule,
+        series_uids=newest.series_uids,
+        study_revision=newest.study_revision,
+        state=JobState.PAIRING,
+        reason=reason,
+    )
+    session.add(job)
+    session.flush()
+    record_event(session, "INFO", f"job {job.id} ({pipeline}) queued: {reason}"[:4000], study_uid)
+    return job.id
 
 
 def job_counts(session: Session) -> dict[JobState, int]:

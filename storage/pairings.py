@@ -69,3 +69,15 @@ def earlier_follow_ups(session: Session, facts: StudyFacts, pipeline: str) -> li
         if pairing is not None and pairing.baseline_study_uid and pairing.outcome in PAIRED_OR_AWAITED:
             found.append(EarlierFollowUp(study_uid, parse_dicom_date(study_date), pairing.baseline_study_uid))
     return found
+
+
+def study_pairing(session: Session, study_uid: str, pipeline: str) -> PairingRecord | None:
+    """The latest pairing decision of the study's newest job of the pipeline (superseded jobs left out)."""
+    job_id = session.scalar(
+        select(Job.id)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Job.pipeline == pipeline, Job.state != JobState.SUPERSEDED)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+    return latest_pairing(session, job_id) if job_id is not None else None

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import fields
 from datetime import date
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
 
 from common.states import JobState, OutputKind
 from common.types import (
@@ -26,6 +26,7 @@ from common.types import (
     PreviousReport,
     PriorAssessment,
     ResultRecords,
+    ResultVersion,
     parse_dicom_date,
 )
 from storage.files import FileLayout
@@ -45,19 +46,109 @@ from storage.schema import (
     SlideResult,
     Study,
 )
-from storage.types import LesionCytAct, PetCytActAnalysis, StoredAssessment
+from storage.types import (
+    LesionCytAct,
+    PetCytActAnalysis,
+    ResultVersionRecord,
+    StoredAssessment,
+    StudyVersions,
+)
 
 
 def previous_reports(session: Session, layout: FileLayout, study_uid: str, job_id: int) -> dict[str, PreviousReport]:
-    """Source series → the newest SR earlier jobs produced for it in this study (a rerun supersedes it)."""
+    """Source series → the newest SR earlier jobs of the same pipeline produced for it in this study (a rerun
+    supersedes it), with that job's SEG of the series."""
+    pipeline = session.scalar(select(Job.pipeline).where(Job.id == job_id))
     rows = session.execute(
-        select(Output.source_series_uid, Output.sop_instance_uid, Output.path)
+        select(Output.job_fk, Output.kind, Output.source_series_uid, Output.sop_instance_uid, Output.path)
         .join(Job, Job.id == Output.job_fk)
         .join(Study, Study.id == Job.study_fk)
-        .where(Study.study_instance_uid == study_uid, Output.kind == OutputKind.SR, Job.id != job_id)
+        .where(Study.study_instance_uid == study_uid, Job.id != job_id, Job.pipeline == pipeline)
         .order_by(Output.id)
     ).all()
-    return {series: PreviousReport(uid, layout.absolute(path)) for series, uid, path in rows}
+    segmentations = {(job, series): path for job, kind, series, _, path in rows if kind is OutputKind.SEG}
+    return {
+        series: PreviousReport(
+            uid,
+            layout.absolute(path),
+            layout.absolute(segmentations[(job, series)]) if (job, series) in segmentations else None,
+        )
+        for job, kind, series, uid, path in rows
+        if kind is OutputKind.SR
+    }
+
+
+def result_version(session: Session, study_uid: str, job_id: int) -> ResultVersion:
+    """The version a job writes: one more than the earlier jobs of its pipeline for the study that produced
+    results, its reason, and the Series Numbers the study already holds (received series and our outputs)."""
+    job = session.get(Job, job_id)
+    earlier = session.scalar(
+        select(func.count(func.distinct(Output.job_fk)))
+        .join(Job, Job.id == Output.job_fk)
+        .where(Job.study_fk == job.study_fk, Job.pipeline == job.pipeline, Job.id < job_id)
+    )
+    received = session.scalars(
+        select(Series.series_number).where(Series.study_fk == job.study_fk, Series.series_number.is_not(None))
+    ).all()
+    ours = session.scalars(
+        select(Output.series_number)
+        .join(Job, Job.id == Output.job_fk)
+        .where(Job.study_fk == job.study_fk, Output.series_number.is_not(None))
+    ).all()
+    return ResultVersion(int(earlier or 0) + 1, job.reason, frozenset(int(n) for n in (*received, *ours)))
+
+
+def result_versions(session: Session, limit: int) -> list[StudyVersions]:
+    """The chain of result versions of the `limit` studies with results most recently written, newest study
+    first; each version is one job's outputs, numbered per study and pipeline in the order they were written."""
+    recent = (
+        select(Job.study_fk, func.max(Output.id).label("newest"))
+        .join(Output, Output.job_fk == Job.id)
+        .group_by(Job.study_fk)
+        .order_by(func.max(Output.id).desc())
+        .limit(limit)
+        .subquery()
+    )
+    superseded = aliased(Output)
+    rows = session.execute(
+        select(
+            Study.study_instance_uid,
+            Job.pipeline,
+            Job.id,
+            Job.reason,
+            Output.created_at,
+            Output.kind,
+            Output.series_number,
+            Output.sop_instance_uid,
+            superseded.sop_instance_uid,
+            recent.c.newest,
+        )
+        .join(Job, Job.id == Output.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .join(recent, recent.c.study_fk == Study.id)
+        .outerjoin(superseded, superseded.id == Output.supersedes_fk)
+        .order_by(recent.c.newest.desc(), Job.id, Output.id)
+    ).all()
+    chains: dict[str, dict[int, list]] = {}
+    for study_uid, pipeline, job_id, reason, at, kind, number, sop_uid, supersedes, _ in rows:
+        job = chains.setdefault(study_uid, {}).setdefault(job_id, [pipeline, reason, at, [], "", ""])
+        if number is not None:
+            job[3].append(number)
+        if kind is OutputKind.SR:
+            job[4], job[5] = sop_uid, supersedes or ""
+    found = []
+    for study_uid, by_job in chains.items():
+        counted: dict[str, int] = {}
+        versions = []
+        for job_id, (pipeline, reason, at, numbers, sr_uid, supersedes) in by_job.items():
+            counted[pipeline] = counted.get(pipeline, 0) + 1
+            versions.append(
+                ResultVersionRecord(
+                    pipeline, counted[pipeline], job_id, reason, at, tuple(numbers), sr_uid, supersedes
+                )
+            )
+        found.append(StudyVersions(study_uid, tuple(versions)))
+    return found
 
 
 def record_job_result(
@@ -87,6 +178,7 @@ def _record_output(
         path=layout.relative(file.path),
         sha256=hashlib.sha256(file.path.read_bytes()).hexdigest(),
         supersedes_fk=supersedes,
+        series_number=file.series_number,
     )
     session.add(output)
     session.flush()

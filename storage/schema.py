@@ -176,6 +176,9 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
     summary: Mapped[str] = mapped_column(Text, default="")
+    # Why this job ran: the study's first analysis, new images, a reader's annotation, a re-pairing (the report
+    # of a new version states it).
+    reason: Mapped[str] = mapped_column(Text, default="")
     # WAITING_BASELINE jobs run without their baseline after this time.
     waiting_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
     # The node run that claimed the job (running it, or pairing it until `lease_until`): with several nodes on
@@ -201,6 +204,8 @@ class Output(Base):
     path: Mapped[str] = mapped_column(String(255))
     # Of the file as written and validated: dispatch sends nothing whose bytes changed since.
     sha256: Mapped[str] = mapped_column(String(64), default="")
+    # Never reused within the study: each version of a result is a new series with its own number.
+    series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The SR this one supersedes (an earlier revision of the same study), if any.
     supersedes_fk: Mapped[int | None] = mapped_column(ForeignKey("outputs.id"), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(), default=utcnow)

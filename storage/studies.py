@@ -15,27 +15,93 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from common.states import JobState
-from common.types import SeriesFiles, StoredFile, StudyFacts, parse_dicom_date
+from common.types import ANNOTATION_SOP_CLASSES, SeriesFiles, StoredFile, StudyFacts, parse_dicom_date
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.schema import Instance, Job, Output, Patient, Series, Study, StudyState, utcnow
-from storage.types import CompletedStudy, NewJob, PatientSeries, SeriesSummary
+from storage.types import (
+    ArrivalKind,
+    ArrivedSeries,
+    CompletedStudy,
+    NewJob,
+    PatientSeries,
+    SeriesSummary,
+)
 
 
-def next_quiet_due(session: Session, stable_for: timedelta) -> datetime | None:
-    """When the next study still receiving becomes quiet (its last instance + the stability time), if any."""
-    last = session.scalar(select(func.min(Study.last_received_at)).where(Study.state == StudyState.RECEIVING))
-    return None if last is None else last + stable_for
-
-
-def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStudy]:
-    """Studies still receiving whose last instance arrived at least `stable_for` ago."""
-    cutoff = utcnow() - stable_for
-    studies = session.scalars(
-        select(Study).where(Study.state == StudyState.RECEIVING, Study.last_received_at <= cutoff)
+def _arrived(session: Session, study: Study) -> tuple[ArrivedSeries, ...]:
+    """What a re-opened study received since its previous completion, by series."""
+    if study.completed_at is None:
+        return ()
+    rows = session.execute(
+        select(
+            Series.series_instance_uid,
+            Series.modality,
+            Instance.sop_class_uid,
+            Instance.calling_ae_title,
+            Instance.received_at,
+            Instance.sop_instance_uid.in_(select(Output.sop_instance_uid)),
+        )
+        .join(Instance, Instance.series_fk == Series.id)
+        .where(Series.study_fk == study.id, Instance.received_at > study.completed_at)
+        .order_by(Instance.received_at)
     ).all()
+    grouped: dict[str, list] = defaultdict(list)
+    for row in rows:
+        grouped[row[0]].append(row)
+    return tuple(
+        ArrivedSeries(
+            uid,
+            found[0][1],
+            len(found),
+            tuple(sorted({r[3] for r in found})),
+            found[0][4],
+            all(r[2] in ANNOTATION_SOP_CLASSES for r in found),
+            all(r[5] for r in found),
+        )
+        for uid, found in grouped.items()
+    )
+
+
+def _quiet_after(arrival: ArrivalKind, stable_for: timedelta, annotations_for: timedelta | None) -> timedelta:
+    """How long a study must be quiet: annotations (or our own results) after an analysis go fast."""
+    if annotations_for is not None and arrival in (ArrivalKind.ANNOTATIONS, ArrivalKind.OWN_RESULTS):
+        return min(annotations_for, stable_for)
+    return stable_for
+
+
+def _receiving(session: Session, received_before: datetime | None = None) -> list[Study]:
+    statement = select(Study).where(Study.state == StudyState.RECEIVING).order_by(Study.id)
+    if received_before is not None:
+        statement = statement.where(Study.last_received_at <= received_before)
+    return list(session.scalars(statement).all())
+
+
+def next_quiet_due(
+    session: Session, stable_for: timedelta, annotations_for: timedelta | None = None
+) -> datetime | None:
+    """When the next study still receiving becomes quiet (its last instance + its quiet time), if any."""
+    due = []
+    for study in _receiving(session):
+        arrival = CompletedStudy(study.study_instance_uid, study.revision, (), _arrived(session, study)).arrival
+        due.append(study.last_received_at + _quiet_after(arrival, stable_for, annotations_for))
+    return min(due, default=None)
+
+
+def quiet_studies(
+    session: Session, stable_for: timedelta, annotations_for: timedelta | None = None
+) -> list[CompletedStudy]:
+    """Studies still receiving whose last instance arrived at least `stable_for` ago (`annotations_for` when a
+    study analysed before received only readers' annotations since), with what arrived since the previous
+    completion."""
+    now = utcnow()
+    shortest = min(stable_for, annotations_for) if annotations_for is not None else stable_for
     completed = []
-    for study in studies:
+    for study in _receiving(session, now - shortest):
+        arrived = _arrived(session, study)
+        arrival = CompletedStudy(study.study_instance_uid, study.revision, (), arrived).arrival
+        if study.last_received_at > now - _quiet_after(arrival, stable_for, annotations_for):
+            continue
         counts = dict(
             session.execute(
                 select(Instance.series_fk, func.count(Instance.id))
@@ -55,12 +121,14 @@ def quiet_studies(session: Session, stable_for: timedelta) -> list[CompletedStud
             )
             for s in study.series
         )
-        completed.append(CompletedStudy(study.study_instance_uid, study.revision, series))
+        completed.append(CompletedStudy(study.study_instance_uid, study.revision, series, arrived))
     return completed
 
 
-def complete_study(session: Session, completed: CompletedStudy, jobs: Sequence[NewJob]) -> list[int]:
-    """Mark the study complete at the revision seen and queue the jobs routing asked for."""
+def complete_study(
+    session: Session, completed: CompletedStudy, jobs: Sequence[NewJob], note: str = ""
+) -> list[int]:
+    """Mark the study complete at the revision seen and queue the jobs routing asked for (`note`: why none)."""
     # Locked: another node routing the same quiet study waits here, then finds it complete.
     study = session.scalar(
         select(Study).where(Study.study_instance_uid == completed.study_instance_uid).with_for_update()
@@ -83,6 +151,7 @@ def complete_study(session: Session, completed: CompletedStudy, jobs: Sequence[N
             series_uids=" ".join(new.series_instance_uids),
             study_revision=study.revision,
             state=new.state,
+            reason=new.reason,
         )
         session.add(job)
         session.flush()
@@ -91,7 +160,7 @@ def complete_study(session: Session, completed: CompletedStudy, jobs: Sequence[N
         names = ", ".join(f"{j.rule}->{j.pipeline}" for j in jobs)
         message = f"study complete (revision {study.revision}); queued {names}"
     else:
-        message = f"study complete (revision {study.revision}); no routing rule matched"
+        message = f"study complete (revision {study.revision}); {note or 'no routing rule matched'}"
     record_event(session, "INFO", message, study.study_instance_uid)
     return job_ids
 
@@ -174,6 +243,23 @@ def candidate_studies(session: Session, facts: StudyFacts) -> list[StudyFacts]:
         select(Study).join(Patient, Patient.id == Study.patient_fk).where(Patient.patient_id == facts.patient_id)
     ).all()
     return [_facts(s) for s in studies if s.study_instance_uid != facts.study_instance_uid]
+
+
+def arriving_before(session: Session, facts: StudyFacts) -> list[str]:
+    """The patient's studies dated before this one that are still arriving (not yet quiet and routed)."""
+    if facts.study_date is None:
+        return []
+    rows = session.execute(
+        select(Study.study_instance_uid, Study.study_date)
+        .join(Patient, Patient.id == Study.patient_fk)
+        .where(
+            Patient.patient_id == facts.patient_id,
+            Patient.issuer_of_patient_id == facts.issuer_of_patient_id,
+            Study.state == StudyState.RECEIVING,
+            Study.study_instance_uid != facts.study_instance_uid,
+        )
+    ).all()
+    return [uid for uid, when in rows if (day := parse_dicom_date(when)) is not None and day < facts.study_date]
 
 
 def completed_study_count(session: Session) -> int:

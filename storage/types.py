@@ -62,13 +62,47 @@ class SeriesSummary:
     instance_count: int
 
 
+class ArrivalKind(enum.Enum):
+    """What re-opened a study analysed before (the reason a new version of its results states)."""
+
+    FIRST = "FIRST"  # the study's first revision
+    IMAGES = "IMAGES"  # new images (the study grew after its analysis), with or without annotations
+    ANNOTATIONS = "ANNOTATIONS"  # only readers' annotation objects (SEG, RTSTRUCT, SR)
+    OWN_RESULTS = "OWN_RESULTS"  # only this node's own results, sent back by a PACS: nothing to re-run
+
+
+@dataclass(frozen=True)
+class ArrivedSeries:
+    """Instances of one series received since the study's previous completion."""
+
+    series_instance_uid: str
+    modality: str
+    instances: int
+    calling_ae_titles: tuple[str, ...]
+    first_received_at: datetime
+    annotation: bool  # every instance is an annotation object
+    own: bool  # every instance is one of this node's outputs
+
+
 @dataclass(frozen=True)
 class CompletedStudy:
-    """A study quiet for the stability time, at the revision routing saw, with its series."""
+    """A study quiet for the stability time, at the revision routing saw, with its series and, for a revision
+    after the first, what arrived since the previous completion."""
 
     study_instance_uid: str
     revision: int
     series: tuple[SeriesSummary, ...]
+    arrived: tuple[ArrivedSeries, ...] = ()
+
+    @property
+    def arrival(self) -> ArrivalKind:
+        if self.revision == 1 or not self.arrived:
+            return ArrivalKind.FIRST if self.revision == 1 else ArrivalKind.IMAGES
+        if all(a.own for a in self.arrived):
+            return ArrivalKind.OWN_RESULTS
+        if all(a.annotation or a.own for a in self.arrived):
+            return ArrivalKind.ANNOTATIONS
+        return ArrivalKind.IMAGES
 
 
 @dataclass(frozen=True)
@@ -106,12 +140,14 @@ class JobClaim:
 
 @dataclass(frozen=True)
 class NewJob:
-    """A job routing asks for: the rule, the pipeline (its registry name), the series, its first state."""
+    """A job routing asks for: the rule, the pipeline (its registry name), the series, its first state, and why
+    it runs (stated by the report of a new version)."""
 
     rule: str
     pipeline: str
     series_instance_uids: tuple[str, ...]
     state: JobState
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -219,3 +255,32 @@ class PatientSeries:
     study_instance_uid: str
     study_date: str
     series: SeriesFiles
+
+
+@dataclass(frozen=True)
+class ResultVersionRecord:
+    """One version of a pipeline's results for a study: the job that wrote it, why, its series and its SR (and
+    the SR it supersedes), for `immunode status` and the status page."""
+
+    pipeline: str
+    number: int
+    job_id: int
+    reason: str
+    written_at: datetime
+    series_numbers: tuple[int, ...]
+    sr_sop_instance_uid: str
+    supersedes_sop_instance_uid: str
+
+    def line(self) -> str:
+        numbers = ", ".join(str(n) for n in self.series_numbers) or "-"
+        supersedes = f" (supersedes {self.supersedes_sop_instance_uid})" if self.supersedes_sop_instance_uid else ""
+        reason = self.reason or "reason not recorded"
+        return f"series {numbers}; SR {self.sr_sop_instance_uid or '-'}{supersedes}: {reason}"
+
+
+@dataclass(frozen=True)
+class StudyVersions:
+    """The chain of result versions of one study, oldest first."""
+
+    study_instance_uid: str
+    versions: tuple[ResultVersionRecord, ...]

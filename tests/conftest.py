@@ -331,6 +331,13 @@ class Orthanc:
         series = [item["ID"] for item in found if item.get("Type") == "Series"]
         return self._get(f"/series/{series[0]}/instances") if series else []
 
+    def file(self, instance_id: str) -> bytes:
+        """The DICOM file Orthanc stored for an instance (its REST id)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/instances/{instance_id}/file", timeout=10) as f:
+            return f.read()
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()

@@ -128,7 +128,7 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
     assert t0_job.state is JobState.SUCCEEDED, t0_job.error
     assert t1_job.state is JobState.SUCCEEDED, t1_job.error
     t0_pairing = [p.outcome for p in _pairings(node, t0_job.id)]
-    assert t0_pairing == [PairingOutcome.NO_BASELINE]
+    assert t0_pairing == [PairingOutcome.BASELINE_ITSELF]  # the follow-up is stored: it names its baseline
     t1_pairings = _pairings(node, t1_job.id)
     assert [p.outcome for p in t1_pairings] == [PairingOutcome.WAITING, PairingOutcome.PAIRED]
     assert all(p.baseline_study_uid == baseline.study_uid for p in t1_pairings)
@@ -205,12 +205,14 @@ PROGRESSING = BASELINE_LESIONS + tuple(
 )
 
 
+@pytest.mark.parametrize("sent", ["in date order", "latest first"])
 def test_a_patient_followed_to_progression_after_response(
-    tmp_path: Path, make_settings, pacs: StoreSCP, start_node
+    sent: str, tmp_path: Path, make_settings, pacs: StoreSCP, start_node
 ) -> None:
-    """Baseline, a response at T1 (10 weeks), progression with four new lesions at T2 (23 weeks): T2 pairs with
-    the same baseline (a later assessment), its nadir is T1's sum, and the progression after the response is
-    acquired resistance, systemic, counted there; the patient's course gives T1's Δ and that label."""
+    """Baseline, a response at T1 (10 weeks), progression with four new lesions at T2 (23 weeks), sent in one
+    association (in date order, or the latest first): T2 pairs with the same baseline (a later assessment), its
+    nadir is T1's sum, and the progression after the response is acquired resistance, systemic, counted there;
+    the patient's course gives T1's Δ and that label. Every arrival order: `tests/immunode/test_flow.py`."""
     from research.radiomics import patient_courses, table_from_store
     from storage.results import ct_assessments
 
@@ -223,7 +225,8 @@ def test_a_patient_followed_to_progression_after_response(
         pipelines={"ct_radiomics": {"per_lesion_features": False}},
     )
     node = start_node(settings)
-    assert storescu(node.port, _study_files(baseline) + _study_files(t1) + _study_files(t2)).returncode == 0
+    order = (baseline, t1, t2) if sent == "in date order" else (t2, t1, baseline)
+    assert storescu(node.port, [f for study in order for f in _study_files(study)]).returncode == 0
     jobs = [wait_until(lambda s=s: _finished(node, s.study_uid), timeout_s=400) for s in (baseline, t1, t2)]
     assert all(job.state is JobState.SUCCEEDED for job in jobs), [job.error for job in jobs]
     t2_pairings = _pairings(node, jobs[2].id)

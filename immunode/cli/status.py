@@ -60,6 +60,11 @@ def print_snapshot(snapshot: StatusSnapshot) -> None:
             if job.state is JobState.WAITING_BASELINE and job.waiting_until:
                 line += f" (waiting for baseline until {job.waiting_until:%Y-%m-%d %H:%M:%S}Z)"
         print(line)
+    print("Result versions (each supersedes the one before)")
+    for chain in snapshot.versions:
+        print(f"  study {chain.study_instance_uid}")
+        for v in chain.versions:
+            print(f"    {v.pipeline} v{v.number} job {v.job_id} {v.written_at:%Y-%m-%d %H:%M:%S}Z {v.line()}")
     print("Deliveries")
     print("  " + ", ".join(f"{s.value} {snapshot.delivery_counts.get(s, 0)}" for s in DeliveryState))
     for delivery in snapshot.unsent:

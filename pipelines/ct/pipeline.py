@@ -125,11 +125,30 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
     def report(
         self, inputs: JobInputs, result: CtRadiomicsResult, pipelines: Strict, new_path: Callable[[], Path]
     ) -> JobResult:
+        import pydicom
+
         from pipelines.ct.analysis import algorithm_identity, summarise
-        from pipelines.ct.report import write_ct_report
+        from pipelines.ct.report import SEG_SERIES_NUMBER, SR_SERIES_NUMBER, write_ct_report
+        from pipelines.imaging.annotations import ANNOTATION_CLASSES
+        from pipelines.output.versions import SeriesNumbers, reader_observers, report_version
 
         summary = summarise(result)
-        outputs = write_ct_report(result, algorithm_identity(self.settings(pipelines)), summary, new_path)
+        previous = inputs.previous_reports.get(result.ct_series_uid)
+        previous_report = pydicom.dcmread(previous.path) if previous is not None and previous.path.exists() else None
+        annotated = any(lesion.source == "annotation" for lesion in result.lesions)
+        ct = next((s for s in inputs.series if s.series_instance_uid == result.ct_series_uid), None)
+        frame = ct.frame_of_reference_uid if ct is not None else ""
+        readers = reader_observers(inputs.instances(ANNOTATION_CLASSES).values()) if annotated else ()
+        version = report_version(
+            inputs.version,
+            str(previous_report.SOPInstanceUID) if previous_report is not None else "",
+            SeriesNumbers(inputs.version.series_numbers_used),
+            SEG_SERIES_NUMBER,
+            SR_SERIES_NUMBER,
+            tuple(reader for reader in readers if reader.annotates(frame)),
+        )
+        identity = algorithm_identity(self.settings(pipelines))
+        outputs = write_ct_report(result, identity, summary, new_path, previous_report, version)
         return JobResult(outputs, summary, (), result_records(result))
 
 

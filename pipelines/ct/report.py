@@ -25,6 +25,7 @@ from pipelines.output import sr
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
 from pipelines.output.sources import conform_sources
+from pipelines.output.versions import ReportVersion
 from pipelines.types import AlgorithmIdentity
 
 SEG_SERIES_NUMBER = 992
@@ -265,6 +266,8 @@ def build_ct_report(
     identity: AlgorithmIdentity,
     summary: str,
     notes: Sequence[str] = (),
+    previous_report: Dataset | None = None,
+    version: ReportVersion = ReportVersion(),
 ) -> hd.sr.Comprehensive3DSR:
     algorithm = sr.sr_algorithm(identity)
     time_point = _time_point(result)
@@ -288,16 +291,24 @@ def build_ct_report(
         identity,
         CT_PROCEDURE,
         summary,
-        statements(result) + sr.source_statements(notes),
-        SR_SERIES_NUMBER,
+        [*version.statements, *statements(result), *sr.source_statements(notes)],
+        version.sr_series_number or SR_SERIES_NUMBER,
         f"immunode CT delta-radiomics {result.time_point} ({sr.RESEARCH_USE[:17]})",
+        previous_report,
+        version.reader,
     )
 
 
 def write_ct_report(
-    result: CtRadiomicsResult, identity: AlgorithmIdentity, summary: str, new_path: Callable[[], Path]
+    result: CtRadiomicsResult,
+    identity: AlgorithmIdentity,
+    summary: str,
+    new_path: Callable[[], Path],
+    previous_report: Dataset | None = None,
+    version: ReportVersion = ReportVersion(),
 ) -> tuple[OutputFile, ...]:
-    """The SEG and SR through the validation gate; an invalid object is deleted, never returned."""
+    """The SEG and SR through the validation gate; an invalid object is deleted, never returned. A new version
+    supersedes `previous_report` (the study's previous SR of this CT series) in new series (`version`)."""
     source_images = [pydicom.dcmread(path) for path in result.ct_paths]
     notes = conform_sources(source_images)
     with OutputWriter(new_path) as writer:
@@ -307,9 +318,12 @@ def write_ct_report(
             identity,
             "CT lesions; research use only",
             "immunode CT lesions (RESEARCH USE ONLY)",
-            SEG_SERIES_NUMBER,
+            version.seg_series_number or SEG_SERIES_NUMBER,
         )
         seg = writer.save(segmentation, OutputKind.SEG, len(result.lesions), result.ct_series_uid)
-        document = build_ct_report(source_images, segmentation, result, identity, summary, notes)
-        sr = writer.save(document, OutputKind.SR, len(result.lesions), result.ct_series_uid)
+        document = build_ct_report(
+            source_images, segmentation, result, identity, summary, notes, previous_report, version
+        )
+        supersedes = str(previous_report.SOPInstanceUID) if previous_report is not None else ""
+        sr = writer.save(document, OutputKind.SR, len(result.lesions), result.ct_series_uid, supersedes)
     return seg, sr

@@ -98,4 +98,5 @@ class OutputWriter:
             series_instance_uid=str(dataset.SeriesInstanceUID),
             source_series_uid=source_series_uid,
             supersedes_sop_instance_uid=supersedes,
+            series_number=int(dataset.SeriesNumber) if dataset.get("SeriesNumber") is not None else None,
         )

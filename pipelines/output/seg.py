@@ -41,14 +41,17 @@ def build_segmentation(
     content_description: str,
     series_description: str,
     series_number: int,
+    algorithm_type: hd.seg.SegmentAlgorithmTypeValues = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
 ) -> hd.seg.Segmentation:
+    """`algorithm_type`: AUTOMATIC for candidates the node found, SEMIAUTOMATIC for lesions a reader's region or
+    mark defined and the method delineated."""
     descriptions = [
         hd.seg.SegmentDescription(
             segment_number=lesion.number,
             segment_label=lesion.tracking_identifier,
             segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
             segmented_property_type=codes.SCT.Lesion,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_type=algorithm_type,
             algorithm_identification=_seg_algorithm(identity),
             tracking_uid=lesion.tracking_uid,
             tracking_id=lesion.tracking_identifier,

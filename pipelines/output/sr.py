@@ -108,10 +108,22 @@ def measurement_document(
     series_number: int,
     series_description: str,
     previous_report: Dataset | None = None,
+    reader: str = "",
 ) -> hd.sr.Comprehensive3DSR:
     """The Comprehensive 3D SR holding a TID 1500 Measurement Report by this node as the observing device, with
-    the research-use statement, the summary and the pipeline's statements under "Qualitative Evaluations"."""
+    the research-use statement, the summary and the pipeline's statements under "Qualitative Evaluations".
+    `reader`: the person whose annotations defined the lesions, a person observer beside the device (the
+    document stays UNVERIFIED: see `pipelines.output.versions`)."""
+    person = (
+        hd.sr.ObserverContext(
+            observer_type=codes.cid270.Person,
+            observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=reader),
+        )
+        if reader
+        else None
+    )
     observation_context = hd.sr.ObservationContext(
+        observer_person_context=person,
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.cid270.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

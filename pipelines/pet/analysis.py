@@ -90,6 +90,36 @@ def _sited(lesion: Lesion, anatomy: AnatomyMap | None) -> Lesion:
     )
 
 
+def ranked_candidates(lesions: Sequence[Lesion]) -> tuple[Lesion, ...]:
+    """Automatic lesions are candidates until a reader confirms them: "Candidate 1" is the most confident (the
+    highest candidate score; without scores, the highest SUVmax), numbered in that order."""
+    ranked = sorted(
+        lesions,
+        key=lambda lesion: (
+            -(lesion.candidate_score if lesion.candidate_score is not None else float("-inf")),
+            -lesion.measurements.suv_max,
+            lesion.number,
+        ),
+    )
+    return tuple(
+        dataclasses.replace(lesion, number=rank, tracking_identifier=f"Candidate {rank}")
+        for rank, lesion in enumerate(ranked, start=1)
+    )
+
+
+def candidate_statement(lesions: Sequence[Lesion], params: PetQuantSettings) -> str:
+    """What automatic candidates are, in the words the report uses."""
+    scored = any(lesion.candidate_score is not None for lesion in lesions)
+    return (
+        f"Automatic lesion candidates, not confirmed by a reader: {len(lesions)} candidate(s) found by "
+        f"{ALGORITHM_NAME} (the device observer of this report), ranked by "
+        + ("their candidate confidence score" if scored else "SUVmax (no candidate score computed)")
+        + f", Candidate 1 the most confident; at most {params.max_lesions} reported "
+        "(pipelines.pet_quant.max_lesions). A reader's SEG, RTSTRUCT or SR of this study sent to the node "
+        "replaces them with reader-confirmed lesions in a new version of this report."
+    )
+
+
 def analyse_pet_series(
     paths: Sequence[Path],
     params: PetQuantSettings,
@@ -121,7 +151,8 @@ def analyse_pet_series(
         lesions = _reader_lesions(volume, reader, params, ct_hu)
     else:
         detection = detect_lesions(volume, params, ct_hu, anatomy)
-        lesions, notes = detection.lesions, detection.notes(params)
+        lesions = ranked_candidates(detection.lesions)
+        notes = (candidate_statement(lesions, params), *detection.notes(params))
     lesions = tuple(_sited(lesion, anatomy) for lesion in lesions)
     cytact, not_computed, cytact_model = None, "", None
     if not params.cytact.enabled:

@@ -113,24 +113,31 @@ class PetQuant(Pipeline["PetJob"]):
         return PetJob(tuple(results), tuple(problems))
 
     def report(self, inputs: JobInputs, result: PetJob, pipelines: Strict, new_path: Callable[[], Path]) -> JobResult:
-        """A SEG (when there are lesions) and an SR per analysed series, superseding the series' previous SR."""
+        """A SEG (when there are lesions) and an SR per analysed series, superseding the series' previous SR: a
+        new version, in new series, whose lesions keep the tracking UIDs of the previous version's that they
+        overlap, saying why it was made and who confirmed its lesions."""
         import pydicom
 
+        from pipelines.imaging.annotations import ANNOTATION_CLASSES
+        from pipelines.output.versions import SeriesNumbers, reader_observers
         from pipelines.pet.analysis import algorithm_identity, summarise
-        from pipelines.pet.report import write_pet_report
+        from pipelines.pet.report import versioned, write_pet_report
 
         identity = algorithm_identity(self.settings(pipelines))
         problems = list(result.problems)
         outputs, summaries, records = [], [], []
+        numbers = SeriesNumbers(inputs.version.series_numbers_used)
+        readers = reader_observers(inputs.instances(ANNOTATION_CLASSES).values())
         for series_result in result.results:
             series_uid = series_result.volume.series_instance_uid
             previous = inputs.previous_reports.get(series_uid)
             previous_report = (
                 pydicom.dcmread(previous.path) if previous is not None and previous.path.exists() else None
             )
+            series_result, version = versioned(series_result, previous, inputs.version, readers, numbers)
             summary = summarise(series_result)
             try:
-                outputs += write_pet_report(series_result, identity, summary, previous_report, new_path)
+                outputs += write_pet_report(series_result, identity, summary, previous_report, new_path, version)
             except PipelineError as error:
                 problems.append(f"series {series_uid}: {error}")
                 logger.warning("job %s series %s: %s", inputs.job_id, series_uid, error)

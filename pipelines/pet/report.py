@@ -4,6 +4,7 @@ Measurement Report, both built with highdicom, placed in the source study, each 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from common.states import OutputKind
-from common.types import OutputFile
+from common.types import OutputFile, PreviousReport, ResultVersion
 from common.version import __version__
 from pipelines.imaging.annotations import reader_source_statements
 from pipelines.omics.types import ResponsePredictions
@@ -36,6 +37,14 @@ from pipelines.output.sr import (
     sr_algorithm,
     ucum,
 )
+from pipelines.output.versions import (
+    ReaderObserver,
+    ReportVersion,
+    SeriesNumbers,
+    match_by_overlap,
+    prior_lesions,
+    report_version,
+)
 from pipelines.pet.types import CytActSummary, Lesion, PetQuantResult
 from pipelines.types import AlgorithmIdentity, ModelIdentity
 
@@ -46,6 +55,8 @@ SR_SERIES_NUMBER = 991
 SEG_DESCRIPTION = "immunode PET lesions (RESEARCH USE ONLY)"
 SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
 
+AUTOMATIC = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
+SEMIAUTOMATIC = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
 SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
 UNIT_SUVBW = ucum("{SUVbw}g/ml", "Standardized Uptake Value body weight")
 UNIT_GRAM = ucum("g", "gram")
@@ -79,6 +90,11 @@ LIPI_VALUES = {
     "intermediate": private_concept("LIPI_INTERMED", "LIPI intermediate"),
     "poor": private_concept("LIPI_POOR", "LIPI poor"),
 }
+CANDIDATE_RANK = private_concept("CAND_RANK", "Lesion candidate rank (1 = most confident)")
+CANDIDATE_SCORE = private_concept("CAND_SCORE", "Lesion candidate confidence score")
+LESION_STATUS = private_concept("LESION_STATUS", "Lesion confirmation status")
+UNCONFIRMED = private_concept("UNCONFIRMED", "Automatic candidate, not confirmed by a reader")
+READER_CONFIRMED = private_concept("READER_CONFIRMED", "Confirmed by a reader (reader's annotation)")
 RECIST_ON_PET = (
     "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node named "
     "as such by a reader) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
@@ -123,13 +139,14 @@ def cytact_statement(result: PetQuantResult) -> str:
     summary = result.cytact
     if summary is None:
         return f"CytAct not computed: {result.cytact_not_computed or 'no lesion'}."
+    labels = {lesion.number: lesion.tracking_identifier for lesion in result.lesions}
     group = (
         f" ({'low' if summary.low_group else 'high'} group, cut-off {summary.low_group_cutoff})"
         if summary.low_group is not None
         else ""
     )
     what = (
-        f"over {len(summary.lesions)} lesion(s) ({', '.join(f'Lesion {n}' for n in summary.lesions)}; "
+        f"over {len(summary.lesions)} lesion(s) ({', '.join(labels.get(n, f'Lesion {n}') for n in summary.lesions)}; "
         f"{summary.selection}): minimum {summary.minimum:.3f}{group}, mean {summary.mean:.3f}, "
         f"maximum {summary.maximum:.3f}"
     )
@@ -270,6 +287,7 @@ def _lesion_group(
     source_images: Sequence[Dataset],
     identity: AlgorithmIdentity,
     model: ModelIdentity | None,
+    confirmed: bool = False,
 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     algorithm = sr_algorithm(identity)
     m = lesion.measurements
@@ -290,6 +308,8 @@ def _lesion_group(
     ]
     if lesion.cytact is not None and model is not None:
         measurements.append(measurement(CYTACT, lesion.cytact, UNIT_NONE, model_algorithm(model)))
+    status, candidate_measurements = _confirmation(lesion, confirmed, algorithm)
+    measurements += candidate_measurements
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
         referenced_segment=referenced_segment(lesion, segmentation, source_images),
@@ -298,9 +318,22 @@ def _lesion_group(
         finding_sites=_finding_sites(lesion),
         measurements=measurements,
         qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No)
+            hd.sr.QualitativeEvaluation(RECIST_TARGET, codes.SCT.Yes if m.recist_target else codes.SCT.No),
+            status,
         ],
     )
+
+
+def _confirmation(
+    lesion: Lesion, confirmed: bool, algorithm: hd.sr.AlgorithmIdentification
+) -> tuple[hd.sr.QualitativeEvaluation, list[hd.sr.Measurement]]:
+    """A lesion's status (reader-confirmed, or an automatic candidate with its rank and confidence score)."""
+    if confirmed:
+        return hd.sr.QualitativeEvaluation(LESION_STATUS, READER_CONFIRMED), []
+    measurements = [measurement(CANDIDATE_RANK, lesion.number, UNIT_NONE, algorithm)]
+    if lesion.candidate_score is not None:
+        measurements.append(measurement(CANDIDATE_SCORE, lesion.candidate_score, UNIT_NONE, algorithm))
+    return hd.sr.QualitativeEvaluation(LESION_STATUS, UNCONFIRMED), measurements
 
 
 def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
@@ -318,9 +351,14 @@ def build_measurement_report(
     previous_report: Dataset | None,
     summary: str,
     notes: Sequence[str] = (),
+    version: ReportVersion = ReportVersion(),
 ) -> hd.sr.Comprehensive3DSR:
+    confirmed = result.reader_seeds > 0
     groups = (
-        [_lesion_group(lesion, segmentation, source_images, identity, result.cytact_model) for lesion in result.lesions]
+        [
+            _lesion_group(lesion, segmentation, source_images, identity, result.cytact_model, confirmed)
+            for lesion in result.lesions
+        ]
         if segmentation
         else []
     )
@@ -345,6 +383,7 @@ def build_measurement_report(
     if patient_group is not None:
         groups.append(patient_group)
     statements = [
+        *version.statements,
         *result.detection_notes,
         *(
             [f"Reader annotations not used as lesions: {'; '.join(result.annotations_left_out)}."]
@@ -365,9 +404,10 @@ def build_measurement_report(
         PET_WHOLE_BODY,
         summary,
         statements,
-        SR_SERIES_NUMBER,
+        version.sr_series_number or SR_SERIES_NUMBER,
         SR_DESCRIPTION,
         previous_report,
+        version.reader,
     )
 
 
@@ -377,9 +417,10 @@ def write_pet_report(
     summary: str,
     previous_report: Dataset | None,
     new_path: Callable[[], Path],
+    version: ReportVersion = ReportVersion(),
 ) -> tuple[OutputFile, ...]:
     """The SEG (if any lesion) and the SR through the validation gate; an invalid object is deleted, never
-    returned."""
+    returned. `version`: the version's statements, reader and Series Numbers."""
     source_images = [pydicom.dcmread(path) for path in result.volume.source_paths]
     notes = conform_sources(source_images)
     series_uid = result.volume.series_instance_uid
@@ -392,13 +433,51 @@ def write_pet_report(
                 source_images,
                 result.lesions,
                 identity,
-                "FDG-avid lesions; research use only",
+                "FDG-avid lesions; research use only"
+                if result.reader_seeds
+                else "FDG-avid lesion candidates (unconfirmed); research use only",
                 SEG_DESCRIPTION,
-                SEG_SERIES_NUMBER,
+                version.seg_series_number or SEG_SERIES_NUMBER,
+                SEMIAUTOMATIC if result.reader_seeds else AUTOMATIC,
             )
             files.append(writer.save(segmentation, OutputKind.SEG, len(result.lesions), series_uid))
         document = build_measurement_report(
-            source_images, segmentation, result, identity, previous_report, summary, notes
+            source_images, segmentation, result, identity, previous_report, summary, notes, version
         )
         files.append(writer.save(document, OutputKind.SR, len(result.lesions), series_uid, supersedes))
     return tuple(files)
+
+
+def versioned(
+    result: PetQuantResult,
+    previous: PreviousReport | None,
+    version: ResultVersion,
+    readers: Sequence[ReaderObserver],
+    numbers: SeriesNumbers,
+) -> tuple[PetQuantResult, ReportVersion]:
+    """The result as this version reports it: lesions that overlap one of the previous version's SEG keep its
+    tracking UID; the version's statements (which, why, what it supersedes, what persists, who confirmed the
+    lesions when a reader's annotations defined them) and its new Series Numbers."""
+    segmentation = previous.segmentation_path if previous is not None else None
+    prior = (
+        prior_lesions(segmentation, result.volume.sop_instance_uids)
+        if segmentation is not None and segmentation.exists()
+        else ()
+    )
+    matches = match_by_overlap(result.lesions, prior)
+    carried = {m.number: m.prior.tracking_uid for m in matches if m.prior.tracking_uid}
+    lesions = tuple(
+        dataclasses.replace(lesion, tracking_uid=carried.get(lesion.number, lesion.tracking_uid))
+        for lesion in result.lesions
+    )
+    return dataclasses.replace(result, lesions=lesions), report_version(
+        version,
+        previous.sop_instance_uid if previous is not None else "",
+        numbers,
+        SEG_SERIES_NUMBER if lesions else None,
+        SR_SERIES_NUMBER,
+        tuple(r for r in readers if r.annotates(result.volume.frame_of_reference_uid)) if result.reader_seeds else (),
+        matches,
+        prior,
+        {lesion.number: lesion.tracking_identifier for lesion in lesions},
+    )
