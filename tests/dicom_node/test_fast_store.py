@@ -174,7 +174,7 @@ class _Peer:
             5: Context(PET, "1.2.840.10008.1.2"),  # accepted, but not a class the fast path was given
         }
         return StoreReceiver(
-            FastStoreSettings(lambda request: self.handler(request), tmp_path, "r1-rx-", frozenset({CT})),
+            FastStoreSettings(lambda request: self.handler(request), tmp_path, "tmp", frozenset({CT})),
             contexts.get,
             lambda: "STORESCU",
             self.sent.append,
