@@ -30,7 +30,6 @@ from models.expression_transformer import (
     ExpressionTransformer,
     GenePanel,
     TransformerSettings,
-    balance_by_duplication,
     embed,
     gene_embedding_similarity,
     gene_importance,
@@ -177,11 +176,9 @@ def train_expression(
     for split, (train, test) in enumerate(splitter.split(features, labels)):
         model = train_transformer(features[train], labels[train], settings)
         predictions = {TRANSFORMER: predict_proba(model, features[test])}
-        rng = np.random.default_rng(settings.seed + split)
-        balanced_x, balanced_y = balance_by_duplication(features[train], labels[train], rng)
-        for baseline in baselines:
+        for baseline in baselines:  # each oversamples inside its own fit (grid searches: per inner fold)
             predictions[baseline] = expression_baselines.fit_predict(
-                baseline, balanced_x, balanced_y, features[test], seed=settings.seed + split, grid=grid
+                baseline, features[train], labels[train], features[test], seed=settings.seed + split, grid=grid
             )
         for model_name, scores in predictions.items():
             rows.append({"model": model_name, "split": split + 1, **classification_metrics(labels[test], scores)})
