@@ -133,7 +133,7 @@ def cytact_statement(result: PetQuantResult) -> str:
     if summary.variance is not None:
         heterogeneity = (
             f" ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
-            f"fixed cut-off {summary.heterogeneity_cutoff})"
+            f"the site's cut-off {summary.heterogeneity_cutoff}; the paper gives none, it splits a cohort at the median)"
             if summary.heterogeneous is not None
             else ""
         )
