@@ -38,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from common.types import BaselineLesion, PriorAssessment
 from pipelines.ct.settings import CtRadiomicsSettings, RegistrationSettings
 from pipelines.ct.types import CtLesion, LesionChange, RecistAssessment, Resistance
-from pipelines.imaging.recist import RECIST_MIN_LONG_AXIS_MM, RECIST_MIN_NODE_SHORT_AXIS_MM
+from pipelines.imaging.recist import meets_target_size
 
 logger = logging.getLogger(__name__)
 
@@ -226,9 +226,7 @@ def match_lesions(
 
 
 def measurable(lesion: BaselineLesion) -> bool:
-    if lesion.lymph_node:
-        return lesion.short_axis_mm >= RECIST_MIN_NODE_SHORT_AXIS_MM
-    return lesion.long_axis_mm >= RECIST_MIN_LONG_AXIS_MM
+    return meets_target_size(lesion.long_axis_mm, lesion.short_axis_mm, lesion.lymph_node)
 
 
 RESPONSE_ORDER = ("CR", "PR", "SD", "PD")

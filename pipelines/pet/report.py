@@ -77,8 +77,8 @@ LIPI_VALUES = {
     "poor": private_concept("LIPI_POOR", "LIPI poor"),
 }
 RECIST_ON_PET = (
-    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node named "
-    "as such by a reader) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
+    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node: named "
+    "so by a reader, or its organ a lymph node) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
     "(three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
 )
 
