@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from common.types import ClinicalVariables
+from research import published
 from research.errors import DeltaTableError
 from storage.types import StoredAssessment
 
@@ -43,7 +44,7 @@ PATTERNS = ("oligo", "systemic")
 ID_COLUMNS = ("PatientID", "IssuerOfPatientID", "pattern")
 TIME_POINTS = ("T0", "T1")
 VOLUMES = ("P", "M")
-REDUNDANCY_RHO = 0.99
+REDUNDANCY_RHO = published.figure("mazzaschi2025", "redundancy_rho").value
 
 
 @dataclass(frozen=True, eq=False)
@@ -347,7 +348,7 @@ def _auc_interval(
     return (float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))) if found else (np.nan, np.nan)
 
 
-def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float = 0.99) -> list[str]:
+def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float = REDUNDANCY_RHO) -> list[str]:
     """Spearman |rho| >= threshold: keep the first feature (in the given order) of each redundant set."""
     from scipy.stats import spearmanr
 
