@@ -28,15 +28,6 @@ from models.training import balanced_rows
 # histology: the whole-slide image's gated-attention MIL embedding (the published imaging arm); imaging: the PET
 # CytAct lesion embedding (not in the published method: an optional fourth modality).
 MODALITIES = ("histology", "imaging", "genomic", "clinical")
-# How this fusion differs from the published method, wherever it affects results (the training report, the SR
-# and docs/methods/differences.md state them).
-PUBLISHED_DIFFERENCES = (
-    "genomic input: the expression transformer's embedding only; the published mutation vector / TMB is not an "
-    "input",
-    "training: the fusion head is trained on frozen modality embeddings (expression transformer, histology MIL and "
-    "CytAct network trained beforehand), not end to end with the encoders",
-    "clinical input: dNLR is added to the published clinical variables",
-)
 
 
 @dataclass(frozen=True)

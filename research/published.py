@@ -39,7 +39,8 @@ PAPERS = {
             "park2020",
             "cytact",
             "Park C, Na KJ, Choi H, Ock CY, et al. Tumor immune profiles noninvasively estimated by FDG PET with deep "
-            "learning correlate with immunotherapy response in lung adenocarcinoma. Theranostics 2020;10(23):10838-10848",
+            "learning correlate with immunotherapy response in lung adenocarcinoma. "
+            "Theranostics 2020;10(23):10838-10848",
             "10.7150/thno.50283",
         ),
         Paper(

@@ -99,9 +99,8 @@ def read_table(path: Path) -> DeltaTable:
         given = {t: all(c in columns for c in raw[t]) and bool(names) for t in TIME_POINTS}
         stray = [c for c in columns if c not in names and not any(c in raw[t] for t in TIME_POINTS)]
         if stray or given["T0"] != given["T1"]:
-            raise DeltaTableError(
-                f"{path}: T0_/T1_ columns must give both time points of every Δ feature ({', '.join(stray[:3]) or 'T0 or T1 missing'})"
-            )
+            which = ", ".join(stray[:3]) or "T0 or T1 missing"
+            raise DeltaTableError(f"{path}: T0_/T1_ columns must give both time points of every Δ feature ({which})")
         patients, systemic, values, t0, t1 = [], [], [], [], []
         for number, row in enumerate(reader, start=2):
             patients.append((row["PatientID"].strip(), (row.get("IssuerOfPatientID") or "").strip()))

@@ -173,7 +173,8 @@ def run_cytact(
     selection = outcomes.choose_analyses(analyses, therapy_starts, window_days, model)  # type: ignore[arg-type]
     table, unmatched = outcomes.joined_table(rows, selection)  # type: ignore[arg-type]
     if len(table) < 3:
-        raise ResearchError(f"only {len(table)} patient(s) usable: {'; '.join(selection.left_out) or 'none in the node'}")
+        reasons = "; ".join(selection.left_out) or "none in the node"
+        raise ResearchError(f"only {len(table)} patient(s) usable: {reasons}")
     result = outcomes.analyse(table)
     result.left_out = list(selection.left_out) + [f"{p}: no CytAct result chosen" for p in unmatched]
     outcomes.write_report(table, result, selection, out)
@@ -226,14 +227,15 @@ def radiomics_figures(
         except published.UnknownFigure:
             paper = None
         listed = (given or {}).get(name, {}).get("auc")
-        differs = (
-            f"; the given table says {listed}" if paper is not None and listed is not None and listed != paper.value else ""
-        )
+        differs = ""
+        if paper is not None and listed is not None and listed != paper.value:
+            differs = f"; the given table says {listed}"
         test = ours.get(name)
         if test is None:
             figures.append(
                 Figure(f"ROC AUC, delta {name}", paper, None, split, setting,
-                       "not in this cohort, or filtered as redundant" + differs, given=listed if paper is None else None)
+                       "not in this cohort, or filtered as redundant" + differs,
+                       given=listed if paper is None else None)
             )  # fmt: skip
             continue
         oriented = max(test.auc, 1 - test.auc)
@@ -320,9 +322,9 @@ def run_amu(
 
 def fusion_figures(metrics: Mapping[str, Mapping[str, float]], given: Mapping[str, float]) -> list[Figure]:
     """The test set's ROC AUC of each model beside the value the user gave for it (`<model>_auc`)."""
-    from models.fusion import PUBLISHED_DIFFERENCES
+    from models import FUSION_PUBLISHED_DIFFERENCES
 
-    setting = "; ".join(PUBLISHED_DIFFERENCES)
+    setting = "; ".join(FUSION_PUBLISHED_DIFFERENCES)
     return [
         Figure(f"{model} ROC AUC", None, metrics[model].get("roc_auc"), "test 20 % of this cohort", setting,
                given=given.get(f"{model}_auc"))
@@ -348,7 +350,7 @@ def parse_published(items: Sequence[str]) -> dict[str, float]:
 
 def notes(method: str, quick: bool = False, window_days: int | None = None) -> list[str]:
     """What the report says about how the figures were obtained."""
-    from models.fusion import PUBLISHED_DIFFERENCES
+    from models import FUSION_PUBLISHED_DIFFERENCES
     from research.outcomes import METHOD_WINDOW_DAYS
 
     window = window_days or METHOD_WINDOW_DAYS
@@ -371,7 +373,7 @@ def notes(method: str, quick: bool = False, window_days: int | None = None) -> l
             "not here: --panel takes it; otherwise the substitute panel.",
         ],
         "fusion": [
-            "Differences from the published method: " + "; ".join(PUBLISHED_DIFFERENCES) + ". Histology arm as",
+            "Differences from the published method: " + "; ".join(FUSION_PUBLISHED_DIFFERENCES) + ". Histology arm as",
             "published (whole-slide MIL) but with a site-trained patch encoder, not ImageNet; the PET CytAct embedding",
             "is an added fourth modality. Leakage guard by patient: the expression model is retrained on the fusion's",
             "training split when it was trained on test patients. The paper's figures: --published NAME=VALUE.",

@@ -39,7 +39,8 @@ from models.expression_transformer import (
     predict_proba,
     train_transformer,
 )
-from models.fusion import MODALITIES, PUBLISHED_DIFFERENCES, FusionData, FusionSettings, predict, train_fusion
+from models import FUSION_PUBLISHED_DIFFERENCES
+from models.fusion import MODALITIES, FusionData, FusionSettings, predict, train_fusion
 from models.metrics import METRIC_NAMES, bootstrap_intervals, classification_metrics, mean_metrics
 from models.serving import load_expression, load_fusion
 from pipelines.omics.response import fusion_data
@@ -301,8 +302,8 @@ def expression_comparison() -> list[str]:
         "validation split (" + ", ".join(f"{f.metric} {f.shown}" for f in val) + f"; {val[0].split}). "
         "The paper's test figures (" + ", ".join(f"{f.metric} {f.shown}" for f in test) + f"; {test[0].split}, "
         "samples apart from the training pool) compare with `immunode evaluate expression` of these weights on a "
-        "separate cohort, not with these means. Responders are duplicated inside each training split only, here and in every baseline "
-        "(the grid searches: inside each inner training fold).",
+        "separate cohort, not with these means. Responders are duplicated inside each training split only, here "
+        "and in every baseline (the grid searches: inside each inner training fold).",
     ]
 
 
@@ -513,10 +514,10 @@ def _guard_leakage(
         return cohort.data, checked, cohort.expression_sha256
     if not retrain:
         raise CohortError(
-            f"{len(leaked)} test patient(s) of the fusion (e.g. {cohort.keys[leaked[0]][0]}) are patients the expression "
-            "model was trained on (by PatientID or by one of their imported samples): their genomic embedding would "
-            "leak the label. Use weights trained without them, or --retrain-expression to retrain it on the fusion's "
-            "training split"
+            f"{len(leaked)} test patient(s) of the fusion (e.g. {cohort.keys[leaked[0]][0]}) are patients the "
+            "expression model was trained on (by PatientID or by one of their imported samples): their genomic "
+            "embedding would leak the label. Use weights trained without them, or --retrain-expression to retrain it "
+            "on the fusion's training split"
         )
     model, genes, card = cohort.expression
     settings = TransformerSettings(**card.parameters["transformer"])
@@ -672,7 +673,9 @@ def train_fusion_model(
         f"95 % bootstrap CIs ({bootstrap} resamples) on the test set. Leakage guard: {leakage}.",
         HISTOLOGY_ARM_NOTE
         + (f" Slide embeddings of {cohort.histology_model}." if cohort.histology_model else " No patient had a slide."),
-        "Differences from the published method that affect these results: " + "; ".join(PUBLISHED_DIFFERENCES) + ".",
+        "Differences from the published method that affect these results: "
+        + "; ".join(FUSION_PUBLISHED_DIFFERENCES)
+        + ".",
         "",
         "| model | n test | " + " | ".join(METRIC_NAMES) + " |",
         "|---|---|" + "---|" * len(METRIC_NAMES),

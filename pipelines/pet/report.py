@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 from common.states import OutputKind
 from common.types import OutputFile
 from common.version import __version__
+from models import FUSION_PUBLISHED_DIFFERENCES
 from pipelines.omics.types import ResponsePredictions
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
@@ -78,8 +79,8 @@ LIPI_VALUES = {
 }
 RECIST_ON_PET = (
     "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node: named "
-    "so by a reader, or its organ a lymph node) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
-    "(three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
+    "so by a reader, or its organ a lymph node) reaches 10 mm (15 mm) and spans at least twice the largest PET "
+    "voxel dimension (three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
 )
 
 
@@ -133,7 +134,8 @@ def cytact_statement(result: PetQuantResult) -> str:
     if summary.variance is not None:
         heterogeneity = (
             f" ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
-            f"the site's cut-off {summary.heterogeneity_cutoff}; the paper gives none, it splits a cohort at the median)"
+            f"the site's cut-off {summary.heterogeneity_cutoff}; the paper gives none, it splits a cohort at the "
+            "median)"
             if summary.heterogeneous is not None
             else ""
         )
@@ -212,12 +214,13 @@ def fusion_arms_statement(modalities: Sequence[str]) -> str:
         if "imaging" in modalities
         else ""
     )
+    always = " Differences from the published method: " + "; ".join(FUSION_PUBLISHED_DIFFERENCES) + "."
     if "histology" in modalities:
         return (
             "Histology modality: the whole-slide image's gated-attention MIL embedding, as published, with a patch "
-            "encoder trained by this site (not ImageNet weights)." + pet
+            "encoder trained by this site (not ImageNet weights)." + pet + always
         )
-    return "Deviation from the published method: no whole-slide histology for this patient." + pet
+    return "Deviation from the published method: no whole-slide histology for this patient." + pet + always
 
 
 def response_statements(response: ResponsePredictions | None) -> list[str]:

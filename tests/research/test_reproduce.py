@@ -151,7 +151,8 @@ def test_cytact_takes_the_methods_three_month_window(tmp_path: Path, make_settin
     _store_with_cytact(tmp_path, make_settings)
     rows = read_outcomes(tmp_path / "outcomes.csv")
     later = tmp_path / "later.csv"
-    later.write_text((tmp_path / "outcomes.csv").read_text().replace("P1,CR,20,0,30,0,2026-03-01", "P1,CR,20,0,30,0,2026-05-11"))
+    text = (tmp_path / "outcomes.csv").read_text()
+    later.write_text(text.replace("P1,CR,20,0,30,0,2026-03-01", "P1,CR,20,0,30,0,2026-05-11"))
     database = Database(make_settings().database_url)
     with database.session() as session:
         analyses = results.pet_cytact_analyses(session)
