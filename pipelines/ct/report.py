@@ -238,7 +238,8 @@ def statements(result: CtRadiomicsResult) -> list[str]:
                 + (f" (AUC {f.auc:g})" if f.auc is not None else "")
                 + f"; nearer to the {f.nearer} median"
                 + ("" if f.nearer != "equidistant" else " (equidistant)")
-                + ". Research reference (medians of patients who developed acquired resistance), not a diagnosis."
+                + ". Research reference, not a diagnosis (the medians are of patients who developed acquired "
+                "resistance)."
             )
     elif result.signature_not_reported:
         lines.append(f"Delta-radiomics signature not reported: {result.signature_not_reported}.")
