@@ -322,9 +322,7 @@ def run_amu(
 
 def fusion_figures(metrics: Mapping[str, Mapping[str, float]], given: Mapping[str, float]) -> list[Figure]:
     """The test set's ROC AUC of each model beside the value the user gave for it (`<model>_auc`)."""
-    from models import FUSION_PUBLISHED_DIFFERENCES
-
-    setting = "; ".join(FUSION_PUBLISHED_DIFFERENCES)
+    setting = "no mutation vector / TMB input, head on frozen embeddings, dNLR added (the notes say more)"
     return [
         Figure(f"{model} ROC AUC", None, metrics[model].get("roc_auc"), "test 20 % of this cohort", setting,
                given=given.get(f"{model}_auc"))

@@ -148,7 +148,7 @@ def test_train_from_store_then_serve_in_the_pet_report(
     assert cli_main(base + fusion + ["--retrain-expression"]) == 0
     fusion_report = (fusion_out / "report.md").read_text()
     assert "retrained on the" in fusion_report and "not ImageNet weights" in fusion_report
-    assert "no mutation vector / TMB" in fusion_report and "dNLR is added" in fusion_report
+    assert "mutation vector / TMB is not an input" in fusion_report and "dNLR is added" in fusion_report
     assert (fusion_out / "expression-transformer-fusion-split.pt").exists()
     expression_weights = fusion_out / "expression-transformer-fusion-split.pt"  # served with this fusion
     fusion_metrics = _rows(fusion_out / "metrics.csv")
@@ -169,7 +169,8 @@ def test_train_from_store_then_serve_in_the_pet_report(
     reproduction = ["reproduce", "fusion", "--cohort", str(labels), "--out", str(tmp_path / "repro"), "--quick"]
     assert cli_main(base + reproduction + ["--published", "attention_auc=0.8"]) == 0
     comparison = (tmp_path / "repro" / "comparison.md").read_text()
-    assert "| attention ROC AUC | 0.800 | as given |" in comparison and "| clinical-only ROC AUC | n/a | |" in comparison
+    assert "| attention ROC AUC | 0.800 | as given |" in comparison and "| clinical-only ROC AUC | n/a |" in comparison
+    assert "no mutation vector / TMB input, head on frozen embeddings, dNLR added" in comparison
     assert (
         cli_main(
             base
