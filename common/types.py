@@ -89,13 +89,17 @@ class BaselineLesion:
 @dataclass(frozen=True)
 class PriorAssessment:
     """An earlier assessment (follow-up) of the same baseline: its RECIST sum and category, for the nadir, the best
-    response and whether a progression is acquired resistance."""
+    response and whether a progression is acquired resistance; its lesions' diameters, for each lesion's nadir."""
 
     study_instance_uid: str
     study_date: date | None
     number: int  # 1 = T1, the first assessment after the baseline
     sum_mm: float | None
     category: str  # CR, PR, SD, PD; "" when not assessed
+    # Each lesion's RECIST diameter at this assessment by tracking UID, for each lesion's nadir (a baseline lesion
+    # absent here had disappeared: 0); None when not stored (the baseline diameter stands in).
+    lesion_diameters_mm: Mapping[str, float] | None = None
+    deltas: Mapping[str, float | None] | None = None  # the T1 Δ features (assessment 1 only)
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,8 @@ class PatientData:
     clinical: ClinicalVariables | None
     blood: tuple[BloodValue, ...] = ()
     slide: SlideRecord | None = None  # the latest analysed whole-slide image of the patient
+    # Every expression sample ID imported for the patient (the leakage guard checks the patient, not one sample).
+    expression_samples: tuple[str, ...] = ()
 
 
 # --- what a job leaves behind --------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Our documented choices where the paper leaves them open or cannot be followed li
 - Heads: 8 heads on the 20-D gene embeddings, as published. PyTorch's attention splits the width across
   heads (8 does not divide 20), so each head here projects the width to its own `head_dim` (as Keras'
   `key_dim`; default the full width, 20) and the heads' outputs are projected back to 20 (`PerHeadAttention`).
-  With the default 160-gene-sized settings the model has more parameters than the paper's 83,462 (the
-  training report states both); the layer count (8) and the MLP width (64) are our choices.
+  With the default 160-gene-sized settings the model has more parameters than the paper's model (the training
+  report states both, the paper's from research/published_figures.csv); the layer count (8) and the MLP width
+  (64) are our choices.
 - Log: log(1 + 10^4 · fraction), so that a gene absent from a sample has value 0 and contributes nothing
   after the multiplication with its embedding (`LOG_SCALE`).
 - The learning rate is divided by 10 after 50 % and after 75 % of the epochs.
@@ -80,10 +81,6 @@ def panel_features(profiles: Sequence[Mapping[str, float]], panel: GenePanel) ->
             fractions = fractions / panel_total
         features[row] = np.log1p(LOG_SCALE * fractions)
     return features
-
-
-PUBLISHED_PARAMETERS = 83_462  # the paper's model, for its 160-gene panel
-PUBLISHED_PANEL_GENES = 160
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Classification metrics of the response models, reported per split and as the mean over splits.
 
-As the expression-transformer paper computes them: precision, recall and F1 are class-weighted averages over
-both classes (its recall then equals the accuracy), and mAP is the mean of both classes' average precision
-(each class's own scores). The responder-class figures are kept beside them, labelled `*_responder`, with the
+Precision, recall and F1 over both classes, each twice and labelled: `*_macro`, the unweighted mean of the two
+classes (as the expression-transformer paper's comparison table averages them), and `*_weighted`, weighted by
+class size (weighted recall equals the accuracy). mAP is the mean of both classes' average precision (each
+class's own scores). The responder-class figures are kept beside them, labelled `*_responder`, with the
 sensitivity (= responder recall) and specificity the fusion method reports. Thresholded metrics use
 probability >= 0.5. ROC AUC and average precision are undefined (NaN) when the evaluated labels hold one class
 only; means skip NaN.
@@ -17,9 +18,12 @@ from sklearn import metrics
 
 METRIC_NAMES = (
     "accuracy",
-    "precision",
-    "recall",
-    "f1",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision_weighted",
+    "recall_weighted",
+    "f1_weighted",
     "roc_auc",
     "map",
     "sensitivity",
@@ -39,11 +43,18 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, thresh
     responder_ap = float(metrics.average_precision_score(labels, probabilities)) if labels.any() else nan
     other_ap = float(metrics.average_precision_score(1 - labels, 1 - probabilities)) if (1 - labels).any() else nan
     negatives = labels == 0
+    averaged = {
+        f"{name}_{average}": float(score(labels, predicted, labels=[0, 1], average=average, zero_division=0))
+        for average in ("macro", "weighted")
+        for name, score in (
+            ("precision", metrics.precision_score),
+            ("recall", metrics.recall_score),
+            ("f1", metrics.f1_score),
+        )
+    }
     return {
         "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, average="weighted", zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, average="weighted", zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, average="weighted", zero_division=0)),
+        **averaged,
         "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else nan,
         "map": float(np.mean([responder_ap, other_ap])) if both_classes else nan,
         "sensitivity": float(metrics.recall_score(labels, predicted, zero_division=0)),

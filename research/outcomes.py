@@ -2,7 +2,8 @@
 CytAct summaries joined with an outcome table, as in the method:
 
 - each patient's **pre-treatment** PET: the latest analysis whose study date lies within `window_days` before
-  the therapy start (imported clinical data, or a `therapy_start` column of the outcome table);
+  the therapy start (imported clinical data, or a `therapy_start` column of the outcome table); the method's
+  window is 3 months (`METHOD_WINDOW_DAYS`, `pipelines.pet_quant.cytact.pretreatment_window_days`);
 - results of **one model identity** per analysis (the most frequent, or the one asked for): CytAct of other
   weights is not comparable;
 - the summary over the **RECIST target lesions** the node recorded (`patient_summary` lesions);
@@ -10,8 +11,8 @@ CytAct summaries joined with an outcome table, as in the method:
   rank-sum; Kaplan-Meier, log-rank and Cox hazard ratios of the **high** CytAct group against the low group
   (the paper's direction: HR < 1 means the high group does better) at a cut-off that is stated (given, the
   configured one when it belongs to the weights, else the cohort's Youden-optimal value, optimistic);
-- heterogeneity: the cohort's **median** variance splits high from low (or a fixed cut-off, stated), with
-  its own log-rank and Cox HR (high vs low heterogeneity);
+- heterogeneity: the cohort's **median** variance splits high from low, as the paper does (or the site's
+  cut-off, labelled as the site's: the paper gives none), with its own log-rank and Cox HR (high vs low);
 - lesion CytAct against lesion size change (Spearman), from a table of lesion changes when one is given.
 
 Outcome table (CSV): PatientID, optional IssuerOfPatientID, best_response (CR, PR, SD, PD; responders are
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import matplotlib
 
+from pipelines.pet.settings import METHOD_PRETREATMENT_WINDOW_DAYS
+from research import published
 from research.errors import OutcomeTableError
 from storage.types import PetCytActAnalysis
 
@@ -44,6 +47,8 @@ from lifelines.statistics import logrank_test  # noqa: E402
 from scipy import stats  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
+METHOD_WINDOW_DAYS = METHOD_PRETREATMENT_WINDOW_DAYS  # the method's pre-treatment window: 3 months
+MEDIAN_SPLIT = "the cohort's median (the paper's split)"
 RESPONDERS = {"CR", "PR"}
 RESPONSES = {"CR", "PR", "SD", "PD"}
 Key = tuple[str, str]
@@ -174,8 +179,9 @@ def choose_analyses(
             chosen[key] = analysis
         else:
             left_out.append(f"{key[0]}: analysed with {analysis.model or 'no model'}, not {chosen_model}")
+    method = " (the method's 3 months)" if window_days == METHOD_WINDOW_DAYS else " (not the method's 3 months)"
     rule = (
-        f"latest PET within {window_days} days before the therapy start"
+        f"latest PET within {window_days} days before the therapy start{method}"
         if window_days is not None
         else "latest PET analysed, whatever its date (--any-date: not the method's pre-treatment PET)"
     )
@@ -281,9 +287,9 @@ def analyse(
         _survival(result, table, (table.cytact_min >= cutoff).astype(int), "high vs low CytAct")
     variances = table.cytact_var.dropna()
     if variance_cutoff is None:
-        variance_cutoff, source = (float(variances.median()) if len(variances) else math.nan), "the cohort's median"
+        variance_cutoff, source = (float(variances.median()) if len(variances) else math.nan), MEDIAN_SPLIT
     else:
-        source = "a fixed cut-off"
+        source = "the site's cut-off (given; the paper gives none, it splits at the median)"
     result.variance_cutoff, result.variance_source = variance_cutoff, source
     if len(variances) >= 4 and not math.isnan(variance_cutoff):
         usable = table[table.cytact_var.notna()]
@@ -306,6 +312,10 @@ def lesion_pairs(selection: Selection, changes: Sequence[LesionChange]) -> list[
             if change.lesion in (lesion.tracking_uid, str(lesion.lesion_number)) and lesion.cytact is not None:
                 pairs.append((lesion.cytact, change.size_change_percent))
     return pairs
+
+
+def _paper(key: str) -> published.PublishedFigure:
+    return published.figure("park2020", key)
 
 
 def write_report(table: pd.DataFrame, result: OutcomeStatistics, selection: Selection, out: Path) -> Path:
@@ -347,8 +357,9 @@ def write_report(table: pd.DataFrame, result: OutcomeStatistics, selection: Sele
         f"Patients joined: {result.patients}. Left out: {'; '.join(result.left_out) or 'none'}.",
         f"Low/high CytAct cut-off: {result.cutoff:.3f} ({result.cutoff_source}). Heterogeneity: variance above "
         f"{result.variance_cutoff:.4g} ({result.variance_source}).",
-        "Hazard ratios are of the HIGH group against the low group (the paper's direction; the paper reports PFS",
-        "HR 0.25 and OS HR 0.18 for high vs low minimum CytAct).",
+        "Hazard ratios are of the HIGH group against the low group (the paper's direction; the paper reports "
+        + ", ".join(f"{f.metric} {f.shown} ({f.reference})" for f in map(_paper, ("hr_pfs", "hr_os")))
+        + ").",
         "",
         "| test | statistic | p |",
         "|---|---|---|",

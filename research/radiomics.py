@@ -8,27 +8,32 @@ patient (T1, T2, ... against the baseline T0, up to progression; `patient_course
 outcomes (best response, PFS) with the lesion counts of the CT assessment at the progression date; the Δ
 features stay T1 against T0. Patients without AR (primary resistance, no progression yet) are neither group.
 
-Statistics: the Spearman redundancy filter (|rho| >= 0.99 keeps the first) within each of the method's
-datasets (P original, P wavelet, M original, M wavelet), then again after merging them; per feature the
-Mann-Whitney U test and the median-difference permutation test (a feature counts when both are significant),
-and the ROC AUC with the positive class fixed as systemic, its bootstrap 95 % CI and p.
+Statistics: the Spearman redundancy filter (|rho| >= 0.99 keeps the first) within each of the method's eight
+datasets, resistance group (oligo, systemic) x time point (T0, T1) x volume (P, M), on the feature values at T0 and
+T1; a feature goes on when it survives in every dataset of its volume (`merge="all"`, our choice where the paper
+leaves the merge open; "any": in at least one); then per feature of its Δ the Mann-Whitney U test and the
+median-difference permutation test (a feature counts when both are significant), and the ROC AUC with the
+positive class fixed as systemic, its bootstrap 95 % CI and p. A table without T0/T1 values can only be
+filtered on its Δ values (per volume and filter bank): the report says it is not the paper's datasets.
 
 Table CSV: PatientID, IssuerOfPatientID (optional), pattern ("oligo" or "systemic"), then one column per Δ
-feature named as in the SR ("P_original_glcm_ClusterTendency", "M_..."). Empty cells are undefined Δ.
+feature named as in the SR ("P_original_glcm_ClusterTendency", "M_..."), and optionally the values at T0 and T1
+of each ("T0_P_original_glcm_ClusterTendency", "T1_..."). Empty cells are undefined.
 """
 
 from __future__ import annotations
 
 import csv
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from common.types import ClinicalVariables
+from research import published
 from research.errors import DeltaTableError
 from storage.types import StoredAssessment
 
@@ -37,6 +42,9 @@ if TYPE_CHECKING:
 
 PATTERNS = ("oligo", "systemic")
 ID_COLUMNS = ("PatientID", "IssuerOfPatientID", "pattern")
+TIME_POINTS = ("T0", "T1")
+VOLUMES = ("P", "M")
+REDUNDANCY_RHO = published.figure("mazzaschi2025", "redundancy_rho").value
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,7 +52,11 @@ class DeltaTable:
     patients: tuple[tuple[str, str], ...]
     systemic: np.ndarray  # bool per patient
     features: tuple[str, ...]
-    values: np.ndarray  # [patient, feature], NaN where undefined
+    values: np.ndarray  # [patient, feature] Δ, NaN where undefined
+    # The feature values at T0 and T1 ([patient, feature], NaN where missing), which the method's redundancy
+    # filter runs on; None when the table holds only Δ.
+    t0: np.ndarray | None = None
+    t1: np.ndarray | None = None
 
 
 def _float(text: str, where: str) -> float:
@@ -79,15 +91,37 @@ def read_labels(path: Path) -> dict[tuple[str, str], bool]:
 def read_table(path: Path) -> DeltaTable:
     with Path(path).open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        names = [n for n in (reader.fieldnames or []) if n not in ID_COLUMNS]
+        columns = [n for n in (reader.fieldnames or []) if n not in ID_COLUMNS]
+        names = [n for n in columns if not n.startswith(tuple(f"{t}_" for t in TIME_POINTS))]
         if "PatientID" not in (reader.fieldnames or []) or "pattern" not in (reader.fieldnames or []):
             raise DeltaTableError(f"{path}: needs columns PatientID, pattern and Δ features")
-        patients, systemic, values = [], [], []
+        raw = {t: [f"{t}_{n}" for n in names] for t in TIME_POINTS}
+        given = {t: all(c in columns for c in raw[t]) and bool(names) for t in TIME_POINTS}
+        stray = [c for c in columns if c not in names and not any(c in raw[t] for t in TIME_POINTS)]
+        if stray or given["T0"] != given["T1"]:
+            which = ", ".join(stray[:3]) or "T0 or T1 missing"
+            raise DeltaTableError(f"{path}: T0_/T1_ columns must give both time points of every Δ feature ({which})")
+        patients, systemic, values, t0, t1 = [], [], [], [], []
         for number, row in enumerate(reader, start=2):
             patients.append((row["PatientID"].strip(), (row.get("IssuerOfPatientID") or "").strip()))
             systemic.append(_pattern(row["pattern"], f"{path.name}: row {number}, column 'pattern'"))
-            values.append([_float(row[n] or "", f"{path.name}: row {number}, column {n!r}") for n in names])
-    return DeltaTable(tuple(patients), np.array(systemic, dtype=bool), tuple(names), np.array(values, dtype=float))
+
+            def cells(heads: Sequence[str]) -> list[float]:
+                return [_float(row[n] or "", f"{path.name}: row {number}, column {n!r}") for n in heads]
+
+            values.append(cells(names))
+            if given["T0"]:
+                t0.append(cells(raw["T0"]))
+                t1.append(cells(raw["T1"]))
+    shape = (len(patients), len(names))
+    return DeltaTable(
+        tuple(patients),
+        np.array(systemic, dtype=bool),
+        tuple(names),
+        np.array(values, dtype=float).reshape(shape),
+        np.array(t0, dtype=float).reshape(shape) if given["T0"] else None,
+        np.array(t1, dtype=float).reshape(shape) if given["T0"] else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -102,6 +136,13 @@ class PatientCourse:
     resistance: str = "none"  # none (no progression yet) / primary / acquired
     pattern: str = ""  # acquired resistance: oligo / systemic
     source: str = ""
+    # The feature values at T0 and T1, named as the Δ ("P_original_..."), for the method's redundancy filter.
+    t0: Mapping[str, float] = field(default_factory=dict)
+    t1: Mapping[str, float] = field(default_factory=dict)
+
+
+def _flat(features: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    return {f"{volume}_{name}": value for volume, values in features.items() for name, value in values.items()}
 
 
 PROGRESSION_MATCH_DAYS = 56  # a CT within 8 weeks of an imported progression date supplies its lesion counts
@@ -116,9 +157,7 @@ def _from_clinical(
         return course
     response = clinical.best_response
     if not (response in ("CR", "PR") or (response == "SD" and clinical.pfs_months >= 6.0)):
-        return PatientCourse(
-            course.patient, course.baseline_study_uid, course.deltas, response, "primary", "", "clinical"
-        )
+        return replace(course, best_response=response, resistance="primary", pattern="", source="clinical")
     pattern = ""
     if clinical.therapy_start is not None:
         progressed = clinical.therapy_start + timedelta(days=clinical.pfs_months * 30.44)
@@ -132,9 +171,7 @@ def _from_clinical(
             count = (nearest.new_lesions or 0) + (nearest.progressive_lesions or 0)
             pattern = "oligo" if count <= oligo_max else "systemic"
     source = "imported clinical outcome" + ("" if pattern else " (no CT near the progression: no pattern)")
-    return PatientCourse(
-        course.patient, course.baseline_study_uid, course.deltas, response, "acquired", pattern, source
-    )
+    return replace(course, best_response=response, resistance="acquired", pattern=pattern, source=source)
 
 
 def patient_courses(
@@ -149,13 +186,20 @@ def patient_courses(
         baseline = found[-1].baseline_study_uid
         series = [a for a in found if a.baseline_study_uid == baseline]
         first = next((a for a in series if a.assessment == 1), series[0])
-        course = PatientCourse(key, baseline, dict(first.deltas or {}), source="CT assessments")
+        course = PatientCourse(
+            key,
+            baseline,
+            dict(first.deltas or {}),
+            source="CT assessments",
+            t0=_flat(first.features_t0),
+            t1=_flat(first.features_t1),
+        )
         for a in series:
             best = a.best_response or a.category
+            course = replace(course, best_response=best, resistance="none", pattern="")
             if a.resistance in ("acquired", "primary"):
-                course = PatientCourse(key, baseline, course.deltas, best, a.resistance, a.pattern, "CT assessments")
+                course = replace(course, resistance=a.resistance, pattern=a.pattern)
                 break
-            course = PatientCourse(key, baseline, course.deltas, best, "none", "", "CT assessments")
         if course.resistance == "none":
             course = _from_clinical(course, clinical.get(key), series, oligo_max)
         courses.append(course)
@@ -167,7 +211,7 @@ def table_from_store(
 ) -> tuple[DeltaTable, list[str]]:
     """The T1 Δ of patients with acquired resistance and a pattern (or, with `labels`, of the labelled patients
     only), and why the others are left out."""
-    patients, systemic, dicts, left_out = [], [], [], []
+    patients, systemic, dicts, left_out, included = [], [], [], [], []
     for course in courses:
         key = course.patient
         if not course.deltas:
@@ -189,10 +233,22 @@ def table_from_store(
         patients.append(key)
         systemic.append(label)
         dicts.append(course.deltas)
+        included.append(course)
     names = sorted(set().union(*dicts)) if dicts else []
-    values = np.array([[np.nan if d.get(n) is None else d[n] for n in names] for d in dicts], dtype=float)
+
+    def matrix(rows: Sequence[Mapping[str, float | None]]) -> np.ndarray:
+        found = [[np.nan if d.get(n) is None else d[n] for n in names] for d in rows]
+        return np.array(found, dtype=float).reshape(len(rows), len(names))
+
+    # The T0/T1 values when every patient's are stored (results of older versions have none: Δ only).
+    raw = bool(included) and all(c.t0 and c.t1 for c in included)
     table = DeltaTable(
-        tuple(patients), np.array(systemic, dtype=bool), tuple(names), values.reshape(len(dicts), len(names))
+        tuple(patients),
+        np.array(systemic, dtype=bool),
+        tuple(names),
+        matrix(dicts),
+        matrix([c.t0 for c in included]) if raw else None,
+        matrix([c.t1 for c in included]) if raw else None,
     )
     return table, left_out
 
@@ -216,23 +272,66 @@ class FeatureTest:
 POSITIVE_CLASS = "systemic"
 
 
-def dataset_of(name: str) -> str:
-    """The method's dataset of a Δ feature: P or M, original or wavelet ("P_original_...", "M_wavelet-LLH_...")."""
-    volume, _, rest = name.partition("_")
-    return f"{volume} {'wavelet' if rest.startswith('wavelet') else 'original'}"
+Merge = Literal["all", "any"]
 
 
-def filtered_features(table: np.ndarray, names: Sequence[str], threshold: float = 0.99) -> list[str]:
-    """The redundancy filter within each dataset, then again over the merged survivors (in the given order)."""
-    datasets: dict[str, list[int]] = {}
+def volume_of(name: str) -> str:
+    return name.partition("_")[0]
+
+
+def paper_datasets(table: DeltaTable) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """The method's eight datasets, "<group> <time point> <volume>" → (the feature values of that group's patients
+    at that time point, the table's columns of that volume)."""
+    if table.t0 is None or table.t1 is None:
+        raise DeltaTableError("the table holds no T0/T1 values: the method's datasets cannot be formed")
+    datasets = {}
+    for group, members in (("oligo", ~table.systemic), ("systemic", table.systemic)):
+        for time_point, values in zip(TIME_POINTS, (table.t0, table.t1)):
+            for volume in VOLUMES:
+                columns = [j for j, name in enumerate(table.features) if volume_of(name) == volume]
+                if columns:
+                    datasets[f"{group} {time_point} {volume}"] = (values[members][:, columns], columns)
+    return datasets
+
+
+def filtered_features(table: DeltaTable, threshold: float = REDUNDANCY_RHO, merge: Merge = "all") -> list[str]:
+    """The redundancy filter within each of the method's datasets (on the T0/T1 values), merged per volume: a
+    feature is kept when it survives in every dataset of its volume ("all") or in at least one ("any"). Without
+    T0/T1 values: the filter on the Δ values within each volume and filter bank, then over the merged survivors
+    (not the paper's datasets; `filter_statement` says so)."""
+    names = table.features
+    if table.t0 is not None and table.t1 is not None:
+        survived: dict[int, list[bool]] = {j: [] for j in range(len(names))}
+        for values, columns in paper_datasets(table).values():
+            kept = set(redundancy_filter(values, [names[c] for c in columns], threshold))
+            for c in columns:
+                survived[c].append(names[c] in kept)
+        rule = all if merge == "all" else any
+        return [names[j] for j in range(len(names)) if survived[j] and rule(survived[j])]
+    banks: dict[str, list[int]] = {}
     for index, name in enumerate(names):
-        datasets.setdefault(dataset_of(name), []).append(index)
+        bank = "wavelet" if name.partition("_")[2].startswith("wavelet") else "original"
+        banks.setdefault(f"{volume_of(name)} {bank}", []).append(index)
     survivors: list[int] = []
-    for columns in datasets.values():
-        kept = set(redundancy_filter(table[:, columns], [names[c] for c in columns], threshold))
+    for columns in banks.values():
+        kept = set(redundancy_filter(table.values[:, columns], [names[c] for c in columns], threshold))
         survivors += [c for c in columns if names[c] in kept]
     survivors.sort()
-    return redundancy_filter(table[:, survivors], [names[c] for c in survivors], threshold)
+    return redundancy_filter(table.values[:, survivors], [names[c] for c in survivors], threshold)
+
+
+def filter_statement(table: DeltaTable, merge: Merge = "all") -> str:
+    """How the redundancy filter ran on this table, in words (for the reports)."""
+    if table.t0 is not None and table.t1 is not None:
+        how = "in every dataset of its volume" if merge == "all" else "in at least one dataset of its volume"
+        return (
+            f"redundancy filter (Spearman |rho| >= {REDUNDANCY_RHO}) within the paper's eight datasets (oligo/systemic "
+            f"x T0/T1 x P/M) on the T0 and T1 values; a feature kept when it survives {how} (our choice)"
+        )
+    return (
+        f"redundancy filter (Spearman |rho| >= {REDUNDANCY_RHO}) on the Δ values per volume and filter bank: NOT the "
+        "paper's datasets (the table holds no T0/T1 values; give T0_/T1_ columns)"
+    )
 
 
 def _auc_interval(
@@ -248,13 +347,14 @@ def _auc_interval(
     return (float(np.percentile(found, 2.5)), float(np.percentile(found, 97.5))) if found else (np.nan, np.nan)
 
 
-def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float = 0.99) -> list[str]:
+def redundancy_filter(table: np.ndarray, names: Sequence[str], threshold: float = REDUNDANCY_RHO) -> list[str]:
     """Spearman |rho| >= threshold: keep the first feature (in the given order) of each redundant set."""
     from scipy.stats import spearmanr
 
     if table.shape[1] < 2:
         return list(names)
-    statistic = spearmanr(table, nan_policy="omit").statistic
+    with np.errstate(invalid="ignore", divide="ignore"):  # a constant column: no coefficient, dropped below
+        statistic = spearmanr(table, nan_policy="omit").statistic
     # Two columns give one coefficient, more give the matrix.
     rho = np.array([[1.0, statistic], [statistic, 1.0]]) if table.shape[1] == 2 else np.asarray(statistic)
     kept: list[int] = []
@@ -322,13 +422,18 @@ def feature_tests(
 
 
 def analyse(
-    table: DeltaTable, out: Path, permutations: int = 1000, seed: int = 0, alpha: float = 0.05
+    table: DeltaTable,
+    out: Path,
+    permutations: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    merge: Merge = "all",
 ) -> tuple[list[str], list[FeatureTest]]:
-    """Redundancy filter (per dataset, then merged), then per-feature tests; writes feature_tests.csv and
-    kept_features.txt."""
+    """Redundancy filter (the method's datasets, merged per volume), then per-feature tests on Δ; writes
+    feature_tests.csv and kept_features.txt (`filter_statement` says how the filter ran)."""
     if table.systemic.sum() < 2 or (~table.systemic).sum() < 2:
         raise DeltaTableError("need at least two patients of each pattern (oligo and systemic)")
-    kept = filtered_features(table.values, table.features)
+    kept = filtered_features(table, merge=merge)
     columns = [table.features.index(name) for name in kept]
     results = feature_tests(table.values[:, columns], kept, table.systemic, permutations, seed, alpha)
     out.mkdir(parents=True, exist_ok=True)
@@ -349,6 +454,8 @@ def relabelled(table: DeltaTable, labels: dict[tuple[str, str], bool]) -> DeltaT
         np.array([labels[table.patients[i]] for i in keep], dtype=bool),
         table.features,
         table.values[keep],
+        table.t0[keep] if table.t0 is not None else None,
+        table.t1[keep] if table.t1 is not None else None,
     )
 
 

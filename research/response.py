@@ -1,7 +1,9 @@
 """Research commands of the response models: `train/evaluate expression` and `train/evaluate fusion`.
 
 Expression cohort file: CSV/TSV, one row per sample (samples × genes), the first column the sample ID, a
-`response` column (1/0, or RECIST CR/PR → 1 and SD/PD → 0), the other columns genes (TPM or raw counts).
+`response` column (1/0, or RECIST CR/PR → 1 and SD/PD → 0), optional `PatientID` and `IssuerOfPatientID` columns
+(the model's card then names the patients it was trained on, for the fusion's leakage guard), the other columns
+genes (TPM or raw counts).
 Fusion cohort file: CSV/TSV with PatientID, optional IssuerOfPatientID and `response` (blank: the imported
 best response); the modalities come from the node's store (lesion embeddings, expression, clinical data).
 
@@ -25,12 +27,9 @@ from models import expression_baselines
 from models.cards import ModelCard, save_weights, verify_card
 from models.expression_transformer import (
     DEFAULT_PANEL,
-    PUBLISHED_PANEL_GENES,
-    PUBLISHED_PARAMETERS,
     ExpressionTransformer,
     GenePanel,
     TransformerSettings,
-    balance_by_duplication,
     embed,
     gene_embedding_similarity,
     gene_importance,
@@ -40,10 +39,12 @@ from models.expression_transformer import (
     predict_proba,
     train_transformer,
 )
+from models import FUSION_PUBLISHED_DIFFERENCES
 from models.fusion import MODALITIES, FusionData, FusionSettings, predict, train_fusion
 from models.metrics import METRIC_NAMES, bootstrap_intervals, classification_metrics, mean_metrics
 from models.serving import load_expression, load_fusion
 from pipelines.omics.response import fusion_data
+from research import published
 from research.errors import CohortError
 
 logger = logging.getLogger(__name__)
@@ -52,11 +53,15 @@ RESPONSE_LABELS = {"1": 1, "0": 0, "CR": 1, "PR": 1, "SD": 0, "PD": 0, "R": 1, "
 TRANSFORMER = "transformer"
 
 
+PATIENT_COLUMNS = ("PatientID", "IssuerOfPatientID")
+
+
 @dataclass(frozen=True, eq=False)
 class ExpressionCohort:
     sample_ids: tuple[str, ...]
     profiles: tuple[dict[str, float], ...]
     labels: np.ndarray
+    patients: tuple[tuple[str, str] | None, ...] = ()  # each sample's (PatientID, issuer) when the file names it
 
 
 def _rows(path: Path) -> list[list[str]]:
@@ -80,8 +85,9 @@ def read_expression_cohort(path: Path) -> ExpressionCohort:
     if "response" not in header:
         raise CohortError(f"{path}: row 1: no 'response' column")
     response = header.index("response")
-    genes = [(i, cell.upper()) for i, cell in enumerate(header) if i not in (0, response)]
-    samples, profiles, labels = [], [], []
+    identity = {name: header.index(name) for name in PATIENT_COLUMNS if name in header}
+    genes = [(i, cell.upper()) for i, cell in enumerate(header) if i not in (0, response, *identity.values())]
+    samples, profiles, labels, patients = [], [], [], []
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise CohortError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
@@ -94,10 +100,13 @@ def read_expression_cohort(path: Path) -> ExpressionCohort:
         samples.append(row[0].strip())
         profiles.append(values)
         labels.append(_label(row[response], number))
+        patient_id = row[identity["PatientID"]].strip() if "PatientID" in identity else ""
+        issuer = row[identity["IssuerOfPatientID"]].strip() if "IssuerOfPatientID" in identity else ""
+        patients.append((patient_id, issuer) if patient_id else None)
     labels_array = np.array(labels)
     if len(np.unique(labels_array)) < 2:
         raise CohortError(f"{path}: the cohort needs responders and non-responders")
-    return ExpressionCohort(tuple(samples), tuple(profiles), labels_array)
+    return ExpressionCohort(tuple(samples), tuple(profiles), labels_array, tuple(patients))
 
 
 def _plot_curves(curves: dict[str, tuple[np.ndarray, np.ndarray]], out: Path, title: str) -> None:
@@ -177,11 +186,9 @@ def train_expression(
     for split, (train, test) in enumerate(splitter.split(features, labels)):
         model = train_transformer(features[train], labels[train], settings)
         predictions = {TRANSFORMER: predict_proba(model, features[test])}
-        rng = np.random.default_rng(settings.seed + split)
-        balanced_x, balanced_y = balance_by_duplication(features[train], labels[train], rng)
-        for baseline in baselines:
+        for baseline in baselines:  # each oversamples inside its own fit (grid searches: per inner fold)
             predictions[baseline] = expression_baselines.fit_predict(
-                baseline, balanced_x, balanced_y, features[test], seed=settings.seed + split, grid=grid
+                baseline, features[train], labels[train], features[test], seed=settings.seed + split, grid=grid
             )
         for model_name, scores in predictions.items():
             rows.append({"model": model_name, "split": split + 1, **classification_metrics(labels[test], scores)})
@@ -222,8 +229,10 @@ def train_expression(
                 "panel": panel.name,
                 "panel_sha256": panel.sha256,
                 "genes": list(panel.genes),
-                # The samples the final model was trained on: the fusion refuses to test on them (leakage).
+                # The samples (and, when the cohort names them, the patients) the final model was trained on: the
+                # fusion refuses to test on those patients (leakage).
                 "training_samples": list(cohort.sample_ids),
+                "training_patients": [list(p) for p in sorted({p for p in cohort.patients if p})],
             },
         ),
     )
@@ -239,22 +248,22 @@ def train_expression(
     ]
     for model_name, values in means.items():
         lines.append(f"| {model_name} | " + " | ".join(_fmt(values[n]) for n in METRIC_NAMES) + " |")
-    published_panel = " (the paper's 160-gene list is in its supplement, not here: --panel takes it)"
+    genes, paper_parameters = published.figure("yin2025", "panel_genes"), published.figure("yin2025", "parameters")
+    published_panel = f" (the paper's {genes.shown}-gene list is in its supplement, not here: --panel takes it)"
     lines += [
         "",
-        "Means over splits. precision, recall and f1 are class-weighted over both classes as the paper computes them "
-        "(its recall equals accuracy); map is the mean of both classes' average precision; *_responder are the "
-        "responder class's own figures; sensitivity and specificity at probability 0.5.",
+        "Means over splits. precision, recall and f1 over both classes: *_macro the unweighted mean of the two classes "
+        "(as the paper's comparison table averages them), *_weighted weighted by class size (weighted recall equals "
+        "accuracy); map is the mean of both classes' average precision; *_responder are the responder class's own "
+        "figures; sensitivity and specificity at probability 0.5.",
         f"Baselines: random forest and AdaBoost grid-searched over {expression_baselines.GRIDS[grid]} ({grid} grid), "
         "SVM over kernel, C and gamma, XGBoost, a CNN of three Conv1D layers; all on the same splits and features.",
         f"Transformer: {settings.heads} heads ({settings.head_dim or settings.embed_dim}-D each) on "
         f"{settings.embed_dim}-D gene embeddings, {settings.layers} layers: {parameter_count(final):,} parameters "
-        f"for {len(panel.genes)} genes; the paper's model: {PUBLISHED_PARAMETERS:,} for its "
-        f"{PUBLISHED_PANEL_GENES}-gene panel.",
+        f"for {len(panel.genes)} genes; the paper's model: {paper_parameters.shown} for its {genes.shown}-gene panel "
+        f"({paper_parameters.reference}).",
         f"Panel {panel.name}" + ("" if panel.name != DEFAULT_PANEL.name else published_panel) + ".",
-        "The paper's headline 0.941 accuracy / 0.960 AUC came from upsampling responders before the train/test split "
-        "(copies of test samples were trained on); its held-out test AUC, 0.672, is the fair comparison for these "
-        "figures, which duplicate responders within each training split only.",
+        *expression_comparison(),
         "ROC and precision-recall curves of the pooled held-out predictions: roc.png, pr.png.",
         f"Top genes by mean |SHAP| (final model, over {len(explained)} samples): "
         f"{', '.join(panel.genes[i] for i in order[:10])}.",
@@ -282,6 +291,20 @@ def evaluate_expression(cohort_path: Path, weights: Path, out: Path) -> dict[str
         + f"\n\nWeights sha256 {card.sha256}{' (SYNTHETIC training data)' if card.synthetic_training_data else ''}.\n"
     )
     return values
+
+
+def expression_comparison() -> list[str]:
+    """The paper's figures beside which these means stand, like for like (from the published-figures table)."""
+    val = [published.figure("yin2025", k) for k in ("val_auc", "val_map", "val_f1")]
+    test = [published.figure("yin2025", k) for k in ("test_auc", "test_map")]
+    return [
+        "Like for like: these are means over held-out random splits of one cohort, the setting of the paper's "
+        "validation split (" + ", ".join(f"{f.metric} {f.shown}" for f in val) + f"; {val[0].split}). "
+        "The paper's test figures (" + ", ".join(f"{f.metric} {f.shown}" for f in test) + f"; {test[0].split}, "
+        "samples apart from the training pool) compare with `immunode evaluate expression` of these weights on a "
+        "separate cohort, not with these means. Responders are duplicated inside each training split only, here "
+        "and in every baseline (the grid searches: inside each inner training fold).",
+    ]
 
 
 # --- fusion --------------------------------------------------------------------------------------------------
@@ -337,6 +360,11 @@ class FusionCohort:
     profiles: list[dict[str, float] | None] = field(default_factory=list)
     histology_model: str = ""  # the MIL model of the slide embeddings ("" when no patient has a slide)
     mil_patients: frozenset[tuple[str, str]] = frozenset()  # the MIL's training patients (from its card)
+    # The leakage guard is by patient: every sample ID imported for each row's patient, the expression model's
+    # training patients (its card, when its cohort named them), and the training samples of no imported patient.
+    patient_samples: list[tuple[str, ...]] = field(default_factory=list)
+    expression_training_patients: frozenset[tuple[str, str]] = frozenset()
+    unmapped_training_samples: int = 0
 
 
 def label_of(row: FusionRow, patient: PatientData | None, number: int) -> int | None:
@@ -377,7 +405,7 @@ def fusion_cohort_data(
                 "is not tested on the MIL's training patients (--mil-weights or pipelines.histology.mil_weights)"
             )
         mil_patients = frozenset(tuple(p) for p in card.parameters.get("training_patients", ()))
-    keys, labels, entries, types, samples, profiles = [], [], [], [], [], []
+    keys, labels, entries, types, samples, profiles, patient_samples = [], [], [], [], [], [], []
     for number, row in enumerate(cohort, start=2):
         key = (row.patient_id, row.issuer)
         patient = patients.get(key)
@@ -389,6 +417,7 @@ def fusion_cohort_data(
         types.append(row.tumour_type)
         profile = patient.expression if patient else None
         samples.append(profile.sample_id if profile else "")
+        patient_samples.append(patient.expression_samples if patient else ())
         profiles.append(dict(profile.values) if profile else None)
         model_key, lesions = embeddings.get(key, ("", None))
         entries.append((patient, lesions if model_key == cytact_model else None))
@@ -401,6 +430,8 @@ def fusion_cohort_data(
         histology_model=histology_model or None,
     )
     card = expression[2] if expression else None
+    trained_on = frozenset(card.parameters.get("training_samples", ())) if card else frozenset()
+    imported = {sample for p in patients.values() for sample in p.expression_samples}
     return FusionCohort(
         data,
         keys,
@@ -414,6 +445,9 @@ def fusion_cohort_data(
         profiles,
         histology_model,
         mil_patients,
+        patient_samples,
+        frozenset(tuple(p) for p in card.parameters.get("training_patients", ())) if card else frozenset(),
+        len(trained_on - imported),
     )
 
 
@@ -447,27 +481,43 @@ def stratified_split(
     return train, validation, test, how
 
 
+def trained_on_patient(cohort: FusionCohort, row: int) -> bool:
+    """Whether the expression model was trained on this row's patient: by identity (PatientID and issuer, from
+    the model's card), or by any expression sample imported for the patient (not only the one the fusion uses:
+    one patient under two sample IDs is one patient)."""
+    samples = set(cohort.patient_samples[row] if cohort.patient_samples else ()) | {cohort.expression_samples[row]}
+    return cohort.keys[row] in cohort.expression_training_patients or bool(
+        (samples - {""}) & cohort.expression_training_samples
+    )
+
+
 def _guard_leakage(
     cohort: FusionCohort, train: np.ndarray, test: np.ndarray, retrain: bool, seed: int, out: Path
 ) -> tuple[FusionData, str, str]:
-    """The fusion must not be tested on patients the expression model was trained on: refuse, or (`retrain`)
-    retrain the expression transformer on the fusion training split (saved beside the fusion, with its card),
-    and recompute the genomic modality. Returns the data, what was done, and the expression weights' sha256."""
+    """The fusion must not be tested on patients the expression model was trained on (by patient identity, see
+    `trained_on_patient`): refuse, or (`retrain`) retrain the expression transformer on the fusion training split
+    (saved beside the fusion, with its card), and recompute the genomic modality. Returns the data, what was done,
+    and the expression weights' sha256."""
     if cohort.expression is None:
         return cohort.data, "no expression model: no genomic modality", ""
-    leaked = [
-        i
-        for i in test
-        if cohort.expression_samples[i] and cohort.expression_samples[i] in cohort.expression_training_samples
-    ]
+    leaked = [i for i in test if trained_on_patient(cohort, i)]
     if not leaked:
-        checked = "checked: no test patient's expression sample was in the expression model's training"
+        checked = (
+            "checked by patient (PatientID and issuer, and every imported sample of the patient): no test patient "
+            "was in the expression model's training"
+        )
+        if cohort.unmapped_training_samples:
+            checked += (
+                f"; {cohort.unmapped_training_samples} of its training samples are neither imported here nor named "
+                "with a PatientID in its card, so their patients could not be checked"
+            )
         return cohort.data, checked, cohort.expression_sha256
     if not retrain:
         raise CohortError(
-            f"{len(leaked)} test patient(s) of the fusion (e.g. {cohort.keys[leaked[0]][0]}) have an expression sample "
-            "the expression model was trained on: their genomic embedding would leak the label. Use weights trained "
-            "without them, or --retrain-expression to retrain it on the fusion's training split"
+            f"{len(leaked)} test patient(s) of the fusion (e.g. {cohort.keys[leaked[0]][0]}) are patients the "
+            "expression model was trained on (by PatientID or by one of their imported samples): their genomic "
+            "embedding would leak the label. Use weights trained without them, or --retrain-expression to retrain it "
+            "on the fusion's training split"
         )
     model, genes, card = cohort.expression
     settings = TransformerSettings(**card.parameters["transformer"])
@@ -481,6 +531,7 @@ def _guard_leakage(
         genomic[with_profile] = embed(retrained, panel_features([cohort.profiles[i] for i in with_profile], panel))
     data = FusionData({**cohort.data.inputs, "genomic": genomic}, cohort.data.present, cohort.data.labels)
     samples = [cohort.expression_samples[i] for i in rows]
+    trained_patients = [list(cohort.keys[i]) for i in rows]
     saved = save_weights(
         retrained.state_dict(),
         out / "expression-transformer-fusion-split.pt",
@@ -489,7 +540,7 @@ def _guard_leakage(
             version=f"{card.version}+fusion-split",
             training_data=f"{card.training_data}; retrained on the fusion's {len(rows)} training patients only",
             metrics={},
-            parameters={**card.parameters, "training_samples": samples},
+            parameters={**card.parameters, "training_samples": samples, "training_patients": trained_patients},
             weights_file="",
             sha256="",
         ),
@@ -540,6 +591,7 @@ def train_fusion_model(
         keys=[cohort.keys[i] for i in usable],
         tumour_types=[cohort.tumour_types[i] for i in usable],
         expression_samples=[cohort.expression_samples[i] for i in usable],
+        patient_samples=[cohort.patient_samples[i] for i in usable] if cohort.patient_samples else [],
         profiles=[cohort.profiles[i] for i in usable] if cohort.profiles else [],
     )
     train, validation, test, stratified = stratified_split(cohort.data.labels, cohort.tumour_types, settings.seed)
@@ -621,6 +673,9 @@ def train_fusion_model(
         f"95 % bootstrap CIs ({bootstrap} resamples) on the test set. Leakage guard: {leakage}.",
         HISTOLOGY_ARM_NOTE
         + (f" Slide embeddings of {cohort.histology_model}." if cohort.histology_model else " No patient had a slide."),
+        "Differences from the published method that affect these results: "
+        + "; ".join(FUSION_PUBLISHED_DIFFERENCES)
+        + ".",
         "",
         "| model | n test | " + " | ".join(METRIC_NAMES) + " |",
         "|---|---|" + "---|" * len(METRIC_NAMES),

@@ -170,7 +170,8 @@ def _clinical(row: ClinicalRecord, patient: Patient) -> ClinicalVariables:
 
 
 def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
-    """The patient's most recently imported expression profile and clinical record (either may be None)."""
+    """The patient's most recently imported expression profile and clinical record (either may be None), and the
+    IDs of all its imported expression samples."""
     patient = session.scalar(
         select(Patient).where(Patient.patient_id == patient_id, Patient.issuer_of_patient_id == (issuer or ""))
     )
@@ -198,6 +199,13 @@ def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
             for b in blood
         ),
         latest_slide(session, patient.id),
+        tuple(
+            session.scalars(
+                select(ExpressionSample.sample_id)
+                .where(ExpressionSample.patient_fk == patient.id)
+                .order_by(ExpressionSample.sample_id)
+            ).all()
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from datetime import date
 
 from sqlalchemy import func, select
@@ -276,9 +276,23 @@ def prior_assessments(session: Session, baseline_uid: str, pipeline: str, before
         key=lambda item: item[1],
     )
     return [
-        PriorAssessment(uid, when, number, a.sum_diameters_t1_mm, a.recist_category)
+        PriorAssessment(
+            uid,
+            when,
+            number,
+            a.sum_diameters_t1_mm,
+            a.recist_category,
+            lesion_diameters(session, a.job_fk),
+            dict(a.deltas) if a.deltas is not None else None,
+        )
         for number, (uid, when, a) in enumerate(earlier, start=1)
     ]
+
+
+def lesion_diameters(session: Session, job_id: int) -> dict[str, float]:
+    """Each CT lesion's RECIST diameter (short axis for nodes) a job measured, by tracking UID."""
+    rows = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == job_id)).all()
+    return {row.tracking_uid: row.short_axis_mm if row.lymph_node else row.long_axis_mm for row in rows}
 
 
 def load_baseline(
@@ -296,15 +310,7 @@ def load_baseline(
     if job is None:
         return None
     extractions = session.scalars(select(RadiomicsExtraction).where(RadiomicsExtraction.job_fk == job.id)).all()
-    features: dict[str, dict[str, float]] = {}
-    for extraction in extractions:
-        if extraction.volume in ("P", "M"):
-            rows = session.execute(
-                select(RadiomicFeature.name, RadiomicFeature.value).where(
-                    RadiomicFeature.extraction_fk == extraction.id
-                )
-            ).all()
-            features[extraction.volume] = {name: value for name, value in rows}
+    features = job_features(session, job.id)
     series_uid = extractions[0].ct_series_uid if extractions else ""
     ct_paths = session.scalars(
         select(Instance.path)
@@ -341,9 +347,33 @@ def load_baseline(
     )
 
 
+def job_features(session: Session, job_id: int) -> dict[str, dict[str, float]]:
+    """The primary (P) and merged-metastases (M) radiomic features a job extracted: volume → name → value."""
+    features: dict[str, dict[str, float]] = {}
+    for extraction in session.scalars(select(RadiomicsExtraction).where(RadiomicsExtraction.job_fk == job_id)):
+        if extraction.volume in ("P", "M"):
+            rows = session.execute(
+                select(RadiomicFeature.name, RadiomicFeature.value).where(
+                    RadiomicFeature.extraction_fk == extraction.id
+                )
+            ).all()
+            features[extraction.volume] = {name: value for name, value in rows}
+    return features
+
+
+def _newest_job(session: Session, study_uid: str, pipeline: str) -> int | None:
+    return session.scalar(
+        select(Job.id)
+        .join(Study, Study.id == Job.study_fk)
+        .where(Study.study_instance_uid == study_uid, Job.pipeline == pipeline, Job.state == JobState.SUCCEEDED)
+        .order_by(Job.id.desc())
+        .limit(1)
+    )
+
+
 def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
     """Every follow-up assessment of a longitudinal pipeline (the newest successful job of each study), per
-    patient in study-date order."""
+    patient in study-date order; the first assessments (T1) with their feature values and the baseline's."""
     rows = session.execute(
         select(
             Patient.patient_id, Patient.issuer_of_patient_id, Study.study_instance_uid, Study.study_date, CtAssessment
@@ -355,7 +385,9 @@ def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
         .order_by(Job.id)
     ).all()
     newest: dict[str, StoredAssessment] = {}
+    jobs: dict[str, int] = {}
     for patient_id, issuer, study_uid, study_date, a in rows:
+        jobs[study_uid] = a.job_fk
         newest[study_uid] = StoredAssessment(
             patient_id,
             issuer,
@@ -371,6 +403,14 @@ def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
             a.progressive_lesions,
             a.deltas,
         )
+    for study_uid, found in newest.items():
+        if found.assessment in (1, None):
+            baseline_job = _newest_job(session, found.baseline_study_uid, pipeline)
+            newest[study_uid] = replace(
+                found,
+                features_t0=job_features(session, baseline_job) if baseline_job is not None else {},
+                features_t1=job_features(session, jobs[study_uid]),
+            )
     return sorted(newest.values(), key=lambda x: (x.patient_id, x.issuer_of_patient_id, x.study_date or date.min))
 
 

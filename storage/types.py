@@ -217,6 +217,10 @@ class StoredAssessment:
     new_lesions: int | None
     progressive_lesions: int | None
     deltas: Mapping[str, float | None] | None
+    # The first assessment (T1) only: its P/M feature values and the baseline's (T0), volume → name → value, for
+    # the method's redundancy filter on the T0/T1 values; empty otherwise.
+    features_t0: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    features_t1: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -239,12 +239,17 @@ def test_a_patient_followed_to_progression_after_response(
     assert (first.time_point, first.recist_category, first.resistance) == ("T1", "PR", "none")
     assert (second.time_point, second.recist_category, second.best_response) == ("T2", "PD", "PR")
     assert (second.resistance, second.pattern, second.new_lesions) == ("acquired", "systemic", 4)
+    # The lesions halved at T1 and are back at their baseline size: grown ~100 % and 7-12 mm since their nadir,
+    # progressive (by growth since the baseline none would be).
+    assert second.progressive_lesions >= 3
     assert second.nadir_mm == pytest.approx(first.sum_diameters_t1_mm) and second.weeks == pytest.approx(23.0)
     assert first.deltas and not second.deltas  # the method's Δ features are T1 against T0
     (course,) = patient_courses(assessments, {})
     assert (course.resistance, course.pattern, course.best_response) == ("acquired", "systemic", "PR")
     table, left_out = table_from_store([course], None)
     assert table.systemic.tolist() == [True] and left_out == [] and len(table.features) > 800
+    # The T0 and T1 feature values travel with the Δ: the redundancy filter runs on the paper's datasets.
+    assert table.t0 is not None and table.t1 is not None and table.t0.shape == table.values.shape
     reports = wait_until(lambda: (r := _reports(pacs)) and sum(len(v) for v in r.values()) >= 6 and r, timeout_s=120)
     t2_sr = _sr(reports[t2.study_uid])
     assert _coded(t2_sr, "RESISTANCE") == ["RES_ACQUIRED"] and _coded(t2_sr, "AR_PATTERN") == ["AR_SYSTEMIC"]

@@ -22,7 +22,7 @@ from pipelines.ct.lesions import ct_lesions, load_ct_volume, volume_masks
 from pipelines.ct.radiomics import extract_volumes, parameter_file_text, pyradiomics_version
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.ct.tracking import assess, match_lesions, register
-from pipelines.ct.types import CtLesion, CtRadiomicsResult, Resistance, SignatureClass
+from pipelines.ct.types import CtLesion, CtRadiomicsResult, RecistAssessment, Resistance, SignatureClass
 from pipelines.imaging.geometry import to_sitk
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.settings import PetQuantSettings
@@ -63,7 +63,7 @@ def analyse_ct_study(
     if paired:
         before = load_ct_volume(baseline.ct_paths)
         registration = register(to_sitk(before.hu, before.geometry), to_sitk(ct.hu, ct.geometry), settings.registration)
-        tracked, changes = match_lesions(baseline.lesions, lesions, registration, settings)
+        tracked, changes = match_lesions(baseline.lesions, lesions, registration, settings, baseline.assessments)
         lesions, primary_reason = carried_roles(tracked, baseline)
         weeks = _weeks(baseline.study_date, ct.study_date)
         recist = assess(baseline.lesions, changes, settings, baseline.assessments, weeks)
@@ -74,7 +74,6 @@ def analyse_ct_study(
     current = {f.volume: f.features for f in features if f.volume in ("P", "M")}
     result_deltas: dict[str, float | None] = {}
     published, not_reported = (), ""
-    signature_class, class_not_given = None, ""
     if paired and assessment > 1:
         not_reported = (
             f"assessment T{assessment}: the method's delta features are T1 against T0 (in the T1 report); "
@@ -88,13 +87,11 @@ def analyse_ct_study(
             )
         else:
             not_reported = "published signature table not configured (pipelines.ct_radiomics.published_signature)"
-        signature_class, class_not_given = _classify(settings, result_deltas)
     elif paired:
         not_reported = "the baseline has no stored features"
     else:
         not_reported = "no baseline: delta features need T0 and T1"
-    if not paired or not baseline.features:
-        class_not_given = not_reported
+    signature_class, class_not_given = _class_at_progression(settings, recist, result_deltas, baseline)
     # T0: this study is the baseline (no earlier one exists); "unpaired": a baseline was expected but has no result.
     time_point = f"T{assessment}" if paired else ("unpaired" if baseline is not None or baseline_expected else "T0")
     return CtRadiomicsResult(
@@ -144,6 +141,26 @@ def carried_roles(tracked: Sequence[CtLesion], baseline: Baseline) -> tuple[tupl
         names = ", ".join(b.tracking_identifier for b in primaries.values())
         return lesions, f"the baseline's primary ({names}) is not found at this follow-up: no primary (P) here"
     return lesions, "the baseline has no primary: all lesions are metastases"
+
+
+def _class_at_progression(
+    settings: CtRadiomicsSettings,
+    recist: RecistAssessment | None,
+    deltas_now: dict[str, float | None],
+    baseline: Baseline | None,
+) -> tuple[SignatureClass | None, str]:
+    """The classifier tells oligo- from systemic acquired resistance, as the method compares patients who developed
+    it: a class only at the progression that is acquired resistance, from the course's T1 Δ features."""
+    if recist is None or recist.resistance is not Resistance.ACQUIRED:
+        return None, (
+            "no class is given: the classifier separates oligo- from systemic acquired resistance and applies at the "
+            "progression that is acquired resistance, not at this assessment"
+        )
+    first = next((a for a in baseline.assessments if a.number == 1), None) if baseline is not None else None
+    t1 = deltas_now if recist.assessment == 1 else dict(first.deltas) if first is not None and first.deltas else {}
+    if not t1:
+        return None, "no class is given: the T1 delta features of this course are not stored"
+    return _classify(settings, t1)
 
 
 def _classify(settings: CtRadiomicsSettings, values: dict[str, float | None]) -> tuple[SignatureClass | None, str]:

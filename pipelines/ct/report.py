@@ -222,7 +222,7 @@ def statements(result: CtRadiomicsResult) -> list[str]:
                 Resistance.NONE: "no progression at this assessment.",
                 Resistance.PRIMARY: "this progression follows neither, so it is not acquired resistance.",
                 Resistance.ACQUIRED: f"this is acquired resistance, {r.pattern} "
-                f"({r.new_lesions} new + {r.progressive_lesions} progressive lesions).",
+                f"({r.new_lesions} new + {r.progressive_lesions} lesions progressive since their nadir).",
             }[r.resistance]
         )
     if result.registration:
@@ -241,7 +241,8 @@ def statements(result: CtRadiomicsResult) -> list[str]:
                 + (f" (AUC {f.auc:g})" if f.auc is not None else "")
                 + f"; nearer to the {f.nearer} median"
                 + ("" if f.nearer != "equidistant" else " (equidistant)")
-                + ". Research reference, not a diagnosis."
+                + ". Research reference, not a diagnosis (the medians are of patients who developed acquired "
+                "resistance)."
             )
     elif result.signature_not_reported:
         lines.append(f"Delta-radiomics signature not reported: {result.signature_not_reported}.")

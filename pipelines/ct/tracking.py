@@ -15,7 +15,9 @@ two per organ is not applied (no organ labels). The nadir is the smallest sum so
 earlier assessments' included. Categories: CR (every target gone and nodes < 10 mm, no new lesion), PD (sum
 +20 % and +5 mm over the nadir, or any new lesion), PR (sum -30 % against the baseline), else SD.
 Non-target progression is not assessed. A matched lesion is progressive when its RECIST diameter grew by
-`progression_percent` and `progression_min_mm` since the baseline.
+`progression_percent` and `progression_min_mm` since its own nadir: its smallest diameter at the baseline and
+the earlier assessments (a lesion absent at an earlier assessment had disappeared, nadir 0: it is progressive
+when it has grown back by `progression_min_mm`). After a response, regrowing lesions count.
 
 Acquired resistance, as the method defines it: a progression (PD) after an initial response (CR or PR at an
 earlier assessment) or after stable disease lasting `stable_disease_min_weeks` (26: six months); its pattern
@@ -36,7 +38,7 @@ from scipy.optimize import linear_sum_assignment
 from common.types import BaselineLesion, PriorAssessment
 from pipelines.ct.settings import CtRadiomicsSettings, RegistrationSettings
 from pipelines.ct.types import CtLesion, LesionChange, RecistAssessment, Resistance
-from pipelines.imaging.recist import RECIST_MIN_LONG_AXIS_MM, RECIST_MIN_NODE_SHORT_AXIS_MM
+from pipelines.imaging.recist import meets_target_size
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +136,30 @@ def register(t0: sitk.Image, t1: sitk.Image, settings: RegistrationSettings) -> 
     return Registration(transform, description, correlation)
 
 
+def lesion_nadir(lesion: BaselineLesion, prior: Sequence[PriorAssessment]) -> float:
+    """The lesion's smallest RECIST diameter so far: at the baseline and at each earlier assessment that stored its
+    lesions (absent there: disappeared, 0)."""
+    earlier = [a.lesion_diameters_mm.get(lesion.tracking_uid, 0.0) for a in prior if a.lesion_diameters_mm is not None]
+    return min([lesion.recist_diameter_mm, *earlier])
+
+
+def progressive_growth(nadir: float, now: float, settings: CtRadiomicsSettings) -> bool:
+    """Grown by `progression_min_mm` and `progression_percent` since the nadir (from 0: by the millimetres)."""
+    grown = now - nadir
+    return grown >= settings.progression_min_mm and (
+        nadir == 0 or grown / nadir * 100.0 >= settings.progression_percent
+    )
+
+
 def match_lesions(
     baseline: Sequence[BaselineLesion],
     followup: Sequence[CtLesion],
     registration: Registration,
     settings: CtRadiomicsSettings,
+    prior: Sequence[PriorAssessment] = (),
 ) -> tuple[list[CtLesion], tuple[LesionChange, ...]]:
-    """Follow-up lesions carrying the matched baseline identity (new ones keep their own) and the changes."""
+    """Follow-up lesions carrying the matched baseline identity (new ones keep their own) and the changes, each
+    matched lesion judged progressive by its growth since its nadir (`prior`: the earlier assessments)."""
     mapped = np.array([registration.t0_to_t1(b.centroid_mm) for b in baseline]).reshape(-1, 3)
     current = np.array([f.centroid_mm for f in followup], dtype=float).reshape(-1, 3)
     distances = np.linalg.norm(mapped[:, None, :] - current[None, :, :], axis=-1)
@@ -157,12 +176,8 @@ def match_lesions(
             b_index, distance = pairs[index]
             before = baseline[b_index]
             lesion = replace(lesion, tracking_uid=before.tracking_uid, tracking_identifier=before.tracking_identifier)
-            grown = lesion.recist_diameter_mm - before.recist_diameter_mm
-            progressive = (
-                before.recist_diameter_mm > 0
-                and grown >= settings.progression_min_mm
-                and grown / before.recist_diameter_mm * 100.0 >= settings.progression_percent
-            )
+            nadir = lesion_nadir(before, prior)
+            progressive = progressive_growth(nadir, lesion.recist_diameter_mm, settings)
             changes.append(
                 LesionChange(
                     before.tracking_uid,
@@ -174,6 +189,7 @@ def match_lesions(
                     lesion.volume_ml,
                     distance,
                     progressive,
+                    nadir,
                 )
             )
         else:
@@ -210,9 +226,7 @@ def match_lesions(
 
 
 def measurable(lesion: BaselineLesion) -> bool:
-    if lesion.lymph_node:
-        return lesion.short_axis_mm >= RECIST_MIN_NODE_SHORT_AXIS_MM
-    return lesion.long_axis_mm >= RECIST_MIN_LONG_AXIS_MM
+    return meets_target_size(lesion.long_axis_mm, lesion.short_axis_mm, lesion.lymph_node)
 
 
 RESPONSE_ORDER = ("CR", "PR", "SD", "PD")

@@ -57,7 +57,8 @@ class LesionChange:
     volume_t0_ml: float | None
     volume_t1_ml: float | None
     distance_mm: float | None  # between mapped baseline centroid and follow-up centroid, when matched
-    progressive: bool = False
+    progressive: bool = False  # grown by the progression rule since the lesion's nadir
+    nadir_mm: float | None = None  # the lesion's smallest diameter so far (baseline and earlier assessments)
 
     @property
     def diameter_delta(self) -> float | None:

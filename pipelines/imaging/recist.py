@@ -1,11 +1,14 @@
 """RECIST 1.1 diameters measured on a lesion mask: the longest in-plane (axial) diameter over all slices
 and the short axis perpendicular to it on that slice. Diameters run between the outer edges of the end
 voxels (centre distance + one in-plane voxel), our documented choice. Target lesion: long axis >= 10 mm
-or, for a lesion a reader labelled a lymph node, short axis >= 15 mm.
+or, for a lymph node, short axis >= 15 mm (RECIST 1.1). A lesion is a node when a reader labelled it one, or when
+its organ (the CT anatomy's or the reader's finding site) names a lymph node (`nodal_site`): automatic nodes are
+judged by their short axis too.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +16,17 @@ from scipy.spatial import ConvexHull, QhullError
 
 RECIST_MIN_LONG_AXIS_MM = 10.0
 RECIST_MIN_NODE_SHORT_AXIS_MM = 15.0
+NODAL_SITE = re.compile(r"(?i)\blymph|\bnod(e|es|al)\b")
+
+
+def nodal_site(organ: str) -> bool:
+    """Whether a lesion's organ or finding site names a lymph node ("lymph node", "mediastinal nodes", ...)."""
+    return bool(NODAL_SITE.search(organ))
+
+
+def meets_target_size(long_axis_mm: float, short_axis_mm: float, lymph_node: bool) -> bool:
+    """RECIST 1.1 size rule of a target lesion: nodes by the short axis (>= 15 mm), others by the long axis."""
+    return short_axis_mm >= RECIST_MIN_NODE_SHORT_AXIS_MM if lymph_node else long_axis_mm >= RECIST_MIN_LONG_AXIS_MM
 
 
 @dataclass(frozen=True)
@@ -55,5 +69,4 @@ def axial_diameters(
         if candidate[0] > best[0]:
             best = candidate
     long_axis, short_axis, slice_index = best
-    target = short_axis >= RECIST_MIN_NODE_SHORT_AXIS_MM if lymph_node else long_axis >= RECIST_MIN_LONG_AXIS_MM
-    return Diameters(long_axis, short_axis, slice_index, target)
+    return Diameters(long_axis, short_axis, slice_index, meets_target_size(long_axis, short_axis, lymph_node))

@@ -20,7 +20,7 @@ from pipelines.imaging.organs import reader_organ
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.anatomy import AnatomyMap, Site, anatomy_for
 from pipelines.pet.cytact import lesion_cytact
-from pipelines.pet.lesions import detect_lesions, segment_lesions, segment_reader_regions
+from pipelines.pet.lesions import detect_lesions, segment_lesions, segment_reader_regions, with_organ_node_rule
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.pet.types import Lesion, PetQuantResult, PetVolume
 from pipelines.pet.volume import load_pet_volume
@@ -154,6 +154,8 @@ def analyse_pet_series(
         lesions = ranked_candidates(detection.lesions)
         notes = (candidate_statement(lesions, params), *detection.notes(params))
     lesions = tuple(_sited(lesion, anatomy) for lesion in lesions)
+    # A lesion whose organ is a lymph node is judged by its short axis (RECIST 1.1 nodes), automatic ones too.
+    lesions = tuple(with_organ_node_rule(lesion, lesion.organ, volume.geometry) for lesion in lesions)
     cytact, not_computed, cytact_model = None, "", None
     if not params.cytact.enabled:
         not_computed = "disabled in the configuration (pipelines.pet_quant.cytact.enabled)"

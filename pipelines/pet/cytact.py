@@ -55,12 +55,17 @@ def summary_lesions(lesions: tuple[Lesion, ...], settings: CytActSettings) -> tu
 
 
 def _cutoffs_apply(model: ModelIdentity, settings: CytActSettings) -> str:
-    """Why the method's cut-offs do not apply to these weights ("" when they do)."""
+    """Why the cut-offs do not apply to these weights ("" when they do)."""
     if settings.cutoffs_weights_sha256 == model.weights_sha256:
         return ""
+    site = (
+        f", the site's variance cut-off {settings.heterogeneity_variance_cutoff}"
+        if settings.heterogeneity_variance_cutoff is not None
+        else ""
+    )
     return (
-        f"no low/high group: the cut-offs (minimum {settings.low_group_cutoff}, variance "
-        f"{settings.heterogeneity_variance_cutoff}) were derived for the published model, not for these weights"
+        f"no low/high group: the cut-offs (minimum {settings.low_group_cutoff}{site}) belong to other weights "
+        "(pipelines.pet_quant.cytact.cutoffs_weights_sha256), not to these"
     )
 
 
@@ -108,7 +113,11 @@ def lesion_cytact(
         variance=variance,
         low_group=None if not_given else bool(scores.min() < settings.low_group_cutoff),
         low_group_cutoff=settings.low_group_cutoff,
-        heterogeneous=None if not_given or variance is None else variance > settings.heterogeneity_variance_cutoff,
+        heterogeneous=(
+            None
+            if not_given or variance is None or settings.heterogeneity_variance_cutoff is None
+            else variance > settings.heterogeneity_variance_cutoff
+        ),
         heterogeneity_cutoff=settings.heterogeneity_variance_cutoff,
         groups_not_given=not_given,
     )

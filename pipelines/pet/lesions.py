@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 from scipy import ndimage
 
 from pipelines.imaging.geometry import index_to_patient, patient_to_index
-from pipelines.imaging.recist import axial_diameters
+from pipelines.imaging.recist import axial_diameters, meets_target_size, nodal_site
 from pipelines.pet.anatomy import AnatomyMap
 from pipelines.pet.candidates import candidate_score
 from pipelines.pet.physiological import physiological_regions
@@ -139,8 +139,7 @@ def _measured(
     # twice the slice thickness. A PET voxel is a slice in every direction here: the size rule is claimed only
     # for a lesion at least `PET_MEASURABLE_VOXELS` of the largest voxel dimension across, and never below
     # the RECIST minimum.
-    measured = diameters.short_axis_mm if lymph_node else diameters.long_axis_mm
-    target = diameters.target and measured >= PET_MEASURABLE_VOXELS * max(geometry.spacing_mm)
+    target = _target_on_pet(diameters.long_axis_mm, diameters.short_axis_mm, lymph_node, geometry)
     offset = tuple(b.start + t.start for b, t in zip(box, tight))
     centroid_index = np.array([b.start for b in box]) + np.argwhere(lesion_box).mean(axis=0)
     centroid_mm = index_to_patient(geometry, centroid_index)
@@ -167,6 +166,23 @@ def _measured(
         offset=offset,  # type: ignore[arg-type]
         mask=lesion_box[tight].copy(),
     )
+
+
+def _target_on_pet(long_axis: float, short_axis: float, lymph_node: bool, geometry: VolumeGeometry) -> bool:
+    measured = short_axis if lymph_node else long_axis
+    return meets_target_size(long_axis, short_axis, lymph_node) and (
+        measured >= PET_MEASURABLE_VOXELS * max(geometry.spacing_mm)
+    )
+
+
+def with_organ_node_rule(lesion: Lesion, organ: str, geometry: VolumeGeometry) -> Lesion:
+    """A lesion whose organ names a lymph node is a node, judged by its short axis (RECIST 1.1: >= 15 mm), as a
+    reader-labelled node is; other lesions are returned as they are."""
+    if lesion.measurements.lymph_node or not nodal_site(organ):
+        return lesion
+    m = lesion.measurements
+    target = _target_on_pet(m.long_axis_mm, m.short_axis_mm, True, geometry)
+    return replace(lesion, measurements=replace(m, lymph_node=True, recist_target=target))
 
 
 def segment_reader_regions(

@@ -19,6 +19,7 @@ from common.states import OutputKind
 from common.types import OutputFile, PreviousReport, ResultVersion
 from common.version import __version__
 from pipelines.imaging.annotations import reader_source_statements
+from models import FUSION_PUBLISHED_DIFFERENCES
 from pipelines.omics.types import ResponsePredictions
 from pipelines.output.gate import OutputWriter
 from pipelines.output.seg import build_segmentation, referenced_segment
@@ -96,9 +97,9 @@ LESION_STATUS = private_concept("LESION_STATUS", "Lesion confirmation status")
 UNCONFIRMED = private_concept("UNCONFIRMED", "Automatic candidate, not confirmed by a reader")
 READER_CONFIRMED = private_concept("READER_CONFIRMED", "Confirmed by a reader (reader's annotation)")
 RECIST_ON_PET = (
-    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node named "
-    "as such by a reader) reaches 10 mm (15 mm) and spans at least twice the largest PET voxel dimension "
-    "(three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
+    "RECIST 1.1 size rule on PET: 'yes' only for a lesion whose long axis (short axis for a lymph node: named "
+    "so by a reader, or its organ a lymph node) reaches 10 mm (15 mm) and spans at least twice the largest PET "
+    "voxel dimension (three voxels edge to edge); RECIST measures on CT, these PET diameters are a research reference."
 )
 
 
@@ -153,7 +154,8 @@ def cytact_statement(result: PetQuantResult) -> str:
     if summary.variance is not None:
         heterogeneity = (
             f" ({'high' if summary.heterogeneous else 'low'} heterogeneity, "
-            f"fixed cut-off {summary.heterogeneity_cutoff})"
+            f"the site's cut-off {summary.heterogeneity_cutoff}; the paper gives none, it splits a cohort at the "
+            "median)"
             if summary.heterogeneous is not None
             else ""
         )
@@ -232,12 +234,13 @@ def fusion_arms_statement(modalities: Sequence[str]) -> str:
         if "imaging" in modalities
         else ""
     )
+    always = " Differences from the published method: " + "; ".join(FUSION_PUBLISHED_DIFFERENCES) + "."
     if "histology" in modalities:
         return (
             "Histology modality: the whole-slide image's gated-attention MIL embedding, as published, with a patch "
-            "encoder trained by this site (not ImageNet weights)." + pet
+            "encoder trained by this site (not ImageNet weights)." + pet + always
         )
-    return "Deviation from the published method: no whole-slide histology for this patient." + pet
+    return "Deviation from the published method: no whole-slide histology for this patient." + pet + always
 
 
 def response_statements(response: ResponsePredictions | None) -> list[str]:

@@ -10,6 +10,10 @@ from pydantic import Field, model_validator
 from common.settings import Strict
 
 
+# The method's pre-treatment PET: within 3 months before the therapy start (91 days); a site may narrow it.
+METHOD_PRETREATMENT_WINDOW_DAYS = 91
+
+
 class CytActSettings(Strict):
     """Lesion CytAct prediction and the patient-level biomarkers of the PET immune-profiling method."""
 
@@ -23,13 +27,18 @@ class CytActSettings(Strict):
     # ... and two per organ; the organ comes from the reader's finding site or name, else the CT (lung, bone), all
     # lymph nodes being one organ (pipelines/imaging/organs.py); lesions of unknown organ count as one organ.
     max_targets_per_organ: int = Field(2, ge=1)
-    # The method's cut-offs: minimum CytAct below -0.107 is the low group; a variance above the cut-off is high
-    # heterogeneity (a fixed cut-off for one patient; `analyse-outcomes` splits a cohort at its median). They
-    # belong to the model they were derived for: groups are reported only for weights with this sha256.
-    # None (default): no weights here are the published model's, so the SR gives no group.
+    # Low group: minimum CytAct below this cut-off (research/published_figures.csv, park2020 cutoff_min). The
+    # cut-offs belong to the model they were derived for: groups are reported only for weights with the sha256
+    # `cutoffs_weights_sha256`. None (default): no weights here are the published model's, so the SR gives no group.
     low_group_cutoff: float = -0.107
-    heterogeneity_variance_cutoff: float = Field(0.1, ge=0)
+    # Heterogeneity: the paper gives no cut-off (it splits a cohort at the median variance, as `analyse-outcomes`
+    # does). A site may set its own for single patients; the SR then labels it the site's cut-off. None: no
+    # heterogeneity group in the SR.
+    heterogeneity_variance_cutoff: float | None = Field(None, ge=0)
     cutoffs_weights_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # The pre-treatment PET of the outcome statistics (`analyse-outcomes`, `reproduce cytact`): the latest analysis
+    # within this many days before the therapy start (the method: 3 months).
+    pretreatment_window_days: int = Field(METHOD_PRETREATMENT_WINDOW_DAYS, ge=1)
 
 
 class PhysiologicalSettings(Strict):

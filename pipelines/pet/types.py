@@ -95,8 +95,10 @@ class CytActSummary:
     variance: float | None  # across lesions, when there are two or more
     low_group: bool | None  # minimum below the cut-off; None when the cut-off does not belong to these weights
     low_group_cutoff: float
-    heterogeneous: bool | None  # variance above the cut-off; None: fewer than two lesions, or cut-off not theirs
-    heterogeneity_cutoff: float
+    # Variance above the site's cut-off (the paper gives none); None: no site cut-off, fewer than two lesions, or
+    # the cut-offs belong to other weights.
+    heterogeneous: bool | None
+    heterogeneity_cutoff: float | None
     groups_not_given: str = ""  # why no group is reported, when none is
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from models.expression_baselines import BASELINES, SVM_GRID, TREE_GRID, fit_predict
+from models.expression_baselines import BASELINES, SVM_GRID, TREE_GRID, fit_predict, grid_search, oversampled
 from models.expression_transformer import load_panel, panel_features
 from tests.synthetic_cohorts import synthetic_cohort
 
@@ -30,3 +31,48 @@ def test_baselines_on_planted_and_absent_signal(signal: bool, torch_threads_rest
         assert scores.shape == (len(test),) and np.all((scores >= 0) & (scores <= 1)), name
         auc = roc_auc_score(cohort.labels[test], scores)
         assert (auc >= 0.8) is signal, (name, auc)
+
+
+class _Recorder(ClassifierMixin, BaseEstimator):
+    """Records which samples (column 0 holds each sample's number) every fit trained on and every score saw."""
+
+    events: list[tuple[str, list[int]]] = []
+
+    def __init__(self, k: int = 1) -> None:
+        self.k = k
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> _Recorder:
+        _Recorder.events.append(("fit", [int(v) for v in x[:, 0]]))
+        self.classes_ = np.unique(y)
+        self.labels_ = dict(zip(x[:, 0].astype(int), y))
+        return self
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        _Recorder.events.append(("score", [int(v) for v in x[:, 0]]))
+        p = np.array([0.9 if self.labels_.get(int(v)) == 1 else 0.1 for v in x[:, 0]])
+        return np.column_stack([1 - p, p])
+
+
+def test_oversampling_happens_inside_each_inner_training_fold_only() -> None:
+    """12 samples, 4 responders: every inner fit sees its own fold's rows with responders drawn again to 1:1, and
+    no sample it trained on (copies included) is among the rows it is scored on. Oversampling before the search (as
+    the baselines once were given) puts copies of one responder on both sides."""
+    x = np.column_stack([np.arange(12), np.zeros(12)]).astype(float)
+    y = np.array([1, 0, 0, 1, 0, 0, 1, 0, 0, 1, 0, 0])
+    _Recorder.events = []
+    search = grid_search(oversampled(_Recorder(), 0), {"_recorder__k": [1, 2]}, x, y, seed=0)
+    events = _Recorder.events
+    pairs = [(events[i][1], events[i + 1][1]) for i in range(len(events) - 1) if events[i][0] == "fit"]
+    pairs = [(fitted, scored) for fitted, scored in pairs if scored]
+    assert len(pairs) == 2 * 3  # two grid points x three inner folds
+    for fitted, scored in pairs:
+        assert not set(fitted) & set(scored)
+        responders = [i for i in fitted if y[i] == 1]
+        assert len(responders) == len(fitted) - len(responders) and len(set(responders)) < len(responders)
+    assert search.best_estimator_ is not None
+    # The old way: duplicated rows given to the search leak copies across its inner folds.
+    rows = np.concatenate([np.arange(12), np.flatnonzero(y == 1), np.flatnonzero(y == 1)])
+    _Recorder.events = []
+    grid_search(_Recorder(), {"k": [1]}, x[rows], y[rows], seed=0)
+    fitted, scored = _Recorder.events[0][1], _Recorder.events[1][1]
+    assert set(fitted) & set(scored)

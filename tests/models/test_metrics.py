@@ -17,11 +17,14 @@ def test_hand_computed_example() -> None:
     # Predicted at 0.5: 1 0 1 0 1 → TP 2, FN 1, FP 1, TN 1.
     values = classification_metrics(labels, scores)
     assert values["accuracy"] == pytest.approx(3 / 5)
-    # Class-weighted, as the paper computes them: responders (3) 2/3 each, non-responders (2) 1/2 each;
-    # (3 x 2/3 + 2 x 1/2) / 5 = 3/5, so the weighted recall equals the accuracy.
-    assert values["precision"] == pytest.approx(3 / 5)
-    assert values["recall"] == pytest.approx(values["accuracy"])
-    assert values["f1"] == pytest.approx(3 / 5)
+    # Per class: responders (3) precision, recall and F1 2/3; non-responders (2) 1/2 each.
+    # Macro (the paper's comparison table): (2/3 + 1/2) / 2 = 7/12.
+    assert values["precision_macro"] == pytest.approx(7 / 12)
+    assert values["recall_macro"] == pytest.approx(7 / 12) and values["f1_macro"] == pytest.approx(7 / 12)
+    # Class-weighted: (3 x 2/3 + 2 x 1/2) / 5 = 3/5, so the weighted recall equals the accuracy.
+    assert values["precision_weighted"] == pytest.approx(3 / 5)
+    assert values["recall_weighted"] == pytest.approx(values["accuracy"])
+    assert values["f1_weighted"] == pytest.approx(3 / 5)
     assert values["precision_responder"] == pytest.approx(2 / 3) and values["f1_responder"] == pytest.approx(2 / 3)
     assert values["sensitivity"] == pytest.approx(2 / 3) and values["specificity"] == pytest.approx(1 / 2)
     # Positive/negative pairs ranked correctly: (0.9 > 0.6, 0.1), (0.4 > 0.1), (0.7 > 0.6, 0.1) = 5 of 6.
@@ -40,7 +43,11 @@ def test_agrees_with_scikit_learn_on_random_data() -> None:
         values = classification_metrics(labels, scores, threshold=0.3)
         predicted = scores >= 0.3
         assert values["accuracy"] == pytest.approx(metrics.accuracy_score(labels, predicted))
-        assert values["f1"] == pytest.approx(metrics.f1_score(labels, predicted, average="weighted", zero_division=0))
+        for average in ("macro", "weighted"):
+            expected = metrics.f1_score(labels, predicted, average=average, zero_division=0)
+            assert values[f"f1_{average}"] == pytest.approx(expected)
+            expected = metrics.precision_score(labels, predicted, average=average, zero_division=0)
+            assert values[f"precision_{average}"] == pytest.approx(expected)
         assert values["f1_responder"] == pytest.approx(metrics.f1_score(labels, predicted, zero_division=0))
         assert values["roc_auc"] == pytest.approx(metrics.roc_auc_score(labels, scores))
         assert values["ap_responder"] == pytest.approx(metrics.average_precision_score(labels, scores))

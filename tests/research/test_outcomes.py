@@ -3,7 +3,7 @@ table; the choice of each patient's pre-treatment PET and of one model identity;
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,8 @@ from sqlalchemy import select
 from common.states import JobState
 from immunode.cli import main as cli_main
 from research.outcomes import (
+    MEDIAN_SPLIT,
+    METHOD_WINDOW_DAYS,
     OutcomeTableError,
     analyse,
     choose_analyses,
@@ -88,8 +90,23 @@ def test_statistics_match_hand_computation(tmp_path: Path) -> None:
     assert low < hr < high and hr < 1  # the high group progresses later here
     assert 0 < result.logrank["high vs low CytAct pfs"] < 1
     # Heterogeneity: variances 0.08, 0.08, 0.08, 0.32, 0.00125, 0.045; median split at 0.08 (above: P4 only).
-    assert result.variance_cutoff == pytest.approx(0.08) and result.variance_source == "the cohort's median"
+    assert result.variance_cutoff == pytest.approx(0.08) and result.variance_source == MEDIAN_SPLIT
     assert "high vs low heterogeneity pfs" in result.cox
+    # A site's cut-off is labelled as the site's: the paper gives none.
+    site = analyse(table, -0.107, "given", variance_cutoff=0.1)
+    assert site.variance_cutoff == 0.1 and site.variance_source.startswith("the site's cut-off")
+
+
+def test_the_methods_pre_treatment_window_is_three_months() -> None:
+    """A PET 80 days before the therapy start is the method's pre-treatment PET (3 months = 91 days), not a 60-day
+    window's; one 100 days before is neither."""
+    early = [_analysis(("P1", ""), [0.5, 0.9], date(2026, 3, 1) - timedelta(days=days), job) for job, days in
+             ((1, 80), (2, 100))]  # fmt: skip
+    chosen = choose_analyses(early[:1], THERAPY, METHOD_WINDOW_DAYS)
+    assert METHOD_WINDOW_DAYS == 91 and ("P1", "") in chosen.chosen and "the method's 3 months" in chosen.rule
+    narrow = choose_analyses(early[:1], THERAPY, 60)
+    assert narrow.chosen == {} and "not the method's 3 months" in narrow.rule
+    assert choose_analyses(early[1:], THERAPY, METHOD_WINDOW_DAYS).chosen == {}
 
 
 def test_without_a_cutoff_the_youden_value_is_used_and_said(tmp_path: Path) -> None:

@@ -136,8 +136,8 @@ def test_follow_up_tracked_measured_and_compared(tmp_path: Path, baseline_result
         assert feature.delta == pytest.approx(t1.deltas[feature.name])
         nearer_oligo = abs(feature.delta - feature.oligo_median) < abs(feature.delta - feature.systemic_median)
         assert feature.nearer == ("oligo" if nearer_oligo else "systemic")
-    assert t1.signature_class is not None and t1.signature_class.model.synthetic
-    assert t1.signature_class.label in ("oligo", "systemic") and 0 <= t1.signature_class.probability_systemic <= 1
+    # The classifier tells oligo- from systemic acquired resistance: no class for a patient without it.
+    assert t1.signature_class is None and "acquired resistance" in t1.signature_class_not_given
 
 
 def test_progression_after_a_response_is_acquired_resistance_counted_there(tmp_path: Path, baseline_result) -> None:
@@ -146,9 +146,11 @@ def test_progression_after_a_response_is_acquired_resistance_counted_there(tmp_p
         for i, (x, z) in enumerate([(-80, -40), (80, 0), (-20, -55), (30, 50)])
     )
     study = write_ct_study(tmp_path, BASELINE_LESIONS + new, "20260316", seed=3)
-    settings = CtRadiomicsSettings(per_lesion_features=False)
+    settings = CtRadiomicsSettings(per_lesion_features=False, ar_signature=_signature(tmp_path))
     # T1 was a partial response: this second assessment's progression is acquired resistance.
-    baseline = replace(_baseline(baseline_result), assessments=(PriorAssessment("1.2.3.1", None, 1, 40.0, "PR"),))
+    t1_deltas = {f.name: 0.1 for f in read_published_signature(PUBLISHED)}
+    first = PriorAssessment("1.2.3.1", None, 1, 40.0, "PR", deltas=t1_deltas)
+    baseline = replace(_baseline(baseline_result), assessments=(first,))
     t2 = analyse_ct_study(study.ct_files, [study.rtstruct], [], settings, PetQuantSettings(), baseline, "p", tmp_path)
     assert {f.volume for f in t2.features} == {"P", "M"}
     recist = t2.recist
@@ -161,7 +163,13 @@ def test_progression_after_a_response_is_acquired_resistance_counted_there(tmp_p
     )
     assert t2.time_point == "T2" and not t2.deltas  # the method's Δ features are T1 against T0
     assert "T1 against T0" in t2.signature_not_reported
-    assert t2.signature_class is None
+    # At the progression that is acquired resistance, the classifier gives its class from the course's T1 Δ.
+    assert t2.signature_class is not None and t2.signature_class.model.synthetic
+    signature, _ = ar_signature.load(settings.ar_signature)
+    assert t2.signature_class.probability_systemic == pytest.approx(signature.probability_systemic(t1_deltas))
+    without = replace(baseline, assessments=(replace(first, deltas=None),))
+    t2 = analyse_ct_study(study.ct_files, [study.rtstruct], [], settings, PetQuantSettings(), without, "p", tmp_path)
+    assert t2.signature_class is None and "T1 delta features" in t2.signature_class_not_given
 
 
 def _change(uid: str, t0: float, t1: float | None, status: str = "matched", progressive: bool = False) -> LesionChange:
@@ -328,3 +336,52 @@ def test_lesions_from_a_dicom_seg_on_the_ct(tmp_path: Path) -> None:
     for a, b in zip(from_seg, from_contours):
         assert a.offset == b.offset and np.array_equal(a.mask, b.mask) and a.role is b.role
     assert "primary from the label (Primary tumour)" in reason
+
+
+def _lesion_at(uid: str, diameter: float, number: int) -> CtLesion:
+    return CtLesion(
+        number, uid, f"2.25.{number}", (0, 0, 0), np.ones((1, 1, 1), bool), LesionRole.METASTASIS, "annotation",
+        uid, False, centroid_mm=(100.0 * number, 0.0, 0.0), long_axis_mm=diameter, short_axis_mm=diameter / 2,
+    )  # fmt: skip
+
+
+def test_a_lesion_is_progressive_by_growth_since_its_nadir() -> None:
+    """Four 40 mm metastases (sum 160) shrink to 20 mm each at T1 (sum 80: PR). At T2 each has regrown to 26 mm:
+    +6 mm and +30 % over its nadir of 20 (progressive), though still 35 % smaller than at the baseline (not
+    progressive by growth since the baseline). The sum 104 is +30 % and +24 mm over the nadir 80: PD after a PR,
+    acquired resistance, and with 0 new + 4 progressive lesions (> 3) the pattern is systemic (by growth since the
+    baseline it would have been 0 progressive: oligo). Two regrowing lesions and one new one: 1 + 2 = 3, oligo."""
+    import SimpleITK as sitk
+
+    from pipelines.ct.tracking import Registration, match_lesions
+
+    settings = CtRadiomicsSettings()
+    identity = Registration(sitk.Euler3DTransform(), "identity", 1.0)
+    baseline = [
+        BaselineLesion(f"M{i}", f"M{i}", LesionRole.METASTASIS, False, (100.0 * i, 0, 0), 40.0, 20.0, 10.0)
+        for i in range(1, 5)
+    ]
+    t1 = PriorAssessment("1.2.1", None, 1, 80.0, "PR", lesion_diameters_mm={f"M{i}": 20.0 for i in range(1, 5)})
+    regrown = [_lesion_at(f"M{i}", 26.0, i) for i in range(1, 5)]
+    _, changes = match_lesions(baseline, regrown, identity, settings, (t1,))
+    assert [c.nadir_mm for c in changes] == [20.0] * 4 and all(c.progressive for c in changes)
+    recist = assess(baseline, changes, settings, (t1,), weeks=24.0)
+    assert (recist.sum_t1_mm, recist.nadir_mm, recist.category) == (104.0, 80.0, "PD")
+    assert (recist.resistance, recist.progressive_lesions, recist.pattern) == (Resistance.ACQUIRED, 4, "systemic")
+    # Without the earlier assessment's lesion diameters the baseline is the nadir: shrunk, not progressive.
+    _, from_baseline = match_lesions(baseline, regrown, identity, settings)
+    assert not any(c.progressive for c in from_baseline)
+
+    two = [_lesion_at("M1", 26.0, 1), _lesion_at("M2", 26.0, 2), _lesion_at("M3", 20.0, 3), _lesion_at("M4", 20.0, 4)]
+    new = replace(_lesion_at("N1", 12.0, 5), centroid_mm=(0.0, 300.0, 0.0))
+    _, changes = match_lesions(baseline, [*two, new], identity, settings, (t1,))
+    recist = assess(baseline, changes, settings, (t1,), weeks=24.0)
+    assert (recist.category, recist.new_lesions, recist.progressive_lesions) == ("PD", 1, 2)
+    assert (recist.resistance, recist.pattern) == (Resistance.ACQUIRED, "oligo")
+
+    # A lesion gone at T1 (nadir 0) that is back at 6 mm has grown by 6 mm: progressive; at 4 mm it is not.
+    gone = replace(t1, lesion_diameters_mm={"M2": 20.0, "M3": 20.0, "M4": 20.0})
+    _, changes = match_lesions(baseline[:1], [_lesion_at("M1", 6.0, 1)], identity, settings, (gone,))
+    assert changes[0].nadir_mm == 0.0 and changes[0].progressive
+    _, changes = match_lesions(baseline[:1], [_lesion_at("M1", 4.0, 1)], identity, settings, (gone,))
+    assert not changes[0].progressive

@@ -40,3 +40,29 @@ def test_lymph_node_is_a_target_by_its_short_axis() -> None:
     assert axial_diameters(elongated, 1.0, 1.0).target  # as a lesion: long axis >= 10 mm
     assert not axial_diameters(elongated, 1.0, 1.0, lymph_node=True).target  # as a node: short axis < 15 mm
     assert axial_diameters(_ellipse(9.0, 12.0, 1.0), 1.0, 1.0, lymph_node=True).target  # short axis about 18 mm
+
+
+def test_nodes_are_judged_by_their_short_axis_whoever_named_them() -> None:
+    """RECIST 1.1: a node is a target by a short axis of at least 15 mm, any other lesion by a long axis of at least
+    10 mm. An automatic PET lesion 18 x 12 mm whose organ is a lymph node is not a target (12 < 15); in the lung it
+    is (18 >= 10); a node 24 x 16 mm is (16 >= 15)."""
+    from pipelines.imaging.recist import meets_target_size, nodal_site
+    from pipelines.pet.lesions import with_organ_node_rule
+    from pipelines.pet.types import Lesion, LesionMeasurements
+    from pipelines.types import VolumeGeometry
+
+    assert nodal_site("mediastinal lymph node") and nodal_site("Lymph node") and nodal_site("hilar nodes")
+    assert not nodal_site("lung") and not nodal_site("abdomen") and not nodal_site("")
+    assert not meets_target_size(18.0, 12.0, lymph_node=True) and meets_target_size(18.0, 12.0, lymph_node=False)
+    assert meets_target_size(24.0, 16.0, lymph_node=True)
+
+    geometry = VolumeGeometry((0.0, 0.0, 0.0), (2.0, 2.0, 2.0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 1))
+
+    def lesion(long_axis: float, short_axis: float) -> Lesion:
+        measurements = LesionMeasurements(5, 3, 4, 2, 6, 10, 2, 3, 1, (0, 0, 0), long_axis, short_axis, True)
+        return Lesion(1, "Lesion 1", "1.2.3", (0, 0, 0), np.ones((1, 1, 1), bool), measurements)
+
+    node = with_organ_node_rule(lesion(18.0, 12.0), "mediastinal lymph node", geometry)
+    assert node.measurements.lymph_node and not node.measurements.recist_target
+    assert with_organ_node_rule(lesion(18.0, 12.0), "lung", geometry).measurements.recist_target
+    assert with_organ_node_rule(lesion(24.0, 16.0), "lymph node", geometry).measurements.recist_target

@@ -16,7 +16,7 @@ from pipelines.errors import SeriesNotUsable, SuvNotComputable
 from pipelines.output.sr import RESEARCH_USE
 from pipelines.pet.analysis import algorithm_identity, analyse_pet_series, summarise
 from pipelines.pet.lesions import sphere_kernel
-from pipelines.pet.report import write_pet_report
+from pipelines.pet.report import cytact_statement, write_pet_report
 from pipelines.pet.settings import PetQuantSettings
 from pipelines.pet.types import Lesion, LesionMeasurements
 from pipelines.types import ReaderSeed
@@ -210,8 +210,8 @@ def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> 
     scores = [lesion.cytact for lesion in summarised]
     assert summary.minimum == pytest.approx(min(scores)) and summary.maximum == pytest.approx(max(scores))
     assert summary.variance == pytest.approx(float(np.var(scores, ddof=1)))
-    # The method's -0.107 cut-off belongs to the published model: no group for the shipped synthetic weights.
-    assert summary.low_group is None and summary.heterogeneous is None and "published model" in summary.groups_not_given
+    # The -0.107 cut-off belongs to other weights: no group for the shipped synthetic weights.
+    assert summary.low_group is None and summary.heterogeneous is None and "other weights" in summary.groups_not_given
     counter = iter(range(100))
     files = write_pet_report(
         result, algorithm_identity(params), summarise(result), None, lambda: tmp_path / f"{next(counter)}.dcm"
@@ -242,7 +242,13 @@ def test_groups_only_for_the_weights_the_cut_offs_belong_to(tmp_path: Path) -> N
     params = PetQuantSettings.model_validate({"cytact": {"cutoffs_weights_sha256": sha}})
     summary = analyse_pet_series(list(study.pet_files), params).cytact
     assert summary.low_group == (summary.minimum < -0.107) and not summary.groups_not_given
-    assert summary.heterogeneous == (summary.variance > 0.1)
+    # The paper gives no variance cut-off (it splits a cohort at its median): no heterogeneity group for one patient
+    # unless the site sets a cut-off, which the SR then calls the site's.
+    assert summary.heterogeneous is None and summary.heterogeneity_cutoff is None
+    cytact = {"cutoffs_weights_sha256": sha, "heterogeneity_variance_cutoff": 0.1}
+    result = analyse_pet_series(list(study.pet_files), PetQuantSettings.model_validate({"cytact": cytact}))
+    assert result.cytact.heterogeneous == (result.cytact.variance > 0.1)
+    assert "the site's cut-off 0.1; the paper gives none" in cytact_statement(result)
 
 
 def _lesion(number: int, long_axis: float, organ: str = "", node: bool = False, target: bool = True) -> Lesion:
