@@ -44,7 +44,8 @@ def cmd_analyse_outcomes(args: argparse.Namespace) -> int:
         changes = outcomes.read_lesion_changes(Path(args.lesion_changes)) if args.lesion_changes else []
     except (OSError, OutcomeTableError) as error:
         return print_problems(error)
-    selection = cytact_selection(args, rows, None if args.any_date else args.window_days, args.model)
+    window = args.window_days or config.pipelines.pet_quant.cytact.pretreatment_window_days
+    selection = cytact_selection(args, rows, None if args.any_date else window, args.model)
     table, unmatched = outcomes.joined_table(rows, selection)
     if len(table) < 3:
         reasons = "; ".join(selection.left_out) or "no CytAct results in the node"
@@ -70,13 +71,15 @@ def cmd_analyse_radiomics(args: argparse.Namespace) -> int:
 
     try:
         table = delta_table(args)
-        kept, results = research.analyse(table, Path(args.out), args.permutations, args.seed, args.alpha)
+        kept, results = research.analyse(
+            table, Path(args.out), args.permutations, args.seed, args.alpha, merge=args.merge
+        )
     except (OSError, DeltaTableError) as error:
         return print_problems(error)
     lines = [
         f"{len(table.patients)} patients ({int(table.systemic.sum())} systemic, {int((~table.systemic).sum())} oligo); "
-        f"{len(table.features)} Δ features, {len(kept)} kept after the Spearman |rho| >= 0.99 filter (within each "
-        f"dataset, then merged); {sum(r.significant for r in results)} significant in both tests (p < {args.alpha}); "
+        f"{len(table.features)} Δ features, {len(kept)} kept after the {research.filter_statement(table, args.merge)}; "
+        f"{sum(r.significant for r in results)} significant in both tests (p < {args.alpha}); "
         f"AUC with {research.POSITIVE_CLASS} as the positive class"
     ] + [
         f"  {r.feature:<60} MW p {r.mann_whitney_p:.3g}  perm p {r.permutation_p:.3g}  "
@@ -102,7 +105,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     outcomes.add_argument(
         "--outcomes", required=True, help="CSV: PatientID, best_response, pfs/os months and events[, therapy_start]"
     )
-    outcomes.add_argument("--window-days", type=int, default=60, help="the PET within this many days before therapy")
+    outcomes.add_argument(
+        "--window-days", type=int, help="the PET within this many days before therapy (default: configured, 3 months)"
+    )
     outcomes.add_argument("--any-date", action="store_true", help="the latest PET whatever its date (not the method)")
     outcomes.add_argument("--model", help="CytAct model key (default: the most frequent among the patients' PETs)")
     outcomes.add_argument("--cutoff", type=float, help="low/high minimum CytAct (default: configured or Youden)")
@@ -125,4 +130,10 @@ def register(commands: argparse._SubParsersAction) -> None:
     radiomics.add_argument("--seed", type=int, default=0)
     radiomics.add_argument("--alpha", type=float, default=0.05, help="significance level of both tests")
     radiomics.add_argument("--top", type=int, default=20, help="features printed")
+    radiomics.add_argument(
+        "--merge",
+        choices=("all", "any"),
+        default="all",
+        help="redundancy filter: keep a feature surviving in every dataset of its volume (all) or in one (any)",
+    )
     radiomics.set_defaults(handler=cmd_analyse_radiomics)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,12 +32,11 @@ def stored_series(args: argparse.Namespace, config: Settings) -> Callable[[str],
     return paths
 
 
-def cytact_selection(
-    args: argparse.Namespace, rows: Sequence[PatientRow], window_days: int | None, model: str | None = None
-) -> Selection:
-    """Per patient of the outcome table the stored CytAct analysis the method uses: the latest PET within
-    `window_days` before the therapy start (the outcome table's, else the imported clinical data's)."""
-    from research import outcomes
+def cytact_inputs(
+    args: argparse.Namespace, rows: Sequence[PatientRow]
+) -> tuple[list, dict[tuple[str, str], date]]:
+    """The stored PET CytAct analyses, and each patient's therapy start (the outcome table's, else the imported
+    clinical data's)."""
     from storage import patients, results
 
     with index_session(args) as session:
@@ -43,6 +44,17 @@ def cytact_selection(
         imported = patients.all_patient_data(session)
     starts = {k: d.clinical.therapy_start for k, d in imported.items() if d.clinical and d.clinical.therapy_start}
     starts |= {(r.patient_id, r.issuer): r.therapy_start for r in rows if r.therapy_start is not None}
+    return analyses, starts
+
+
+def cytact_selection(
+    args: argparse.Namespace, rows: Sequence[PatientRow], window_days: int | None, model: str | None = None
+) -> Selection:
+    """Per patient of the outcome table the stored CytAct analysis the method uses: the latest PET within
+    `window_days` before the therapy start (the outcome table's, else the imported clinical data's)."""
+    from research import outcomes
+
+    analyses, starts = cytact_inputs(args, rows)
     return outcomes.choose_analyses(analyses, starts, window_days, model)
 
 
