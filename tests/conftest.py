@@ -222,17 +222,33 @@ def start_node():
         node.stop()
 
 
-class Orthanc:
-    """A real PACS receiving results: Orthanc (Debian package `orthanc`), its REST API on loopback."""
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian `orthanc-dicomweb`
 
-    def __init__(self, folder: Path, dicom_port: int, http_port: int, ae_title: str = "ORTHANC") -> None:
+
+class Orthanc:
+    """A real PACS receiving results: Orthanc (Debian package `orthanc`), its REST API on loopback; with
+    `dicomweb`, its DICOMweb plugin (Debian package `orthanc-dicomweb`) at `/dicom-web/`."""
+
+    def __init__(
+        self, folder: Path, dicom_port: int, http_port: int, ae_title: str = "ORTHANC", dicomweb: bool = False
+    ) -> None:
         self.folder, self.dicom_port, self.http_port, self.ae_title = folder, dicom_port, http_port, ae_title
+        self.dicomweb = dicomweb
         self.process: subprocess.Popen | None = None
+
+    @property
+    def dicomweb_root(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> None:
         import json
 
         self.folder.mkdir(parents=True, exist_ok=True)
+        plugins = []
+        if self.dicomweb:
+            if not ORTHANC_DICOMWEB_PLUGIN.exists():
+                pytest.fail("orthanc-dicomweb is not installed (scripts/setup.sh --with-postgres installs it)")
+            plugins.append(str(ORTHANC_DICOMWEB_PLUGIN))
         config = self.folder / "orthanc.json"
         config.write_text(
             json.dumps(
@@ -247,7 +263,8 @@ class Orthanc:
                     "AuthenticationEnabled": False,
                     "DicomCheckCalledAet": True,
                     "DicomAlwaysAllowStore": True,
-                    "Plugins": [],
+                    "Plugins": plugins,
+                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
                 }
             )
         )
