@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from common.settings import Strict
+from common.states import SegEncoding
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # DICOM AE VR: 16 chars, no backslash or control chars
 
@@ -130,6 +131,10 @@ class Destination(Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     receives_results: bool = True
+    # How the SEGs it receives hold their segments (what its viewers decode): FRACTIONAL (default, drawn
+    # right by OHIF, 3D Slicer and Orthanc's viewers), LABELMAP (Label Map Segmentation SOP class, for
+    # receivers that support it) or BINARY (1 bit; web viewers mis-draw odd-sized frames).
+    seg_encoding: SegEncoding = SegEncoding.FRACTIONAL
     tls: TlsClientSettings | None = None  # None: plain DICOM
 
 

@@ -19,6 +19,7 @@ import yaml
 from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
 from common.settings import Strict, valid_regex
+from common.states import SegEncoding
 from dicom_node.settings import (
     AllowedPeer,
     Destination,
@@ -182,6 +183,12 @@ class Settings(Strict):
 
     def result_destinations(self) -> list[Destination]:
         return [d for d in self.destinations if d.receives_results]
+
+    def seg_encodings(self) -> tuple[SegEncoding, ...]:
+        """The SEG encodings the result destinations asked for (each job writes one SEG per encoding), in
+        the order of SegEncoding; the default alone when no destination receives results."""
+        asked = {d.seg_encoding for d in self.result_destinations()} or {SegEncoding.FRACTIONAL}
+        return tuple(e for e in SegEncoding if e in asked)
 
     def __reduce__(self) -> tuple:
         # Worker processes get the settings by pickle: rebuilt from their values under the same registry.

@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 
 from common.states import JobState, PairingOutcome
-from common.types import JobResult, SeriesFiles, StoredFile
+from common.types import JobResult, ResultDestination, SeriesFiles, StoredFile
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import PipelineError
@@ -70,6 +70,7 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
             patient=patients.study_patient_data(session, study_uid),
             pairing=pairing,
             job_id=job_id,
+            seg_encodings=settings.seg_encodings(),
         )
 
 
@@ -86,7 +87,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         with database.session() as session:
             jobs.finish_job(session, job_id, JobState.FAILED, str(error))
         return JobState.FAILED
-    destinations = [d.name for d in settings.result_destinations()]
+    destinations = [ResultDestination(d.name, d.seg_encoding) for d in settings.result_destinations()]
     with database.session() as session:
         results.record_job_result(session, layout, job_id, result, destinations)
         jobs.finish_job(session, job_id, JobState.SUCCEEDED, result.summary)

@@ -129,7 +129,9 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
         from pipelines.ct.report import write_ct_report
 
         summary = summarise(result)
-        outputs = write_ct_report(result, algorithm_identity(self.settings(pipelines)), summary, new_path)
+        outputs = write_ct_report(
+            result, algorithm_identity(self.settings(pipelines)), summary, new_path, inputs.seg_encodings
+        )
         return JobResult(outputs, summary, (), result_records(result))
 
 

@@ -128,7 +128,9 @@ class PetQuant(Pipeline["PetJob"]):
             )
             summary = summarise(series_result)
             try:
-                outputs += write_pet_report(series_result, identity, summary, previous_report, new_path)
+                outputs += write_pet_report(
+                    series_result, identity, summary, previous_report, new_path, inputs.seg_encodings
+                )
             except PipelineError as error:
                 problems.append(f"series {series_uid}: {error}")
                 logger.warning("job %s series %s: %s", inputs.job_id, series_uid, error)

@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from common.states import OutputKind
-from common.types import JobResult, OutputFile
+from common.types import JobResult, OutputFile, ResultDestination
 from storage import deliveries, results
 from storage.schema import Delivery, DeliveryState, utcnow
 from tests.storage.conftest import complete
@@ -21,7 +21,7 @@ def test_delivery_attempts_back_off_then_die_and_retry_requeues(stored, tmp_path
         OutputKind.SR, output_path, "1.2.840.10008.5.1.4.1.1.88.34", "1.2.3.4.5", "1.2.3.4", study.pet_series_uid
     )
     with database.session() as session:
-        results.record_job_result(session, layout, job_id, JobResult((report,), "one SR"), ["pacs"])
+        results.record_job_result(session, layout, job_id, JobResult((report,), "one SR"), [ResultDestination("pacs")])
     now = utcnow()
     with database.session() as session:
         (due,) = deliveries.due_deliveries(session, layout, now)["pacs"]
