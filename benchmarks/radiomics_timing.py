@@ -1,6 +1,6 @@
 """Per-volume CT radiomics extraction time against voxel count (the method's settings: 1 mm resampling, bin
 width 25, original + 8 wavelets, all classes), on a synthetic CT with spherical lesions of growing size,
-extracted in parallel worker processes as the node does. Prints a Markdown table for the README.
+extracted in parallel worker processes as the node does. Prints a Markdown table for docs/methods/ct.md.
 
     python -m benchmarks.radiomics_timing [--processes 2] [--radii 5,10,15,20,30]
 """

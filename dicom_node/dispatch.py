@@ -1,6 +1,7 @@
-"""Dispatch stage: send queued result deliveries, one association per destination and batch, with
-exponential back-off between attempts and a dead-letter state after the last one. Every attempt is
-recorded in the index, so retry counts survive restarts; every association leaves an audit record.
+"""Dispatch stage: send queued result deliveries, one association (DIMSE) or one STOW-RS request (DICOMweb) per
+destination and batch, with exponential back-off between attempts and a dead-letter state after the last one.
+Every attempt is recorded in the index, so retry counts survive restarts; every association (or request) leaves
+an audit record.
 
 A delivery whose file cannot be read or sent fails on its own (attempt recorded, dead after the maximum,
 shown by `immunode status`): the other deliveries to the same destination go on.
@@ -12,8 +13,9 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from dicom_node.scu import OutboundFile, send_batch
-from dicom_node.settings import Destination, DispatchSettings
+from dicom_node import dicomweb, scu
+from dicom_node.scu import OutboundFile
+from dicom_node.settings import Destination, DicomWebDestination, DispatchSettings
 from dicom_node.types import SendResult
 from storage.audit import AuditTrail
 from storage.database import Database
@@ -31,7 +33,7 @@ def backoff_delay_s(attempts_made: int, initial_s: float, maximum_s: float) -> f
 
 def dispatch_due(
     ae_title: str,
-    destinations: Sequence[Destination],
+    destinations: Sequence[Destination | DicomWebDestination],
     settings: DispatchSettings,
     database: Database,
     layout: FileLayout,
@@ -55,8 +57,9 @@ def dispatch_due(
             ]
         else:
             try:
-                sent = send_batch(
-                    destination,
+                send = dicomweb.send_batch if isinstance(destination, DicomWebDestination) else scu.send_batch
+                sent = send(
+                    destination,  # type: ignore[arg-type]
                     ae_title,
                     [OutboundFile(d.path, d.sha256) for d in batch],
                     settings.timeout_s,

@@ -30,3 +30,12 @@ class RetrieveError(Exception):
 
 class TlsSetupError(Exception):
     """A configured TLS certificate, key or CA file cannot be used; start-up stops naming the key."""
+
+
+class BadMultipart(Exception):
+    """An HTTP body that should be multipart/related is not (no boundary, broken framing, cut short)."""
+
+
+class SecretUnavailable(Exception):
+    """A configured secret (token, password) cannot be read from its file or environment variable; the message
+    names where it was looked for, never the secret."""

@@ -106,15 +106,22 @@ def parse_received(
 def mapped_dataset(path: Path) -> Iterator[memoryview]:
     """The data set of a file received to disk (after its preamble and file meta), mapped rather than read into
     memory: checking a whole-slide image of hundreds of MB touches only its element headers."""
+    with _mapped_file(path) as (_, dataset):
+        yield dataset
+
+
+@contextmanager
+def _mapped_file(path: Path) -> Iterator[tuple[Dataset, memoryview]]:
+    """The file meta information and the mapped data set of a Part 10 file."""
     with open(path, "rb") as handle:
         try:
             read_preamble(handle, force=False)
-            _read_file_meta_info(handle)
+            meta = _read_file_meta_info(handle)
         except Exception as error:  # pydicom raises many types on bad input; all mean "cannot decode"
             raise UndecodableDataset(f"not a DICOM file: {error.__class__.__name__}: {error}") from None
         offset = handle.tell()
         if os.fstat(handle.fileno()).st_size <= offset:
-            yield memoryview(b"")
+            yield meta, memoryview(b"")
             return
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         if hasattr(mmap, "MADV_RANDOM"):  # only the pages of element headers, no read-around
@@ -122,7 +129,7 @@ def mapped_dataset(path: Path) -> Iterator[memoryview]:
         view = memoryview(mapped)
         part = view[offset:]
         try:
-            yield part
+            yield meta, part
         finally:
             part.release()
             view.release()
@@ -130,6 +137,33 @@ def mapped_dataset(path: Path) -> Iterator[memoryview]:
                 mapped.close()
             except BufferError:
                 pass  # a traceback still holds a slice: the mapping is closed when that is collected
+
+
+def check_file(
+    path: Path, max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES, study_instance_uid: str | None = None
+) -> InstanceHeader:
+    """A Part 10 file received over HTTP (a part of a STOW-RS request or of a WADO-RS response): checked as a C-STORE
+    data set is, its file meta information standing in for the request (the transfer syntax, and the Media Storage
+    SOP Class and Instance UIDs the data set must carry); with `study_instance_uid`, the study it must belong to."""
+    with _mapped_file(path) as (meta, dataset):
+        syntax = str(meta.get("TransferSyntaxUID", "") or "")
+        if not syntax:
+            raise UndecodableDataset("the file meta information names no transfer syntax")
+        if not valid_uid(syntax):
+            raise UndecodableDataset(f"the file meta information's transfer syntax is not a UID: {syntax[:80]!r}")
+        header = check_dataset(
+            dataset,
+            syntax,
+            str(meta.get("MediaStorageSOPClassUID", "") or "") or None,
+            str(meta.get("MediaStorageSOPInstanceUID", "") or "") or None,
+            max_inflated_bytes,
+        )
+    if study_instance_uid is not None and header.study_instance_uid != study_instance_uid:
+        raise DatasetInvalid(
+            f"StudyInstanceUID {header.study_instance_uid} is not the study the request names ({study_instance_uid})",
+            header.study_instance_uid,
+        )
+    return header
 
 
 def check_dataset(
@@ -212,11 +246,11 @@ def _checked_header(
     sop_instance_uid = str(identifiers["SOPInstanceUID"])
     if affected_sop_class_uid and affected_sop_class_uid != sop_class_uid:
         raise DatasetInvalid(
-            f"SOPClassUID of the data set ({sop_class_uid}) differs from the C-STORE request's "
+            f"SOPClassUID of the data set ({sop_class_uid}) differs from the C-STORE request's (or the file meta's) "
             f"({str(affected_sop_class_uid)[:64]})"
         )
     if affected_sop_instance_uid and affected_sop_instance_uid != sop_instance_uid:
-        raise DatasetInvalid("SOPInstanceUID of the data set differs from the C-STORE request's")
+        raise DatasetInvalid("SOPInstanceUID of the data set differs from the C-STORE request's (or the file meta's)")
     frame_of_reference = str(ds.get("FrameOfReferenceUID", "") or "")
     if frame_of_reference and not valid_uid(frame_of_reference):
         raise DatasetInvalid(f"FrameOfReferenceUID is not a valid UID: {frame_of_reference[:80]!r}")

@@ -31,7 +31,7 @@ from dicom_node.ingest import check_dataset, mapped_dataset
 from dicom_node.settings import NodeSettings, PeerSettings
 from dicom_node.transport import Connection, TransportGuard, make_server_class
 from dicom_node.types import StoreObservation
-from storage.audit import AuditEntry, AuditTrail, EventEntry
+from storage.audit import AuditEntry, AuditTrail
 from storage.errors import StorageError
 from storage.schema import AuditDirection, AuditKind, AuditOutcome
 from storage.store import InstanceStore
@@ -332,6 +332,4 @@ class StorageSCP:
 
     def _record_refusal(self, calling: str, affected: str, code: int, reason: str, study_uid: str) -> None:
         """Every refusal is recorded in the index, or spooled while the index is unavailable."""
-        affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
-        message = f"C-STORE of {affected_text!r} from {calling[:16]!r} refused with 0x{code:04X}: {reason}"
-        self.trail.event(EventEntry("ERROR", message, study_uid[:64]))
+        self.trail.event(status.refusal_event("C-STORE", affected, calling, code, reason, study_uid))

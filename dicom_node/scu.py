@@ -47,7 +47,7 @@ class SentBatch:
     audit: AuditEntry | None  # None when no file was readable (no association attempted)
 
 
-def _read(item: OutboundFile) -> pydicom.Dataset | str:
+def read_outbound(item: OutboundFile) -> pydicom.Dataset | str:
     """The data set, or why it cannot be sent."""
     try:
         data = item.path.read_bytes()
@@ -66,11 +66,10 @@ def _read(item: OutboundFile) -> pydicom.Dataset | str:
         return f"result file {item.path.name} does not read as DICOM: {error.__class__.__name__}: {error}"
 
 
-def send_batch(
-    destination: Destination, calling_ae_title: str, files: Sequence[OutboundFile | Path], timeout_s: float
-) -> SentBatch:
-    items = [f if isinstance(f, OutboundFile) else OutboundFile(Path(f)) for f in files]
-    read = [_read(item) for item in items]
+def sendable(items: Sequence[OutboundFile]) -> tuple[list[SendResult | None], list[tuple[int, pydicom.Dataset]]]:
+    """The files' results so far (a failure for each file that cannot be sent, None for the others) and the data
+    sets to send, with their index."""
+    read = [read_outbound(item) for item in items]
     results: list[SendResult | None] = [
         SendResult("", False, value) if isinstance(value, str) else None for value in read
     ]
@@ -78,7 +77,14 @@ def send_batch(
     for i, ds in datasets:
         if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
             results[i] = SendResult("", False, f"result file {items[i].path.name} lacks its SOP Class/Instance UID")
-    datasets = [(i, ds) for i, ds in datasets if results[i] is None]
+    return results, [(i, ds) for i, ds in datasets if results[i] is None]  # type: ignore[misc]
+
+
+def send_batch(
+    destination: Destination, calling_ae_title: str, files: Sequence[OutboundFile | Path], timeout_s: float
+) -> SentBatch:
+    items = [f if isinstance(f, OutboundFile) else OutboundFile(Path(f)) for f in files]
+    results, datasets = sendable(items)
     if not datasets:
         return SentBatch(tuple(results), None)
     started = utcnow()

@@ -1,8 +1,10 @@
-"""The one table from domain errors to DICOM C-STORE failure statuses (PS3.4 B.2.3, PS3.7 C)."""
+"""The one table from domain errors to DICOM C-STORE failure statuses (PS3.4 B.2.3, PS3.7 C), also the Failure
+Reasons of STOW-RS responses (PS3.18 I.2.2 uses the same codes), and the record of each refusal."""
 
 from __future__ import annotations
 
 from dicom_node.errors import DatasetInvalid, DatasetTooLarge, UndecodableDataset
+from storage.audit import EventEntry
 from storage.errors import IdentityMismatch, IndexUnavailable, InvalidIdentifier, OutOfResources
 
 SUCCESS = 0x0000
@@ -31,3 +33,10 @@ def store_status_for(error: Exception) -> int:
         if isinstance(error, error_type):
             return status
     return PROCESSING_FAILURE
+
+
+def refusal_event(via: str, affected: str, calling: str, code: int, reason: str, study_uid: str) -> EventEntry:
+    """The event recording that an instance received by `via` (C-STORE, STOW-RS, WADO-RS) was refused."""
+    affected_text = affected[:64] if len(affected) <= 64 else affected[:61] + "..."
+    message = f"{via} of {affected_text!r} from {calling[:16]!r} refused with 0x{code:04X}: {reason}"
+    return EventEntry("ERROR", message, study_uid[:64])

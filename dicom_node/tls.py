@@ -5,13 +5,14 @@ from __future__ import annotations
 import ssl
 
 from dicom_node.errors import TlsSetupError
-from dicom_node.settings import TlsClientSettings, TlsServerSettings
+from dicom_node.settings import TlsClientSettings, TlsServerFiles
 
 VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
-def server_context(settings: TlsServerSettings) -> ssl.SSLContext:
-    """The SCP's context: its certificate and key; client certificates verified against the CA as configured."""
+def server_context(settings: TlsServerFiles) -> ssl.SSLContext:
+    """A listener's context (the SCP's, the DICOMweb endpoint's): its certificate and key; client certificates
+    verified against the CA as configured."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = VERSIONS[settings.minimum_version]
     try:

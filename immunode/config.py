@@ -11,22 +11,26 @@ storage folder.
 from __future__ import annotations
 
 import functools
-import ipaddress
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, create_model, field_validator, model_validator
 
+from common.passwords import PASSWORD_HASH_PATTERN
 from common.settings import Strict, valid_regex
 from common.states import SegEncoding
 from dicom_node.settings import (
     AllowedPeer,
+    AnyDestination,
+    AnyQueryRetrieve,
     Destination,
+    DicomWebDestination,
     DispatchSettings,
     NodeSettings,
     PeerSettings,
     QueryRetrieveSettings,
+    loopback_host,
 )
 from pipelines.builtin import BUILTIN
 from pipelines.registry import Registry
@@ -54,6 +58,8 @@ class RoutingRule(Strict):
     pipeline: str  # a registered pipeline's name
     # The rule fires when at least one series of the study matches; none given: the pipeline's modality.
     series: SeriesMatch | None = None
+    # Names of `destinations` this rule's results go to; None: every destination with receives_results: true.
+    destinations: list[str] | None = None
 
     @field_validator("pipeline")
     @classmethod
@@ -109,24 +115,15 @@ class MonitoringSettings(Strict):
     refresh_s: int = Field(10, ge=1)  # the status page reloads itself this often
     # Required when `host` is not a loopback address; `immunode hash-password` makes the hash.
     username: str | None = None
-    password_hash: str | None = Field(None, pattern=r"^pbkdf2_sha256\$\d+\$[0-9a-f]+\$[0-9a-f]{64}$")
+    password_hash: str | None = Field(None, pattern=PASSWORD_HASH_PATTERN)
 
     @model_validator(mode="after")
     def _authentication_off_localhost(self) -> MonitoringSettings:
-        if self.enabled and not _loopback(self.host) and (self.username is None or self.password_hash is None):
+        if self.enabled and not loopback_host(self.host) and (self.username is None or self.password_hash is None):
             raise ValueError(
                 f"host {self.host!r} is not localhost: set username and password_hash (immunode hash-password)"
             )
         return self
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class Settings(Strict):
@@ -137,21 +134,23 @@ class Settings(Strict):
 
     node: NodeSettings = NodeSettings()
     peers: PeerSettings = PeerSettings(allowed=[AllowedPeer(ae_title="STORESCU", host="127.0.0.1")])
-    destinations: list[Destination] = Field(default_factory=list)
+    # DIMSE (C-STORE) and DICOMweb (STOW-RS, `protocol: dicomweb`) destinations, by unique name.
+    destinations: list[AnyDestination] = Field(default_factory=list)
     storage: StorageSettings = StorageSettings()
     database: DatabaseSettings = DatabaseSettings()
     routing: RoutingSettings = RoutingSettings()
     workers: WorkerSettings = WorkerSettings()
     dispatch: DispatchSettings = DispatchSettings()
     pipelines: BUILTIN.settings_model() = Field(default_factory=BUILTIN.settings_model())  # type: ignore[valid-type]
-    query_retrieve: QueryRetrieveSettings | None = None
+    # Where missing baselines are found: C-FIND/C-MOVE (DIMSE), or QIDO-RS/WADO-RS (`protocol: dicomweb`).
+    query_retrieve: AnyQueryRetrieve | None = None
     logging: LoggingSettings = LoggingSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
 
     @model_validator(mode="after")
     def _retrieve_peer_may_send(self) -> Settings:
         peer = self.query_retrieve
-        if peer is not None and not self.peers.accept_any:
+        if isinstance(peer, QueryRetrieveSettings) and not self.peers.accept_any:
             if not any(p.ae_title == peer.ae_title for p in self.peers.allowed):
                 raise ValueError(
                     f"query_retrieve.ae_title {peer.ae_title!r} must also be in peers.allowed, "
@@ -175,19 +174,42 @@ class Settings(Strict):
             raise ValueError(f"destination names must be unique, repeated: {', '.join(duplicates)}")
         return self
 
+    @model_validator(mode="after")
+    def _rules_name_known_destinations(self) -> Settings:
+        names = {d.name for d in self.destinations}
+        problems = []
+        named: dict[str, list[str] | None] = {}
+        for number, rule in enumerate(self.routing.rules):
+            if named.setdefault(rule.name, rule.destinations) != rule.destinations:
+                problems.append(f"routing.rules.{number}: rules named {rule.name!r} name different destinations")
+            unknown = [name for name in rule.destinations or () if name not in names]
+            if unknown:
+                problems.append(
+                    f"routing.rules.{number}.destinations: unknown destination(s) {', '.join(map(repr, unknown))}"
+                    f" (configured: {', '.join(sorted(names)) or 'none'})"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
     @property
     def database_url(self) -> str:
         if self.database.url:
             return self.database.url
         return f"sqlite:///{(self.storage.root / 'index.sqlite3').resolve()}"
 
-    def result_destinations(self) -> list[Destination]:
+    def result_destinations(self, rule: str | None = None) -> list[Destination | DicomWebDestination]:
+        """Where the results of a job of routing rule `rule` go: the destinations the rule names, else every
+        destination with receives_results: true (a rule no longer configured gets the latter)."""
+        named = next((r.destinations for r in self.routing.rules if r.name == rule), None)
+        if named is not None:
+            return [d for d in self.destinations if d.name in named]
         return [d for d in self.destinations if d.receives_results]
 
-    def seg_encodings(self) -> tuple[SegEncoding, ...]:
-        """The SEG encodings the result destinations asked for (each job writes one SEG per encoding), in
-        the order of SegEncoding; the default alone when no destination receives results."""
-        asked = {d.seg_encoding for d in self.result_destinations()} or {SegEncoding.FRACTIONAL}
+    def seg_encodings(self, rule: str | None = None) -> tuple[SegEncoding, ...]:
+        """The SEG encodings the result destinations of rule `rule` asked for (a job writes one SEG per
+        encoding), in the order of SegEncoding; the default alone when no destination receives its results."""
+        asked = {d.seg_encoding for d in self.result_destinations(rule)} or {SegEncoding.FRACTIONAL}
         return tuple(e for e in SegEncoding if e in asked)
 
     def __reduce__(self) -> tuple:

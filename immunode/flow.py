@@ -9,7 +9,8 @@
                                                  query/retrieve peer passed in (scheduler)
     analyse   immunode.jobs.run_job()            the job's pipeline: `analyse` → its typed result (worker process)
     report    immunode.jobs.run_job()            the pipeline's `report` → validated SEG + TID 1500 SR
-    dispatch  dicom_node.dispatch.dispatch_due   C-STORE to destinations, back-off, dead letters (scheduler)
+    dispatch  dicom_node.dispatch.dispatch_due   C-STORE or STOW-RS to destinations, back-off, dead letters
+                                                 (scheduler)
 
 The stages here (route, pair) run in the node's own process and import nothing heavy; analysis and report
 (`immunode.jobs`, with PyTorch, SimpleITK, pyradiomics and highdicom) run in the worker processes only, so
@@ -19,15 +20,15 @@ that the node that answers scanners stays small.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
 
 from common.states import JobState
 from common.types import StudyFacts
-from dicom_node import qr
+from dicom_node import dicomweb, qr
 from dicom_node.errors import RetrieveError
-from dicom_node.settings import QueryRetrieveSettings
+from dicom_node.settings import DicomWebQueryRetrieveSettings, QueryRetrieveSettings
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import BaselineNotRetrieved
@@ -35,7 +36,9 @@ from pipelines.pairing import PairingDecision, decide_new, decide_waiting
 from pipelines.registry import Pipeline
 from storage import jobs, pairings, patients, studies
 from storage.database import Database
+from storage.files import FileLayout
 from storage.schema import utcnow
+from storage.store import InstanceStore
 from storage.types import WaitingJob
 
 logger = logging.getLogger(__name__)
@@ -69,40 +72,102 @@ class QueryRetrievePeer:
         return self.settings.ae_title
 
     def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]:
+        return _asked(qr.find_studies, self.settings, self.ae_title, followup, (earliest, latest), self.audit)
+
+    def retrieve(self, study_instance_uid: str) -> str:
         try:
-            return qr.find_studies(
+            return f"C-MOVE {qr.move_study(self.settings, self.ae_title, study_instance_uid, self.audit)}"
+        except RetrieveError as error:
+            raise BaselineNotRetrieved(str(error)) from None
+
+
+def _asked(
+    find_studies: Callable[..., list[StudyFacts]],
+    peer: object,
+    ae_title: str,
+    followup: StudyFacts,
+    window: tuple[date, date],
+    audit: qr.Audit | None,
+) -> list[StudyFacts]:
+    """A prior source's studies of the follow-up's patient in the window; its failure as `BaselineNotRetrieved`."""
+    try:
+        return find_studies(peer, ae_title, followup.patient_id, followup.issuer_of_patient_id, *window, audit)
+    except RetrieveError as error:
+        raise BaselineNotRetrieved(str(error)) from None
+
+
+@dataclass(frozen=True)
+class DicomWebPriorSource:
+    """The configured DICOMweb service as `pipelines.pairing` uses it (a `BaselineFinder`): QIDO-RS to find, WADO-RS
+    to retrieve into this node's store (each instance checked as a C-STORE would be)."""
+
+    settings: DicomWebQueryRetrieveSettings
+    ae_title: str  # ours, in the audit trail
+    store: InstanceStore
+    max_inflated_bytes: int
+    audit: qr.Audit | None = None
+    on_stored: Callable[[str], None] | None = None
+
+    @property
+    def peer(self) -> str:
+        return self.settings.name
+
+    def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]:
+        return _asked(dicomweb.find_studies, self.settings, self.ae_title, followup, (earliest, latest), self.audit)
+
+    def retrieve(self, study_instance_uid: str) -> str:
+        try:
+            return dicomweb.retrieve_study(
                 self.settings,
                 self.ae_title,
-                followup.patient_id,
-                followup.issuer_of_patient_id,
-                earliest,
-                latest,
+                study_instance_uid,
+                self.store,
+                self.max_inflated_bytes,
                 self.audit,
+                self.on_stored,
             )
         except RetrieveError as error:
             raise BaselineNotRetrieved(str(error)) from None
 
-    def retrieve(self, study_instance_uid: str) -> str:
-        try:
-            return qr.move_study(self.settings, self.ae_title, study_instance_uid, self.audit)
-        except RetrieveError as error:
-            raise BaselineNotRetrieved(str(error)) from None
+
+def baseline_finder(
+    settings: Settings,
+    database: Database,
+    audit: qr.Audit | None = None,
+    store: InstanceStore | None = None,
+    on_stored: Callable[[str], None] | None = None,
+) -> QueryRetrievePeer | DicomWebPriorSource | None:
+    """The configured prior source: C-FIND/C-MOVE, QIDO-RS/WADO-RS (into `store`, or one on the configured
+    storage root), or None."""
+    peer = settings.query_retrieve
+    if isinstance(peer, QueryRetrieveSettings):
+        return QueryRetrievePeer(peer, settings.node.ae_title, audit)
+    if isinstance(peer, DicomWebQueryRetrieveSettings):
+        if store is None:
+            store = InstanceStore(database, FileLayout(settings.storage.root, settings.storage.min_free_mb))
+        limit = settings.node.max_inflated_mb * 1024 * 1024
+        return DicomWebPriorSource(peer, settings.node.ae_title, store, limit, audit, on_stored)
+    return None
 
 
 PAIRING_LEASE = timedelta(minutes=10)  # a query/retrieve of a baseline takes at most this long
 
 
-def pair_jobs(settings: Settings, database: Database, audit: qr.Audit | None = None, run_id: int | None = None) -> None:
+def pair_jobs(
+    settings: Settings,
+    database: Database,
+    audit: qr.Audit | None = None,
+    run_id: int | None = None,
+    store: InstanceStore | None = None,
+    on_stored: Callable[[str], None] | None = None,
+) -> None:
     """Pair stage: decide each new longitudinal job's baseline, and release waiting jobs whose baseline is
-    ready or late. With `run_id`, the jobs are leased to this node run first (several nodes on one index)."""
+    ready or late. With `run_id`, the jobs are leased to this node run first (several nodes on one index). A
+    baseline retrieved by WADO-RS goes into `store` and `on_stored` is told its study."""
     with database.session() as session:
         new = jobs.lease_jobs_in_state(session, JobState.PAIRING, run_id, PAIRING_LEASE)
         waiting = jobs.lease_jobs_in_state(session, JobState.WAITING_BASELINE, run_id, PAIRING_LEASE)
-    finder = (
-        QueryRetrievePeer(settings.query_retrieve, settings.node.ae_title, audit)
-        if settings.query_retrieve is not None
-        else None
-    )
+    finder = baseline_finder(settings, database, audit, store, on_stored) if new else None
     for job in new:
         _record(database, job, _decide_new(settings, database, job, finder))
     for job in waiting:
@@ -125,7 +190,7 @@ def _record(database: Database, job: WaitingJob, decision: PairingDecision) -> N
 
 
 def _decide_new(
-    settings: Settings, database: Database, job: WaitingJob, finder: QueryRetrievePeer | None
+    settings: Settings, database: Database, job: WaitingJob, finder: QueryRetrievePeer | DicomWebPriorSource | None
 ) -> PairingDecision:
     pipeline: Pipeline = settings.registry.get(job.pipeline)
     with database.session() as session:

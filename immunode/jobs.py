@@ -70,14 +70,15 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
             patient=patients.study_patient_data(session, study_uid),
             pairing=pairing,
             job_id=job_id,
-            seg_encodings=settings.seg_encodings(),
+            seg_encodings=settings.seg_encodings(spec.rule),
         )
 
 
 def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: int) -> JobState:
     """Analyse and report for one job; records outputs, deliveries, result records and the final state."""
     with database.session() as session:
-        name = jobs.job_spec(session, job_id).pipeline
+        spec = jobs.job_spec(session, job_id)
+    name = spec.pipeline
     try:
         pipeline = settings.registry.get(name)
         inputs = _inputs(settings, database, layout, job_id, pipeline)
@@ -87,7 +88,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         with database.session() as session:
             jobs.finish_job(session, job_id, JobState.FAILED, str(error))
         return JobState.FAILED
-    destinations = [ResultDestination(d.name, d.seg_encoding) for d in settings.result_destinations()]
+    destinations = [ResultDestination(d.name, d.seg_encoding) for d in settings.result_destinations(spec.rule)]
     with database.session() as session:
         results.record_job_result(session, layout, job_id, result, destinations)
         jobs.finish_job(session, job_id, JobState.SUCCEEDED, result.summary)

@@ -15,12 +15,10 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import html
 import json
 import logging
-import secrets
 import shutil
 import threading
 from collections.abc import Callable, Iterator
@@ -34,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
+from common.passwords import check_password, hash_password  # noqa: F401 - hash_password: the CLI imports it here
 from common.states import JobState
 from dicom_node.types import StoreObservation
 from immunode.config import MonitoringSettings
@@ -45,18 +44,6 @@ logger = logging.getLogger(__name__)
 
 JOB_SECONDS_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600)
 QUEUED = (JobState.PENDING, JobState.PAIRING, JobState.WAITING_BASELINE)
-
-
-def hash_password(password: str, iterations: int = 200_000) -> str:
-    salt = secrets.token_hex(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), iterations).hex()
-    return f"pbkdf2_sha256${iterations}${salt}${digest}"
-
-
-def check_password(password: str, stored: str) -> bool:
-    _, iterations, salt, digest = stored.split("$")
-    computed = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), int(iterations)).hex()
-    return hmac.compare_digest(computed, digest)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,12 @@ from datetime import datetime, timedelta, timezone
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from dicom_node.dicomweb import check_service
 from dicom_node.dispatch import dispatch_due
-from dicom_node.errors import TlsSetupError
+from dicom_node.errors import SecretUnavailable, TlsSetupError
 from dicom_node.scp import StorageSCP
+from dicom_node.settings import DicomWebService
+from dicom_node.stow_server import DicomWebServer
 from dicom_node.tls import client_context, server_context
 from immunode import flow
 from immunode.config import ConfigError, Settings
@@ -44,19 +47,36 @@ def check_pipelines(settings: Settings) -> None:
             logger.info("%s", line)
 
 
+def _check_client_side(key: str, peer: object) -> None:
+    """A destination's or the query/retrieve peer's TLS files (and, for DICOMweb, its secrets) can be used."""
+    try:
+        if isinstance(peer, DicomWebService):
+            check_service(peer)
+        elif peer.tls is not None:  # type: ignore[attr-defined]
+            client_context(peer.tls)  # type: ignore[attr-defined]
+    except TlsSetupError as error:
+        raise ConfigError(f"{key}.tls: {error}") from None
+    except SecretUnavailable as error:
+        raise ConfigError(f"{key}.auth: {error}") from None
+
+
+def dicomweb_tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The DICOMweb endpoint's TLS context (checked before anything listens), None without TLS."""
+    if settings.node.dicomweb is None or settings.node.dicomweb.tls is None:
+        return None
+    try:
+        return server_context(settings.node.dicomweb.tls)
+    except TlsSetupError as error:
+        raise ConfigError(f"node.dicomweb.tls: {error}") from None
+
+
 def tls_server_context(settings: Settings) -> ssl.SSLContext | None:
-    """The SCP's TLS context, and every configured client TLS context checked, before anything listens."""
+    """The SCP's TLS context, and every configured client TLS context (and DICOMweb secret) checked, before
+    anything listens."""
     for number, destination in enumerate(settings.destinations):
-        if destination.tls is not None:
-            try:
-                client_context(destination.tls)
-            except TlsSetupError as error:
-                raise ConfigError(f"destinations.{number}.tls: {error}") from None
-    if settings.query_retrieve is not None and settings.query_retrieve.tls is not None:
-        try:
-            client_context(settings.query_retrieve.tls)
-        except TlsSetupError as error:
-            raise ConfigError(f"query_retrieve.tls: {error}") from None
+        _check_client_side(f"destinations.{number}", destination)
+    if settings.query_retrieve is not None:
+        _check_client_side("query_retrieve", settings.query_retrieve)
     if settings.node.tls is None:
         return None
     try:
@@ -74,6 +94,7 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         check_pipelines(settings)
         tls_context = tls_server_context(settings)
+        web_tls_context = dicomweb_tls_context(settings)
         self.settings = settings
         self._umask = os.umask(0o077) if settings.storage.private else None
         self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb, settings.storage.private)
@@ -84,6 +105,21 @@ class Node:
         self.scp = StorageSCP(
             settings.node, settings.peers, self.store, self.trail, tls_context, self._stored, self.metrics.observe
         )
+        self.dicomweb = (
+            DicomWebServer(
+                settings.node.dicomweb,
+                settings.node.ae_title,
+                self.store,
+                self.trail,
+                web_tls_context,
+                self._stored,
+                self.metrics.observe,
+                settings.node.max_inflated_mb * 1024 * 1024,
+            )
+            if settings.node.dicomweb is not None
+            else None
+        )
+        self.dicomweb_port: int | None = None
         self.monitoring = (
             MonitoringServer(
                 settings.monitoring,
@@ -158,6 +194,14 @@ class Node:
         )
         self.scheduler.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
+        if self.dicomweb is not None:
+            try:
+                self.dicomweb_port = self.dicomweb.start()
+            except OSError as error:
+                self.stop()
+                web = self.settings.node.dicomweb
+                where = f"{web.host}:{web.port}"  # type: ignore[union-attr]
+                raise ConfigError(f"node.dicomweb.port: cannot listen on {where}: {error.strerror}") from None
         if self.monitoring is not None:
             try:
                 self.monitoring_port = self.monitoring.start()
@@ -178,6 +222,8 @@ class Node:
         reasons = []
         if self.port is None and self.tls_port is None:
             reasons.append("DICOM: not listening")
+        if self.dicomweb is not None and self.dicomweb_port is None:
+            reasons.append("DICOMweb: not listening")
         problem = index_answers(self.database)
         if problem:
             reasons.append(problem)
@@ -221,7 +267,7 @@ class Node:
             self._kick("dispatch")
 
     def pair_once(self) -> None:
-        flow.pair_jobs(self.settings, self.database, self.trail.audit, self._run_id)
+        flow.pair_jobs(self.settings, self.database, self.trail.audit, self._run_id, self.store, self._stored)
         self._kick("run")
 
     def run_once(self) -> None:
@@ -246,6 +292,8 @@ class Node:
         self._stopped.set()
         if self.monitoring is not None:
             self.monitoring.stop()
+        if self.dicomweb is not None:
+            self.dicomweb.stop()
         self.scp.stop()
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)

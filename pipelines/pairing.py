@@ -80,7 +80,7 @@ class BaselineFinder(Protocol):
 
     def find(self, followup: StudyFacts, earliest: date, latest: date) -> Sequence[StudyFacts]: ...
 
-    def retrieve(self, study_instance_uid: str) -> str: ...  # the final status, as text
+    def retrieve(self, study_instance_uid: str) -> str: ...  # how it went, as text ("C-MOVE status ...", "WADO-RS: ...")
 
 
 # Analysis states of a baseline that is still coming: the follow-up waits for its result.
@@ -240,7 +240,7 @@ def _retrieve_or_go_without(
         return PairingDecision(PairingOutcome.NO_BASELINE, f"{reason}; query/retrieve failed: {error}")
     return PairingDecision(
         PairingOutcome.RETRIEVING,
-        f"{reason}; at {finder.peer}: {remote.reason}; C-MOVE {status}; "
+        f"{reason}; at {finder.peer}: {remote.reason}; {status}; "
         f"waiting until {wait_until:%Y-%m-%d %H:%M:%S} UTC",
         baseline_uid,
         wait_until,

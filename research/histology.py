@@ -2,7 +2,7 @@
 cohort's stored slides (unless an encoder is given), then the gated-attention MIL pooling on the patients'
 response labels; both saved with cards, and a report with the MIL's held-out AUC.
 
-Recipe (documented in the README): patches as the pipeline reads them (tissue detection, 256 x 256 at the
+Recipe (documented in docs/methods/histology.md): patches as the pipeline reads them (tissue detection, 256 x 256 at the
 level nearest 0.5 µm/pixel, stain normalisation); SimCLR on up to `ssl_patches_per_slide` patches of every
 slide; features of every slide's patches (at most `max_patches`); the MIL trained on a stratified 80 % of the
 patients and tested on the other 20 %, then retrained on all of them for the saved weights. The MIL card lists

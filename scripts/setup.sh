@@ -2,12 +2,13 @@
 # Installs what the node needs on a Debian machine: dcmtk and dicom3tools (dciodvfy validates every
 # output before it is sent), a virtual environment in .venv, and the package with its pinned dependencies.
 # Usage: scripts/setup.sh [--with-postgres]   (root, or sudo, for apt-get; --with-postgres also installs the
-# test peers: a PostgreSQL server, Orthanc as a real PACS, and headless Chromium for the status page)
+# test peers: a PostgreSQL server, Orthanc as a real PACS with its DICOMweb plugin, and headless Chromium for the
+# status page)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(dcmtk dicom3tools)
-[[ "${1:-}" == "--with-postgres" ]] && packages+=(postgresql orthanc chromium)
+[[ "${1:-}" == "--with-postgres" ]] && packages+=(postgresql orthanc orthanc-dicomweb chromium)
 missing=()
 for package in "${packages[@]}"; do
   dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from storage.errors import IndexUnavailable
+from storage.errors import IndexMissing, IndexUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -33,11 +33,19 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL; None for in-memory SQLite and other databases."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1] if "///" in url else ""
+    return Path(path) if path and path != ":memory:" else None
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
@@ -60,14 +68,33 @@ def upgrade(engine: Engine) -> None:
 
 
 class Database:
-    """Owns the engine and hands out transactional sessions."""
+    """Owns the engine and hands out transactional sessions.
 
-    def __init__(self, url: str, migrate: bool = True) -> None:
+    create=False opens an index that must already exist (for the commands that read it): IndexMissing, and
+    nothing created, when there is no database file or the database has no immunode schema."""
+
+    def __init__(self, url: str, migrate: bool = True, create: bool = True) -> None:
         self.url = url
+        file = sqlite_file(url)
+        if not create and file is not None and not file.is_file():
+            raise IndexMissing(f"no index at {file}")
         self.engine = make_engine(url)
+        if not create:
+            self._check_schema()
         if migrate:
             upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _check_schema(self) -> None:
+        try:
+            found = inspect(self.engine).has_table("alembic_version")
+        except SQLAlchemyError as error:
+            self.engine.dispose()
+            raise IndexUnavailable(f"cannot open the index: {error.__class__.__name__}: {error}") from error
+        if not found:
+            self.engine.dispose()
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise IndexMissing(f"no index at {where} (the database has no immunode schema)")
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -13,6 +13,10 @@ class IndexUnavailable(StorageError):
     """The SQL index could not commit (database down, locked beyond its timeout)."""
 
 
+class IndexMissing(StorageError):
+    """An index that must already exist does not: no database file, or a database without immunode's schema."""
+
+
 class InvalidIdentifier(StorageError):
     """A received identifier (UID, patient ID) is not valid for its DICOM value representation."""
 

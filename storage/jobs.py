@@ -79,6 +79,7 @@ def _spec(job: Job) -> JobSpec:
         job.study_revision,
         job.created_at,
         tuple(job.series_uids.split()),
+        job.rule,
     )
 
 

@@ -68,9 +68,10 @@ class AuditDirection(enum.Enum):
 class AuditKind(enum.Enum):
     ASSOCIATION = "ASSOCIATION"  # an inbound association request, accepted or rejected
     CONNECTION = "CONNECTION"  # an inbound connection that never made an association request
-    SEND = "SEND"  # results sent by C-STORE
-    QUERY = "QUERY"  # C-FIND at the query/retrieve peer
-    RETRIEVE = "RETRIEVE"  # C-MOVE at the query/retrieve peer
+    SEND = "SEND"  # results sent by C-STORE (or STOW-RS)
+    QUERY = "QUERY"  # C-FIND (or QIDO-RS) at the query/retrieve peer
+    RETRIEVE = "RETRIEVE"  # C-MOVE (or WADO-RS) at the query/retrieve peer
+    STOW = "STOW"  # an inbound DICOMweb STOW-RS request, accepted or refused
 
 
 class AuditOutcome(enum.Enum):

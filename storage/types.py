@@ -89,6 +89,7 @@ class JobSpec:
     study_revision: int
     created_at: datetime
     selected_series: tuple[str, ...] = ()
+    rule: str = ""  # the routing rule that queued it
 
 
 @dataclass(frozen=True)

@@ -222,12 +222,13 @@ def start_node():
         node.stop()
 
 
-ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")  # Debian `orthanc-dicomweb`
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class Orthanc:
-    """A real PACS receiving results: Orthanc (Debian package `orthanc`), its REST API on loopback; with
-    `dicomweb`, its DICOMweb plugin (Debian package `orthanc-dicomweb`) at `/dicom-web/`."""
+    """A real PACS receiving results: Orthanc (Debian package `orthanc`), its REST API on loopback; with `dicomweb`,
+    its DICOMweb plugin (Debian package `orthanc-dicomweb`) serves QIDO-RS, WADO-RS and STOW-RS under /dicom-web
+    and can itself STOW a study to another DICOMweb server."""
 
     def __init__(
         self, folder: Path, dicom_port: int, http_port: int, ae_title: str = "ORTHANC", dicomweb: bool = False
@@ -237,18 +238,13 @@ class Orthanc:
         self.process: subprocess.Popen | None = None
 
     @property
-    def dicomweb_root(self) -> str:
+    def dicomweb_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}/dicom-web"
 
     def start(self) -> None:
         import json
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        plugins = []
-        if self.dicomweb:
-            if not ORTHANC_DICOMWEB_PLUGIN.exists():
-                pytest.fail("orthanc-dicomweb is not installed (scripts/setup.sh --with-postgres installs it)")
-            plugins.append(str(ORTHANC_DICOMWEB_PLUGIN))
         config = self.folder / "orthanc.json"
         config.write_text(
             json.dumps(
@@ -263,8 +259,8 @@ class Orthanc:
                     "AuthenticationEnabled": False,
                     "DicomCheckCalledAet": True,
                     "DicomAlwaysAllowStore": True,
-                    "Plugins": plugins,
-                    "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+                    "Plugins": [str(self._plugin())] if self.dicomweb else [],
+                    "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/", "Servers": {}},
                 }
             )
         )
@@ -284,13 +280,43 @@ class Orthanc:
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
 
-    def post(self, path: str, body: str):
+    def post(self, path: str, body: str, timeout_s: float = 10):
         import json
         import urllib.request
 
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body.encode(), method="POST")
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             return json.loads(response.read())
+
+    @staticmethod
+    def _plugin() -> Path:
+        if not ORTHANC_DICOMWEB_PLUGIN.exists():
+            pytest.fail("Orthanc's DICOMweb plugin is not installed (scripts/setup.sh installs orthanc-dicomweb)")
+        return ORTHANC_DICOMWEB_PLUGIN
+
+    def upload(self, paths: list[Path]) -> str:
+        """Store files through the REST API; returns Orthanc's id of their (last) study."""
+        import json
+        import urllib.request
+
+        study = ""
+        for path in paths:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{self.http_port}/instances", data=path.read_bytes(), method="POST"
+            )
+            with urllib.request.urlopen(request, timeout=30) as response:
+                study = json.loads(response.read())["ParentStudy"]
+        return study
+
+    def add_dicomweb_server(self, name: str, url: str, username: str, password: str) -> None:
+        import json
+        import urllib.request
+
+        body = json.dumps({"Url": url, "Username": username, "Password": password}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/dicom-web/servers/{name}", data=body, method="PUT"
+        )
+        urllib.request.urlopen(request, timeout=10).close()
 
     def series_of_study(self, study_instance_uid: str) -> list[dict]:
         """Main DICOM tags of every series Orthanc holds under this Study Instance UID."""
@@ -315,6 +341,15 @@ class Orthanc:
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
     pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port())
+    pacs.start()
+    yield pacs
+    pacs.stop()
+
+
+@pytest.fixture
+def orthanc_dicomweb(tmp_path: Path) -> Iterator[Orthanc]:
+    """Orthanc with its DICOMweb plugin."""
+    pacs = Orthanc(tmp_path / "orthanc-dicomweb", free_port(), free_port(), dicomweb=True)
     pacs.start()
     yield pacs
     pacs.stop()

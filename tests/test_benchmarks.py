@@ -1,4 +1,4 @@
-"""The benchmark script runs end to end (at CI size; the README's figures come from the full run)."""
+"""The benchmark script runs end to end (at CI size; docs/benchmarks.md's figures come from the full run)."""
 
 from __future__ import annotations
 

@@ -116,7 +116,7 @@ def viewers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Viewers]:
             outputs = wait_until(lambda: _outputs_in(orthanc, uid, folder), timeout_s=600, interval_s=1.0)
             studies[name] = ViewedStudy(uid, outputs)
         node.stop()
-        with ohif_server(orthanc.dicomweb_root) as base_url, chromium(root / "chromium-profile") as context:
+        with ohif_server(orthanc.dicomweb_url) as base_url, chromium(root / "chromium-profile") as context:
             yield Viewers(base_url, context, studies)
     finally:
         node.stop()

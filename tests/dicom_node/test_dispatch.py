@@ -45,7 +45,7 @@ def _job(database: Database, study_uid: str, patient_id: str) -> int:
         return job.id
 
 
-def _output(database: Database, layout: FileLayout, job_id: int, source: Path) -> Path:
+def _output(database: Database, layout: FileLayout, job_id: int, source: Path, destination: str = "pacs") -> Path:
     ds = pydicom.dcmread(source)
     path = layout.new_output_path(job_id)
     ds.save_as(path)
@@ -53,7 +53,9 @@ def _output(database: Database, layout: FileLayout, job_id: int, source: Path) -
         OutputKind.SR, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), "1.2.3"
     )
     with database.session() as session:
-        results.record_job_result(session, layout, job_id, JobResult((report,), "one SR"), [ResultDestination("pacs")])
+        results.record_job_result(
+            session, layout, job_id, JobResult((report,), "one SR"), [ResultDestination(destination)]
+        )
     return path
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from immunode.cli import main as cli_main
-from immunode.config import ConfigError, Settings, load_settings
+from immunode.config import ConfigError, Settings, load_settings, parse_settings
 from tests.conftest import REPO
 
 
@@ -35,6 +35,40 @@ def test_shipped_config_equals_the_embedded_defaults() -> None:
             "destinations:\n  - {name: a, ae_title: A, host: h, port: 1}\n"
             "  - {name: a, ae_title: B, host: h, port: 2}\n",
             "destination names must be unique",
+        ),
+        (
+            "destinations:\n  - {name: a, ae_title: A, host: h, port: 1}\n"
+            "routing:\n  rules:\n    - {name: r, pipeline: pet_quant, destinations: [a, b]}\n",
+            "routing.rules.0.destinations: unknown destination(s) 'b' (configured: a)",
+        ),
+        ("destinations:\n  - {name: w, protocol: dicomweb}\n", "destinations.0.dicomweb.url: Field required"),
+        ("destinations:\n  - {name: w, protocol: dicomwep, url: 'http://h'}\n", "destinations.0: Input tag 'dicomwep'"),
+        (
+            "destinations:\n  - {name: w, protocol: dicomweb, url: 'https://user:pw@h/dicom-web'}\n",
+            "destinations.0.dicomweb.url: Value error, credentials do not belong in the URL",
+        ),
+        (
+            "destinations:\n  - {name: w, protocol: dicomweb, url: 'http://pacs.example.org/dicom-web',"
+            " auth: {bearer_token: {env: TOKEN}}}\n",
+            "would send the credentials in clear",
+        ),
+        (
+            "destinations:\n  - {name: w, protocol: dicomweb, url: 'https://h', auth: {username: u}}\n",
+            "destinations.0.dicomweb.auth: Value error, username and password go together",
+        ),
+        (
+            "destinations:\n  - {name: w, protocol: dicomweb, url: 'https://h',"
+            " auth: {bearer_token: {file: /t, env: T}}}\n",
+            "destinations.0.dicomweb.auth.bearer_token: Value error, give exactly one of file or env",
+        ),
+        ("node:\n  dicomweb: {port: 8105}\n", "node.dicomweb: Value error, no client may store"),
+        (
+            "node:\n  dicomweb:\n    clients: [{name: A, username: u}]\n",
+            "node.dicomweb.clients.0: Value error, username and password_hash go together",
+        ),
+        (
+            "query_retrieve: {protocol: dicomweb, url: 'ftp://h'}\n",
+            "query_retrieve.dicomweb.url: Value error, an http:// or https:// URL with a host",
         ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("node: [unclosed\n", "not valid YAML"),
@@ -92,4 +126,51 @@ def test_node_refuses_to_start_with_weights_that_do_not_match_their_card(tmp_pat
     card_path(tampered).write_text(card_path(SHIPPED_CYTACT_WEIGHTS).read_text())
     settings = make_settings(pipelines={"pet_quant": {"cytact": {"weights": str(tampered)}}})
     with pytest.raises(ConfigError, match="pipelines.pet_quant.cytact.weights: .*refused"):
+        Node(settings)
+
+
+def test_dimse_and_dicomweb_destinations_side_by_side(tmp_path: Path) -> None:
+    """DIMSE destinations are written as before (no protocol key); DICOMweb ones say `protocol: dicomweb`; rules name
+    the destinations their results go to, others get every destination that receives results."""
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "destinations:\n"
+        "  - {name: pacs, ae_title: PACS, host: 10.0.0.5, port: 104}\n"
+        "  - {name: archive, ae_title: ARCH, host: 10.0.0.6, port: 104, receives_results: false}\n"
+        "  - name: cloud\n    protocol: dicomweb\n    url: https://dicom.example.org/v2/\n"
+        "    auth: {bearer_token: {file: /run/secrets/token}}\n    tls: {ca_certificates: /etc/ssl/hospital.pem}\n"
+        "query_retrieve: {protocol: dicomweb, url: 'http://127.0.0.1:8042/dicom-web', name: ORTHANC}\n"
+        "routing:\n  rules:\n"
+        "    - {name: pet, pipeline: pet_quant, destinations: [cloud, archive]}\n"
+        "    - {name: ct, pipeline: ct_radiomics}\n"
+    )
+    settings = load_settings(path)
+    assert [d.protocol for d in settings.destinations] == ["dimse", "dimse", "dicomweb"]
+    assert settings.destinations[2].url == "https://dicom.example.org/v2"  # no trailing slash
+    assert settings.query_retrieve.protocol == "dicomweb"
+    assert [d.name for d in settings.result_destinations("pet")] == ["archive", "cloud"]  # named: even archive
+    assert [d.name for d in settings.result_destinations("ct")] == ["pacs", "cloud"]  # the default
+    assert [d.name for d in settings.result_destinations("a rule since removed")] == ["pacs", "cloud"]
+    assert parse_settings(settings.model_dump(mode="json")) == settings  # round trip (workers get it by pickle)
+
+
+def test_start_up_names_an_unreadable_secret_or_tls_file(tmp_path: Path, make_settings, monkeypatch) -> None:
+    from immunode.service import Node
+
+    monkeypatch.delenv("IMMUNODE_NO_SUCH_TOKEN", raising=False)
+    web = {"name": "cloud", "protocol": "dicomweb", "url": "https://dicom.example.org"}
+    cases = [
+        ({**web, "auth": {"bearer_token": {"env": "IMMUNODE_NO_SUCH_TOKEN"}}}, "destinations.0.auth: environment"),
+        ({**web, "auth": {"username": "u", "password": {"file": str(tmp_path / "nope")}}}, "destinations.0.auth"),
+        ({**web, "tls": {"ca_certificates": str(tmp_path / "missing-ca.pem")}}, "destinations.0.tls"),
+    ]
+    for destination, expected in cases:
+        with pytest.raises(ConfigError) as raised:
+            Node(make_settings(destinations=[destination]))
+        assert expected in str(raised.value) and "dicom.example.org" not in str(raised.value)
+    settings = make_settings(
+        node={"dicomweb": {"accept_any": True, "tls": {"certificate": str(tmp_path / "c.pem"),
+                                                        "private_key": str(tmp_path / "k.pem")}}}
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="node.dicomweb.tls"):
         Node(settings)

@@ -90,7 +90,7 @@ class Finder:
 
     def retrieve(self, study_instance_uid: str) -> str:
         self.moved.append(study_instance_uid)
-        return "status 0x0000, 12 sent, 0 failed"
+        return "C-MOVE status 0x0000, 12 sent, 0 failed"
 
 
 def _new(candidates: list[StudyFacts], **kwargs: object) -> object:
