@@ -39,16 +39,13 @@ READER_SEEN_NOTICES = (
     "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']));"
     "sessionStorage.setItem('investigationalUseDialog', 'hidden');"
 )
-WINDOW = {"width": 960, "height": 640}  # small: Chromium renders with its software GL here
+WINDOW = {"width": 720, "height": 480}  # small: Chromium renders with its software GL here
 TINT_CHROMA = 24  # a canvas pixel is coloured by a segment when its RGB channels differ by more than this
 
 
 def require_viewers() -> None:
-    missing = [
-        what
-        for what, path in (("OHIF (viewers/install.sh)", OHIF_DIST / "index.html"), ("dcmjs", DCMJS), ("chromium", CHROMIUM))
-        if not path.exists()
-    ]
+    peers = (("OHIF (viewers/install.sh)", OHIF_DIST / "index.html"), ("dcmjs", DCMJS), ("chromium", CHROMIUM))
+    missing = [what for what, path in peers if not path.exists()]
     if shutil.which("node") is None:
         missing.append("node")
     if missing:
@@ -107,23 +104,25 @@ READ_OVERLAY_JS = """
 async ({ viewportId, threshold, sopInstanceUids }) => {
   const cs = window.cornerstone, tools = window.cornerstoneTools;
   const viewport = cs.getRenderingEngines()[0].getViewport(viewportId);
-  // Resolves once the image at `index` is shown with its segmentation drawn and painted on the canvas: the
-  // segmentation is drawn after the image changes, then the viewport repaints (listeners set up before).
+  // Every image in the cache first: then showing one is synchronous up to its render, and cornerstone's events
+  // come in one order: STACK_NEW_IMAGE, then the render of image and segmentation (IMAGE_RENDERED, then
+  // SEGMENTATION_RENDERED). The canvas is read at that SEGMENTATION_RENDERED, never after a delay.
+  const ids = viewport.getImageIds();
+  await Promise.all(ids.map(id => cs.imageLoader.loadAndCacheImage(id)));
   const show = index => new Promise((resolve, reject) => {
-    let segmentationDrawn = false;
-    const onSegmentation = evt => { if (evt.detail.viewportId === viewportId) segmentationDrawn = true; };
-    const onImage = () => { if (segmentationDrawn) { done(); resolve(); } };
+    let shown = false;
+    const onNewImage = evt => { if (evt.detail.imageIdIndex === index) shown = true; };
+    const onSegmentation = evt => { if (shown && evt.detail.viewportId === viewportId) { done(); resolve(); } };
     const done = () => {
       clearTimeout(timer);
+      viewport.element.removeEventListener(cs.Enums.Events.STACK_NEW_IMAGE, onNewImage);
       cs.eventTarget.removeEventListener(tools.Enums.Events.SEGMENTATION_RENDERED, onSegmentation);
-      viewport.element.removeEventListener(cs.Enums.Events.IMAGE_RENDERED, onImage);
     };
     const timer = setTimeout(() => { done(); reject(new Error(`image ${index} not drawn within 60 s`)); }, 60000);
+    viewport.element.addEventListener(cs.Enums.Events.STACK_NEW_IMAGE, onNewImage);
     cs.eventTarget.addEventListener(tools.Enums.Events.SEGMENTATION_RENDERED, onSegmentation);
-    viewport.element.addEventListener(cs.Enums.Events.IMAGE_RENDERED, onImage);
     viewport.setImageIdIndex(index).catch(error => { done(); reject(error); });
   });
-  const ids = viewport.getImageIds();
   const uidOf = id => cs.metaData.get('sopCommonModule', id).sopInstanceUID;
   const wanted = new Set(sopInstanceUids);
   const slices = [];

@@ -133,6 +133,10 @@ def build_segmentation(
         # FRACTIONAL: the mask, as 0 or 255 (occupancy 0 or 1 of each pixel).
         fractional_type=hd.seg.SegmentationFractionalTypeValues.OCCUPANCY,
     )
+    if encoding is SegEncoding.LABELMAP:
+        # highdicom describes the background as segment 0; the standard does not ask for it (pixel value 0 is
+        # no segment) and OHIF 3.13 then gives every segment the colour of the one before it (black first).
+        segmentation.SegmentSequence = [s for s in segmentation.SegmentSequence if s.SegmentNumber != 0]
     conform_copied_attributes(segmentation)
     return segmentation
 
@@ -248,7 +252,8 @@ def lesion_groups(
     type and sites, algorithm, time point, measurements...) with its segment, then its outline per slice
     (TID 1411 allows a group a segment or image regions, not both; viewers join groups by Tracking UID)."""
     tracking = hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier)
-    described = {k: content[k] for k in ("finding_type", "finding_sites", "algorithm_id", "time_point_context") if k in content}
+    # Not the time point context: viewers joining the groups would show its "Time Point Order" twice.
+    described = {k: content[k] for k in ("finding_type", "finding_sites", "algorithm_id") if k in content}
     return [
         hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking,
