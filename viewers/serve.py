@@ -115,7 +115,7 @@ def make_server(host: str, port: int, dist: Path, app_config: Path, dicomweb: st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dicomweb", required=True, help="the PACS's DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
+    parser.add_argument("--dicomweb", required=True, help="the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=3000)
     parser.add_argument("--dist", type=Path, default=HERE / "ohif" / "dist")

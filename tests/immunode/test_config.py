@@ -141,7 +141,8 @@ def test_dimse_and_dicomweb_destinations_side_by_side(tmp_path: Path) -> None:
     path.write_text(
         "destinations:\n"
         "  - {name: pacs, ae_title: PACS, host: 10.0.0.5, port: 104}\n"
-        "  - {name: archive, ae_title: ARCH, host: 10.0.0.6, port: 104, receives_results: false, seg_encoding: BINARY}\n"
+        "  - {name: archive, ae_title: ARCH, host: 10.0.0.6, port: 104, receives_results: false,\n"
+        "     seg_encoding: BINARY}\n"
         "  - name: cloud\n    protocol: dicomweb\n    url: https://dicom.example.org/v2/\n    seg_encoding: LABELMAP\n"
         "    auth: {bearer_token: {file: /run/secrets/token}}\n    tls: {ca_certificates: /etc/ssl/hospital.pem}\n"
         "query_retrieve: {protocol: dicomweb, url: 'http://127.0.0.1:8042/dicom-web', name: ORTHANC}\n"
