@@ -35,7 +35,7 @@ from scipy import ndimage
 from immunode.config import parse_settings
 from immunode.service import Node
 from tests.conftest import SHARED_DATA, Orthanc, StoreSCP, free_port, require_tool, storescu, wait_until
-from tests.viewers import OhifPage, chromium, ohif_server, read_with_dcmjs, require_viewers
+from tests.viewers import OhifPage, chromium, dcmjs_numbers, ohif_server, read_with_dcmjs, require_viewers
 
 STUDIES = ("sts_003", "sts_002")
 SEG_OF = {"PET": 990, "CT": 992}
@@ -321,10 +321,6 @@ def _hd_frames(seg_path: Path) -> list[tuple[int | None, str, np.ndarray]]:
     return frames
 
 
-def _numbers(items: list[dict]) -> list[float]:
-    return [v for i in items for v in ([i["value"]] if i["valueType"] == "NUM" else []) + _numbers(i["children"])]
-
-
 def test_every_output_reads_with_dcmjs_as_with_highdicom(viewers: Viewers) -> None:
     paths = [path for viewed in viewers.studies.values() for path in viewed.outputs.values()]
     for found, path in zip(read_with_dcmjs(paths), paths, strict=True):
@@ -345,11 +341,11 @@ def test_every_output_reads_with_dcmjs_as_with_highdicom(viewers: Viewers) -> No
                 for m in g.get_measurements()
             )
             containers = {c["concept"]: c["children"] for c in found["content"]}
-            assert sorted(round(v, 6) for v in _numbers(containers["Imaging Measurements"])) == lesions
+            assert sorted(round(v, 6) for v in dcmjs_numbers(containers["Imaging Measurements"])) == lesions
             derived = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "126011"]
             if derived:
                 expected = [float(i.MeasuredValueSequence[0].NumericValue) for i in derived[0].ContentSequence]
-                assert _numbers(containers["Derived Imaging Measurements"]) == pytest.approx(expected)
+                assert dcmjs_numbers(containers["Derived Imaging Measurements"]) == pytest.approx(expected)
 
 
 def test_srs_pass_pixelmeds_tid_1500_validator(viewers: Viewers) -> None:

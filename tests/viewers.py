@@ -226,6 +226,11 @@ class OhifPage:
         return self.page.inner_text("body")
 
 
+def dcmjs_numbers(items: list[dict]) -> list[float]:
+    """Every NUM value of an SR content tree as read-with-dcmjs.mjs gives it, in tree order."""
+    return [v for i in items for v in ([i["value"]] if i["valueType"] == "NUM" else []) + dcmjs_numbers(i["children"])]
+
+
 def read_with_dcmjs(paths: list[Path]) -> list[dict]:
     """Each file read by dcmjs in Node (viewers/read-with-dcmjs.mjs): its SEG frames or SR measurements."""
     completed = subprocess.run(
