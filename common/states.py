@@ -42,3 +42,15 @@ class PairingOutcome(enum.Enum):
 class OutputKind(enum.Enum):
     SEG = "SEG"
     SR = "SR"
+
+
+class SegEncoding(enum.Enum):
+    """How a DICOM SEG holds its segments, chosen per result destination by what its viewers decode
+    (docs/conformance-outputs.md): FRACTIONAL, 8 bits per pixel and segment (Segmentation Storage, drawn right by
+    OHIF, 3D Slicer and Orthanc's viewers); LABELMAP, one 8- or 16-bit label image per slice (Label Map
+    Segmentation Storage, 2024: OHIF 3.10+, receivers that know the SOP class); BINARY, 1 bit per pixel
+    (Segmentation Storage; web viewers mis-decode frames whose pixel count is not a multiple of 8)."""
+
+    FRACTIONAL = "FRACTIONAL"
+    LABELMAP = "LABELMAP"
+    BINARY = "BINARY"

@@ -13,7 +13,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
-from common.states import OutputKind
+from common.states import OutputKind, SegEncoding
 
 T = TypeVar("T")
 
@@ -298,6 +298,19 @@ class OutputFile:
     source_series_uid: str = ""
     supersedes_sop_instance_uid: str = ""  # an earlier SR of the same source series (Predecessor Documents)
     series_number: int | None = None
+    # A SEG goes to the destinations that asked for one of these encodings; empty (an SR): to every destination.
+    seg_encodings: tuple[SegEncoding, ...] = ()
+
+    def goes_to(self, destination: ResultDestination) -> bool:
+        return not self.seg_encodings or destination.seg_encoding in self.seg_encodings
+
+
+@dataclass(frozen=True)
+class ResultDestination:
+    """A destination that receives results, as the job recording its outputs needs it."""
+
+    name: str
+    seg_encoding: SegEncoding = SegEncoding.FRACTIONAL
 
 
 @dataclass(frozen=True)

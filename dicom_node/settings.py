@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Discriminator, Field, Tag, field_validator,
 
 from common.passwords import PASSWORD_HASH_PATTERN
 from common.settings import Strict
+from common.states import SegEncoding
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # DICOM AE VR: 16 chars, no backslash or control chars
 
@@ -199,7 +200,17 @@ class PeerSettings(Strict):
 DestinationName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 
 
-class Destination(Strict):
+class ReceivedResults(Strict):
+    """What a destination receives (DIMSE or DICOMweb alike)."""
+
+    receives_results: bool = True
+    # How the SEGs it receives hold their segments (what its viewers decode): FRACTIONAL (default, drawn
+    # right by OHIF, 3D Slicer and Orthanc's viewers), LABELMAP (Label Map Segmentation SOP class, for
+    # receivers that support it) or BINARY (1 bit; web viewers mis-draw odd-sized frames).
+    seg_encoding: SegEncoding = SegEncoding.FRACTIONAL
+
+
+class Destination(ReceivedResults):
     """A DIMSE destination: results sent by C-STORE."""
 
     protocol: Literal["dimse"] = "dimse"
@@ -207,7 +218,6 @@ class Destination(Strict):
     ae_title: AeTitle
     host: str
     port: int = Field(ge=1, le=65535)
-    receives_results: bool = True
     tls: TlsClientSettings | None = None  # None: plain DICOM
 
 
@@ -325,12 +335,11 @@ class DicomWebService(Strict):
         return self
 
 
-class DicomWebDestination(DicomWebService):
+class DicomWebDestination(DicomWebService, ReceivedResults):
     """A DICOMweb destination: results sent by STOW-RS (POST {url}/studies)."""
 
     protocol: Literal["dicomweb"]
     name: DestinationName
-    receives_results: bool = True
 
 
 class DicomWebQueryRetrieveSettings(DicomWebService):

@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, ValidationInfo, create_model, field
 
 from common.passwords import PASSWORD_HASH_PATTERN
 from common.settings import Strict, valid_regex
+from common.states import SegEncoding
 from dicom_node.settings import (
     AllowedPeer,
     AnyDestination,
@@ -233,6 +234,12 @@ class Settings(Strict):
         if named is not None:
             return [d for d in self.destinations if d.name in named]
         return [d for d in self.destinations if d.receives_results]
+
+    def seg_encodings(self, rule: str | None = None) -> tuple[SegEncoding, ...]:
+        """The SEG encodings the result destinations of rule `rule` asked for (a job writes one SEG per
+        encoding), in the order of SegEncoding; the default alone when no destination receives its results."""
+        asked = {d.seg_encoding for d in self.result_destinations(rule)} or {SegEncoding.FRACTIONAL}
+        return tuple(e for e in SegEncoding if e in asked)
 
     def __reduce__(self) -> tuple:
         # Worker processes get the settings by pickle: rebuilt from their values under the same registry.

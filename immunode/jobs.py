@@ -21,7 +21,7 @@ import pydicom
 from sqlalchemy.orm import Session
 
 from common.states import JobState, PairingOutcome
-from common.types import JobResult, SeriesFiles, StoredFile
+from common.types import JobResult, ResultDestination, SeriesFiles, StoredFile
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import PipelineError
@@ -77,6 +77,7 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
             pairing=pairing,
             job_id=job_id,
             version=results.result_version(session, study_uid, job_id),
+            seg_encodings=settings.seg_encodings(spec.rule),
         )
 
 
@@ -104,7 +105,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         logger.exception("job %d: unexpected error in the pipeline", job_id)
         reason = f"unexpected error in the pipeline: {error.__class__.__name__}: {error} (traceback in the log)"
         return _finish(settings, database, claim, JobState.FAILED, reason[:2000])
-    destinations = [d.name for d in settings.result_destinations(spec.rule)]
+    destinations = [ResultDestination(d.name, d.seg_encoding) for d in settings.result_destinations(spec.rule)]
 
     def record(session: Session) -> None:
         results.record_job_result(session, layout, job_id, result, destinations)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 from pydantic import Field, create_model
 
 from common.settings import Strict
-from common.states import PairingOutcome
+from common.states import PairingOutcome, SegEncoding
 from common.types import Baseline, JobResult, PatientData, PreviousReport, ResultVersion, SeriesFiles
 from pipelines.errors import ConfigurationProblem, UnknownPipeline
 from pipelines.pairing import PairingSettings
@@ -68,6 +68,8 @@ class JobInputs:
     pairing: PairingContext | None = None
     job_id: int | None = None  # for the log; None outside the node (`immunode process`)
     version: ResultVersion = ResultVersion(1)  # which version of the results this job writes, and why
+    # The SEG encodings the result destinations asked for: a report writes one SEG per encoding.
+    seg_encodings: tuple[SegEncoding, ...] = (SegEncoding.FRACTIONAL,)
 
     def selected_series(self) -> tuple[SeriesFiles, ...]:
         return tuple(s for s in self.series if s.series_instance_uid in self.selected)

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedShuffleSplit, train_test_split
 
 from common.types import PatientData
-from models import expression_baselines
+from models import FUSION_PUBLISHED_DIFFERENCES, expression_baselines
 from models.cards import ModelCard, save_weights, verify_card
 from models.expression_transformer import (
     DEFAULT_PANEL,
@@ -39,7 +39,6 @@ from models.expression_transformer import (
     predict_proba,
     train_transformer,
 )
-from models import FUSION_PUBLISHED_DIFFERENCES
 from models.fusion import MODALITIES, FusionData, FusionSettings, predict, train_fusion
 from models.metrics import METRIC_NAMES, bootstrap_intervals, classification_metrics, mean_metrics
 from models.serving import load_expression, load_fusion

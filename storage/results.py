@@ -25,6 +25,7 @@ from common.types import (
     OutputFile,
     PreviousReport,
     PriorAssessment,
+    ResultDestination,
     ResultRecords,
     ResultVersion,
     parse_dicom_date,
@@ -152,16 +153,17 @@ def result_versions(session: Session, limit: int) -> list[StudyVersions]:
 
 
 def record_job_result(
-    session: Session, layout: FileLayout, job_id: int, result: JobResult, destinations: Sequence[str]
+    session: Session, layout: FileLayout, job_id: int, result: JobResult, destinations: Sequence[ResultDestination]
 ) -> None:
-    """Index a job's validated outputs (queueing one delivery per destination) and its result records."""
+    """Index a job's validated outputs (queueing a delivery to each destination it goes to: an SR to every
+    destination, a SEG to those that asked for its encoding) and its result records."""
     for output in result.outputs:
         _record_output(session, layout, job_id, output, destinations)
     _record_records(session, job_id, result.records)
 
 
 def _record_output(
-    session: Session, layout: FileLayout, job_id: int, file: OutputFile, destinations: Sequence[str]
+    session: Session, layout: FileLayout, job_id: int, file: OutputFile, destinations: Sequence[ResultDestination]
 ) -> None:
     supersedes = (
         session.scalar(select(Output.id).where(Output.sop_instance_uid == file.supersedes_sop_instance_uid))
@@ -182,8 +184,9 @@ def _record_output(
     )
     session.add(output)
     session.flush()
-    for name in destinations:
-        session.add(Delivery(output_fk=output.id, destination=name))
+    for destination in destinations:
+        if file.goes_to(destination):
+            session.add(Delivery(output_fk=output.id, destination=destination.name))
 
 
 def _row(model: type[Base], record: object, **values: object) -> Base:

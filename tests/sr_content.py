@@ -23,3 +23,19 @@ def sr_texts(items: object) -> str:
             found.append(str(item.TextValue))
         found.append(sr_texts(item.get("ContentSequence")))
     return " ".join(part for part in found if part)
+
+
+def study_results(sr: object) -> tuple[dict[str, float], dict[str, str]]:
+    """The results of the patient or study in a TID 1500 report: measurement name -> value under "Derived
+    Imaging Measurements", and evaluation name -> coded value meaning under "Qualitative Evaluations"."""
+    numbers: dict[str, float] = {}
+    codes: dict[str, str] = {}
+    for container in sr.ContentSequence:
+        code = container.ConceptNameCodeSequence[0].CodeValue
+        for item in container.get("ContentSequence", []) if code in ("126011", "C0034375") else []:
+            name = item.ConceptNameCodeSequence[0].CodeMeaning
+            if item.ValueType == "NUM":
+                numbers[name] = float(item.MeasuredValueSequence[0].NumericValue)
+            elif item.ValueType == "CODE":
+                codes[name] = item.ConceptCodeSequence[0].CodeMeaning
+    return numbers, codes

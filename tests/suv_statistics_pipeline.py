@@ -14,14 +14,13 @@ import numpy as np
 import pydicom
 from pydantic import Field
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from common.settings import Strict
 from common.states import OutputKind
 from common.types import JobResult
 from pipelines.errors import NothingToAnalyse
 from pipelines.output.gate import OutputWriter
-from pipelines.output.sr import UNIT_NONE, measurement_document, private_concept, sr_algorithm
+from pipelines.output.sr import UNIT_NONE, StudyResults, measurement_document, private_concept, sr_algorithm
 from pipelines.pet.volume import load_pet_volume
 from pipelines.registry import JobInputs, Pipeline
 from pipelines.types import AlgorithmIdentity
@@ -97,22 +96,18 @@ class SuvStatistics(Pipeline[SuvStatisticsResult]):
                     hd.sr.Measurement(name=PERCENTILE, value=v, unit=UNIT_NONE, algorithm_id=algorithm)
                     for _, v in stats.percentiles
                 ]
-                group = hd.sr.MeasurementsAndQualitativeEvaluations(
-                    tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="Whole-body SUV"),
-                    algorithm_id=algorithm,
-                    measurements=measurements,
-                )
                 summary = f"SUV statistics of {stats.voxels} voxels: mean {stats.mean:.2f}, max {stats.maximum:.2f}"
                 document = measurement_document(
                     sources,
                     [],
-                    [group],
+                    [],  # whole-body statistics: of the study, not of a lesion
                     identity,
                     hd.sr.CodedConcept("44139-4", "LN", "PET whole body"),
                     summary,
                     [f"percentile {p:g}: {v:.2f}" for p, v in stats.percentiles],
                     995,
                     "test SUV statistics (RESEARCH USE ONLY)",
+                    study_results=StudyResults(tuple(measurements)),
                 )
                 outputs.append(writer.save(document, OutputKind.SR, 0, stats.series_instance_uid))
                 lines.append(summary)

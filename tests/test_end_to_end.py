@@ -58,7 +58,8 @@ def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == study.study_uid
     assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
     assert len(seg.SegmentSequence) == len(DEFAULT_LESIONS)
-    assert len(sr.content.get_volumetric_roi_measurement_groups()) == len(DEFAULT_LESIONS)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    assert len(groups) == 2 * len(DEFAULT_LESIONS)  # per lesion: its measurements with its segment; its outline
     referenced = {ref.ReferencedSOPInstanceUID for ref in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
     assert referenced <= {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in study.pet_files}
 

@@ -170,6 +170,7 @@ def test_slides_are_stored_trained_on_analysed_and_fused(
         assert seg.SegmentationType == "FRACTIONAL" and len(seg.SegmentSequence) == 1
         assert seg.DimensionOrganizationType in ("TILED_SPARSE", "TILED_FULL")
     assert all(dciodvfy_errors(path) == [] for path in received)
+    _read_alike_by_dcmjs(received)
     for sr in reports:
         numbers = sr_numbers(sr.ContentSequence)
         (probability,) = numbers["ICI response probability, histology MIL (slide alone)"]
@@ -184,6 +185,26 @@ def test_slides_are_stored_trained_on_analysed_and_fused(
     with node.database.session() as session:
         stored = session.scalars(select(SlideResult)).all()
     assert len(stored) == MIL_PATIENTS + 1 and all(len(s.embedding) == 32 for s in stored)
+
+
+def _read_alike_by_dcmjs(paths: list[Path]) -> None:
+    """dcmjs (OHIF's DICOM library, in Node) reads the heatmaps' frames and the reports' numbers as pydicom does."""
+    import numpy as np
+    import pydicom
+
+    from tests.viewers import dcmjs_numbers, read_with_dcmjs
+
+    for found, path in zip(read_with_dcmjs(paths), paths, strict=True):
+        ds = pydicom.dcmread(path)
+        if ds.Modality == "SEG":
+            pixels = ds.pixel_array.reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+            assert len(found["frames"]) == len(pixels)
+            for frame, expected in zip(found["frames"], pixels, strict=True):
+                read = np.frombuffer(frame["pixels"].encode(), np.uint8).reshape(expected.shape) - ord("0")
+                assert np.array_equal(read > 0, expected > 0), path
+        else:
+            expected = sorted(v for values in sr_numbers(ds.ContentSequence).values() for v in values)
+            assert sorted(dcmjs_numbers(found["content"])) == pytest.approx(expected)
 
 
 def _is_seg(path: Path) -> bool:

@@ -21,6 +21,7 @@ from pipelines.types import ModelIdentity
 from storage.database import Database
 from storage.schema import Job, LesionResult, Patient, Study, StudyState
 from tests.conftest import StoreSCP, storescu, wait_until
+from tests.sr_content import study_results
 from tests.synthetic import write_study
 from tests.synthetic_cohorts import synthetic_cohort, write_import_files, write_training_table
 
@@ -247,18 +248,16 @@ def test_train_from_store_then_serve_in_the_pet_report(
     (sr_ds,) = _by_class(received)["Comprehensive 3D SR Storage"]
     sr = hd.sr.Comprehensive3DSR.from_dataset(sr_ds)
     assert sr.content.get_volumetric_roi_measurement_groups()  # the lesions are still reported
-    patient_groups = [
-        g for g in sr.content.get_image_measurement_groups() if g.tracking_identifier == "Patient-level response models"
-    ]
-    assert len(patient_groups) == 1
-    values = {m.name.meaning: m.value for m in patient_groups[0].get_measurements()}
+    # The patient's results: not a measurement group (viewers take those for lesions) but derived measurements
+    # and qualitative evaluations of the report.
+    assert sr.content.get_image_measurement_groups() == []
+    values, evaluations = study_results(sr_ds)
     assert 0.0 <= values["ICI response probability, expression transformer"] <= 1.0
     assert 0.0 <= values["ICI response probability, attention fusion"] <= 1.0
     modality = [values[f"Fusion modality weight, {m}"] for m in ("imaging", "genomic", "clinical")]
     assert sum(modality) == pytest.approx(1.0, abs=1e-4)
     assert values["Derived neutrophil-to-lymphocyte ratio"] == pytest.approx(3.5)
-    (lipi,) = patient_groups[0].get_qualitative_evaluations()
-    assert lipi.value.meaning == "LIPI poor"
+    assert evaluations["Lung Immune Prognostic Index"] == "LIPI poor"
     text = _texts(sr_ds)
     # Algorithm identification (TID 4019) of each patient-level value, weights hash included.
     for algorithm in ("immunode-expression-transformer", "immunode-attention-fusion", "immunode-lipi"):

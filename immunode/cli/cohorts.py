@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import date
-
 import argparse
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -10,6 +10,7 @@ from immunode.cli.common import print_problems, settings
 from immunode.config import Settings
 from immunode.logging_setup import configure_logging
 
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from research import reproduce

@@ -148,7 +148,9 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
             tuple(reader for reader in readers if reader.annotates(frame)),
         )
         identity = algorithm_identity(self.settings(pipelines))
-        outputs = write_ct_report(result, identity, summary, new_path, previous_report, version)
+        outputs = write_ct_report(
+            result, identity, summary, new_path, previous_report, version, seg_encodings=inputs.seg_encodings
+        )
         return JobResult(outputs, summary, (), result_records(result))
 
 

@@ -15,15 +15,14 @@ import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from common.states import OutputKind
+from common.states import OutputKind, SegEncoding
 from common.types import OutputFile
 from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange, Resistance
 from pipelines.imaging.annotations import reader_source_statements
 from pipelines.output import sr
 from pipelines.output.gate import OutputWriter
-from pipelines.output.seg import build_segmentation, referenced_segment
+from pipelines.output.seg import lesion_groups, write_segmentations
 from pipelines.output.sources import conform_sources
 from pipelines.output.versions import ReportVersion
 from pipelines.types import AlgorithmIdentity
@@ -101,14 +100,14 @@ def _time_point(result: CtRadiomicsResult) -> hd.sr.TimePointContext:
     return hd.sr.TimePointContext("Follow-up without analysed baseline")
 
 
-def _lesion_group(
+def _lesion_groups(
     lesion: CtLesion,
     change: LesionChange | None,
     segmentation: hd.seg.Segmentation,
     source_images: list[Dataset],
     algorithm: hd.sr.AlgorithmIdentification,
     time_point: hd.sr.TimePointContext,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     def mm(name: hd.sr.CodedConcept, value: float) -> hd.sr.Measurement:
         return sr.measurement(name, value, sr.UNIT_MM, algorithm)
 
@@ -132,9 +131,10 @@ def _lesion_group(
         evaluations.append(
             hd.sr.QualitativeEvaluation(PROGRESSIVE, codes.SCT.Yes if change.progressive else codes.SCT.No)
         )
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
-        referenced_segment=referenced_segment(lesion, segmentation, source_images),
+    return lesion_groups(
+        lesion,
+        segmentation,
+        source_images,
         finding_type=codes.SCT.Lesion,
         time_point_context=time_point,
         algorithm_id=algorithm,
@@ -144,9 +144,8 @@ def _lesion_group(
     )
 
 
-def _patient_group(
-    result: CtRadiomicsResult, algorithm: hd.sr.AlgorithmIdentification, time_point: hd.sr.TimePointContext
-) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
+def _patient_results(result: CtRadiomicsResult, algorithm: hd.sr.AlgorithmIdentification) -> sr.StudyResults:
+    """RECIST, resistance and delta-radiomics results of the assessment: of the patient, not of one lesion."""
     measurements, evaluations = [], []
     r = result.recist
     if r is not None:
@@ -180,18 +179,7 @@ def _patient_group(
         measurements.append(
             sr.measurement(AR_SIGNATURE_PROBABILITY, signature.probability_systemic, sr.UNIT_NONE, model)
         )
-    if not measurements and not evaluations:
-        return None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None, entropy_srcs=["immunode-ct-assessment", result.ct_series_uid]),
-            identifier="Patient-level CT response and delta-radiomics",
-        ),
-        time_point_context=time_point,
-        algorithm_id=algorithm,
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
-    )
+    return sr.StudyResults(tuple(measurements), tuple(evaluations))
 
 
 def statements(result: CtRadiomicsResult) -> list[str]:
@@ -262,7 +250,7 @@ def statements(result: CtRadiomicsResult) -> list[str]:
 
 def build_ct_report(
     source_images: list[Dataset],
-    segmentation: hd.seg.Segmentation,
+    segmentations: Sequence[hd.seg.Segmentation],
     result: CtRadiomicsResult,
     identity: AlgorithmIdentity,
     summary: str,
@@ -270,17 +258,18 @@ def build_ct_report(
     previous_report: Dataset | None = None,
     version: ReportVersion = ReportVersion(),
 ) -> hd.sr.Comprehensive3DSR:
+    """`segmentations`: the lesions' SEG in each encoding written; the groups reference the first."""
     algorithm = sr.sr_algorithm(identity)
     time_point = _time_point(result)
     changes = {c.tracking_uid: c for c in result.changes}
     groups = [
-        _lesion_group(lesion, changes.get(lesion.tracking_uid), segmentation, source_images, algorithm, time_point)
+        group
         for lesion in result.lesions
+        for group in _lesion_groups(
+            lesion, changes.get(lesion.tracking_uid), segmentations[0], source_images, algorithm, time_point
+        )
     ]
-    patient = _patient_group(result, algorithm, time_point)
-    if patient is not None:
-        groups.append(patient)
-    evidence = [segmentation]
+    evidence = list(segmentations)
     baseline = result.baseline
     if baseline is not None and baseline.report_path is not None and baseline.report_path.exists():
         # The baseline SR (another study) is listed in the Pertinent Other Evidence Sequence.
@@ -297,6 +286,7 @@ def build_ct_report(
         f"immunode CT delta-radiomics {result.time_point} ({sr.RESEARCH_USE[:17]})",
         previous_report,
         version.reader,
+        study_results=_patient_results(result, algorithm),
     )
 
 
@@ -307,24 +297,28 @@ def write_ct_report(
     new_path: Callable[[], Path],
     previous_report: Dataset | None = None,
     version: ReportVersion = ReportVersion(),
+    seg_encodings: Sequence[SegEncoding] = (SegEncoding.FRACTIONAL,),
 ) -> tuple[OutputFile, ...]:
-    """The SEG and SR through the validation gate; an invalid object is deleted, never returned. A new version
-    supersedes `previous_report` (the study's previous SR of this CT series) in new series (`version`)."""
+    """The SEG in each encoding asked for and the SR through the validation gate; an invalid object is deleted,
+    never returned. A new version supersedes `previous_report` (the study's previous SR of this CT series) in new
+    series (`version`)."""
     source_images = [pydicom.dcmread(path) for path in result.ct_paths]
     notes = conform_sources(source_images)
     with OutputWriter(new_path) as writer:
-        segmentation = build_segmentation(
+        segmentations = write_segmentations(
+            writer,
             source_images,
             result.lesions,
             identity,
             "CT lesions; research use only",
             "immunode CT lesions (RESEARCH USE ONLY)",
             version.seg_series_number or SEG_SERIES_NUMBER,
+            seg_encodings,
+            result.ct_series_uid,
         )
-        seg = writer.save(segmentation, OutputKind.SEG, len(result.lesions), result.ct_series_uid)
         document = build_ct_report(
-            source_images, segmentation, result, identity, summary, notes, previous_report, version
+            source_images, segmentations.written, result, identity, summary, notes, previous_report, version
         )
         supersedes = str(previous_report.SOPInstanceUID) if previous_report is not None else ""
         sr = writer.save(document, OutputKind.SR, len(result.lesions), result.ct_series_uid, supersedes)
-    return seg, sr
+    return (*segmentations.files, sr)

@@ -23,6 +23,7 @@ from pipelines.output.gate import OutputWriter
 from pipelines.output.sources import conform_copied_attributes, conform_sources
 from pipelines.output.sr import (
     UNIT_NONE,
+    StudyResults,
     measurement,
     measurement_document,
     model_algorithm,
@@ -31,7 +32,7 @@ from pipelines.output.sr import (
     source_statements,
     ucum,
 )
-from pipelines.pet.report import response_group, response_statements
+from pipelines.pet.report import response_results, response_statements
 from pipelines.types import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
@@ -131,19 +132,16 @@ def build_heatmap(result: SlideAnalysis, source: pydicom.Dataset, identity: Algo
     return seg
 
 
-def _slide_group(result: SlideAnalysis) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _slide_results(result: SlideAnalysis) -> StudyResults:
+    """The slide's results: of the whole slide, not of a region, so not a measurement group."""
     mil = model_algorithm(result.mil)
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None, entropy_srcs=["immunode-slide", result.series_instance_uid]),
-            identifier="Whole-slide histology",
-        ),
-        measurements=[
+    return StudyResults(
+        (
             measurement(MIL_PROBABILITY, result.probability, UNIT_NONE, mil),
             measurement(PATCHES, float(len(result.origins)), UNIT_COUNT, mil),
             measurement(TISSUE_FRACTION, result.tissue_fraction, UNIT_NONE, mil),
             measurement(PATCH_RESOLUTION, result.patch_level.microns_per_pixel, UNIT_MICRON_PER_PIXEL, mil),
-        ],
+        )
     )
 
 
@@ -174,16 +172,16 @@ def write_histology_report(
     source = _tissue_source(result)
     notes = conform_sources([source]) + conform_slide_source(source)
     heatmap = build_heatmap(result, source, identity)
-    groups = [_slide_group(result)]
-    if result.response is not None and (group := response_group(result.response, result.series_instance_uid)):
-        groups.append(group)
+    study = _slide_results(result)
+    if result.response is not None:
+        study += response_results(result.response)
     summary = (
         f"Whole-slide histology (research use only): {len(result.origins)} patches, tissue "
         f"{100 * result.tissue_fraction:.1f} %, MIL response probability {result.probability:.3f} (slide alone)."
     )
     lines = statements(result, asked_mpp) + response_statements(result.response) + source_statements(notes)
     report = measurement_document(
-        [source], [heatmap], groups, identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION
+        [source], [heatmap], [], identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION, None, study
     )
     with OutputWriter(new_path) as writer:
         outputs = [writer.save(heatmap, OutputKind.SEG, 1, result.series_instance_uid)]

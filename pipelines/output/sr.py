@@ -1,10 +1,17 @@
 """TID 1500 Measurement Report building blocks shared by every pipeline's SR: the device observer, the
 algorithm and model identities, the research-use statements, private concepts, and the Comprehensive 3D SR
-document itself (`measurement_document`)."""
+document itself (`measurement_document`).
+
+Where results go in the report (docs/conformance-outputs.md): each lesion's measurement groups under "Imaging
+Measurements" (TID 1411, with its segment and its outline); results of the patient or the study (a summary over
+the lesions, response models, RECIST) never there, where viewers take every group for a lesion to draw, but as
+measurements under "Derived Imaging Measurements" (TID 1420) and coded evaluations under "Qualitative
+Evaluations", beside the research-use statement and the pipeline's statements."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import highdicom as hd
 from pydicom.dataset import Dataset
@@ -22,6 +29,7 @@ SYNTHETIC_WEIGHTS = "SYNTHETIC DEMONSTRATION WEIGHTS - trained on simulated lesi
 PRIVATE_SCHEME = "99IMMUNODE"
 
 QUALITATIVE_EVALUATIONS = hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+DERIVED_IMAGING_MEASUREMENTS = hd.sr.CodedConcept("126011", "DCM", "Derived Imaging Measurements")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 
 
@@ -86,21 +94,48 @@ def source_statements(notes: Sequence[str]) -> list[str]:
     ]
 
 
-def research_use_container(summary: str, statements: Sequence[str] = ()) -> hd.sr.ContainerContentItem:
+@dataclass(frozen=True)
+class StudyResults:
+    """Results of the patient or the study, not of one lesion (a summary over the lesions, response models,
+    RECIST): numbers under "Derived Imaging Measurements", coded evaluations under "Qualitative Evaluations"."""
+
+    measurements: tuple[hd.sr.Measurement, ...] = ()
+    evaluations: tuple[hd.sr.QualitativeEvaluation, ...] = ()
+
+    def __add__(self, other: StudyResults) -> StudyResults:
+        return StudyResults(self.measurements + other.measurements, self.evaluations + other.evaluations)
+
+
+def research_use_container(
+    summary: str, statements: Sequence[str] = (), evaluations: Sequence[hd.sr.QualitativeEvaluation] = ()
+) -> hd.sr.ContainerContentItem:
     container = hd.sr.ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
     container.ContentSequence = [
-        hd.sr.TextContentItem(name=COMMENT, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
-        for text in (RESEARCH_USE, summary, *statements)
+        *(item for evaluation in evaluations for item in evaluation),  # templates: lists of content items
+        *(
+            hd.sr.TextContentItem(
+                name=COMMENT, value=text[:1024], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+            )
+            for text in (RESEARCH_USE, summary, *statements)
+        ),
     ]
+    return container
+
+
+def derived_measurements_container(measurements: Sequence[hd.sr.Measurement]) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=DERIVED_IMAGING_MEASUREMENTS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = [item for measurement in measurements for item in measurement]
     return container
 
 
 def measurement_document(
     source_images: Sequence[Dataset],
     other_evidence: Sequence[Dataset],
-    groups: Sequence[hd.sr.MeasurementsAndQualitativeEvaluations],
+    groups: Sequence[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations],
     identity: AlgorithmIdentity,
     procedure: hd.sr.CodedConcept,
     summary: str,
@@ -109,11 +144,13 @@ def measurement_document(
     series_description: str,
     previous_report: Dataset | None = None,
     reader: str = "",
+    study_results: StudyResults = StudyResults(),
 ) -> hd.sr.Comprehensive3DSR:
-    """The Comprehensive 3D SR holding a TID 1500 Measurement Report by this node as the observing device, with
-    the research-use statement, the summary and the pipeline's statements under "Qualitative Evaluations".
-    `reader`: the person whose annotations defined the lesions, a person observer beside the device (the
-    document stays UNVERIFIED: see `pipelines.output.versions`)."""
+    """The Comprehensive 3D SR holding a TID 1500 Measurement Report by this node as the observing device: the
+    lesions' `groups` under "Imaging Measurements" (left out when there is no lesion), `study_results` under
+    "Derived Imaging Measurements" and "Qualitative Evaluations", with the research-use statement, the summary
+    and the pipeline's statements. `reader`: the person whose annotations defined the lesions, a person observer
+    beside the device (the document stays UNVERIFIED: see `pipelines.output.versions`)."""
     person = (
         hd.sr.ObserverContext(
             observer_type=codes.cid270.Person,
@@ -134,10 +171,23 @@ def measurement_document(
             ),
         )
     )
-    report = hd.sr.MeasurementReport(
-        observation_context=observation_context, procedure_reported=procedure, imaging_measurements=list(groups)
+    # highdicom needs an "Imaging Measurements" group; TID 1500 needs one of the three containers only.
+    placeholder = (
+        [hd.sr.MeasurementsAndQualitativeEvaluations(hd.sr.TrackingIdentifier(generate_uid(), "none"))]
+        if not groups
+        else []
     )
-    report[0].ContentSequence.append(research_use_container(summary, statements))
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context,
+        procedure_reported=procedure,
+        imaging_measurements=list(groups) or placeholder,
+    )
+    content = report[0].ContentSequence
+    if placeholder:
+        content[:] = [item for item in content if item.ConceptNameCodeSequence[0].CodeValue != "126010"]
+    if study_results.measurements:
+        content.append(derived_measurements_container(study_results.measurements))
+    content.append(research_use_container(summary, statements, study_results.evaluations))
     document = hd.sr.Comprehensive3DSR(
         evidence=[*source_images, *other_evidence],
         content=report,

@@ -137,7 +137,15 @@ class PetQuant(Pipeline["PetJob"]):
             series_result, version = versioned(series_result, previous, inputs.version, readers, numbers)
             summary = summarise(series_result)
             try:
-                outputs += write_pet_report(series_result, identity, summary, previous_report, new_path, version)
+                outputs += write_pet_report(
+                    series_result,
+                    identity,
+                    summary,
+                    previous_report,
+                    new_path,
+                    version,
+                    seg_encodings=inputs.seg_encodings,
+                )
             except PipelineError as error:
                 problems.append(f"series {series_uid}: {error}")
                 logger.warning("job %s series %s: %s", inputs.job_id, series_uid, error)

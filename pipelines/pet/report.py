@@ -13,22 +13,22 @@ import highdicom as hd
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
-from common.states import OutputKind
+from common.states import OutputKind, SegEncoding
 from common.types import OutputFile, PreviousReport, ResultVersion
 from common.version import __version__
-from pipelines.imaging.annotations import reader_source_statements
 from models import FUSION_PUBLISHED_DIFFERENCES
+from pipelines.imaging.annotations import reader_source_statements
 from pipelines.omics.types import ResponsePredictions
 from pipelines.output.gate import OutputWriter
-from pipelines.output.seg import build_segmentation, referenced_segment
+from pipelines.output.seg import Segmentations, lesion_groups, write_segmentations
 from pipelines.output.sources import conform_sources
 from pipelines.output.sr import (
     NOT_A_PREDICTION,
     UNIT_ML,
     UNIT_MM,
     UNIT_NONE,
+    StudyResults,
     measurement,
     measurement_document,
     model_algorithm,
@@ -58,7 +58,13 @@ SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
 
 AUTOMATIC = hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
 SEMIAUTOMATIC = hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC
-SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
+# SUVbw (126401, DCM) with the derivation Maximum, Mean or Peak Value Within ROI: viewers show a measurement by
+# its concept name alone (OHIF ignores the modifier), so each statistic has its own name; the modifier stays.
+SUV_STATISTICS = {
+    "max": (private_concept("SUVBW_MAX", "SUVmax"), codes.SCT.Maximum),
+    "mean": (private_concept("SUVBW_MEAN", "SUVmean"), codes.SCT.Mean),
+    "peak": (private_concept("SUVBW_PEAK", "SUVpeak"), codes.DCM.PeakValueWithinROI),
+}
 UNIT_SUVBW = ucum("{SUVbw}g/ml", "Standardized Uptake Value body weight")
 UNIT_GRAM = ucum("g", "gram")
 UNIT_PERCENT = ucum("%", "percent")
@@ -103,7 +109,8 @@ RECIST_ON_PET = (
 )
 
 
-def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _patient_cytact(summary: CytActSummary) -> StudyResults:
+    """The patient's CytAct over the lesions (minimum, mean, maximum, variance) and its groups."""
     algorithm = model_algorithm(summary.model)
 
     statistics = [
@@ -125,15 +132,7 @@ def _patient_cytact_group(summary: CytActSummary, series_uid: str) -> hd.sr.Meas
                 CYTACT_HETEROGENEITY, codes.SCT.High if summary.heterogeneous else codes.SCT.Low
             )
         )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-cytact", series_uid]),
-            identifier="Patient-level CytAct",
-        ),
-        algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=evaluations or None,
-    )
+    return StudyResults(tuple(measurements), tuple(evaluations))
 
 
 def cytact_statement(result: PetQuantResult) -> str:
@@ -181,10 +180,8 @@ def _blood_algorithm() -> hd.sr.AlgorithmIdentification:
     )
 
 
-def response_group(
-    response: ResponsePredictions, series_uid: str
-) -> hd.sr.MeasurementsAndQualitativeEvaluations | None:
-    """Patient-level response models: probabilities, fusion modality weights, dNLR and LIPI."""
+def response_results(response: ResponsePredictions) -> StudyResults:
+    """Patient-level response models: probabilities, fusion modality weights, dNLR, LIPI, blood changes."""
     measurements, evaluations = [], []
     if response.expression_probability is not None and response.expression_model is not None:
         measurements.append(
@@ -210,16 +207,7 @@ def response_group(
         for change in response.blood_changes
         if change.delta_percent is not None
     ]
-    if not measurements and not evaluations:
-        return None
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None, entropy_srcs=["immunode-patient-response", series_uid]),
-            identifier="Patient-level response models",
-        ),
-        measurements=measurements or None,
-        qualitative_evaluations=evaluations or None,
-    )
+    return StudyResults(tuple(measurements), tuple(evaluations))
 
 
 def _identity_text(model: ModelIdentity) -> str:
@@ -284,24 +272,25 @@ def response_statements(response: ResponsePredictions | None) -> list[str]:
     return statements
 
 
-def _lesion_group(
+def _lesion_groups(
     lesion: Lesion,
     segmentation: hd.seg.Segmentation,
     source_images: Sequence[Dataset],
     identity: AlgorithmIdentity,
     model: ModelIdentity | None,
     confirmed: bool = False,
-) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
     algorithm = sr_algorithm(identity)
     m = lesion.measurements
 
-    def suv(value: float, derivation: hd.sr.CodedConcept) -> hd.sr.Measurement:
-        return measurement(SUVBW, value, UNIT_SUVBW, algorithm, derivation)
+    def suv(value: float, statistic: str) -> hd.sr.Measurement:
+        name, derivation = SUV_STATISTICS[statistic]
+        return measurement(name, value, UNIT_SUVBW, algorithm, derivation)
 
     measurements = [
-        suv(m.suv_max, codes.SCT.Maximum),
-        suv(m.suv_mean, codes.SCT.Mean),
-        suv(m.suv_peak, codes.DCM.PeakValueWithinROI),
+        suv(m.suv_max, "max"),
+        suv(m.suv_mean, "mean"),
+        suv(m.suv_peak, "peak"),
         measurement(codes.DCM.MetabolicVolume, m.metabolic_volume_ml, UNIT_ML, algorithm),
         measurement(codes.DCM.TotalLesionGlycolysis, m.total_lesion_glycolysis, UNIT_GRAM, algorithm),
     ]
@@ -313,9 +302,10 @@ def _lesion_group(
         measurements.append(measurement(CYTACT, lesion.cytact, UNIT_NONE, model_algorithm(model)))
     status, candidate_measurements = _confirmation(lesion, confirmed, algorithm)
     measurements += candidate_measurements
-    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=lesion.tracking_uid, identifier=lesion.tracking_identifier),
-        referenced_segment=referenced_segment(lesion, segmentation, source_images),
+    return lesion_groups(
+        lesion,
+        segmentation,
+        source_images,
         finding_type=codes.SCT.Lesion,
         algorithm_id=algorithm,
         finding_sites=_finding_sites(lesion),
@@ -348,7 +338,7 @@ def _finding_sites(lesion: Lesion) -> list[hd.sr.FindingSite] | None:
 
 def build_measurement_report(
     source_images: Sequence[Dataset],
-    segmentation: hd.seg.Segmentation | None,
+    segmentations: Segmentations | None,
     result: PetQuantResult,
     identity: AlgorithmIdentity,
     previous_report: Dataset | None,
@@ -359,32 +349,22 @@ def build_measurement_report(
     confirmed = result.reader_seeds > 0
     groups = (
         [
-            _lesion_group(lesion, segmentation, source_images, identity, result.cytact_model, confirmed)
+            group
             for lesion in result.lesions
-        ]
-        if segmentation
-        else []
-    )
-    if groups and result.cytact is not None:
-        groups.append(_patient_cytact_group(result.cytact, result.volume.series_instance_uid))
-    patient_group = response_group(result.response, result.volume.series_instance_uid) if result.response else None
-    if not groups:
-        # TID 1500 needs a measurement group: with no avid lesion, one whole-study group says "Finding: None".
-        groups = [
-            hd.sr.MeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(
-                        prefix=None, entropy_srcs=["immunode-no-lesion", result.volume.series_instance_uid]
-                    ),
-                    identifier="FDG-avid lesions",
-                ),
-                finding_type=codes.SCT.Lesion,
-                algorithm_id=sr_algorithm(identity),
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND)],
+            for group in _lesion_groups(
+                lesion, segmentations.referenced, source_images, identity, result.cytact_model, confirmed
             )
         ]
-    if patient_group is not None:
-        groups.append(patient_group)
+        if segmentations
+        else []
+    )
+    study = StudyResults()
+    if groups and result.cytact is not None:
+        study += _patient_cytact(result.cytact)
+    if not groups:  # no FDG-avid lesion: said as the study's finding
+        study += StudyResults(evaluations=(hd.sr.QualitativeEvaluation(name=codes.DCM.Finding, value=NONE_FOUND),))
+    if result.response:
+        study += response_results(result.response)
     statements = [
         *version.statements,
         *result.detection_notes,
@@ -401,7 +381,7 @@ def build_measurement_report(
     ]
     return measurement_document(
         source_images,
-        [segmentation] if segmentation is not None else [],
+        segmentations.written if segmentations is not None else [],
         groups,
         identity,
         PET_WHOLE_BODY,
@@ -411,6 +391,7 @@ def build_measurement_report(
         SR_DESCRIPTION,
         previous_report,
         version.reader,
+        study,
     )
 
 
@@ -421,18 +402,20 @@ def write_pet_report(
     previous_report: Dataset | None,
     new_path: Callable[[], Path],
     version: ReportVersion = ReportVersion(),
+    seg_encodings: Sequence[SegEncoding] = (SegEncoding.FRACTIONAL,),
 ) -> tuple[OutputFile, ...]:
-    """The SEG (if any lesion) and the SR through the validation gate; an invalid object is deleted, never
-    returned. `version`: the version's statements, reader and Series Numbers."""
+    """The SEG in each encoding asked for (if any lesion) and the SR through the validation gate; an invalid
+    object is deleted, never returned. `version`: the version's statements, reader and Series Numbers."""
     source_images = [pydicom.dcmread(path) for path in result.volume.source_paths]
     notes = conform_sources(source_images)
     series_uid = result.volume.series_instance_uid
     supersedes = str(previous_report.SOPInstanceUID) if previous_report is not None else ""
     files: list[OutputFile] = []
     with OutputWriter(new_path) as writer:
-        segmentation = None
+        segmentations = None
         if result.lesions:
-            segmentation = build_segmentation(
+            segmentations = write_segmentations(
+                writer,
                 source_images,
                 result.lesions,
                 identity,
@@ -441,11 +424,13 @@ def write_pet_report(
                 else "FDG-avid lesion candidates (unconfirmed); research use only",
                 SEG_DESCRIPTION,
                 version.seg_series_number or SEG_SERIES_NUMBER,
+                seg_encodings,
+                series_uid,
                 SEMIAUTOMATIC if result.reader_seeds else AUTOMATIC,
             )
-            files.append(writer.save(segmentation, OutputKind.SEG, len(result.lesions), series_uid))
+            files += segmentations.files
         document = build_measurement_report(
-            source_images, segmentation, result, identity, previous_report, summary, notes, version
+            source_images, segmentations, result, identity, previous_report, summary, notes, version
         )
         files.append(writer.save(document, OutputKind.SR, len(result.lesions), series_uid, supersedes))
     return tuple(files)

@@ -9,7 +9,6 @@ from pydantic import Field, model_validator
 
 from common.settings import Strict
 
-
 # The method's pre-treatment PET: within 3 months before the therapy start (91 days); a site may narrow it.
 METHOD_PRETREATMENT_WINDOW_DAYS = 91
 

@@ -12,7 +12,7 @@ import yaml
 from sqlalchemy import select, update
 
 from common.states import JobState, OutputKind
-from common.types import JobResult, OutputFile
+from common.types import JobResult, OutputFile, ResultDestination
 from dicom_node.dispatch import dispatch_due
 from immunode.cli import main as cli_main
 from storage import results
@@ -53,7 +53,9 @@ def _output(database: Database, layout: FileLayout, job_id: int, source: Path, d
         OutputKind.SR, path, str(ds.SOPClassUID), str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID), "1.2.3"
     )
     with database.session() as session:
-        results.record_job_result(session, layout, job_id, JobResult((report,), "one SR"), [destination])
+        results.record_job_result(
+            session, layout, job_id, JobResult((report,), "one SR"), [ResultDestination(destination)]
+        )
     return path
 
 

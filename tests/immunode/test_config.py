@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from common.states import SegEncoding
 from immunode.cli import main as cli_main
 from immunode.config import ConfigError, Settings, load_settings, parse_settings
 from tests.conftest import REPO
@@ -69,6 +70,10 @@ def test_shipped_config_equals_the_embedded_defaults() -> None:
         (
             "query_retrieve: {protocol: dicomweb, url: 'ftp://h'}\n",
             "query_retrieve.dicomweb.url: Value error, an http:// or https:// URL with a host",
+        ),
+        (
+            "destinations:\n  - {name: a, ae_title: A, host: h, port: 1, seg_encoding: PNG}\n",
+            "destinations.0.dimse.seg_encoding: Input should be 'FRACTIONAL', 'LABELMAP' or 'BINARY'",
         ),
         ("- just\n- a list\n", "top level must be a mapping"),
         ("node: [unclosed\n", "not valid YAML"),
@@ -136,8 +141,9 @@ def test_dimse_and_dicomweb_destinations_side_by_side(tmp_path: Path) -> None:
     path.write_text(
         "destinations:\n"
         "  - {name: pacs, ae_title: PACS, host: 10.0.0.5, port: 104}\n"
-        "  - {name: archive, ae_title: ARCH, host: 10.0.0.6, port: 104, receives_results: false}\n"
-        "  - name: cloud\n    protocol: dicomweb\n    url: https://dicom.example.org/v2/\n"
+        "  - {name: archive, ae_title: ARCH, host: 10.0.0.6, port: 104, receives_results: false,\n"
+        "     seg_encoding: BINARY}\n"
+        "  - name: cloud\n    protocol: dicomweb\n    url: https://dicom.example.org/v2/\n    seg_encoding: LABELMAP\n"
         "    auth: {bearer_token: {file: /run/secrets/token}}\n    tls: {ca_certificates: /etc/ssl/hospital.pem}\n"
         "query_retrieve: {protocol: dicomweb, url: 'http://127.0.0.1:8042/dicom-web', name: ORTHANC}\n"
         "routing:\n  rules:\n"
@@ -151,6 +157,9 @@ def test_dimse_and_dicomweb_destinations_side_by_side(tmp_path: Path) -> None:
     assert [d.name for d in settings.result_destinations("pet")] == ["archive", "cloud"]  # named: even archive
     assert [d.name for d in settings.result_destinations("ct")] == ["pacs", "cloud"]  # the default
     assert [d.name for d in settings.result_destinations("a rule since removed")] == ["pacs", "cloud"]
+    # Each job writes the SEG encodings its destinations asked for (the default FRACTIONAL for `pacs`).
+    assert settings.seg_encodings("pet") == (SegEncoding.LABELMAP, SegEncoding.BINARY)
+    assert settings.seg_encodings("ct") == (SegEncoding.FRACTIONAL, SegEncoding.LABELMAP)
     assert parse_settings(settings.model_dump(mode="json")) == settings  # round trip (workers get it by pickle)
 
 

@@ -15,7 +15,9 @@ def _cohort() -> FusionCohort:
     """P1 has two imported samples: S1a (the expression model trained on it) and S1b (the newer one, which the
     fusion uses). P2's sample S2 was not trained on. P3's sample is unknown to the model, but the model's card names
     P3 (issuer H) among its training patients."""
-    data = FusionData({m: np.zeros((3, 2)) for m in MODALITIES}, np.ones((3, len(MODALITIES)), bool), np.array([0, 1, 0]))
+    data = FusionData(
+        {m: np.zeros((3, 2)) for m in MODALITIES}, np.ones((3, len(MODALITIES)), bool), np.array([0, 1, 0])
+    )
     return FusionCohort(
         data,
         keys=[("P1", "H"), ("P2", "H"), ("P3", "H")],

@@ -128,23 +128,40 @@ def test_report_objects_validate_and_read_back(tmp_path: Path) -> None:
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert sr.SeriesInstanceUID != seg.SeriesInstanceUID
     groups = sr.content.get_volumetric_roi_measurement_groups()
-    assert len(groups) == len(result.lesions)
-    for group, lesion, segment in zip(groups, result.lesions, seg.SegmentSequence):
-        assert group.tracking_uid == lesion.tracking_uid == segment.TrackingUID
-        assert group.tracking_identifier == lesion.tracking_identifier
+    measured = [g for g in groups if g.reference_type == codes.DCM.ReferencedSegment]
+    outlines = [g for g in groups if g.reference_type == codes.DCM.ImageRegion]
+    assert len(measured) == len(outlines) == len(result.lesions)
+    for group, outline, lesion, segment in zip(measured, outlines, result.lesions, seg.SegmentSequence):
+        assert group.tracking_uid == outline.tracking_uid == lesion.tracking_uid == segment.TrackingUID
+        assert group.tracking_identifier == outline.tracking_identifier == lesion.tracking_identifier
         referenced = group.referenced_segment
         assert referenced.referenced_sop_instance_uid == seg.SOPInstanceUID
         assert list(referenced.referenced_segment_numbers) == [lesion.number]
-        names = {(m.name.value, m.derivation.value if m.derivation else None): m for m in group.get_measurements()}
-        assert names[("126401", codes.SCT.Maximum.value)].value == pytest.approx(lesion.measurements.suv_max, rel=1e-6)
-        assert names[("126401", codes.SCT.Maximum.value)].unit.value == "{SUVbw}g/ml"
-        assert names[("126032", None)].unit.value == "ml"
-        assert names[("103339001", None)].value == pytest.approx(lesion.measurements.long_axis_mm, rel=1e-6)
-        assert names[("103340004", None)].unit.value == "mm"
-        assert names[("126033", None)].value == pytest.approx(lesion.measurements.total_lesion_glycolysis, rel=1e-6)
+        by_code = {(m.name.value, m.derivation.value if m.derivation else None): m for m in group.get_measurements()}
+        names = {m.name.meaning: m for m in group.get_measurements()}
+        for statistic, derivation, value in (
+            ("SUVmax", codes.SCT.Maximum, lesion.measurements.suv_max),
+            ("SUVmean", codes.SCT.Mean, lesion.measurements.suv_mean),
+            ("SUVpeak", codes.DCM.PeakValueWithinROI, lesion.measurements.suv_peak),
+        ):
+            assert names[statistic].value == pytest.approx(value, rel=1e-6)
+            assert names[statistic].unit.value == "{SUVbw}g/ml" and names[statistic].derivation == derivation
+        # The outline: closed polylines on the lesion's slices, the first on its largest cross-section.
+        regions = outline.roi
+        assert all(r.graphic_type == hd.sr.GraphicTypeValues.POLYLINE for r in regions)
+        assert all(np.array_equal(r.value[0], r.value[-1]) for r in regions)
+        on = [str(r.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for r in regions]
+        areas = lesion.mask.sum(axis=(1, 2))
+        uids = result.volume.sop_instance_uids
+        assert set(on) == {uids[lesion.offset[0] + i] for i in np.flatnonzero(areas)}
+        assert on[0] == uids[lesion.offset[0] + int(np.argmax(areas))]
+        assert by_code[("126032", None)].unit.value == "ml"
+        assert by_code[("103339001", None)].value == pytest.approx(lesion.measurements.long_axis_mm, rel=1e-6)
+        assert by_code[("103340004", None)].unit.value == "mm"
+        assert by_code[("126033", None)].value == pytest.approx(lesion.measurements.total_lesion_glycolysis, rel=1e-6)
         algorithm_texts = _texts_named(group[0], "111001") + _texts_named(group[0], "111003")
         assert identity.name in algorithm_texts and identity.version in algorithm_texts
-    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence if "TextValue" in item]
     assert RESEARCH_USE in texts
     assert f"sha256:{identity.parameters_sha256}" in _texts_named(sr, "111002")
 
@@ -173,7 +190,7 @@ def test_study_without_avid_lesion_gets_an_sr_saying_so_and_no_seg(tmp_path: Pat
     assert sr_file.kind is OutputKind.SR and dciodvfy_errors(sr_file.path) == []
     sr = hd.sr.srread(sr_file.path)
     assert sr.content.get_volumetric_roi_measurement_groups() == []
-    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence]
+    texts = [item.TextValue for item in sr.ContentSequence[-1].ContentSequence if "TextValue" in item]
     assert any(text.startswith("0 FDG-avid lesion(s)") for text in texts)
     assert "260413007" in _codes_named(sr, "121071")  # Finding: None
 
@@ -219,17 +236,20 @@ def test_report_carries_lesion_cytact_and_patient_biomarkers(tmp_path: Path) -> 
     sr_path = next(f.path for f in files if f.kind is OutputKind.SR)
     assert dciodvfy_errors(sr_path) == []
     sr = hd.sr.srread(sr_path)
-    groups = sr.content.get_volumetric_roi_measurement_groups()
-    for group, lesion in zip(groups, result.lesions):
+    groups = [
+        g for g in sr.content.get_volumetric_roi_measurement_groups() if g.reference_type == codes.DCM.ReferencedSegment
+    ]
+    for group, lesion in zip(groups, result.lesions, strict=True):
         assert _numbers_named(group[0], "CYTACT") == [pytest.approx(lesion.cytact, rel=1e-6)]
-    all_cytact = _numbers_named(sr, "CYTACT")
-    # Per lesion, then the patient-level minimum, mean, maximum and variance.
-    assert all_cytact[len(result.lesions) :] == [
+    # The patient's minimum, mean, maximum and variance: derived measurements, not a group viewers take for a lesion.
+    (derived,) = [c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126011"]
+    assert _numbers_named(derived, "CYTACT") == [
         pytest.approx(v, rel=1e-6) for v in (summary.minimum, summary.mean, summary.maximum, summary.variance)
     ]
-    assert "Patient-level CytAct" in _texts_named(sr, "112039")  # Tracking Identifier
+    (imaging,) = [c for c in sr.ContentSequence if c.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    assert len(_numbers_named(imaging, "CYTACT")) == len(result.lesions)
     assert _codes_named(sr, "CYTACT_GROUP") == [] and _codes_named(sr, "CYTACT_HET") == []
-    texts = " ".join(item.TextValue for item in sr.ContentSequence[-1].ContentSequence)
+    texts = " ".join(item.get("TextValue", "") for item in sr.ContentSequence[-1].ContentSequence)
     assert "SYNTHETIC DEMONSTRATION WEIGHTS" in texts and summary.model.weights_sha256 in texts
     assert "RECIST 1.1 target lesions" in texts and "no low/high group" in texts
 
