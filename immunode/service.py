@@ -32,6 +32,17 @@ from storage.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 
+class _StageStillRunning(logging.Filter):
+    """A stage whose previous run has not finished is not started twice (max_instances=1, coalesced): that is the
+    design, not a fault, so the scheduler's warning for each skipped tick is left out of the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in record.getMessage()
+
+
+logging.getLogger("apscheduler.scheduler").addFilter(_StageStillRunning())
+
+
 def _index_permitting(stage: Callable[[], object]) -> None:
     """A scheduled stage, run on every poll: while the index cannot be reached it waits for the next poll (the
     outage is logged once, by the index's health, not as a traceback per poll)."""

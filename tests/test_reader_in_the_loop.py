@@ -19,7 +19,8 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 
 from immunode.cli import main as cli_main
-from immunode.monitoring import status_page
+from immunode.snapshot import take_snapshot
+from immunode.status_page import render
 from pipelines.imaging.geometry import patient_to_index
 from pipelines.pet.volume import load_pet_volume
 from storage.schema import Instance, Job, Output
@@ -209,7 +210,7 @@ def test_a_readers_seg_supersedes_the_automatic_candidates_within_seconds(
     assert f"study {study.study_uid}" in shown
     assert "pet_quant v1" in shown and "series 990, 991" in shown
     assert "pet_quant v2" in shown and f"(supersedes {sr_v1.SOPInstanceUID})" in shown
-    page = status_page(node.database, 10)
+    page = render(take_snapshot(settings, node.database), 10)
     assert "Result versions" in page and "v2" in page and "series 1000, 1001" in page
 
 

@@ -142,9 +142,9 @@ def prior_lesions(segmentation_path: Path, sop_instance_uids: Sequence[str]) -> 
             [sop_instance_uids[i] for i in slices],
             segment_numbers=[number],
             assert_missing_frames_are_empty=True,
-            dtype=np.uint8,
-        )[..., 0]
-        occupied = np.argwhere(pixels > 0)
+            dtype=np.float32,  # a FRACTIONAL SEG (ours by default) reads as occupancy 0..1
+        )[..., 0] >= 0.5
+        occupied = np.argwhere(pixels)
         if occupied.size == 0:
             continue
         low, high = occupied.min(axis=0), occupied.max(axis=0) + 1

@@ -62,7 +62,7 @@ def job_with_result(database: Database, layout: FileLayout, study_uid: str, stat
     from pydicom.uid import generate_uid
 
     from common.states import OutputKind
-    from common.types import JobResult, OutputFile
+    from common.types import JobResult, OutputFile, ResultDestination
     from storage import jobs, results
 
     with database.session() as session:
@@ -76,6 +76,6 @@ def job_with_result(database: Database, layout: FileLayout, study_uid: str, stat
             path = layout.new_output_path(job_id)
             path.write_bytes(b"an SR")
             sr = OutputFile(OutputKind.SR, path, "1.2.840.10008.5.1.4.1.1.88.34", generate_uid(), generate_uid())
-            results.record_job_result(session, layout, job_id, JobResult((sr,), "1 lesion"), list(destinations))
+            results.record_job_result(session, layout, job_id, JobResult((sr,), "1 lesion"), [ResultDestination(d) for d in destinations])
         jobs.finish_job(session, job_id, state, "1 lesion" if state is JobState.SUCCEEDED else "no PET series")
     return job_id

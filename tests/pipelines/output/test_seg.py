@@ -131,7 +131,7 @@ def test_colours_are_stable_per_tracked_lesion_and_saturated() -> None:
 def test_the_gate_refuses_a_segment_without_pixels(tmp_path: Path, sources: list[pydicom.Dataset]) -> None:
     with pytest.raises(ValueError, match="without a voxel"):
         build_segmentation(sources, (_lesion(1, (0, 0, 0), np.zeros((1, 2, 2))),), IDENTITY, "t", "t", 990)
-    seg = build_segmentation(sources, SEPARATE, IDENTITY, "t", "t", 990, SegEncoding.BINARY)
+    seg = build_segmentation(sources, SEPARATE, IDENTITY, "t", "t", 990, encoding=SegEncoding.BINARY)
     # A third segment described without a pixel, as a SEG of overwritten overlapping lesions had.
     extra = copy.deepcopy(seg.SegmentSequence[1])
     extra.SegmentNumber, extra.SegmentLabel = 3, "Lesion 3"
