@@ -59,6 +59,11 @@ def _paper_cells(figure: Figure) -> tuple[str, str, str]:
     return "n/a", "", "not given"
 
 
+def _cell(text: object) -> str:
+    """A table cell's text: a `|` inside (e.g. Spearman |rho|) escaped so that it stays one cell."""
+    return str(text).replace("|", "\\|")
+
+
 def write_comparison(method: str, figures: Sequence[Figure], notes: Sequence[str], out: Path) -> Path:
     if method not in METHODS:
         raise ResearchError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -78,7 +83,8 @@ def write_comparison(method: str, figures: Sequence[Figure], notes: Sequence[str
     for f in figures:
         value, split, source = _paper_cells(f)
         ours = _number(f.ours) + (f" ({f.note})" if f.note else "")
-        lines.append(f"| {f.metric} | {value} | {split} | {ours} | {f.split} | {f.setting} | {source} |")
+        cells = (f.metric, value, split, ours, f.split, f.setting, source)
+        lines.append("| " + " | ".join(_cell(cell) for cell in cells) + " |")
     lines += ["", *notes, ""]
     report = out / "comparison.md"
     report.write_text("\n".join(lines))

@@ -4,6 +4,7 @@ paper's (from research/published_figures.csv) on the same metric, with both spli
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,7 @@ def _config(tmp_path: Path, make_settings) -> Path:
 def _row(text: str, metric: str) -> list[str]:
     """The cells of the first report row of `metric`."""
     line = next(line for line in text.splitlines() if line.startswith(f"| {metric} |"))
-    return [cell.strip() for cell in line.strip("|").split("|")]
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]  # `\|` is inside a cell
 
 
 def _delta_table(path: Path, with_time_points: bool = False, features: int = 15) -> Path:

@@ -87,8 +87,8 @@ def test_a_job_is_recorded_only_by_the_run_that_holds_it(database_url: str) -> N
     database = Database(database_url)
     try:
         with database.session() as session:
-            study = _study(session, "FENCE", "1.2.5")
-            for _ in range(3):
+            for number in range(3):  # three studies: one study's jobs of a pipeline run one after another
+                study = _study(session, f"FENCE{number}", f"1.2.5.{number}")
                 session.add(Job(study_fk=study.id, pipeline="pet_quant", study_revision=1, state=JobState.PENDING))
         with database.session() as session:
             first, second, third = (spec.job_id for spec in jobs.claim_pending_jobs(session, 3, run_id=7))
