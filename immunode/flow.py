@@ -1,20 +1,11 @@
-"""The whole path of a study through the node, in one place:
+"""What the node's own stages do, one pass each: route (`route_quiet_studies`), pair (`pair_jobs`) and dispatch
+(`dispatch_due`). The stages as a whole, in order with their intervals, the events that start them early and the
+engine the analysis runs on, are the table in `immunode.stages`; receiving and storing happen on the SCP's
+threads (`dicom_node.scp`, `storage.store`), the analysis and report in the workers (`immunode.jobs`).
 
-    receive   dicom_node.scp.StorageSCP          C-ECHO / C-STORE from allowed peers (SCP threads)
-    store     storage.store.InstanceStore        fsync'd file + committed index row, then status 0x0000
-    route     route_quiet_studies()              studies quiet for the stability time → jobs, by the rules and
-                                                 the registry (scheduler)
-    pair      pair_jobs()                        jobs of longitudinal pipelines: their baseline decided by
-                                                 `pipelines.pairing` over facts from the store, with the
-                                                 query/retrieve peer passed in (scheduler)
-    analyse   immunode.jobs.run_job()            the job's pipeline: `analyse` → its typed result (worker process)
-    report    immunode.jobs.run_job()            the pipeline's `report` → validated SEG + TID 1500 SR
-    dispatch  dicom_node.dispatch.dispatch_due   C-STORE or STOW-RS to destinations, back-off, dead letters
-                                                 (scheduler)
-
-The stages here (route, pair) run in the node's own process and import nothing heavy; analysis and report
-(`immunode.jobs`, with PyTorch, SimpleITK, pyradiomics and highdicom) run in the worker processes only, so
-that the node that answers scanners stays small.
+These stages run in the node's own process and import nothing heavy; analysis and report (`immunode.jobs`, with
+PyTorch, SimpleITK, pyradiomics and highdicom) run in the worker processes only, so that the node that answers
+scanners stays small.
 """
 
 from __future__ import annotations
@@ -22,15 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
 from common.states import JobState
 from common.types import EarlierFollowUp, StudyFacts
 from dicom_node import dicomweb, qr
+from dicom_node.dispatch import send_batch
 from dicom_node.errors import RetrieveError
-from dicom_node.settings import DicomWebQueryRetrieveSettings, QueryRetrieveSettings
+from dicom_node.settings import DicomWebQueryRetrieveSettings, DispatchSettings, QueryRetrieveSettings
+from dicom_node.types import SendResult
 from immunode.config import Settings
 from immunode.routing import route
 from pipelines.errors import BaselineNotRetrieved
@@ -44,11 +37,13 @@ from pipelines.pairing import (
 )
 from pipelines.registry import Pipeline
 from storage import jobs, pairings, patients, studies
+from storage.audit import AuditTrail
 from storage.database import Database
+from storage.deliveries import due_deliveries, record_delivery_attempt
 from storage.files import FileLayout
-from storage.schema import utcnow
+from storage.schema import DeliveryState, utcnow
 from storage.store import InstanceStore
-from storage.types import ArrivalKind, WaitingJob
+from storage.types import ArrivalKind, DueDelivery, WaitingJob
 
 logger = logging.getLogger(__name__)
 
@@ -325,3 +320,76 @@ def _decide_waiting(settings: Settings, database: Database, job: WaitingJob) -> 
     coming = assessments_coming(followup, baseline_uid, course.candidates, course.states.get, pipeline.modality)
     why = place.reason if place.baseline is not None and place.baseline.study_instance_uid == baseline_uid else ""
     return decide_waiting(followup, baseline_uid, baseline, state, job.waiting_until, utcnow(), coming, why)
+
+
+def dispatch_due(
+    settings: Settings,
+    database: Database,
+    layout: FileLayout,
+    now: datetime | None = None,
+    trail: AuditTrail | None = None,
+    run_id: int | None = None,
+) -> int:
+    """Dispatch stage: send every delivery due now, each destination's batch in one association (or STOW-RS
+    request), and record each attempt: a failed one is tried again after the back-off, dead after
+    `dispatch.max_attempts`. Returns how many were delivered. With `run_id` the deliveries are leased to this
+    node run while they are sent (several nodes on one index)."""
+    now = now or utcnow()
+    lease = timedelta(seconds=4 * settings.dispatch.timeout_s + 60)
+    with database.session() as session:
+        batches = due_deliveries(session, layout, now, run_id, lease)
+    by_name = {d.name: d for d in settings.destinations}
+    delivered = 0
+    for name, batch in batches.items():
+        destination = by_name.get(name)
+        if destination is None:
+            results = [
+                SendResult(d.sop_instance_uid, False, f"destination {name!r} is no longer configured") for d in batch
+            ]
+        else:
+            sent = send_batch(destination, settings.node.ae_title, batch, settings.dispatch.timeout_s)
+            results = list(sent.results)
+            if sent.audit is not None and trail is not None:
+                trail.audit(sent.audit)
+        delivered += _record_attempts(settings.dispatch, database, name, batch, results, now)
+    return delivered
+
+
+def backoff_delay_s(attempts_made: int, initial_s: float, maximum_s: float) -> float:
+    return min(initial_s * (2 ** max(attempts_made - 1, 0)), maximum_s)
+
+
+def _record_attempts(
+    settings: DispatchSettings,
+    database: Database,
+    name: str,
+    batch: Sequence[DueDelivery],
+    results: Sequence[SendResult],
+    now: datetime,
+) -> int:
+    delivered = 0
+    with database.session() as session:
+        for d, result in zip(batch, results, strict=True):
+            delay = backoff_delay_s(d.attempts + 1, settings.backoff_initial_s, settings.backoff_max_s)
+            state = record_delivery_attempt(
+                session,
+                d.delivery_id,
+                result.ok,
+                result.detail,
+                settings.max_attempts,
+                now + timedelta(seconds=delay),
+            )
+            if state is DeliveryState.SENT:
+                delivered += 1
+                logger.info("delivered %s to %s (%s)", d.sop_instance_uid, name, result.detail)
+            else:
+                logger.warning(
+                    "delivery %d of %s to %s failed (attempt %d): %s; now %s",
+                    d.delivery_id,
+                    d.sop_instance_uid,
+                    name,
+                    d.attempts + 1,
+                    result.detail,
+                    state.value,
+                )
+    return delivered

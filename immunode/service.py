@@ -1,17 +1,12 @@
-"""The running node: SCP, scheduler (route, run, dispatch) and worker pool, started and stopped together."""
+"""The running node: the SCP, the stages on their scheduler (`immunode.stages`) and the job runner, together."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from functools import partial
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
-from dicom_node.dispatch import dispatch_due
 from dicom_node.scp import StorageSCP
 from dicom_node.stow_server import DicomWebServer
 from immunode import flow
@@ -19,9 +14,10 @@ from immunode.config import ConfigError, Settings
 from immunode.monitoring import MonitoringHooks, MonitoringServer, NodeMetrics, Readiness, index_answers
 from immunode.reconcile import reconcile
 from immunode.snapshot import StatusSnapshot, take_snapshot
+from immunode.stages import Event, StageScheduler
 from immunode.startup import StartupCheck, check_startup
 from immunode.worker import JobRunner
-from storage import deliveries, retention, runs, studies
+from storage import deliveries, retention, runs
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.errors import IndexOutage, StorageError
@@ -32,31 +28,10 @@ from storage.store import InstanceStore
 logger = logging.getLogger(__name__)
 
 
-class _StageStillRunning(logging.Filter):
-    """A stage whose previous run has not finished is not started twice (max_instances=1, coalesced): that is the
-    design, not a fault, so the scheduler's warning for each skipped tick is left out of the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "maximum number of running instances reached" not in record.getMessage()
-
-
-logging.getLogger("apscheduler.scheduler").addFilter(_StageStillRunning())
-
-
-def _index_permitting(stage: Callable[[], object]) -> None:
-    """A scheduled stage, run on every poll: while the index cannot be reached it waits for the next poll (the
-    outage is logged once, by the index's health, not as a traceback per poll)."""
-    try:
-        stage()
-    except IndexOutage:
-        return
-
-
 class Node:
-    """The running node. Stages hand work on as events, not only on the poll: an instance stored schedules the
-    study's completion check for when it can be quiet; a study routed or a job paired starts the job at
-    once; a finished job starts its dispatch (and the next job, and the pairing of any follow-up that waited
-    for it). The poll (`routing.poll_interval_s`) remains as the safety net and for back-off retries."""
+    """The running node: the SCP (and DICOMweb server) storing instances, the stages of `immunode.stages` on their
+    scheduler (`self.stages`), started early by what happens here (an instance stored, a job finished, a delivery
+    requeued), and the job runner with its engine."""
 
     def __init__(self, settings: Settings, checked: StartupCheck | None = None) -> None:
         """`checked`: the start-up checks already run (`immunode serve` runs them with the ports); else they run
@@ -80,7 +55,7 @@ class Node:
             self.store,
             self.trail,
             checked.tls_context,
-            self._stored,
+            self.stored,
             self.metrics.observe,
         )
         self.dicomweb = (
@@ -90,7 +65,7 @@ class Node:
                 self.store,
                 self.trail,
                 checked.dicomweb_tls_context,
-                self._stored,
+                self.stored,
                 self.metrics.observe,
                 settings.node.max_inflated_mb * 1024 * 1024,
             )
@@ -108,48 +83,25 @@ class Node:
         )
         self.monitoring_port: int | None = None
         self.runner = JobRunner(settings, self.database, on_finished=self._job_finished)
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.stages = StageScheduler(self)
         self.port: int | None = None
         self.tls_port: int | None = None
-        self._run_id: int | None = None
+        self.run_id: int | None = None
         self._stopped = threading.Event()
-        self._route_due: datetime | None = None
-        self._route_lock = threading.Lock()
 
-    def _every(self, function: Callable[[], object], name: str, seconds: float | None = None) -> None:
-        self.scheduler.add_job(
-            partial(_index_permitting, function),
-            "interval",
-            seconds=seconds or self.settings.routing.poll_interval_s,
-            id=name,
-            max_instances=1,
-            coalesce=True,
-        )
+    def happened(self, event: Event, at: datetime | None = None) -> None:
+        """Start the stages `event` starts (now, or at `at`), unless they are due earlier anyway."""
+        if not self._stopped.is_set():
+            self.stages.happened(event, at)
 
-    def _kick(self, name: str, at: datetime | None = None) -> None:
-        """Run stage `name` now (or at `at`), unless it is due earlier anyway."""
-        if self._stopped.is_set() or not self.scheduler.running:
-            return
-        job = self.scheduler.get_job(name)
-        when = at or datetime.now(timezone.utc)
-        if job is not None and (job.next_run_time is None or when < job.next_run_time):
-            job.modify(next_run_time=when)
-
-    def _stored(self, study_instance_uid: str) -> None:
+    def stored(self, study_instance_uid: str) -> None:
         """An instance was stored: its study can be quiet `study_stable_s` from now (`annotation_stable_s` when
         it is an annotation on an analysed study; the route stage tells which)."""
         quiet = min(flow.quiet_times(self.settings))
-        due = datetime.now(timezone.utc) + quiet + timedelta(seconds=0.05)
-        with self._route_lock:
-            if self._route_due is not None and self._route_due <= due:
-                return
-            self._route_due = due
-        self._kick("route", due)
+        self.happened(Event.STORED, datetime.now(timezone.utc) + quiet + timedelta(seconds=0.05))
 
     def _job_finished(self, job_id: int) -> None:
-        self._kick("dispatch")
-        self._kick("run")
-        self._kick("pair")
+        self.happened(Event.FINISHED)
 
     def start(self, port: int | None = None, tls_port: int | None = None) -> int | None:
         """Start-up: spooled records written, crash leftovers reconciled, interrupted jobs resumed, workers
@@ -157,10 +109,10 @@ class Node:
         the plain DICOM port (None when only TLS listens)."""
         self.trail.flush_spool()
         retention.recover_interrupted(self.database, self.layout)  # before reconciling: files go back first
-        self._run_id = reconcile(
+        self.run_id = reconcile(
             self.database, self.layout, self.store, self.settings.node.max_inflated_mb * 1024 * 1024
         )
-        self.runner.run_id = self.layout.run_id = self._run_id
+        self.runner.run_id = self.layout.run_id = self.run_id
         with self.database.session() as session:
             removed = self.layout.remove_leftovers(runs.live_runs(session))
         resumed = self.runner.resume_interrupted()
@@ -171,16 +123,7 @@ class Node:
                 resumed,
             )
         self.runner.warm_up()
-        self._every(self.route_once, "route")
-        self._every(self.pair_once, "pair")
-        self._every(self.run_once, "run")
-        self._every(self.dispatch_once, "dispatch")
-        self._every(self.trail.flush_spool, "spool")
-        if self.settings.storage.retention.enabled:
-            self._every(self.retain_once, "retention", self.settings.storage.retention.interval_s)
-        self._every(self.heartbeat_once, "heartbeat", runs.HEARTBEAT_EVERY.total_seconds())
-        self._every(self.runner.release_idle, "workers")  # worker processes returned after their idle period
-        self.scheduler.start()
+        self.stages.start()
         self.port, self.tls_port = self.scp.start(port, tls_port)
         if self.dicomweb is not None:
             try:
@@ -203,7 +146,7 @@ class Node:
 
     def alive(self) -> bool:
         """Liveness: the stages' scheduler runs and the node was not stopped."""
-        return self.scheduler.running and not self._stopped.is_set()
+        return self.stages.running and not self._stopped.is_set()
 
     def readiness(self) -> Readiness:
         """Readiness: listening for DICOM, the index answers, the storage root has its reserve."""
@@ -227,71 +170,11 @@ class Node:
         """The status page's reading of the index and the disk."""
         return take_snapshot(self.settings, self.database, query)
 
-    def retain_once(self) -> None:
-        """Retention: finish a purge a crash left, then purge what the policy says is due (by age, then by the
-        disk watermark)."""
-        retention.recover_interrupted(self.database, self.layout)
-        retention.apply(self.settings.storage.retention, self.database, self.layout, self.store.deleting_series)
-
     def _retry_delivery(self, delivery_id: int) -> int:
         with self.database.session() as session:
             requeued = deliveries.requeue_dead_deliveries(session, [delivery_id])
-        self._kick("dispatch")
+        self.happened(Event.REQUEUED)
         return requeued
-
-    def route_once(self) -> None:
-        with self._route_lock:
-            self._route_due = None
-        if flow.route_quiet_studies(self.settings, self.database):
-            self._kick("pair")
-            self._kick("run")
-        with self.database.session() as session:
-            due = studies.next_quiet_due(session, *flow.quiet_times(self.settings))
-        if due is not None:
-            at = due.replace(tzinfo=timezone.utc) + timedelta(seconds=0.05)
-            with self._route_lock:
-                self._route_due = at
-            self._kick("route", at)
-
-    def heartbeat_once(self) -> None:
-        """This run is alive; outcomes of finished jobs the index missed are recorded, and jobs the index says this
-        run is running but no worker of it runs go back to the queue. The claims and files in flight of sibling
-        nodes that died are taken back too, once this node has itself reached the index for `runs.STALE_AFTER`
-        (after an outage every live sibling's heartbeat is stale until it beats again)."""
-        with self.database.session() as session:
-            runs.heartbeat(session, self._run_id)
-        self.runner.settle()
-        if self.runner.release_untracked():
-            self._kick("run")
-        if self.database.health.answering_for() < runs.STALE_AFTER.total_seconds():
-            return
-        with self.database.session() as session:
-            taken, released = runs.release_claims_of_dead_runs(session, self.settings.workers.max_attempts)
-            removed = self.layout.remove_leftovers(runs.live_runs(session))
-        if removed:
-            logger.warning("removed %d file(s) in flight of a node run that died", removed)
-        if taken or released:
-            logger.warning("took back %d job(s) and %d delivery lease(s) of a node that died", taken, released)
-            self._kick("run")
-            self._kick("dispatch")
-
-    def pair_once(self) -> None:
-        flow.pair_jobs(self.settings, self.database, self.trail.audit, self._run_id, self.store, self._stored)
-        self._kick("run")
-
-    def run_once(self) -> None:
-        self.runner.submit_pending()
-
-    def dispatch_once(self) -> None:
-        dispatch_due(
-            self.settings.node.ae_title,
-            self.settings.destinations,
-            self.settings.dispatch,
-            self.database,
-            self.layout,
-            trail=self.trail,
-            run_id=self._run_id,
-        )
 
     def stop(self) -> None:
         """Stop listening (open associations aborted), stop the stages, end the workers (their jobs queued to
@@ -304,14 +187,13 @@ class Node:
         if self.dicomweb is not None:
             self.dicomweb.stop()
         self.scp.stop()
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+        self.stages.stop()
         try:
             self.runner.stop()
             self.runner.settle()  # outcomes the index has not been told yet
-            if self._run_id is not None:
+            if self.run_id is not None:
                 with self.database.session() as session:
-                    runs.end_run(session, self._run_id)
+                    runs.end_run(session, self.run_id)
         except IndexOutage as error:
             logger.error("stop not recorded (%s): the next start takes this run's jobs back", error)
         self.database.dispose()

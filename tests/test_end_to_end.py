@@ -12,6 +12,7 @@ from sqlalchemy import select
 from common.states import JobState
 from immunode.cli import main as cli_main
 from immunode.service import Node
+from immunode.stages import Stage
 from storage.schema import Delivery, DeliveryState, Event, Job, LesionResult, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
@@ -163,7 +164,7 @@ def test_destination_down_then_back_receives_results_once(tmp_path: Path, make_s
     pacs.start()
     try:
         wait_until(lambda: all(d.state is DeliveryState.SENT for d in _deliveries(node)), timeout_s=60)
-        node.dispatch_once()  # nothing is due any more: nothing is sent twice
+        node.stages.pass_once(Stage.DISPATCH)  # nothing is due any more: nothing is sent twice
         assert len(pacs.received()) == len(_deliveries(node)) == 2
     finally:
         pacs.stop()

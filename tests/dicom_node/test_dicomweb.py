@@ -14,10 +14,10 @@ import pytest
 from sqlalchemy import select
 
 from dicom_node import dicomweb
-from dicom_node.dispatch import dispatch_due
 from dicom_node.errors import RetrieveError
 from dicom_node.ingest import parse_received
 from dicom_node.settings import DicomWebQueryRetrieveSettings, HttpsServerSettings
+from immunode.flow import dispatch_due
 from storage.audit import AuditTrail
 from storage.database import Database
 from storage.files import FileLayout
@@ -50,7 +50,7 @@ def test_results_reach_orthanc_by_stow_rs(tmp_path: Path, make_settings, orthanc
     for path in study.pet_files:
         _output(database, layout, job, path, "orthanc-web")
     trail = AuditTrail(database, layout.spool)
-    sent = dispatch_due(settings.node.ae_title, settings.destinations, settings.dispatch, database, layout, trail=trail)
+    sent = dispatch_due(settings, database, layout, trail=trail)
     assert sent == 3
     assert [d.state for d in _deliveries(database)] == [DeliveryState.SENT] * 3
     (series,) = orthanc_dicomweb.series_of_study(study.study_uid)  # checked through Orthanc's REST API
@@ -101,7 +101,7 @@ def test_a_202_with_a_failed_instance_is_not_its_delivery(
     _output(database, layout, _job(database, other.study_uid, "P2"), other.pet_files[0], "cloud")
     try:
         trail = AuditTrail(database, layout.spool)
-        assert dispatch_due("IMMUNODE", settings.destinations, settings.dispatch, database, layout, trail=trail) == 1
+        assert dispatch_due(settings, database, layout, trail=trail) == 1
         refused, delivered = _deliveries(database)
         assert delivered.state is DeliveryState.SENT
         assert refused.state is DeliveryState.PENDING and refused.attempts == 1
@@ -113,10 +113,7 @@ def test_a_202_with_a_failed_instance_is_not_its_delivery(
         assert {i.calling_ae_title for i in peer.instances().values()} == {"EARLIER", "GATEWAY"}
         # The same semantics as C-STORE: retried, then a dead letter.
         for step in (1, 2):
-            dispatch_due(
-                "IMMUNODE", settings.destinations, settings.dispatch, database, layout,
-                utcnow() + timedelta(seconds=step), trail,
-            )  # fmt: skip
+            dispatch_due(settings, database, layout, utcnow() + timedelta(seconds=step), trail)
         assert _deliveries(database)[0].state is DeliveryState.DEAD
         # The token is sent, never logged nor recorded.
         assert TOKEN not in caplog.text
@@ -148,7 +145,7 @@ def test_missing_secret_or_unreachable_service_fails_the_attempt(
     job = _job(database, study.study_uid, "P1")
     _output(database, layout, job, study.pet_files[0], "down")
     _output(database, layout, job, study.pet_files[1], "no-token")
-    assert dispatch_due("IMMUNODE", settings.destinations, settings.dispatch, database, layout) == 0
+    assert dispatch_due(settings, database, layout) == 0
     down, no_token = _deliveries(database)
     assert down.state is DeliveryState.DEAD and "cannot connect" in down.last_error
     assert no_token.state is DeliveryState.DEAD

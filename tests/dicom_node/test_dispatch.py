@@ -13,8 +13,8 @@ from sqlalchemy import select, update
 
 from common.states import JobState, OutputKind
 from common.types import JobResult, OutputFile, ResultDestination
-from dicom_node.dispatch import dispatch_due
 from immunode.cli import main as cli_main
+from immunode.flow import backoff_delay_s, dispatch_due
 from storage import results
 from storage.audit import AuditTrail
 from storage.database import Database
@@ -86,22 +86,9 @@ def test_bad_result_files_fail_alone_and_the_rest_is_delivered(
     missing.unlink()
 
     now = utcnow()
-    assert dispatch_due(
-        settings.node.ae_title, settings.destinations, settings.dispatch, database, layout, now, trail
-    ) == len(good)
+    assert dispatch_due(settings, database, layout, now, trail) == len(good)
     assert len(pacs.received()) == len(good)
-    assert (
-        dispatch_due(
-            settings.node.ae_title,
-            settings.destinations,
-            settings.dispatch,
-            database,
-            layout,
-            now + timedelta(seconds=1),
-            trail,
-        )
-        == 0
-    )
+    assert dispatch_due(settings, database, layout, now + timedelta(seconds=1), trail) == 0
     with database.session() as session:
         deliveries = session.scalars(select(Delivery).order_by(Delivery.id)).all()
         states = [(d.state, d.attempts, d.last_error) for d in deliveries]
@@ -127,3 +114,7 @@ def test_bad_result_files_fail_alone_and_the_rest_is_delivered(
     out = capsys.readouterr().out
     assert "DEAD 3" in out and out.count("DEAD, 2 attempt(s)") == 3
     database.dispose()
+
+
+def test_backoff_doubles_up_to_its_cap() -> None:
+    assert [backoff_delay_s(n, 30, 100) for n in (1, 2, 3, 4)] == [30, 60, 100, 100]

@@ -10,7 +10,6 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import PositronEmissionTomographyImageStorage
 
-from dicom_node.dispatch import backoff_delay_s
 from dicom_node.scu import send_batch
 from dicom_node.settings import Destination
 from tests.conftest import StoreSCP, free_port, require_tool, wait_until
@@ -91,6 +90,3 @@ def test_no_response_within_the_timeout_is_not_a_success(files) -> None:
         server.shutdown()
     assert results[0].ok is False
 
-
-def test_backoff_doubles_up_to_its_cap() -> None:
-    assert [backoff_delay_s(n, 30, 100) for n in (1, 2, 3, 4)] == [30, 60, 100, 100]
