@@ -19,6 +19,7 @@ from common.types import OutputFile
 from common.version import __version__
 from pipelines.histology.errors import SlideNotReadable
 from pipelines.histology.types import SlideAnalysis
+from pipelines.omics.report import response_results, response_statements
 from pipelines.output.gate import OutputWriter
 from pipelines.output.sources import conform_copied_attributes, conform_sources
 from pipelines.output.sr import (
@@ -32,7 +33,6 @@ from pipelines.output.sr import (
     source_statements,
     ucum,
 )
-from pipelines.pet.report import response_results, response_statements
 from pipelines.types import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
