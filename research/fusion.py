@@ -407,7 +407,9 @@ def train_fusion_model(
     ]
     for model_name in test_metrics:
         values, ci = test_metrics[model_name], intervals[model_name]
-        cells = [f"{format_metric(values[m])} ({format_metric(ci[m][0])}-{format_metric(ci[m][1])})" for m in METRIC_NAMES]
+        cells = [
+            f"{format_metric(values[m])} ({format_metric(ci[m][0])}-{format_metric(ci[m][1])})" for m in METRIC_NAMES
+        ]
         lines.append(f"| {model_name} | {sizes[model_name]} | " + " | ".join(cells) + " |")
     lines += [
         "",

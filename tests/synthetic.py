@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, PositronEmissionTomographyImageStorage, generate_uid
 from scipy import ndimage
 
-from tests.synthetic_dicom import image_dataset, save_rtstruct
+from tests.synthetic_dicom import image_dataset, save_ct_slice, save_rtstruct
 
 F18_HALF_LIFE_S = 6586.2
 
@@ -301,23 +301,9 @@ def write_study(
                 patient_id,
                 vendor,
             )
-            ct.SOPInstanceUID = generate_uid()
-            ct.file_meta.MediaStorageSOPInstanceUID = ct.SOPInstanceUID
-            ct.InstanceNumber = k + 1
-            ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-            ct.ImagePositionPatient = [origin[0], origin[1], z]
-            ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
-            ct.SliceThickness = spacing_xyz[2]
-            ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
-            ct.PixelRepresentation = 1
-            ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
-            ct.KVP = 120
             ct.AcquisitionNumber = 1
-            ct.PixelData = np.round(hu[k] + 1024).astype(np.int16).tobytes()
-            ct_path = folder / "CT" / f"ct_{k:04d}.dcm"
-            ct_path.parent.mkdir(parents=True, exist_ok=True)
-            ct.save_as(ct_path, enforce_file_format=True)
-            ct_files.append(ct_path)
+            stored = np.round(hu[k] + 1024)
+            ct_files.append(save_ct_slice(ct, folder, k, (origin[0], origin[1], z), spacing_xyz, stored))
     return SyntheticStudy(study_uid, pet_uid, ct_uid, tuple(pet_files), tuple(ct_files), lesions, spacing_xyz)
 
 

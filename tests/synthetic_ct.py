@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from pydicom.uid import CTImageStorage, generate_uid
 
-from tests.synthetic_dicom import image_dataset, save_rtstruct
+from tests.synthetic_dicom import image_dataset, save_ct_slice, save_rtstruct
 
 
 @dataclass(frozen=True)
@@ -90,22 +90,9 @@ def write_ct_study(
     for k in range(shape_zyx[0]):
         ct = image_dataset("CT", study_uid, series_uid, frame_uid, CTImageStorage, when, patient_id, "siemens")
         ct.IssuerOfPatientID = issuer
-        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ct.InstanceNumber = k + 1
-        ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ct.ImagePositionPatient = [origin[0], origin[1], origin[2] + k * spacing_xyz[2]]
-        ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
-        ct.SliceThickness = spacing_xyz[2]
-        ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
-        ct.PixelRepresentation = 1
-        ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
-        ct.KVP = 120
         ct.AcquisitionNumber = 1
-        ct.PixelData = np.round(np.clip(hu[k] + 1024, 0, 4095)).astype(np.int16).tobytes()
-        path = folder / "CT" / f"ct_{k:04d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ct.save_as(path, enforce_file_format=True)
-        files.append(path)
+        position = (origin[0], origin[1], origin[2] + k * spacing_xyz[2])
+        files.append(save_ct_slice(ct, folder, k, position, spacing_xyz, np.round(np.clip(hu[k] + 1024, 0, 4095))))
     rtstruct = None
     if with_rtstruct:
         rtstruct = _ct_rtstruct(folder / "RS.dcm", files[0], lesions, shift_mm, origin[2], spacing_xyz[2], shape_zyx[0])
@@ -194,21 +181,8 @@ def write_planning_ct(
         ct = image_dataset("CT", study_uid, series_uid, frame_uid, CTImageStorage, when, patient_id, "siemens")
         del ct.IssuerOfPatientID
         ct.PatientIdentityRemoved = "YES"  # and no De-identification Method: as in the research data set
-        ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ct.InstanceNumber = k + 1
-        ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ct.ImagePositionPatient = [origin[0], origin[1], z]
-        ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
-        ct.SliceThickness = spacing_xyz[2]
-        ct.Rows, ct.Columns = shape_zyx[1], shape_zyx[2]
-        ct.PixelRepresentation = 1
-        ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
-        ct.KVP = 120
-        ct.PixelData = np.round(np.clip(hu + 1024, 0, 4095)).astype(np.int16).tobytes()
-        path = folder / "CT" / f"ct_{k:04d}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ct.save_as(path, enforce_file_format=True)
-        files.append(path)
+        stored = np.round(np.clip(hu + 1024, 0, 4095))
+        files.append(save_ct_slice(ct, folder, k, (origin[0], origin[1], z), spacing_xyz, stored))
     types = {"Lung-Left": "ORGAN", "Lung-Right": "ORGAN", "Spinal-Cord": "ORGAN"}
     rtstruct = save_rtstruct(folder / "RS.dcm", files[0], list(contours.items()), types)
     return PlanningCt(study_uid, tuple(files), rtstruct, gtv_centre, gtv_radius)

@@ -51,6 +51,33 @@ def image_dataset(modality, study_uid, series_uid, frame_uid, sop_class, when, p
     return ds
 
 
+def save_ct_slice(
+    ct: Dataset,
+    folder: Path,
+    k: int,
+    position_mm: tuple[float, float, float],
+    spacing_xyz: tuple[float, float, float],
+    stored: np.ndarray,
+) -> Path:
+    """Slice `k` of a CT series (a dataset from `image_dataset`) with its geometry and stored values (HU + 1024,
+    int16), saved as folder/CT/ct_<k>.dcm."""
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ct.InstanceNumber = k + 1
+    ct.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ct.ImagePositionPatient = list(position_mm)
+    ct.PixelSpacing = [spacing_xyz[1], spacing_xyz[0]]
+    ct.SliceThickness = spacing_xyz[2]
+    ct.Rows, ct.Columns = stored.shape
+    ct.PixelRepresentation = 1
+    ct.RescaleSlope, ct.RescaleIntercept, ct.RescaleType = 1, -1024, "HU"
+    ct.KVP = 120
+    ct.PixelData = stored.astype(np.int16).tobytes()
+    path = folder / "CT" / f"ct_{k:04d}.dcm"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ct.save_as(path, enforce_file_format=True)
+    return path
+
+
 def save_rtstruct(
     path: Path, image: Path, rois: list[tuple[str, list[np.ndarray]]], types: dict[str, str] | None = None
 ) -> Path:
@@ -116,36 +143,32 @@ def save_rtstruct(
     return path
 
 
+def _rt_object(image: Dataset, sop_class: str, modality: str, series_number: int) -> Dataset:
+    """An RT object in a series of its own in the image's study and frame of reference, the patient's as the image's."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex"):
+        setattr(ds, keyword, image.get(keyword, ""))
+    ds.StudyInstanceUID, ds.FrameOfReferenceUID = image.StudyInstanceUID, image.FrameOfReferenceUID
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, series_number, 1
+    ds.StudyDate, ds.StudyTime = image.StudyDate, image.get("StudyTime", "")
+    return ds
+
+
 def write_rt_plan_and_dose(folder: Path, image: Dataset) -> tuple[Path, Path]:
     """An RT Plan (no pixel data) and a multi-frame RT Dose in the image's study and frame of reference, as a
     planning system leaves them beside the images; no pipeline uses them, a PACS forwards them anyway."""
     folder.mkdir(parents=True, exist_ok=True)
-    plan = Dataset()
-    plan.file_meta = FileMetaDataset()
-    plan.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    plan.SOPClassUID = plan.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.5"  # RT Plan
-    plan.SOPInstanceUID = plan.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex"):
-        setattr(plan, keyword, image.get(keyword, ""))
-    plan.StudyInstanceUID, plan.FrameOfReferenceUID = image.StudyInstanceUID, image.FrameOfReferenceUID
-    plan.SeriesInstanceUID = generate_uid()
-    plan.Modality, plan.SeriesNumber, plan.InstanceNumber = "RTPLAN", 90, 1
-    plan.StudyDate, plan.StudyTime = image.StudyDate, image.get("StudyTime", "")
+    plan = _rt_object(image, "1.2.840.10008.5.1.4.1.1.481.5", "RTPLAN", 90)  # RT Plan
     plan.RTPlanLabel, plan.RTPlanGeometry = "PLAN1", "PATIENT"
     plan_path = folder / "rtplan.dcm"
     plan.save_as(plan_path, enforce_file_format=True)
 
-    dose = Dataset()
-    dose.file_meta = FileMetaDataset()
-    dose.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dose.SOPClassUID = dose.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.481.2"  # RT Dose
-    dose.SOPInstanceUID = dose.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    for keyword in ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex"):
-        setattr(dose, keyword, image.get(keyword, ""))
-    dose.StudyInstanceUID, dose.FrameOfReferenceUID = image.StudyInstanceUID, image.FrameOfReferenceUID
-    dose.SeriesInstanceUID = generate_uid()
-    dose.Modality, dose.SeriesNumber, dose.InstanceNumber = "RTDOSE", 91, 1
-    dose.StudyDate, dose.StudyTime = image.StudyDate, image.get("StudyTime", "")
+    dose = _rt_object(image, "1.2.840.10008.5.1.4.1.1.481.2", "RTDOSE", 91)  # RT Dose
     frames, rows, columns = 4, 8, 8
     dose.SamplesPerPixel, dose.PhotometricInterpretation = 1, "MONOCHROME2"
     dose.BitsAllocated, dose.BitsStored, dose.HighBit, dose.PixelRepresentation = 32, 32, 31, 0

@@ -277,11 +277,11 @@ class Detection:
 def detect_lesions(
     volume: PetVolume, params: PetLesionSettings, ct_hu: np.ndarray | None = None, anatomy: AnatomyMap | None = None
 ) -> Detection:
-    """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.petlesions.uptake`), physiological
-    uptake left out (`pipelines.petlesions.physiological`), the adaptive threshold of the method per remaining focus,
-    lesions below `min_lesion_volume_ml` dropped, each candidate scored (`pipelines.petlesions.candidates`, with the CT's
-    anatomy when the study has a CT), those below `min_candidate_score` dropped, at most `max_lesions` (highest score
-    first), numbered by descending SUVmax."""
+    """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.petlesions.uptake`),
+    physiological uptake left out (`pipelines.petlesions.physiological`), the adaptive threshold of the method per
+    remaining focus, lesions below `min_lesion_volume_ml` dropped, each candidate scored
+    (`pipelines.petlesions.candidates`, with the CT's anatomy when the study has a CT), those below
+    `min_candidate_score` dropped, at most `max_lesions` (highest score first), numbered by descending SUVmax."""
     if anatomy is not None:
         ct_hu = anatomy.ct_hu
     # Regions under 10 ml are never split: the watershed is there to part organs from lesions touching them.

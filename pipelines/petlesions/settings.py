@@ -48,7 +48,7 @@ class PetLesionSettings(Strict):
     min_lesion_contrast: float = Field(2.0, ge=1)
     # No lesion smaller than this is reported (after the adaptive threshold), whatever found it.
     min_lesion_volume_ml: float = Field(0.5, ge=0)
-    # Automatic detection: candidates scored below this are not offered (pipelines/petlesions/candidates.py; 0: all are).
+    # Automatic detection: candidates scored below this are not offered (0: all are; pipelines/petlesions/candidates.py).
     min_candidate_score: float = Field(0.0, ge=0, le=1)
     max_lesions: int = Field(50, ge=1)
     beta: float = Field(0.3, gt=0, le=1)

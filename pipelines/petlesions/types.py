@@ -69,7 +69,8 @@ class Lesion(SegmentedLesion):
     measurements: LesionMeasurements
     cytact: float | None = None  # predicted cytolytic activity score, when the model ran
     embedding: tuple[float, ...] | None = None  # the CytAct network's lesion embedding, when the model ran
-    location: str = ""  # anatomical site from the CT, only where the CT shows the evidence (pipelines.petlesions.anatomy)
+    # Anatomical site from the CT, only where the CT shows the evidence (pipelines.petlesions.anatomy).
+    location: str = ""
     location_evidence: str = ""  # what on the CT supports the site, or why no site is given
     # RECIST organ ("lung", "lymph node", "bone", ...; "" unknown): the reader's finding site or name, else the CT.
     organ: str = ""
