@@ -10,7 +10,7 @@ bladder and the heart.
 A lesion is found when a detected lesion overlaps it with a Dice coefficient of at least 0.2; a detected
 lesion that overlaps no expert lesion is a false positive. Automatic findings are candidates: each case also gives
 the sensitivity among the candidates a reader is offered when at most `FALSE_CANDIDATES` (5, the issue's target)
-false candidates may come with them, the candidates ranked by their score (pipelines/pet/candidates.py) and, side
+false candidates may come with them, the candidates ranked by their score (pipelines/petlesions/candidates.py) and, side
 by side in the same run, by SUVmax (the ranking before the score).
 Semi-automatic mode (the reader's PET contour sent along, sts_002/sts_003): Dice of the lesion with the expert's.
 
@@ -37,7 +37,8 @@ from pipelines.imaging.geometry import patient_to_index  # noqa: E402
 from pipelines.imaging.settings import AnnotationSettings  # noqa: E402
 from pipelines.pet.analysis import analyse_pet_series  # noqa: E402
 from pipelines.pet.settings import PetQuantSettings  # noqa: E402
-from pipelines.pet.types import PetQuantResult, PetVolume  # noqa: E402
+from pipelines.pet.types import PetQuantResult  # noqa: E402
+from pipelines.petlesions.types import PetVolume  # noqa: E402
 from tests.synthetic import (  # noqa: E402
     HEAD_NECK_LESIONS,
     HEAD_NECK_SHAPE,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipelines.ct.lesions import annotation_regions, load_ct_volume
 from pipelines.ct.radiomics import extract_volumes
-from tests.synthetic import CtLesionSpec, write_ct_study
+from tests.synthetic_ct import CtLesionSpec, write_ct_study
 
 
 def main() -> None:

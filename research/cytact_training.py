@@ -26,9 +26,9 @@ from models.cytact import lesion_cube
 from models.training import TrainingSettings, cross_validate, deterministic_torch, train_model
 from pipelines.errors import PipelineError
 from pipelines.imaging.geometry import to_sitk
-from pipelines.pet.lesions import segment_lesions
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.lesions import segment_lesions
+from pipelines.petlesions.volume import load_pet_volume
 from pipelines.types import ReaderSeed
 from research.errors import ManifestError
 

@@ -306,7 +306,7 @@ def run_amu(
     """Training on the cohort (random splits, baselines; report.md), then, when given, the final weights on a
     separate test cohort (the paper's test setting)."""
     from models.expression_transformer import TransformerSettings
-    from research.response import evaluate_expression, train_expression
+    from research.expression import evaluate_expression, train_expression
 
     settings = TransformerSettings(epochs=5, layers=1) if quick else TransformerSettings()
     splits = 2 if quick else 5

@@ -28,7 +28,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from tests.conftest import SHARED_DATA, STS_002, SUV_DRO
-from tests.synthetic import BASELINE_LESIONS, DEFAULT_LESIONS, write_ct_study, write_study
+from tests.synthetic import DEFAULT_LESIONS, write_study
+from tests.synthetic_ct import BASELINE_LESIONS, write_ct_study
 
 STS_003 = SHARED_DATA / "sts_003"
 QIN_SEG = SHARED_DATA / "qin_hn_expert_objects" / "seg.dcm"

@@ -21,7 +21,7 @@ from common.types import JobResult
 from pipelines.errors import NothingToAnalyse
 from pipelines.output.gate import OutputWriter
 from pipelines.output.sr import UNIT_NONE, StudyResults, measurement_document, private_concept, sr_algorithm
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.volume import load_pet_volume
 from pipelines.registry import JobInputs, Pipeline
 from pipelines.types import AlgorithmIdentity
 

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from common.states import JobState, PairingOutcome
 from storage.schema import CtAssessment, CtLesionResult, Job, Pairing, RadiomicFeature, RadiomicsExtraction, Study
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
-from tests.synthetic import (
+from tests.synthetic_ct import (
     BASELINE_LESIONS,
     FOLLOW_UP_LESIONS,
     SHIFT_MM,

@@ -13,7 +13,8 @@ from common.passwords import hash_password
 from common.states import JobState, PairingOutcome
 from storage.schema import AuditDirection, AuditKind, AuditOutcome, AuditRecord, Delivery, DeliveryState, Instance
 from tests.conftest import StoreSCP, storescu, wait_until
-from tests.synthetic import BASELINE_LESIONS, DEFAULT_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study, write_study
+from tests.synthetic import DEFAULT_LESIONS, write_study
+from tests.synthetic_ct import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, write_ct_study
 from tests.test_ct_radiomics_end_to_end import CT_RULES, _finished, _job_of, _pairings, _study_files
 
 PASSWORD = "orthanc's own password"

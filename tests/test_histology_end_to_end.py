@@ -28,7 +28,7 @@ from pipelines.histology.settings import HistologySettings
 from pipelines.omics.response import model_identity, predict_response
 from pipelines.omics.settings import ResponseModelSettings
 from research.errors import CohortError
-from research.response import FusionRow, fusion_cohort_data, train_fusion_model
+from research.fusion import FusionRow, fusion_cohort_data, train_fusion_model
 from storage.schema import Job, SlideResult
 from tests.conftest import StoreSCP, dciodvfy_errors, storescu, wait_until
 from tests.sr_content import sr_numbers, sr_texts

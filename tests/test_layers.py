@@ -38,3 +38,50 @@ def test_no_package_imports_a_layer_above_it(package: str) -> None:
         if "migrations" not in path.parts
     }
     assert {file: names for file, names in upward.items() if names} == {}
+
+
+# Inside `pipelines`: a pipeline package (one holding a `pipeline.py`: pet, ct, histology, ...) imports the shared
+# packages and modules of `pipelines` (imaging, output, omics, petlesions, registry, types, ...) but no other
+# pipeline package; the shared ones import no pipeline package. Only `pipelines/builtin.py`, the registry of the
+# pipelines every node runs, imports them all.
+PIPELINES = REPO / "pipelines"
+REGISTERING = {PIPELINES / "builtin.py"}
+
+
+def _pipeline_packages() -> set[str]:
+    return {path.parent.name for path in PIPELINES.glob("*/pipeline.py")}
+
+
+def _imported_pipelines_modules(path: Path) -> set[str]:
+    """The second part of every `pipelines.<x>` this file imports (`from pipelines import x` included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        modules = []
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            modules = [node.module] if "." in node.module else [f"{node.module}.{a.name}" for a in node.names]
+        found |= {m.split(".")[1] for m in modules if m.startswith("pipelines.")}
+    return found
+
+
+def test_every_registered_pipeline_is_a_pipeline_package() -> None:
+    """The rule below finds pipeline packages by their `pipeline.py`: each registered pipeline lives in one."""
+    from pipelines.builtin import BUILTIN
+
+    homes = {type(p).__module__ for p in BUILTIN.pipelines}
+    assert homes == {f"pipelines.{package}.pipeline" for package in _pipeline_packages()}
+
+
+def test_pipelines_do_not_import_each_other() -> None:
+    packages = _pipeline_packages()
+    sibling = {}
+    for path in PIPELINES.rglob("*.py"):
+        if path in REGISTERING:
+            continue
+        parts = path.relative_to(PIPELINES).parts
+        own = parts[0] if len(parts) > 1 and parts[0] in packages else None
+        found = sorted((_imported_pipelines_modules(path) & packages) - {own})
+        if found:
+            sibling[str(path.relative_to(REPO))] = found
+    assert sibling == {}

@@ -22,7 +22,7 @@ from immunode.cli import main as cli_main
 from immunode.snapshot import take_snapshot
 from immunode.status_page import render
 from pipelines.imaging.geometry import patient_to_index
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.volume import load_pet_volume
 from storage.schema import Instance, Job, Output
 from tests.conftest import StoreSCP, dciodvfy_errors, storescu, wait_until
 from tests.sr_content import sr_texts

@@ -287,7 +287,7 @@ def _texts(dataset: pydicom.Dataset) -> str:
 
 
 def test_absent_data_and_weights_are_stated(tmp_path: Path, make_settings) -> None:
-    from pipelines.pet.report import response_statements
+    from pipelines.omics.report import response_statements
 
     settings = make_settings().pipelines.response
     statements = response_statements(predict_response(None, None, None, settings))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipelines.pet.suv import suv_factors
+from pipelines.petlesions.suv import suv_factors
 from tests.conftest import SHARED_DATA
 from tests.synthetic import SyntheticLesion, SyntheticStudy, write_study
 

@@ -14,7 +14,7 @@ from immunode.config import Settings
 if TYPE_CHECKING:
     from research.outcomes import PatientRow, Selection
     from research.radiomics import DeltaTable
-    from research.response import FusionCohort
+    from research.fusion import FusionCohort
 
 
 def stored_series(args: argparse.Namespace, config: Settings) -> Callable[[str], list[Path]]:
@@ -80,7 +80,7 @@ def delta_table(args: argparse.Namespace) -> DeltaTable:
 
 
 def fusion_inputs(args: argparse.Namespace, expression_weights: Path | None, imaging_dim: int) -> FusionCohort:
-    from research.response import fusion_cohort_data, read_fusion_cohort
+    from research.fusion import fusion_cohort_data, read_fusion_cohort
     from storage import patients, results
 
     cohort = read_fusion_cohort(Path(args.cohort))

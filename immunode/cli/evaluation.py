@@ -32,7 +32,7 @@ def cmd_evaluate_cytact(args: argparse.Namespace) -> int:
 def cmd_evaluate_expression(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from research.errors import CohortError
-    from research.response import evaluate_expression
+    from research.expression import evaluate_expression
 
     weights = args.weights or settings(args).pipelines.response.expression_weights
     if weights is None:
@@ -49,7 +49,7 @@ def cmd_evaluate_fusion(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from models.serving import load_fusion
     from research.errors import CohortError
-    from research.response import evaluate_fusion_model
+    from research.fusion import evaluate_fusion_model
 
     config = settings(args)
     weights = args.weights or config.pipelines.response.fusion_weights

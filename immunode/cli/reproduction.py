@@ -46,7 +46,7 @@ def _reproduce(args: argparse.Namespace, config: Settings, out: Path) -> list:
         test_cohort = Path(args.test_cohort) if args.test_cohort else None
         return reproduce.run_amu(Path(args.cohort), out, panel, args.quick, test_cohort)
     from models.fusion import FusionSettings
-    from research.response import train_fusion_model
+    from research.fusion import train_fusion_model
 
     published = reproduce.parse_published(args.published)  # a mistyped figure is an error before hours of work
     weights = config.pipelines.response.expression_weights

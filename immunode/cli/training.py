@@ -82,7 +82,7 @@ def _transformer_settings(args: argparse.Namespace) -> TransformerSettings:
 def cmd_train_expression(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from research.errors import CohortError
-    from research.response import train_expression
+    from research.expression import train_expression
 
     configure_logging(settings(args).logging)
     try:
@@ -113,7 +113,7 @@ def cmd_train_fusion(args: argparse.Namespace) -> int:
     from models.errors import ModelError
     from models.fusion import FusionSettings
     from research.errors import CohortError
-    from research.response import train_fusion_model
+    from research.fusion import train_fusion_model
 
     config = settings(args)
     configure_logging(config.logging)
@@ -148,7 +148,7 @@ def cmd_train_histology(args: argparse.Namespace) -> int:
     from pipelines.errors import PipelineError
     from research.errors import CohortError
     from research.histology import LabelledSlide, train_histology
-    from research.response import label_of, read_fusion_cohort
+    from research.fusion import label_of, read_fusion_cohort
     from storage import patients, studies
     from storage.files import FileLayout
 

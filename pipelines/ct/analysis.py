@@ -25,7 +25,7 @@ from pipelines.ct.tracking import assess, match_lesions, register
 from pipelines.ct.types import CtLesion, CtRadiomicsResult, RecistAssessment, Resistance, SignatureClass
 from pipelines.imaging.geometry import to_sitk
 from pipelines.imaging.settings import AnnotationSettings
-from pipelines.pet.settings import PetQuantSettings
+from pipelines.petlesions.settings import PetLesionSettings
 from pipelines.types import AlgorithmIdentity, ModelIdentity
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ def analyse_ct_study(
     annotations: Sequence[Path],
     pet_paths: Sequence[Path],
     settings: CtRadiomicsSettings,
-    pet_params: PetQuantSettings,
+    pet_params: PetLesionSettings,
     baseline: Baseline | None,
     pairing_reason: str,
     workdir: Path,

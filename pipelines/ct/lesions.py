@@ -1,8 +1,9 @@
 """Lesions on the CT of a study, for the longitudinal CT radiomics method.
 
 Source, in this order: annotations the PACS sent on the CT (RTSTRUCT ROIs or DICOM SEG segments in the
-CT's frame of reference, one lesion each), else the PET lesions of the same study (adaptive threshold of
-the PET pipeline) mapped onto the CT grid (same frame of reference), else none (the job says so).
+CT's frame of reference, one lesion each), else the PET lesions of the same study (the adaptive threshold of
+the PET lesion method, `pipelines.petlesions`, with the parameters of `pipelines.pet_quant`) mapped onto the CT
+grid (same frame of reference), else none (the job says so).
 Roles: a label matching `primary_label` marks the primary tumour (several such labels: their union is the
 primary volume); without one, `primary_rule` decides ("largest" lesion by volume, or "none"). Every other
 lesion is a metastasis; metastases are merged into one volume (M) for extraction, as in the method.
@@ -35,10 +36,11 @@ from pipelines.errors import NothingToAnalyse, SeriesNotUsable
 from pipelines.imaging.contours import LeftOut, annotated_regions, geometry_affine, resample_mask
 from pipelines.imaging.geometry import index_to_patient
 from pipelines.imaging.recist import axial_diameters
+from pipelines.imaging.series import geometry_order, read_headers
 from pipelines.imaging.settings import AnnotationSettings
-from pipelines.pet.lesions import segment_lesions
-from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.volume import geometry_order, load_pet_volume, read_headers
+from pipelines.petlesions.lesions import segment_lesions
+from pipelines.petlesions.settings import PetLesionSettings
+from pipelines.petlesions.volume import load_pet_volume
 from pipelines.types import AnnotationSource, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -103,7 +105,7 @@ def annotation_regions(
     return regions, left_out
 
 
-def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetQuantSettings) -> list[_Region]:
+def pet_regions(pet_paths: Sequence[Path], ct: CtVolume, params: PetLesionSettings) -> list[_Region]:
     """PET lesions of the study (automatic detection of the PET pipeline) on the CT grid."""
     pet = load_pet_volume(pet_paths)
     if pet.frame_of_reference_uid != ct.frame_of_reference_uid:
@@ -182,7 +184,7 @@ def ct_lesions(
     annotations: Sequence[Path],
     pet_paths: Sequence[Path],
     settings: CtRadiomicsSettings,
-    pet_params: PetQuantSettings,
+    pet_params: PetLesionSettings,
     annotation_settings: AnnotationSettings | None = None,
 ) -> tuple[tuple[CtLesion, ...], str, str, tuple[LeftOut, ...]]:
     """(lesions, source, primary reason, annotated regions left out as not lesions); raises NothingToAnalyse

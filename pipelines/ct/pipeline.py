@@ -23,7 +23,7 @@ from common.types import (
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.pairing import PairingSettings
-from pipelines.pet.pipeline import PET_QUANT
+from pipelines.petlesions.settings import lesion_method_settings
 from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
 
 if TYPE_CHECKING:
@@ -85,6 +85,8 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
     def check_configuration(self, pipelines: Strict) -> tuple[str, ...]:
         settings: CtRadiomicsSettings = self.settings(pipelines)
         lines = []
+        if settings.pet_fallback:
+            lesion_method_settings(pipelines)  # one block configures the PET lesion method the fallback uses
         if settings.ar_signature is not None:
             key = "pipelines.ct_radiomics.ar_signature"
             lines.append(card_line(key, checked_card(key, settings.ar_signature)))
@@ -114,7 +116,7 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
             list(inputs.instances(ANNOTATION_CLASSES - SR_CLASSES).values()),
             pet.paths if pet else (),
             self.settings(pipelines),
-            PET_QUANT.settings(pipelines),  # the PET lesion method for lesions from the PET
+            lesion_method_settings(pipelines),  # the PET lesion method as configured, for lesions from the PET
             pairing.baseline if pairing else None,
             pairing.reason if pairing else "no pairing decision",
             workdir,

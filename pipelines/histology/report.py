@@ -19,6 +19,7 @@ from common.types import OutputFile
 from common.version import __version__
 from pipelines.histology.errors import SlideNotReadable
 from pipelines.histology.types import SlideAnalysis
+from pipelines.omics.report import response_results, response_statements
 from pipelines.output.gate import OutputWriter
 from pipelines.output.sources import conform_copied_attributes, conform_sources
 from pipelines.output.sr import (
@@ -32,7 +33,6 @@ from pipelines.output.sr import (
     source_statements,
     ucum,
 )
-from pipelines.pet.report import response_results, response_statements
 from pipelines.types import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,8 @@ def write_histology_report(
     )
     lines = statements(result, asked_mpp) + response_statements(result.response) + source_statements(notes)
     report = measurement_document(
-        [source], [heatmap], [], identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION, None, study
+        [source], [heatmap], [], identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION,
+        study_results=study,
     )
     with OutputWriter(new_path) as writer:
         outputs = [writer.save(heatmap, OutputKind.SEG, 1, result.series_instance_uid)]

@@ -2,7 +2,7 @@
 (lesions identified by a reader, then segmented by the method).
 
 A region (an RTSTRUCT ROI, a DICOM SEG segment) is the reader's volume of interest: the method's threshold
-is applied inside it (`pipelines.pet.lesions.segment_reader_regions`). A point (a TID 1500 SR point or region in
+is applied inside it (`pipelines.petlesions.lesions.segment_reader_regions`). A point (a TID 1500 SR point or region in
 3D coordinates, or 2D coordinates on an image of the study; an RTSTRUCT POINT ROI) marks a lesion: it keeps
 the seed behaviour. Only annotations in the PET's frame of reference are used; organs, the body outline and
 planning volumes are not lesions (`pipelines.imaging.contours`).

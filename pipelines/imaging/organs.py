@@ -3,7 +3,7 @@
 RECIST 1.1 counts paired organs and all lymph nodes as one organ each (EORTC RECIST FAQ, "Paired organs":
 lung, kidney, ovaries, lymph nodes are one organ whatever their parts). A lesion's organ comes, in this order,
 from what the reader said (a TID 1500 Finding Site, a SEG Anatomic Region, an RTSTRUCT ROI or SEG segment
-name; a region marked a lymph node) and else from the CT (`pipelines.pet.anatomy`: lung, bone); otherwise it
+name; a region marked a lymph node) and else from the CT (`pipelines.petlesions.anatomy`: lung, bone); otherwise it
 is unknown (""), and the patient summary handles unknown organs conservatively (`pipelines.pet.cytact`).
 """
 

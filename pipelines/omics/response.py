@@ -1,4 +1,4 @@
-"""Patient-level response models served with the PET report, from the patient's imported data:
+"""Patient-level response models served with the PET and histology reports, from the patient's imported data:
 the expression transformer's response probability, the attention fusion's probability with its modality
 weights (imaging = the CytAct network's lesion embeddings averaged per patient, genomic = the transformer's
 embedding, clinical = an MLP over the clinical variables), and the LIPI category.

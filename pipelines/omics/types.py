@@ -1,4 +1,5 @@
-"""Values of imported genomic and clinical data and of the response models served with the PET report."""
+"""Values of imported genomic and clinical data and of the response models served with the PET and histology
+reports."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pipelines.types import ModelIdentity
 
 @dataclass(frozen=True)
 class ResponsePredictions:
-    """Patient-level response models served with the PET report; each part says why when it is absent."""
+    """Patient-level response models served with the PET and histology reports; each part says why when absent."""
 
     expression_probability: float | None = None
     expression_model: ModelIdentity | None = None

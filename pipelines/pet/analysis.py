@@ -1,7 +1,7 @@
 """The `pet_quant` pipeline: SUV volume of a PET series, FDG-avid lesions, their measurements.
 
 Lesion delineation implements the adaptive threshold of the FDG-PET immune-profiling (CytAct) method,
-T = β·I70 + I_background (see `pipelines.pet.lesions`).
+T = β·I70 + I_background (see `pipelines.petlesions.lesions`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from pipelines.imaging.annotations import ReaderAnnotations, reader_annotations
 from pipelines.imaging.geometry import patient_to_index
 from pipelines.imaging.organs import reader_organ
 from pipelines.imaging.settings import AnnotationSettings
-from pipelines.pet.anatomy import AnatomyMap, Site, anatomy_for
 from pipelines.pet.cytact import lesion_cytact
-from pipelines.pet.lesions import detect_lesions, segment_lesions, segment_reader_regions, with_organ_node_rule
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.types import Lesion, PetQuantResult, PetVolume
-from pipelines.pet.volume import load_pet_volume
+from pipelines.pet.types import PetQuantResult
+from pipelines.petlesions.anatomy import AnatomyMap, Site, anatomy_for
+from pipelines.petlesions.lesions import detect_lesions, segment_lesions, segment_reader_regions, with_organ_node_rule
+from pipelines.petlesions.types import Lesion, PetVolume
+from pipelines.petlesions.volume import load_pet_volume
 from pipelines.types import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)

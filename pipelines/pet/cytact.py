@@ -16,7 +16,8 @@ from models.cytact import lesion_cube, predict_with_embeddings
 from models.device import select_device
 from models.serving import load_cytact
 from pipelines.pet.settings import CytActSettings
-from pipelines.pet.types import CytActPrediction, CytActSummary, Lesion, PetVolume
+from pipelines.pet.types import CytActPrediction, CytActSummary
+from pipelines.petlesions.types import Lesion, PetVolume
 from pipelines.types import ModelIdentity
 
 logger = logging.getLogger(__name__)

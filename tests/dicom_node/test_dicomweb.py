@@ -26,7 +26,8 @@ from storage.store import InstanceStore
 from tests.certificates import make_certificates
 from tests.dicom_node.test_dispatch import _job, _output
 from tests.dicom_node.test_stow_server import TOKEN, Endpoint
-from tests.synthetic import BASELINE_LESIONS, write_ct_study, write_study
+from tests.synthetic import write_study
+from tests.synthetic_ct import BASELINE_LESIONS, write_ct_study
 
 
 def _deliveries(database: Database) -> list[Delivery]:

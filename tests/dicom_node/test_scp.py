@@ -26,7 +26,8 @@ from storage.files import FileLayout
 from storage.schema import AuditOutcome, AuditRecord, Event, Instance, Series
 from storage.store import InstanceStore
 from tests.conftest import require_tool, storescu, wait_until
-from tests.synthetic import write_rt_plan_and_dose, write_study
+from tests.synthetic import write_study
+from tests.synthetic_dicom import write_rt_plan_and_dose
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from common.states import JobState
 from storage.database import Database
 from storage.schema import Job
 from tests.conftest import REPO, free_port, storescu, wait_until
-from tests.synthetic import BASELINE_LESIONS, write_ct_study
+from tests.synthetic_ct import BASELINE_LESIONS, write_ct_study
 
 CT_RULES = {"rules": [{"name": "ct-radiomics", "pipeline": "ct_radiomics", "series": {"modality": "CT"}}]}
 

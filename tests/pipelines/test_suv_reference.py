@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from pipelines.imaging.geometry import to_sitk
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.volume import load_pet_volume
 from tests.conftest import SUV_DRO
 
 CASES = list(csv.DictReader((SUV_DRO / "DRO_list.csv").open())) if (SUV_DRO / "DRO_list.csv").exists() else []

@@ -14,7 +14,7 @@ from immunode.cli import main as cli_main
 from models.cards import load_verified
 from models.synthetic_lesions import cytact_function
 from pipelines.imaging.geometry import to_sitk
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.volume import load_pet_volume
 from storage.database import Database
 from storage.files import FileLayout
 from storage.store import InstanceStore

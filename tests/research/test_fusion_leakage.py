@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from models.fusion import MODALITIES, FusionData
-from research.response import FusionCohort, read_expression_cohort, trained_on_patient
+from research.expression import read_expression_cohort
+from research.fusion import FusionCohort, trained_on_patient
 
 
 def _cohort() -> FusionCohort:

@@ -24,14 +24,8 @@ from pipelines.errors import NothingToAnalyse
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.settings import PetQuantSettings
 from tests.conftest import SHARED_DATA
-from tests.synthetic import (
-    BASELINE_LESIONS,
-    FOLLOW_UP_LESIONS,
-    SHIFT_MM,
-    CtLesionSpec,
-    write_ct_study,
-    write_study,
-)
+from tests.synthetic import write_study
+from tests.synthetic_ct import BASELINE_LESIONS, FOLLOW_UP_LESIONS, SHIFT_MM, CtLesionSpec, write_ct_study
 
 PUBLISHED = SHARED_DATA / "delta_radiomics_published.csv"
 

@@ -22,7 +22,7 @@ from pipelines.imaging.geometry import index_to_patient, patient_to_index
 from pipelines.imaging.settings import AnnotationSettings
 from pipelines.pet.analysis import analyse_pet_series
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.volume import load_pet_volume
 from tests.conftest import SHARED_DATA
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
 
@@ -344,7 +344,7 @@ def test_two_rois_of_one_structure_set_are_kept_apart_however_they_overlap(tmp_p
 def test_a_ct_structure_set_typing_every_roi_organ_still_gives_its_gtv(tmp_path: Path) -> None:
     """The real lung CT whose structure set typed every ROI ORGAN: the CT job failed "no lesions". Now the GTV is the
     lesion, the organs stay out."""
-    from tests.synthetic import BASELINE_LESIONS, write_ct_study
+    from tests.synthetic_ct import BASELINE_LESIONS, write_ct_study
 
     written = write_ct_study(tmp_path, BASELINE_LESIONS[:2], "20260101")
     ds = pydicom.dcmread(written.rtstruct)

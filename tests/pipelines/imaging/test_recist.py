@@ -47,8 +47,8 @@ def test_nodes_are_judged_by_their_short_axis_whoever_named_them() -> None:
     10 mm. An automatic PET lesion 18 x 12 mm whose organ is a lymph node is not a target (12 < 15); in the lung it
     is (18 >= 10); a node 24 x 16 mm is (16 >= 15)."""
     from pipelines.imaging.recist import meets_target_size, nodal_site
-    from pipelines.pet.lesions import with_organ_node_rule
-    from pipelines.pet.types import Lesion, LesionMeasurements
+    from pipelines.petlesions.lesions import with_organ_node_rule
+    from pipelines.petlesions.types import Lesion, LesionMeasurements
     from pipelines.types import VolumeGeometry
 
     assert nodal_site("mediastinal lymph node") and nodal_site("Lymph node") and nodal_site("hilar nodes")

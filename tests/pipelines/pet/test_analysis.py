@@ -15,10 +15,10 @@ from common.states import OutputKind
 from pipelines.errors import SeriesNotUsable, SuvNotComputable
 from pipelines.output.sr import RESEARCH_USE
 from pipelines.pet.analysis import algorithm_identity, analyse_pet_series, summarise
-from pipelines.pet.lesions import sphere_kernel
 from pipelines.pet.report import cytact_statement, write_pet_report
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.types import Lesion, LesionMeasurements
+from pipelines.petlesions.lesions import sphere_kernel
+from pipelines.petlesions.types import Lesion, LesionMeasurements
 from pipelines.types import ReaderSeed
 from tests.conftest import STS_002, dciodvfy_errors
 from tests.synthetic import DEFAULT_LESIONS, write_study
@@ -323,8 +323,8 @@ def test_mismatching_weights_leave_cytact_out_and_say_why(tmp_path: Path) -> Non
 
 
 def test_seeds_define_the_lesions_in_semi_automatic_mode(tmp_path: Path) -> None:
-    from pipelines.pet.lesions import segment_lesions
-    from pipelines.pet.volume import load_pet_volume
+    from pipelines.petlesions.lesions import segment_lesions
+    from pipelines.petlesions.volume import load_pet_volume
 
     study = write_study(tmp_path / "in", with_ct=False)
     volume = load_pet_volume(list(study.pet_files))
@@ -377,8 +377,8 @@ def test_lesions_get_a_coarse_location_from_the_ct(tmp_path: Path) -> None:
 
 
 def test_reader_labelled_lymph_node_uses_the_short_axis_rule(tmp_path: Path) -> None:
-    from pipelines.pet.lesions import segment_lesions
-    from pipelines.pet.volume import load_pet_volume
+    from pipelines.petlesions.lesions import segment_lesions
+    from pipelines.petlesions.volume import load_pet_volume
 
     study = write_study(tmp_path / "in", with_ct=False)
     volume = load_pet_volume(list(study.pet_files))

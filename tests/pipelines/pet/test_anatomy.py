@@ -1,7 +1,8 @@
 """Anatomical sites a radiologist would sign (issue 18, item 4) and the RECIST organ of a lesion (issue 21): a site
 only where the CT shows the evidence. Real thigh crops (sts_002/sts_003, TCIA Soft-tissue-Sarcoma via IBSI/MIRP,
-CC BY 3.0: never "thorax"), the synthetic head-and-neck PET/CT and chest CT of tests/synthetic.py, and small CTs
-drawn here (a whole trunk with lungs, bony pelvis and legs; an abdomen with bowel gas and no lungs)."""
+CC BY 3.0: never "thorax"), the synthetic head-and-neck PET/CT (tests/synthetic.py) and chest CT
+(tests/synthetic_ct.py), and small CTs drawn here (a whole trunk with lungs, bony pelvis and legs; an abdomen with
+bowel gas and no lungs)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import pytest
 
 from pipelines.ct.lesions import load_ct_volume
 from pipelines.pet.analysis import analyse_pet_series
-from pipelines.pet.anatomy import AnatomyMap, anatomy_for
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.anatomy import AnatomyMap, anatomy_for
+from pipelines.petlesions.volume import load_pet_volume
 from pipelines.types import VolumeGeometry
 from tests.conftest import SHARED_DATA
-from tests.synthetic import HEAD_NECK_LESIONS, HEAD_NECK_SHAPE, HEAD_NECK_SPACING, write_ct_study, write_study
+from tests.synthetic import HEAD_NECK_LESIONS, HEAD_NECK_SHAPE, HEAD_NECK_SPACING, write_study
+from tests.synthetic_ct import write_ct_study
 
 SPACING = 4.0
 
@@ -125,7 +127,7 @@ def test_chest_ct_lung_thorax_abdomen_and_bone(tmp_path: Path) -> None:
     # Above the lungs, but their apices lie beyond the field: a neck is not claimed.
     above = anatomy.site((0.0, -40.0, 68.0))
     assert above.name in ("", "thorax") and above.name != "head and neck"
-    from pipelines.pet.types import Lesion, LesionMeasurements
+    from pipelines.petlesions.types import Lesion, LesionMeasurements
 
     spine = np.zeros((3, 3, 3), dtype=bool)
     spine[1, 1, 1] = True

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipelines.pet.analysis import analyse_pet_series
-from pipelines.pet.candidates import candidate_score
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.types import Lesion, LesionMeasurements
+from pipelines.petlesions.candidates import candidate_score
+from pipelines.petlesions.types import Lesion, LesionMeasurements
 from pipelines.types import VolumeGeometry
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
 

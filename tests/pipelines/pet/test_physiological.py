@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.pet.anatomy import load_ct_on_pet_grid
-from pipelines.pet.lesions import segment_lesions
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.volume import load_pet_volume
+from pipelines.petlesions.anatomy import load_ct_on_pet_grid
+from pipelines.petlesions.lesions import segment_lesions
+from pipelines.petlesions.volume import load_pet_volume
 from tests.synthetic import PHYSIOLOGICAL_LESIONS, SyntheticLesion, write_study
 
 ORGANS = {

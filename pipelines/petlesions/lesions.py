@@ -23,12 +23,12 @@ from scipy import ndimage
 
 from pipelines.imaging.geometry import index_to_patient, patient_to_index
 from pipelines.imaging.recist import axial_diameters, meets_target_size, nodal_site
-from pipelines.pet.anatomy import AnatomyMap
-from pipelines.pet.candidates import candidate_score
-from pipelines.pet.physiological import physiological_regions
-from pipelines.pet.settings import PetQuantSettings
-from pipelines.pet.types import Lesion, LesionMeasurements, PetVolume
-from pipelines.pet.uptake import split_uptake
+from pipelines.petlesions.anatomy import AnatomyMap
+from pipelines.petlesions.candidates import candidate_score
+from pipelines.petlesions.physiological import physiological_regions
+from pipelines.petlesions.settings import PetLesionSettings
+from pipelines.petlesions.types import Lesion, LesionMeasurements, PetVolume
+from pipelines.petlesions.uptake import split_uptake
 from pipelines.types import ReaderRegion, ReaderSeed, VolumeGeometry
 
 logger = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def tracking_uid(study_uid: str, series_uid: str, centroid_mm: np.ndarray) -> st
 
 
 def seeded_candidates(
-    volume: PetVolume, seeds: Sequence[ReaderSeed], params: PetQuantSettings
+    volume: PetVolume, seeds: Sequence[ReaderSeed], params: PetLesionSettings
 ) -> tuple[np.ndarray, int, set[int]]:
     """Candidate regions from reader-placed seeds (semi-automatic mode, as in the method): the hottest voxel
     within `seed_search_mm` of each seed, and the connected voxels above half of it around that maximum,
@@ -186,7 +186,7 @@ def with_organ_node_rule(lesion: Lesion, organ: str, geometry: VolumeGeometry) -
 
 
 def segment_reader_regions(
-    volume: PetVolume, regions: Sequence[ReaderRegion], params: PetQuantSettings
+    volume: PetVolume, regions: Sequence[ReaderRegion], params: PetLesionSettings
 ) -> tuple[Lesion, ...]:
     """The method inside each reader's volume of interest: T = beta * I70 + I_background with I70 the mean
     of the connected voxels above 70 % of the hottest voxel of the reader's region, the background a shell
@@ -245,7 +245,7 @@ class Detection:
     # Each reported candidate's score and what on the CT lowered it: "Lesion n: score s; evidence".
     scores: tuple[str, ...] = ()
 
-    def notes(self, params: PetQuantSettings) -> tuple[str, ...]:
+    def notes(self, params: PetLesionSettings) -> tuple[str, ...]:
         notes = []
         if self.excluded:
             notes.append("Left out as physiological uptake: " + "; ".join(self.excluded) + ".")
@@ -270,18 +270,18 @@ class Detection:
                 f"candidate score are reported (pipelines.pet_quant.max_lesions), {self.capped} are not."
             )
         if self.scores:
-            notes.append("Candidate scores (pipelines/pet/candidates.py): " + "; ".join(self.scores) + ".")
+            notes.append("Candidate scores (pipelines/petlesions/candidates.py): " + "; ".join(self.scores) + ".")
         return tuple(notes)
 
 
 def detect_lesions(
-    volume: PetVolume, params: PetQuantSettings, ct_hu: np.ndarray | None = None, anatomy: AnatomyMap | None = None
+    volume: PetVolume, params: PetLesionSettings, ct_hu: np.ndarray | None = None, anatomy: AnatomyMap | None = None
 ) -> Detection:
-    """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.pet.uptake`), physiological
-    uptake left out (`pipelines.pet.physiological`), the adaptive threshold of the method per remaining focus,
-    lesions below `min_lesion_volume_ml` dropped, each candidate scored (`pipelines.pet.candidates`, with the CT's
-    anatomy when the study has a CT), those below `min_candidate_score` dropped, at most `max_lesions` (highest score
-    first), numbered by descending SUVmax."""
+    """Automatic detection: foci of uptake above `detection_suv_threshold` (`pipelines.petlesions.uptake`),
+    physiological uptake left out (`pipelines.petlesions.physiological`), the adaptive threshold of the method per
+    remaining focus, lesions below `min_lesion_volume_ml` dropped, each candidate scored
+    (`pipelines.petlesions.candidates`, with the CT's anatomy when the study has a CT), those below
+    `min_candidate_score` dropped, at most `max_lesions` (highest score first), numbered by descending SUVmax."""
     if anatomy is not None:
         ct_hu = anatomy.ct_hu
     # Regions under 10 ml are never split: the watershed is there to part organs from lesions touching them.
@@ -353,7 +353,7 @@ def _renumbered(lesions: Sequence[Lesion]) -> tuple[Lesion, ...]:
 
 def segment_lesions(
     volume: PetVolume,
-    params: PetQuantSettings,
+    params: PetLesionSettings,
     seeds: Sequence[ReaderSeed] | None = None,
     ct_hu: np.ndarray | None = None,
 ) -> tuple[Lesion, ...]:
@@ -368,7 +368,7 @@ def segment_lesions(
 
 
 def _plateau_background(
-    box_suv: np.ndarray, hot: np.ndarray, lesion_box: np.ndarray, spacing: np.ndarray, params: PetQuantSettings
+    box_suv: np.ndarray, hot: np.ndarray, lesion_box: np.ndarray, spacing: np.ndarray, params: PetLesionSettings
 ) -> float | None:
     """The median SUV of the lesion's own voxels 10-20 mm from its hot (I70) core, when the lesion found with
     the outer background is mostly such uptake (more than four times the core) and that uptake is low-grade
@@ -386,7 +386,7 @@ def _plateau_background(
 
 def _threshold_candidates(
     volume: PetVolume,
-    params: PetQuantSettings,
+    params: PetLesionSettings,
     labels: np.ndarray,
     count: int,
     kept: list[int],

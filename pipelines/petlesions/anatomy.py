@@ -34,8 +34,8 @@ from scipy import ndimage
 
 from pipelines.errors import SeriesNotUsable
 from pipelines.imaging.geometry import index_to_patient, patient_to_index, to_sitk
-from pipelines.pet.types import Lesion, PetVolume
-from pipelines.pet.volume import geometry_order, read_headers
+from pipelines.imaging.series import geometry_order, read_headers
+from pipelines.petlesions.types import Lesion, PetVolume
 from pipelines.types import VolumeGeometry
 
 logger = logging.getLogger(__name__)

@@ -1,5 +1,5 @@
 """Physiological FDG uptake that automatic detection must not report as lesions. The rules look at each focus
-of uptake (connected uptake split at clear dips, `pipelines.pet.uptake`), so that an organ and a lesion touching
+of uptake (connected uptake split at clear dips, `pipelines.petlesions.uptake`), so that an organ and a lesion touching
 it are judged separately. Our documented heuristics, each switchable and tunable in
 `pipelines.pet_quant.physiological`; every exclusion is logged and listed in the SR with its reason.
 
@@ -43,8 +43,8 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.imaging.geometry import index_to_patient, patient_to_index
-from pipelines.pet.settings import PhysiologicalSettings
-from pipelines.pet.types import PetVolume
+from pipelines.petlesions.settings import PhysiologicalSettings
+from pipelines.petlesions.types import PetVolume
 
 SKULL_FRACTION = 0.15  # with CT: at least this much of the shell around the brain is bone
 FLUID_HU = (-15.0, 25.0)  # with CT: median CT number of urine in the bladder region (soft tissue is 30-60)

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from pipelines.errors import SuvNotComputable
-from pipelines.pet.types import SuvConversion, SuvType
+from pipelines.petlesions.types import SuvConversion, SuvType
 
 GE_PRIVATE_SCAN_DATETIME = (0x0009, 0x100D)  # GEMS_PETD_01 "scan date-time", the decay reference
 PHILIPS_SUV_SCALE_FACTOR = (0x7053, 0x1000)  # counts → SUVbw

@@ -25,7 +25,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.imaging.geometry import index_to_patient
-from pipelines.pet.types import Lesion
+from pipelines.petlesions.types import Lesion
 from pipelines.types import VolumeGeometry
 
 GAS_HU = -400.0
@@ -63,8 +63,8 @@ def candidate_score(
     below_lungs: bool = True,
 ) -> Candidate:
     """The candidate's score and what lowered it. `ct_hu`, `body`, `bone`, `near_lungs`: the CT's HU and masks on
-    the PET grid (pipelines.pet.anatomy), when the study has a CT; `below_lungs`: the candidate lies below the lungs,
-    or the CT shows none."""
+    the PET grid (pipelines.petlesions.anatomy), when the study has a CT; `below_lungs`: the candidate lies below
+    the lungs, or the CT shows none."""
     m = lesion.measurements
     contrast = m.suv_max / max(m.background_suv, 1e-6)
     score = float(np.sqrt(_clip((contrast - 1.5) / 2.5) * _clip((m.suv_max - 2.0) / 4.0)))
