@@ -142,9 +142,11 @@ class StorageSCP:
         tls_context: ssl.SSLContext | None = None,
         on_stored: Callable[[str], None] | None = None,
         observe: Callable[[StoreObservation], None] | None = None,
+        on_sender_done: Callable[[], None] | None = None,
     ) -> None:
         self.node = node
         self.on_stored = on_stored  # called with the Study Instance UID after each instance stored
+        self.on_sender_done = on_sender_done  # called when an association that stored instances has ended
         self.observe = observe  # called after each C-STORE answered (metrics)
         self.peers = peers
         self.store = store
@@ -264,11 +266,24 @@ class StorageSCP:
     def _on_ended(self, event: Event) -> None:
         state = self._state(event.assoc)
         state.ended = AuditOutcome.COMPLETED if event.event is evt.EVT_RELEASED else AuditOutcome.ABORTED
+        if state.studies and self.on_sender_done is not None:
+            self.on_sender_done()
+
+    def sending_studies(self) -> frozenset[str]:
+        """The study each open association stored its latest instance of: its sender is still sending it, so it is
+        not complete whatever its quiet time (a sender that moved on to another study is done with the previous one;
+        an association idle for `network_timeout_s` is closed)."""
+        with self._lock:
+            return frozenset(
+                state.studies[-1] for state in self._associations.values() if state.studies and state.ended is None
+            )
 
     def _on_connection_closed(self, connection: Connection, assoc: object | None) -> None:
         """The transport's report that a connection ended: its audit record."""
         with self._lock:
             state = self._associations.pop(id(assoc), None) if assoc is not None else None
+        if state is not None and state.studies and self.on_sender_done is not None:
+            self.on_sender_done()
         _discard_unanswered(assoc)
         if state is None and connection.bytes_received == 0:
             logger.debug("connection from %s:%d closed without data", connection.host, connection.port)

@@ -48,10 +48,11 @@ from storage.types import ArrivalKind, DueDelivery, WaitingJob
 logger = logging.getLogger(__name__)
 
 
-def route_quiet_studies(settings: Settings, database: Database) -> list[int]:
-    """Route stage: complete every study quiet for the stability time and queue its jobs."""
+def route_quiet_studies(settings: Settings, database: Database, sending: frozenset[str] = frozenset()) -> list[int]:
+    """Route stage: complete every study quiet for the stability time, and not still being sent by an open
+    association (`sending`), and queue its jobs."""
     with database.session() as session:
-        quiet = studies.quiet_studies(session, *quiet_times(settings))
+        quiet = studies.quiet_studies(session, *quiet_times(settings), sending)
     job_ids: list[int] = []
     for study in quiet:
         decisions = route(study, settings.routing.rules, settings.registry)

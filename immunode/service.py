@@ -57,6 +57,7 @@ class Node:
             checked.tls_context,
             self.stored,
             self.metrics.observe,
+            lambda: self.happened(Event.SENDER_DONE),
         )
         self.dicomweb = (
             DicomWebServer(
@@ -99,6 +100,10 @@ class Node:
         it is an annotation on an analysed study; the route stage tells which)."""
         quiet = min(flow.quiet_times(self.settings))
         self.happened(Event.STORED, datetime.now(timezone.utc) + quiet + timedelta(seconds=0.05))
+
+    def sending_studies(self) -> frozenset[str]:
+        """Studies an open DICOM association is still sending (not complete yet, whatever their quiet time)."""
+        return self.scp.sending_studies()
 
     def _job_finished(self, job_id: int) -> None:
         self.happened(Event.FINISHED)

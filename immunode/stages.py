@@ -55,6 +55,7 @@ class Event(Enum):
     """What starts a stage before its interval is up."""
 
     STORED = "an instance stored"  # at the time its study can be quiet
+    SENDER_DONE = "a sender's association ended"  # the study it was sending may now be complete
     NEXT_QUIET = "the next study's quiet time"  # after each route pass
     ROUTED = "a study routed"
     PAIRED = "a pair pass"
@@ -76,6 +77,8 @@ class StageHost(Protocol):
     run_id: int | None
 
     def stored(self, study_instance_uid: str) -> None: ...
+
+    def sending_studies(self) -> frozenset[str]: ...
 
     def happened(self, event: Event, at: datetime | None = None) -> None: ...
 
@@ -105,10 +108,11 @@ class StageEntry:
 
 
 def route(node: StageHost) -> None:
-    if flow.route_quiet_studies(node.settings, node.database):
+    sending = node.sending_studies()
+    if flow.route_quiet_studies(node.settings, node.database, sending):
         node.happened(Event.ROUTED)
     with node.database.session() as session:
-        due = studies.next_quiet_due(session, *flow.quiet_times(node.settings))
+        due = studies.next_quiet_due(session, *flow.quiet_times(node.settings), sending)
     if due is not None:
         node.happened(Event.NEXT_QUIET, due.replace(tzinfo=timezone.utc) + timedelta(seconds=0.05))
 
@@ -165,10 +169,11 @@ def release_workers(node: StageHost) -> None:
 STAGES: tuple[StageEntry, ...] = (
     StageEntry(
         Stage.ROUTE,
-        "completes each study quiet for `routing.study_stable_s` and queues its jobs by the routing rules",
+        "completes each study quiet for `routing.study_stable_s` and no longer being sent by an open association, "
+        "and queues its jobs by the routing rules",
         route,
         POLL,
-        frozenset({Event.STORED, Event.NEXT_QUIET}),
+        frozenset({Event.STORED, Event.SENDER_DONE, Event.NEXT_QUIET}),
     ),
     StageEntry(
         Stage.PAIR,

@@ -78,26 +78,38 @@ def _receiving(session: Session, received_before: datetime | None = None) -> lis
 
 
 def next_quiet_due(
-    session: Session, stable_for: timedelta, annotations_for: timedelta | None = None
+    session: Session,
+    stable_for: timedelta,
+    annotations_for: timedelta | None = None,
+    sending: frozenset[str] = frozenset(),
 ) -> datetime | None:
-    """When the next study still receiving becomes quiet (its last instance + its quiet time), if any."""
+    """When the next study still receiving becomes quiet (its last instance + its quiet time), if any; studies an
+    association is still `sending` are left out (their sender's end starts the route stage)."""
     due = []
     for study in _receiving(session):
+        if study.study_instance_uid in sending:
+            continue
         arrival = CompletedStudy(study.study_instance_uid, study.revision, (), _arrived(session, study)).arrival
         due.append(study.last_received_at + _quiet_after(arrival, stable_for, annotations_for))
     return min(due, default=None)
 
 
 def quiet_studies(
-    session: Session, stable_for: timedelta, annotations_for: timedelta | None = None
+    session: Session,
+    stable_for: timedelta,
+    annotations_for: timedelta | None = None,
+    sending: frozenset[str] = frozenset(),
 ) -> list[CompletedStudy]:
     """Studies still receiving whose last instance arrived at least `stable_for` ago (`annotations_for` when a
     study analysed before received only readers' annotations since), with what arrived since the previous
-    completion."""
+    completion. A study an open association is still `sending` is not quiet, however long its last instance
+    took."""
     now = utcnow()
     shortest = min(stable_for, annotations_for) if annotations_for is not None else stable_for
     completed = []
     for study in _receiving(session, now - shortest):
+        if study.study_instance_uid in sending:
+            continue
         arrived = _arrived(session, study)
         arrival = CompletedStudy(study.study_instance_uid, study.revision, (), arrived).arrival
         if study.last_received_at > now - _quiet_after(arrival, stable_for, annotations_for):
