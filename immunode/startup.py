@@ -31,7 +31,7 @@ from dicom_node.settings import DicomWebService
 from dicom_node.tls import client_context, server_context
 from immunode.config import ConfigError, Settings
 from pipelines.errors import ConfigurationProblem
-from storage.database import head_revision, indexed_revision, known_revision, sqlite_file
+from storage.database import head_revisions, indexed_revisions, known_revision, sqlite_file
 from storage.errors import IndexUnavailable
 
 MB = 1024 * 1024
@@ -186,22 +186,25 @@ def _database(settings: Settings, notes: list[str], problems: list[str]) -> None
     url = settings.database_url
     key = "database.url" if settings.database.url else "database.url (null: SQLite under storage.root)"
     try:
-        found = indexed_revision(url)
+        found = indexed_revisions(url)
     except IndexUnavailable as error:
         problems.append(f"{key}: {error}")
         return
-    head = head_revision()
+    migrations = settings.registry.migrations
+    heads = head_revisions(migrations)
+    head = " + ".join(heads)
     file = sqlite_file(url)
     if found is None:
         notes.append(f"index: none yet at {file or 'the database'}; start-up creates it (schema {head})")
-    elif found == head:
+    elif found == heads:
         notes.append(f"index: schema {head}, current")
-    elif not known_revision(found):
+    elif unknown := [revision for revision in found if not known_revision(revision, migrations)]:
         problems.append(
-            f"{key}: the index has schema {found}, unknown to this version (newest {head}): upgrade immunode"
+            f"{key}: the index has schema {', '.join(unknown)}, unknown to this version (newest {head}): upgrade "
+            "immunode, or register the pipeline whose migrations made it"
         )
     else:
-        notes.append(f"index: schema {found}; start-up migrates it to {head}")
+        notes.append(f"index: schema {' + '.join(found)}; start-up migrates it to {head}")
 
 
 def _peers(settings: Settings, warnings: list[str]) -> None:

@@ -37,3 +37,7 @@ class IdentityMismatch(StorageError):
 class ClaimLost(StorageError):
     """A job is no longer held by the run that was running it (taken back by another node that judged the run
     dead, or handed back): that run's result is not recorded."""
+
+
+class UndeclaredRecord(StorageError):
+    """A job's result holds a record of a type its pipeline does not declare (`Writes.records`): no table keeps it."""

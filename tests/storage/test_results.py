@@ -4,7 +4,7 @@ reason and series numbers; the next job reads what it supersedes (the SR and its
 from __future__ import annotations
 
 from common.states import JobState, OutputKind
-from common.types import JobResult, OutputFile
+from common.types import JobResult, OutputFile, ResultDestination
 from storage import jobs, results
 from tests.storage.conftest import complete
 
@@ -29,7 +29,7 @@ def test_versions_are_numbered_with_their_reason_series_and_predecessor(stored) 
     source = study.pet_series_uid
     files, sr_v1 = _write(layout, first, source, (990, 991))
     with database.session() as session:
-        results.record_job_result(session, layout, first, JobResult(tuple(files), "v1"), ["pacs"])
+        results.record_job_result(session, layout, first, JobResult(tuple(files), "v1"), [ResultDestination("pacs")])
         jobs.finish_job(session, first, JobState.SUCCEEDED, "v1")
         second = jobs.requeue_study(session, study.study_uid, "pet_quant", "a reader's annotation arrived")
     with database.session() as session:
@@ -40,7 +40,7 @@ def test_versions_are_numbered_with_their_reason_series_and_predecessor(stored) 
     assert previous.sop_instance_uid == sr_v1 and previous.segmentation_path.read_bytes() == b"validated output"
     files, sr_v2 = _write(layout, second, source, (1000, 1001), supersedes=sr_v1)
     with database.session() as session:
-        results.record_job_result(session, layout, second, JobResult(tuple(files), "v2"), ["pacs"])
+        results.record_job_result(session, layout, second, JobResult(tuple(files), "v2"), [ResultDestination("pacs")])
     with database.session() as session:
         (chain,) = results.result_versions(session, 10)
     assert chain.study_instance_uid == study.study_uid
