@@ -31,7 +31,7 @@ from dicom_node.settings import DicomWebService
 from dicom_node.tls import client_context, server_context
 from immunode.config import ConfigError, Settings
 from pipelines.errors import ConfigurationProblem
-from storage.database import head_revisions, indexed_revisions, known_revision, sqlite_file
+from storage.database import head_revisions, indexed_revisions, known_revision, pending_heads, sqlite_file
 from storage.errors import IndexUnavailable
 
 MB = 1024 * 1024
@@ -196,13 +196,13 @@ def _database(settings: Settings, notes: list[str], problems: list[str]) -> None
     file = sqlite_file(url)
     if found is None:
         notes.append(f"index: none yet at {file or 'the database'}; start-up creates it (schema {head})")
-    elif found == heads:
-        notes.append(f"index: schema {head}, current")
     elif unknown := [revision for revision in found if not known_revision(revision, migrations)]:
         problems.append(
             f"{key}: the index has schema {', '.join(unknown)}, unknown to this version (newest {head}): upgrade "
             "immunode, or register the pipeline whose migrations made it"
         )
+    elif not pending_heads(found, migrations):
+        notes.append(f"index: schema {head}, current")
     else:
         notes.append(f"index: schema {' + '.join(found)}; start-up migrates it to {head}")
 

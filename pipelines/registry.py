@@ -310,8 +310,8 @@ class Registry:
 
 def _check_names(registry: Registry) -> None:
     owners: dict[str, str] = {}
-    named = [(p.name, f"pipeline {p.name} ({type(p).__name__})") for p in registry.pipelines]
-    named += [(name, f"shared block {name} ({model.__name__})") for name, model in registry.shared]
+    named = [(name, f"shared block {name} ({model.__name__})") for name, model in registry.shared]
+    named += [(p.name, f"pipeline {p.name} ({type(p).__name__})") for p in registry.pipelines]
     for name, owner in named:
         if name in owners:
             raise RegistryConflict(f"{owners[name]} and {owner}: the name {name!r} is registered twice")

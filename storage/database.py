@@ -102,6 +102,23 @@ def known_revision(revision: str, migrations: Sequence[Path] = ()) -> bool:
         return False
 
 
+def pending_heads(found: Sequence[str], migrations: Sequence[Path] = ()) -> tuple[str, ...]:
+    """The heads an index whose schema is at the revisions `found` has yet to be migrated to (none: current). A
+    revision reaches its ancestors and what it depends on (a pipeline's branch depends on a core revision: the
+    index then names only the branch's revision). `found` must be known (`known_revision`)."""
+    scripts = _scripts(migrations)
+    reached: set[str] = set()
+    todo = list(found)
+    while todo:
+        script = scripts.get_revision(todo.pop())
+        if script is None or script.revision in reached:
+            continue
+        reached.add(script.revision)
+        for parent in (script.down_revision, script.dependencies):
+            todo += [parent] if isinstance(parent, str) else list(parent or ())
+    return tuple(head for head in sorted(scripts.get_heads()) if head not in reached)
+
+
 def indexed_revisions(url: str, timeout_s: float = 10.0) -> tuple[str, ...] | None:
     """The schema revisions of an existing index (the core's, and one per pipeline branch applied); None when
     there is none yet (no SQLite file, or a database without immunode's schema). Creates nothing: a SQLite file

@@ -31,7 +31,7 @@ class IdentityMismatch(StorageError):
     def __init__(self, message: str, study_instance_uid: str, conflict: object) -> None:
         super().__init__(message)
         self.study_instance_uid = study_instance_uid
-        self.conflict = conflict  # storage.store.Conflict
+        self.conflict = conflict  # storage.identity.Conflict
 
 
 class ClaimLost(StorageError):
