@@ -11,7 +11,8 @@ Problems (serve refuses to start; each names its key and file):
 - the database: reachable, and its schema no newer than this version knows.
 Warnings (serve starts, and logs them): free disk below the reserve; an allow-list no sender outside can match
 (only loopback addresses); a retention age shorter than a longitudinal pipeline's pairing window.
-Notes: which weights are used (name, version, hash), what start-up will do to the index.
+Notes: what each pipeline reads and writes (`Reads`, `Writes`), which weights are used (name, version,
+hash), what start-up will do to the index.
 """
 
 from __future__ import annotations
@@ -71,8 +72,10 @@ def check_startup(settings: Settings, ports: bool = True) -> StartupCheck:
 
 
 def _pipelines(settings: Settings, notes: list[str], problems: list[str]) -> None:
-    """Hashes and tables only (no PyTorch in the node's own process); the workers load the weights."""
+    """What each pipeline reads and writes; hashes and tables only (no PyTorch in the node's own process); the
+    workers load the weights."""
     for pipeline in settings.registry.pipelines:
+        notes.append(f"pipeline {pipeline.name}: " + "; ".join(pipeline.reads.lines() + pipeline.writes.lines()))
         try:
             notes.extend(pipeline.check_configuration(settings.pipelines))
         except ConfigurationProblem as error:

@@ -2,7 +2,7 @@
 by the line below and nowhere else, runs on the node (SCP, routing, its worker), its migration creates its table
 (an Alembic branch of its own, found through its declaration), and its one record per series is written to the
 index and read back (SQLite, and PostgreSQL when IMMUNODE_TEST_DATABASE_URL is set); retention purges it with its
-study."""
+study; and once its migration made the index, start-up refuses the index to a node that no longer registers it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pydicom
 from sqlalchemy import select
 
 from common.states import JobState, OutputKind
+from immunode.startup import check_startup
 from pipelines.builtin import BUILTIN
 from storage import retention
 from storage.database import head_revisions, indexed_revisions, pending_heads
@@ -63,6 +64,9 @@ def test_its_record_is_kept_in_its_own_table_and_read_back(tmp_path: Path, make_
     assert retention.purge_study(node.database, node.layout, candidate, "test", node.store.deleting_series)
     with node.database.session() as session:
         assert read_records(session, INSTANCE_COUNTS) == []  # found through the database's foreign keys
+    without = make_settings(database_url=database_url)  # the same index, the pipeline no longer registered
+    problems = check_startup(without, ports=False).problems
+    assert any("schema throwaway_0001, unknown to this version" in problem for problem in problems), problems
 
 
 def test_its_migration_is_a_branch_found_through_its_declaration() -> None:
