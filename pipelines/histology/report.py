@@ -183,7 +183,8 @@ def write_histology_report(
     )
     lines = statements(result, asked_mpp) + response_statements(result.response) + source_statements(notes)
     report = measurement_document(
-        [source], [heatmap], [], identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION, None, study
+        [source], [heatmap], [], identity, HISTOLOGY, summary, lines, SR_SERIES_NUMBER, SR_DESCRIPTION, None,
+        study_results=study,
     )
     with OutputWriter(new_path) as writer:
         outputs = [writer.save(heatmap, OutputKind.SEG, 1, result.series_instance_uid)]
