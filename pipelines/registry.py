@@ -130,9 +130,10 @@ class Writes:
 
 @dataclass(frozen=True, eq=False)
 class JobInputs:
-    """Everything a job may read: the series its routing rule selected, every other received series of the
-    study (context: a CT for anatomy, readers' annotations), earlier reports to supersede, the patient's
-    imported data and, for longitudinal pipelines, the pairing decision with its baseline."""
+    """Everything a job may read: the series its routing rule selected, the other received series of the study
+    its pipeline reads (context: a CT for anatomy, readers' annotations), earlier reports to supersede, the
+    patient's imported data when it reads them and, for longitudinal pipelines, the pairing decision with its
+    baseline (`read_by` keeps to the pipeline's `Reads`)."""
 
     study_instance_uid: str
     selected: tuple[str, ...]
@@ -281,6 +282,7 @@ class Registry:
     shared: tuple[tuple[str, type[Strict]], ...] = ()
 
     def __post_init__(self) -> None:
+        _check_declared(self.pipelines)
         _check_names(self)
         _check_series_numbers(self.pipelines)
         _check_records(self.pipelines)
@@ -306,6 +308,15 @@ class Registry:
     def settings_model(self) -> type[Strict]:
         """The `pipelines` configuration section: the shared blocks and one block per pipeline."""
         return _settings_model(self)
+
+
+def _check_declared(pipelines: tuple[Pipeline, ...]) -> None:
+    for pipeline in pipelines:
+        declared = {"reads": Reads, "writes": Writes}
+        missing = [name for name, kind in declared.items() if not isinstance(getattr(pipeline, name, None), kind)]
+        if missing:
+            who = f"pipeline {pipeline.name} ({type(pipeline).__name__})"
+            raise TypeError(f"{who} declares no {' and no '.join(missing)}")
 
 
 def _check_names(registry: Registry) -> None:

@@ -38,7 +38,8 @@ def pipeline(name: str, writes: Writes, reads: Reads = Reads("PT")) -> Pipeline:
         (Writes(sr_series_number=1005), "histology: SR series 995"),  # its SR's 2nd version would take 1005
         (Writes(sr_series_number=890), "pet_quant: SEG series 990"),  # its 11th version would take 990
         (Writes(sr_series_number=1992), "ct_radiomics: SEG series 992"),  # the CT SEG as a label map
-        (Writes(sr_series_number=996, seg_series_number=3), "ct_radiomics: SR series 993"),  # SEG 3 in 1003, binary 2003
+        # A SEG 3 is also 1003 (label map), 2003 (binary) and 13, 23, ... (versions): the CT SR's last digit.
+        (Writes(sr_series_number=996, seg_series_number=3), "ct_radiomics: SR series 993"),
     ],
 )
 def test_series_numbers_that_would_meet_are_refused_naming_both_pipelines(writes: Writes, taken: str) -> None:
@@ -51,6 +52,13 @@ def test_series_numbers_that_would_meet_are_refused_naming_both_pipelines(writes
 def test_its_own_seg_and_sr_may_not_meet_either() -> None:
     with pytest.raises(RegistryConflict, match="pipelines newcomer and newcomer: SEG series 996 and SR series 2006"):
         BUILTIN.with_pipeline(pipeline("newcomer", Writes(sr_series_number=2006, seg_series_number=996)))
+
+
+def test_a_pipeline_declares_what_it_reads_and_writes() -> None:
+    undeclared = pipeline("newcomer", Writes(sr_series_number=997))
+    del type(undeclared).writes
+    with pytest.raises(TypeError, match=r"pipeline newcomer \(Declared\) declares no writes"):
+        BUILTIN.with_pipeline(undeclared)
 
 
 def test_numbers_of_their_own_last_digits_are_registered() -> None:
@@ -66,7 +74,7 @@ def test_a_name_a_record_type_and_a_table_are_one_pipelines_own() -> None:
     with pytest.raises(RegistryConflict, match="pipelines pet_quant and newcomer: both write record type LesionRecord"):
         BUILTIN.with_pipeline(pipeline("newcomer", Writes(sr_series_number=997, records=(LESION_RESULTS,))))
     elsewhere = RecordTable(Scores, "ct_lesion_results")
-    with pytest.raises(RegistryConflict, match="pipelines ct_radiomics and newcomer: both write table ct_lesion_results"):
+    with pytest.raises(RegistryConflict, match="ct_radiomics and newcomer: both write table ct_lesion_results"):
         BUILTIN.with_pipeline(pipeline("newcomer", Writes(sr_series_number=997, records=(elsewhere,))))
 
 
