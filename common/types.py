@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from common.records import Entries, RecordTable
 from common.states import OutputKind, SegEncoding
 
 T = TypeVar("T")
@@ -389,15 +390,27 @@ class CtAssessmentRecord:
     resistance: str = ""  # none / primary / acquired
 
 
-@dataclass(frozen=True)
-class ResultRecords:
-    """What a job's result leaves in the index beyond its output files."""
-
-    lesions: tuple[LesionRecord, ...] = ()
-    extractions: tuple[FeatureExtractionRecord, ...] = ()
-    ct_lesions: tuple[CtLesionRecord, ...] = ()
-    ct_assessment: CtAssessmentRecord | None = None
-    slides: tuple[SlideRecord, ...] = ()
+# The tables of the built-in pipelines' records (their pipelines declare them, `Writes.records`); here, not in
+# the pipelines' packages, because the store reads them back for others: a baseline (CT), the patient's data
+# (slides), the research tables (lesions, assessments).
+LESION_RESULTS = RecordTable(LesionRecord, "lesion_results")
+RADIOMICS_EXTRACTIONS = RecordTable(
+    FeatureExtractionRecord,
+    "radiomics_extractions",
+    study_column=True,
+    entries=Entries("features", "radiomic_features", "extraction_fk"),
+)
+CT_LESION_RESULTS = RecordTable(CtLesionRecord, "ct_lesion_results")
+CT_ASSESSMENTS = RecordTable(
+    CtAssessmentRecord,
+    "ct_assessments",
+    columns=(
+        ("sum_t0_mm", "sum_diameters_t0_mm"),
+        ("sum_t1_mm", "sum_diameters_t1_mm"),
+        ("category", "recist_category"),
+    ),
+)
+SLIDE_RESULTS = RecordTable(SlideRecord, "slide_results")
 
 
 @dataclass(frozen=True)
@@ -408,4 +421,6 @@ class JobResult:
     outputs: tuple[OutputFile, ...]
     summary: str
     problems: tuple[str, ...] = ()
-    records: ResultRecords = field(default_factory=ResultRecords)
+    # What the index keeps beyond the files: instances of the record types the pipeline declares
+    # (`Writes.records`), of any of them, in any order.
+    records: tuple[object, ...] = ()

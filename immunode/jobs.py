@@ -24,7 +24,7 @@ from common.states import JobState, PairingOutcome
 from common.types import JobResult, ResultDestination, SeriesFiles, StoredFile
 from immunode.config import Settings
 from immunode.routing import route
-from pipelines.errors import PipelineError
+from pipelines.errors import PipelineError, UndeclaredRecords
 from pipelines.registry import JobInputs, PairingContext, Pipeline
 from storage import jobs, pairings, patients, results, studies
 from storage.database import Database
@@ -68,12 +68,13 @@ def _inputs(settings: Settings, database: Database, layout: FileLayout, job_id: 
                 decision.reason if decision else "no pairing decision",
                 baseline,
             )
-        return JobInputs(
-            study_instance_uid=study_uid,
-            selected=spec.selected_series,
-            series=studies.study_series(session, layout, study_uid),
+        return JobInputs.read_by(
+            pipeline.reads,
+            study_uid,
+            spec.selected_series,
+            studies.study_series(session, layout, study_uid),
+            patients.study_patient_data(session, study_uid) if pipeline.reads.patient_data else None,
             previous_reports=results.previous_reports(session, layout, study_uid, job_id),
-            patient=patients.study_patient_data(session, study_uid),
             pairing=pairing,
             job_id=job_id,
             version=results.result_version(session, study_uid, job_id),
@@ -96,6 +97,14 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
         pipeline = settings.registry.get(name)
         inputs = _inputs(settings, database, layout, job_id, pipeline)
         result = _analyse_and_report(pipeline, inputs, settings, lambda: layout.new_output_path(job_id), layout.root)
+        undeclared = pipeline.writes.undeclared(result.records)
+        if undeclared:
+            for output in result.outputs:
+                output.path.unlink(missing_ok=True)
+            raise UndeclaredRecords(
+                f"the pipeline returned records of type {', '.join(undeclared)}, which it does not declare "
+                "(Writes.records): nothing recorded"
+            )
     except PipelineError as error:
         logger.warning("job %d: %s", job_id, error)
         return _finish(settings, database, claim, JobState.FAILED, str(error))
@@ -108,7 +117,7 @@ def run_job(settings: Settings, database: Database, layout: FileLayout, job_id: 
     destinations = [ResultDestination(d.name, d.seg_encoding) for d in settings.result_destinations(spec.rule)]
 
     def record(session: Session) -> None:
-        results.record_job_result(session, layout, job_id, result, destinations)
+        results.record_job_result(session, layout, job_id, result, destinations, pipeline.writes.records)
         jobs.finish_job(session, job_id, JobState.SUCCEEDED, result.summary)
 
     try:
@@ -226,7 +235,7 @@ def process_folder(settings: Settings, folder: Path, out: Path) -> tuple[list[Jo
         for decision in route(summary, settings.routing.rules, settings.registry):
             if decision.pipeline.longitudinal:
                 continue
-            inputs = JobInputs(study_uid, decision.series_instance_uids, series)
+            inputs = JobInputs.read_by(decision.pipeline.reads, study_uid, decision.series_instance_uids, series)
             try:
                 result = _analyse_and_report(
                     decision.pipeline,

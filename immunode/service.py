@@ -45,7 +45,7 @@ class Node:
         self.settings = settings
         self._umask = os.umask(0o077) if settings.storage.private else None
         self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb, settings.storage.private)
-        self.database = Database(settings.database_url)
+        self.database = Database(settings.database_url, migrations=settings.registry.migrations)
         self.trail = AuditTrail(self.database, self.layout.spool)
         self.store = InstanceStore(self.database, self.layout)
         self.metrics = NodeMetrics(self.database, self.layout.root)

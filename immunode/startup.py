@@ -11,7 +11,8 @@ Problems (serve refuses to start; each names its key and file):
 - the database: reachable, and its schema no newer than this version knows.
 Warnings (serve starts, and logs them): free disk below the reserve; an allow-list no sender outside can match
 (only loopback addresses); a retention age shorter than a longitudinal pipeline's pairing window.
-Notes: which weights are used (name, version, hash), what start-up will do to the index.
+Notes: what each pipeline reads and writes (`Reads`, `Writes`), which weights are used (name, version,
+hash), what start-up will do to the index.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from dicom_node.settings import DicomWebService
 from dicom_node.tls import client_context, server_context
 from immunode.config import ConfigError, Settings
 from pipelines.errors import ConfigurationProblem
-from storage.database import head_revision, indexed_revision, known_revision, sqlite_file
+from storage.database import head_revisions, indexed_revisions, known_revision, pending_heads, sqlite_file
 from storage.errors import IndexUnavailable
 
 MB = 1024 * 1024
@@ -71,8 +72,10 @@ def check_startup(settings: Settings, ports: bool = True) -> StartupCheck:
 
 
 def _pipelines(settings: Settings, notes: list[str], problems: list[str]) -> None:
-    """Hashes and tables only (no PyTorch in the node's own process); the workers load the weights."""
+    """What each pipeline reads and writes; hashes and tables only (no PyTorch in the node's own process); the
+    workers load the weights."""
     for pipeline in settings.registry.pipelines:
+        notes.append(f"pipeline {pipeline.name}: " + "; ".join(pipeline.reads.lines() + pipeline.writes.lines()))
         try:
             notes.extend(pipeline.check_configuration(settings.pipelines))
         except ConfigurationProblem as error:
@@ -186,22 +189,25 @@ def _database(settings: Settings, notes: list[str], problems: list[str]) -> None
     url = settings.database_url
     key = "database.url" if settings.database.url else "database.url (null: SQLite under storage.root)"
     try:
-        found = indexed_revision(url)
+        found = indexed_revisions(url)
     except IndexUnavailable as error:
         problems.append(f"{key}: {error}")
         return
-    head = head_revision()
+    migrations = settings.registry.migrations
+    heads = head_revisions(migrations)
+    head = " + ".join(heads)
     file = sqlite_file(url)
     if found is None:
         notes.append(f"index: none yet at {file or 'the database'}; start-up creates it (schema {head})")
-    elif found == head:
-        notes.append(f"index: schema {head}, current")
-    elif not known_revision(found):
+    elif unknown := [revision for revision in found if not known_revision(revision, migrations)]:
         problems.append(
-            f"{key}: the index has schema {found}, unknown to this version (newest {head}): upgrade immunode"
+            f"{key}: the index has schema {', '.join(unknown)}, unknown to this version (newest {head}): upgrade "
+            "immunode, or register the pipeline whose migrations made it"
         )
+    elif not pending_heads(found, migrations):
+        notes.append(f"index: schema {head}, current")
     else:
-        notes.append(f"index: schema {found}; start-up migrates it to {head}")
+        notes.append(f"index: schema {' + '.join(found)}; start-up migrates it to {head}")
 
 
 def _peers(settings: Settings, warnings: list[str]) -> None:

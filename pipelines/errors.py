@@ -47,3 +47,12 @@ class ConfigurationProblem(PipelineError):
 
 class SignatureFileError(PipelineError):
     """The published delta-radiomics signature table cannot be read."""
+
+
+class RegistryConflict(ValueError):
+    """Two registrations claim the same thing (a name, Series Numbers, a record type or table): the registry is
+    not made. Names both."""
+
+
+class UndeclaredRecords(PipelineError):
+    """A pipeline's result holds records of a type it does not declare (`Writes.records`): no table keeps them."""

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
@@ -60,43 +63,66 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, connect_args=timeout)
 
 
-def alembic_config(url: str) -> AlembicConfig:
+def alembic_config(url: str, migrations: Sequence[Path] = ()) -> AlembicConfig:
+    """The migrations of the core schema (`storage/migrations/versions`) and, in `migrations`, the folders of the
+    pipelines' own migrations (each an Alembic branch of its own that depends on the core revision it needs)."""
     config = AlembicConfig()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if migrations:
+        for option in ("path_separator", "version_path_separator"):  # the first for Alembic >= 1.16
+            config.set_main_option(option, "os")
+        folders = [MIGRATIONS_DIR / "versions", *(Path(m) for m in migrations)]
+        config.set_main_option("version_locations", os.pathsep.join(str(f).replace("%", "%%") for f in folders))
     return config
 
 
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (idempotent)."""
-    config = alembic_config(engine.url.render_as_string(hide_password=False))
+def upgrade(engine: Engine, migrations: Sequence[Path] = ()) -> None:
+    """Bring the schema to the newest migrations of the core and of the pipelines' branches (idempotent)."""
+    config = alembic_config(engine.url.render_as_string(hide_password=False), migrations)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
 
 
-def head_revision() -> str:
-    """The newest schema revision this version of the code migrates to."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+def _scripts(migrations: Sequence[Path]) -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://", migrations))
 
 
-def known_revision(revision: str) -> bool:
+def head_revisions(migrations: Sequence[Path] = ()) -> tuple[str, ...]:
+    """The newest schema revisions this version of the code migrates to: the core's, and one per pipeline branch."""
+    return tuple(sorted(_scripts(migrations).get_heads()))
+
+
+def known_revision(revision: str, migrations: Sequence[Path] = ()) -> bool:
     """Whether this version's migrations know `revision` (an index written by a newer version: not)."""
-    from alembic.script import ScriptDirectory
-    from alembic.util import CommandError
-
     try:
-        return ScriptDirectory.from_config(alembic_config("sqlite://")).get_revision(revision) is not None
+        return _scripts(migrations).get_revision(revision) is not None
     except CommandError:
         return False
 
 
-def indexed_revision(url: str, timeout_s: float = 10.0) -> str | None:
-    """The schema revision of an existing index; None when there is none yet (no SQLite file, or a database
-    without immunode's schema). Creates nothing: a SQLite file is opened read-only. IndexUnavailable when the
-    database cannot be reached."""
+def pending_heads(found: Sequence[str], migrations: Sequence[Path] = ()) -> tuple[str, ...]:
+    """The heads an index whose schema is at the revisions `found` has yet to be migrated to (none: current). A
+    revision reaches its ancestors and what it depends on (a pipeline's branch depends on a core revision: the
+    index then names only the branch's revision). `found` must be known (`known_revision`)."""
+    scripts = _scripts(migrations)
+    reached: set[str] = set()
+    todo = list(found)
+    while todo:
+        script = scripts.get_revision(todo.pop())
+        if script is None or script.revision in reached:
+            continue
+        reached.add(script.revision)
+        for parent in (script.down_revision, script.dependencies):
+            todo += [parent] if isinstance(parent, str) else list(parent or ())
+    return tuple(head for head in sorted(scripts.get_heads()) if head not in reached)
+
+
+def indexed_revisions(url: str, timeout_s: float = 10.0) -> tuple[str, ...] | None:
+    """The schema revisions of an existing index (the core's, and one per pipeline branch applied); None when
+    there is none yet (no SQLite file, or a database without immunode's schema). Creates nothing: a SQLite file
+    is opened read-only. IndexUnavailable when the database cannot be reached."""
     file = sqlite_file(url)
     if file is not None:
         if not file.is_file():
@@ -110,7 +136,7 @@ def indexed_revision(url: str, timeout_s: float = 10.0) -> str | None:
         with engine.connect() as connection:
             if not inspect(connection).has_table("alembic_version"):
                 return None
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return tuple(sorted(connection.execute(text("SELECT version_num FROM alembic_version")).scalars()))
     except SQLAlchemyError as error:
         where = engine.url.render_as_string(hide_password=True)
         reason = str(error.orig if getattr(error, "orig", None) else error).strip().splitlines()[0]
@@ -181,9 +207,12 @@ class Database:
     """Owns the engine and hands out transactional sessions.
 
     create=False opens an index that must already exist (for the commands that read it): IndexMissing, and
-    nothing created, when there is no database file or the database has no immunode schema."""
+    nothing created, when there is no database file or the database has no immunode schema. `migrations`: the
+    folders of the registered pipelines' own migrations (`Registry.migrations`), applied with the core's."""
 
-    def __init__(self, url: str, migrate: bool = True, create: bool = True) -> None:
+    def __init__(
+        self, url: str, migrate: bool = True, create: bool = True, migrations: Sequence[Path] = ()
+    ) -> None:
         self.url = url
         file = sqlite_file(url)
         if not create and file is not None and not file.is_file():
@@ -193,7 +222,7 @@ class Database:
         if not create:
             self._check_schema()
         if migrate:
-            upgrade(self.engine)
+            upgrade(self.engine, migrations)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _check_schema(self) -> None:

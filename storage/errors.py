@@ -31,9 +31,13 @@ class IdentityMismatch(StorageError):
     def __init__(self, message: str, study_instance_uid: str, conflict: object) -> None:
         super().__init__(message)
         self.study_instance_uid = study_instance_uid
-        self.conflict = conflict  # storage.store.Conflict
+        self.conflict = conflict  # storage.identity.Conflict
 
 
 class ClaimLost(StorageError):
     """A job is no longer held by the run that was running it (taken back by another node that judged the run
     dead, or handed back): that run's result is not recorded."""
+
+
+class UndeclaredRecord(StorageError):
+    """A job's result holds a record of a type its pipeline does not declare (`Writes.records`): no table keeps it."""

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from common.states import JobState
 from common.types import (
     CLINICAL_FIELDS,
+    SLIDE_RESULTS,
     BloodImport,
     BloodValue,
     ClinicalImport,
@@ -27,6 +28,7 @@ from common.types import (
     StudyFacts,
 )
 from storage.events import record_event
+from storage.records import record_from, record_table
 from storage.schema import (
     Base,
     BloodRecord,
@@ -34,7 +36,6 @@ from storage.schema import (
     ExpressionSample,
     Job,
     Patient,
-    SlideResult,
     Study,
     utcnow,
 )
@@ -211,26 +212,16 @@ def patient_data(session: Session, patient_id: str, issuer: str) -> PatientData:
 
 def latest_slide(session: Session, patient_fk: int) -> SlideRecord | None:
     """The patient's most recent successful whole-slide analysis."""
-    row = session.scalar(
-        select(SlideResult)
-        .join(Job, Job.id == SlideResult.job_fk)
+    slides = record_table(SLIDE_RESULTS)
+    row = session.execute(
+        select(slides)
+        .join(Job, Job.id == slides.c.job_fk)
         .join(Study, Study.id == Job.study_fk)
         .where(Study.patient_fk == patient_fk, Job.state == JobState.SUCCEEDED)
-        .order_by(Job.id.desc(), SlideResult.id.desc())
+        .order_by(Job.id.desc(), slides.c.id.desc())
         .limit(1)
-    )
-    if row is None:
-        return None
-    return SlideRecord(
-        row.series_instance_uid,
-        row.mil_model,
-        row.encoder_model,
-        tuple(float(v) for v in row.embedding),
-        row.probability,
-        row.patches,
-        row.tissue_fraction,
-        row.microns_per_pixel,
-    )
+    ).first()
+    return record_from(SLIDE_RESULTS, row) if row is not None else None
 
 
 def study_patient(session: Session, study_instance_uid: str) -> tuple[str, str] | None:
@@ -249,7 +240,11 @@ def all_patient_data(session: Session) -> dict[tuple[str, str], PatientData]:
             Patient.id.in_(select(ExpressionSample.patient_fk))
             | Patient.id.in_(select(ClinicalRecord.patient_fk))
             | Patient.id.in_(select(BloodRecord.patient_fk))
-            | Patient.id.in_(select(Study.patient_fk).join(Job, Job.study_fk == Study.id).join(SlideResult))
+            | Patient.id.in_(
+                select(Study.patient_fk)
+                .join(Job, Job.study_fk == Study.id)
+                .join(record_table(SLIDE_RESULTS), record_table(SLIDE_RESULTS).c.job_fk == Job.id)
+            )
         )
     ).all()
     return {(p, i): patient_data(session, p, i) for p, i in keys}

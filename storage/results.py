@@ -1,52 +1,42 @@
-"""What jobs produced: output files (with the deliveries they queue), lesion results, CT radiomics features,
-lesions and assessments; the previous reports a rerun supersedes; baselines as later follow-ups read them;
-and the research tables.
+"""What jobs produced: output files (with the deliveries they queue) and result records (through
+`storage.records`, in the tables their pipelines declare); the previous reports a rerun supersedes; baselines as
+later follow-ups read them; and the research tables over the built-in pipelines' records.
 
 Every function takes an open session; the caller owns the transaction (`Database.session()`).
 """
 
 from __future__ import annotations
 
-import enum
 import hashlib
 from collections.abc import Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from datetime import date
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, aliased
 
+from common.records import RecordTable
 from common.states import JobState, OutputKind
 from common.types import (
+    CT_ASSESSMENTS,
+    CT_LESION_RESULTS,
+    LESION_RESULTS,
+    RADIOMICS_EXTRACTIONS,
     Baseline,
     BaselineLesion,
+    CtAssessmentRecord,
+    CtLesionRecord,
     JobResult,
-    LesionRole,
     OutputFile,
     PreviousReport,
     PriorAssessment,
     ResultDestination,
-    ResultRecords,
     ResultVersion,
     parse_dicom_date,
 )
 from storage.files import FileLayout
-from storage.schema import (
-    Base,
-    CtAssessment,
-    CtLesionResult,
-    Delivery,
-    Instance,
-    Job,
-    LesionResult,
-    Output,
-    Patient,
-    RadiomicFeature,
-    RadiomicsExtraction,
-    Series,
-    SlideResult,
-    Study,
-)
+from storage.records import entries, read_records, record_from, record_table, write_records
+from storage.schema import Delivery, Instance, Job, Output, Patient, Series, Study
 from storage.types import (
     LesionCytAct,
     PetCytActAnalysis,
@@ -153,13 +143,20 @@ def result_versions(session: Session, limit: int) -> list[StudyVersions]:
 
 
 def record_job_result(
-    session: Session, layout: FileLayout, job_id: int, result: JobResult, destinations: Sequence[ResultDestination]
+    session: Session,
+    layout: FileLayout,
+    job_id: int,
+    result: JobResult,
+    destinations: Sequence[ResultDestination],
+    tables: Sequence[RecordTable] = (),
 ) -> None:
     """Index a job's validated outputs (queueing a delivery to each destination it goes to: an SR to every
-    destination, a SEG to those that asked for its encoding) and its result records."""
+    destination, a SEG to those that asked for its encoding) and its result records, in the `tables` its
+    pipeline declares (`storage.errors.UndeclaredRecord` for a record of another type)."""
     for output in result.outputs:
         _record_output(session, layout, job_id, output, destinations)
-    _record_records(session, job_id, result.records)
+    if result.records:
+        write_records(session, job_id, session.get(Job, job_id).study_fk, result.records, tables)
 
 
 def _record_output(
@@ -189,44 +186,9 @@ def _record_output(
             session.add(Delivery(output_fk=output.id, destination=destination.name))
 
 
-def _row(model: type[Base], record: object, **values: object) -> Base:
-    """An index row from a result record: same-named fields, tuples as lists, enums as their values."""
-    columns = {f.name: getattr(record, f.name) for f in fields(record) if f.name in model.__table__.columns}
-    columns.update(values)
-    return model(
-        **{
-            name: list(v) if isinstance(v, tuple) else v.value if isinstance(v, enum.Enum) else v
-            for name, v in columns.items()
-        }
-    )
-
-
-def _record_records(session: Session, job_id: int, records: ResultRecords) -> None:
-    session.add_all(_row(LesionResult, lesion, job_fk=job_id) for lesion in records.lesions)
-    study_fk = session.get(Job, job_id).study_fk
-    for record in records.extractions:
-        extraction = _row(RadiomicsExtraction, record, job_fk=job_id, study_fk=study_fk)
-        session.add(extraction)
-        session.flush()
-        session.add_all(
-            RadiomicFeature(extraction_fk=extraction.id, name=name, value=value)
-            for name, value in record.features.items()
-        )
-    session.add_all(_row(CtLesionResult, lesion, job_fk=job_id) for lesion in records.ct_lesions)
-    session.add_all(_row(SlideResult, slide, job_fk=job_id) for slide in records.slides)
-    assessment = records.ct_assessment
-    if assessment is not None:
-        deltas = dict(assessment.deltas) if assessment.deltas is not None else None
-        recist = {
-            "sum_diameters_t0_mm": assessment.sum_t0_mm,
-            "sum_diameters_t1_mm": assessment.sum_t1_mm,
-            "recist_category": assessment.category,
-        }
-        session.add(_row(CtAssessment, assessment, job_fk=job_id, deltas=deltas, **recist))
-
-
 def pet_cytact_analyses(session: Session) -> list[PetCytActAnalysis]:
     """Every successful analysis with lesion CytAct, per patient, with its study date and model."""
+    lesions = record_table(LESION_RESULTS)
     rows = session.execute(
         select(
             Patient.patient_id,
@@ -234,19 +196,21 @@ def pet_cytact_analyses(session: Session) -> list[PetCytActAnalysis]:
             Study.study_instance_uid,
             Study.study_date,
             Job.id,
-            LesionResult,
+            lesions,
         )
         .join(Study, Study.patient_fk == Patient.id)
         .join(Job, Job.study_fk == Study.id)
-        .join(LesionResult, LesionResult.job_fk == Job.id)
-        .where(Job.state == JobState.SUCCEEDED, LesionResult.cytact.is_not(None))
-        .order_by(Job.id, LesionResult.lesion_number)
+        .join(lesions, lesions.c.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, lesions.c.cytact.is_not(None))
+        .order_by(Job.id, lesions.c.lesion_number)
     ).all()
     found: dict[int, tuple[tuple, list[LesionCytAct], str]] = {}
-    for patient_id, issuer, study_uid, study_date, job_id, lesion in rows:
+    for row in rows:
+        patient_id, issuer, study_uid, study_date, job_id = row[:5]
+        lesion = record_from(LESION_RESULTS, row)
         head = (patient_id, issuer, study_uid, parse_dicom_date(study_date), job_id)
-        _, lesions, _ = found.setdefault(job_id, (head, [], lesion.cytact_model))
-        lesions.append(
+        _, found_lesions, _ = found.setdefault(job_id, (head, [], lesion.cytact_model))
+        found_lesions.append(
             LesionCytAct(
                 lesion.tracking_uid, lesion.lesion_number, lesion.cytact, lesion.long_axis_mm, lesion.patient_summary
             )
@@ -254,26 +218,33 @@ def pet_cytact_analyses(session: Session) -> list[PetCytActAnalysis]:
     return [PetCytActAnalysis(*head, model, tuple(lesions)) for head, lesions, model in found.values()]
 
 
-def prior_assessments(session: Session, baseline_uid: str, pipeline: str, before: date | None) -> list[PriorAssessment]:
-    """The assessments of a baseline stored before a follow-up of date `before`, oldest first, numbered (T1 ...)."""
+def _assessments(session: Session, pipeline: str, *where: ColumnElement[bool]) -> list[tuple]:
+    """(study UID, study date, patient ID, issuer, job, assessment) of the successful jobs of a pipeline, in job
+    order."""
+    table = record_table(CT_ASSESSMENTS)
     rows = session.execute(
-        select(Study.study_instance_uid, Study.study_date, CtAssessment)
-        .join(Job, Job.id == CtAssessment.job_fk)
-        .join(Study, Study.id == Job.study_fk)
-        .where(
-            CtAssessment.baseline_study_uid == baseline_uid,
-            Job.pipeline == pipeline,
-            Job.state == JobState.SUCCEEDED,
+        select(
+            Study.study_instance_uid, Study.study_date, Patient.patient_id, Patient.issuer_of_patient_id, table
         )
+        .join(Job, Job.id == table.c.job_fk)
+        .join(Study, Study.id == Job.study_fk)
+        .join(Patient, Patient.id == Study.patient_fk)
+        .where(Job.pipeline == pipeline, Job.state == JobState.SUCCEEDED, *where)
         .order_by(Job.id)
     ).all()
-    newest: dict[str, tuple[date | None, CtAssessment]] = {}
-    for study_uid, study_date, assessment in rows:  # a study analysed again: its newest assessment counts
-        newest[study_uid] = (parse_dicom_date(study_date), assessment)
+    return [(*row[:4], row.job_fk, record_from(CT_ASSESSMENTS, row)) for row in rows]
+
+
+def prior_assessments(session: Session, baseline_uid: str, pipeline: str, before: date | None) -> list[PriorAssessment]:
+    """The assessments of a baseline stored before a follow-up of date `before`, oldest first, numbered (T1 ...)."""
+    baseline = record_table(CT_ASSESSMENTS).c.baseline_study_uid
+    newest: dict[str, tuple[date | None, int, CtAssessmentRecord]] = {}
+    for study_uid, study_date, _, _, job_id, assessment in _assessments(session, pipeline, baseline == baseline_uid):
+        newest[study_uid] = (parse_dicom_date(study_date), job_id, assessment)  # a study analysed again: its newest
     earlier = sorted(
         (
-            (uid, when, a)
-            for uid, (when, a) in newest.items()
+            (uid, when, job_id, a)
+            for uid, (when, job_id, a) in newest.items()
             if when is not None and before is not None and when < before
         ),
         key=lambda item: item[1],
@@ -283,19 +254,19 @@ def prior_assessments(session: Session, baseline_uid: str, pipeline: str, before
             uid,
             when,
             number,
-            a.sum_diameters_t1_mm,
-            a.recist_category,
-            lesion_diameters(session, a.job_fk),
+            a.sum_t1_mm,
+            a.category,
+            lesion_diameters(session, job_id),
             dict(a.deltas) if a.deltas is not None else None,
         )
-        for number, (uid, when, a) in enumerate(earlier, start=1)
+        for number, (uid, when, job_id, a) in enumerate(earlier, start=1)
     ]
 
 
 def lesion_diameters(session: Session, job_id: int) -> dict[str, float]:
     """Each CT lesion's RECIST diameter (short axis for nodes) a job measured, by tracking UID."""
-    rows = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == job_id)).all()
-    return {row.tracking_uid: row.short_axis_mm if row.lymph_node else row.long_axis_mm for row in rows}
+    lesions: list[CtLesionRecord] = read_records(session, CT_LESION_RESULTS, job_id=job_id)
+    return {row.tracking_uid: row.short_axis_mm if row.lymph_node else row.long_axis_mm for row in lesions}
 
 
 def load_baseline(
@@ -312,17 +283,16 @@ def load_baseline(
     )
     if job is None:
         return None
-    extractions = session.scalars(select(RadiomicsExtraction).where(RadiomicsExtraction.job_fk == job.id)).all()
-    features = job_features(session, job.id)
-    series_uid = extractions[0].ct_series_uid if extractions else ""
+    extractions = record_table(RADIOMICS_EXTRACTIONS)
+    series_uid = session.scalar(
+        select(extractions.c.ct_series_uid).where(extractions.c.job_fk == job.id).order_by(extractions.c.id).limit(1)
+    )
     ct_paths = session.scalars(
         select(Instance.path)
         .join(Series, Series.id == Instance.series_fk)
-        .where(Series.series_instance_uid == series_uid)
+        .where(Series.series_instance_uid == (series_uid or ""))
     ).all()
-    lesions = session.scalars(
-        select(CtLesionResult).where(CtLesionResult.job_fk == job.id).order_by(CtLesionResult.lesion_number)
-    ).all()
+    lesions: list[CtLesionRecord] = read_records(session, CT_LESION_RESULTS, job_id=job.id)
     report = session.scalar(
         select(Output).where(Output.job_fk == job.id, Output.kind == OutputKind.SR).order_by(Output.id.desc()).limit(1)
     )
@@ -332,18 +302,18 @@ def load_baseline(
         ct_paths=tuple(layout.absolute(p) for p in ct_paths),
         lesions=tuple(
             BaselineLesion(
-                row.tracking_uid,
-                row.tracking_identifier,
-                LesionRole(row.role),
-                row.lymph_node,
-                tuple(row.centroid),  # type: ignore[arg-type]
-                row.long_axis_mm,
-                row.short_axis_mm,
-                row.volume_ml,
+                lesion.tracking_uid,
+                lesion.tracking_identifier,
+                lesion.role,
+                lesion.lymph_node,
+                lesion.centroid,
+                lesion.long_axis_mm,
+                lesion.short_axis_mm,
+                lesion.volume_ml,
             )
-            for row in lesions
+            for lesion in sorted(lesions, key=lambda lesion: lesion.lesion_number)
         ),
-        features=features,
+        features=job_features(session, job.id),
         report_sop_instance_uid=report.sop_instance_uid if report else "",
         report_path=layout.absolute(report.path) if report else None,
         assessments=tuple(prior_assessments(session, study_uid, pipeline, before)),
@@ -352,16 +322,11 @@ def load_baseline(
 
 def job_features(session: Session, job_id: int) -> dict[str, dict[str, float]]:
     """The primary (P) and merged-metastases (M) radiomic features a job extracted: volume → name → value."""
-    features: dict[str, dict[str, float]] = {}
-    for extraction in session.scalars(select(RadiomicsExtraction).where(RadiomicsExtraction.job_fk == job_id)):
-        if extraction.volume in ("P", "M"):
-            rows = session.execute(
-                select(RadiomicFeature.name, RadiomicFeature.value).where(
-                    RadiomicFeature.extraction_fk == extraction.id
-                )
-            ).all()
-            features[extraction.volume] = {name: value for name, value in rows}
-    return features
+    table = record_table(RADIOMICS_EXTRACTIONS)
+    rows = session.execute(
+        select(table.c.id, table.c.volume).where(table.c.job_fk == job_id, table.c.volume.in_(("P", "M")))
+    ).all()
+    return {volume: entries(session, RADIOMICS_EXTRACTIONS, row_id) for row_id, volume in rows}
 
 
 def _newest_job(session: Session, study_uid: str, pipeline: str) -> int | None:
@@ -377,20 +342,11 @@ def _newest_job(session: Session, study_uid: str, pipeline: str) -> int | None:
 def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
     """Every follow-up assessment of a longitudinal pipeline (the newest successful job of each study), per
     patient in study-date order; the first assessments (T1) with their feature values and the baseline's."""
-    rows = session.execute(
-        select(
-            Patient.patient_id, Patient.issuer_of_patient_id, Study.study_instance_uid, Study.study_date, CtAssessment
-        )
-        .join(Job, Job.id == CtAssessment.job_fk)
-        .join(Study, Study.id == Job.study_fk)
-        .join(Patient, Patient.id == Study.patient_fk)
-        .where(Job.state == JobState.SUCCEEDED, Job.pipeline == pipeline, CtAssessment.baseline_study_uid != "")
-        .order_by(Job.id)
-    ).all()
+    baseline = record_table(CT_ASSESSMENTS).c.baseline_study_uid
     newest: dict[str, StoredAssessment] = {}
     jobs: dict[str, int] = {}
-    for patient_id, issuer, study_uid, study_date, a in rows:
-        jobs[study_uid] = a.job_fk
+    for study_uid, study_date, patient_id, issuer, job_id, a in _assessments(session, pipeline, baseline != ""):
+        jobs[study_uid] = job_id
         newest[study_uid] = StoredAssessment(
             patient_id,
             issuer,
@@ -398,13 +354,13 @@ def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
             study_uid,
             parse_dicom_date(study_date),
             a.assessment,
-            a.recist_category,
+            a.category,
             a.best_response,
             a.resistance,
             a.pattern,
             a.new_lesions,
             a.progressive_lesions,
-            a.deltas,
+            dict(a.deltas) if a.deltas is not None else None,
         )
     for study_uid, found in newest.items():
         if found.assessment in (1, None):
@@ -419,15 +375,14 @@ def ct_assessments(session: Session, pipeline: str) -> list[StoredAssessment]:
 
 def latest_lesion_embeddings(session: Session) -> dict[tuple[str, str], tuple[str, list[list[float]]]]:
     """(PatientID, issuer) → (CytAct model key, lesion embeddings) of the most recent successful PET analysis."""
+    lesions = record_table(LESION_RESULTS)
     rows = session.execute(
-        select(
-            Patient.patient_id, Patient.issuer_of_patient_id, Job.id, LesionResult.cytact_model, LesionResult.embedding
-        )
+        select(Patient.patient_id, Patient.issuer_of_patient_id, Job.id, lesions.c.cytact_model, lesions.c.embedding)
         .join(Study, Study.patient_fk == Patient.id)
         .join(Job, Job.study_fk == Study.id)
-        .join(LesionResult, LesionResult.job_fk == Job.id)
-        .where(Job.state == JobState.SUCCEEDED, LesionResult.embedding.is_not(None))
-        .order_by(Job.id, LesionResult.id)
+        .join(lesions, lesions.c.job_fk == Job.id)
+        .where(Job.state == JobState.SUCCEEDED, lesions.c.embedding.is_not(None))
+        .order_by(Job.id, lesions.c.id)
     ).all()
     latest_job: dict[tuple[str, str], int] = {}
     embeddings: dict[tuple[str, str], tuple[str, list[list[float]]]] = {}

@@ -4,8 +4,9 @@ index rows removed together (`storage.retention` in the configuration; nothing i
 Never purged: a study still receiving; one with a job queued, pairing, waiting for its baseline or running; one
 with a result not sent (delivery pending or dead); the chosen or awaited baseline of such a job. A purge removes
 the study's received files and outputs and every index row that belongs to it (series, instances, jobs, their
-results, outputs, deliveries, pairings: found through the schema's foreign keys, so a pipeline's own result
-tables go too); the patient row and the patient's imported data stay, and so do the events and the audit trail.
+results, outputs, deliveries, pairings: found through the database's foreign keys, so the tables of every
+pipeline's result records go too); the patient row and the patient's imported data stay, and so do the events
+and the audit trail.
 
 One purge, and what a crash at each step leaves:
 1. the study's files are listed in `purging/<id>/manifest.json`, written durably (temporary file, fsync,
@@ -37,7 +38,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, MetaData, Select, Table, delete, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from storage.audit import AuditEntry, record_audit
@@ -48,7 +49,6 @@ from storage.schema import (
     AuditDirection,
     AuditKind,
     AuditOutcome,
-    Base,
     Delivery,
     DeliveryState,
     Instance,
@@ -350,12 +350,16 @@ def _check_unchanged(session: Session, candidate: Candidate, files: set[str]) ->
         raise _Changed("its files changed")
 
 
-def _owned_rows(study_id: int) -> list[tuple[Table, Select]]:
+def _owned_rows(session: Session, study_id: int) -> list[tuple[Table, Select]]:
     """Every table holding rows of the study, parents first, each with the select of its rows' keys: the study,
-    and through the schema's foreign keys whatever hangs off it (not the patient, which is not below it)."""
-    studies = Study.__table__
+    and through the database's foreign keys whatever hangs off it (not the patient, which is not below it). The
+    foreign keys are read from the database itself, so that the tables of every pipeline's result records go too,
+    whichever migrations made them."""
+    schema = MetaData()
+    schema.reflect(session.connection())
+    studies = schema.tables[Study.__tablename__]
     owned: dict[Table, Select] = {studies: select(studies.c.id).where(studies.c.id == study_id)}
-    for table in Base.metadata.sorted_tables:
+    for table in schema.sorted_tables:
         if table in owned:
             continue
         references = [fk for fk in table.foreign_keys if fk.column.table in owned and fk.column.table is not table]
@@ -366,7 +370,7 @@ def _owned_rows(study_id: int) -> list[tuple[Table, Select]]:
 
 
 def _delete_study_rows(session: Session, study_id: int) -> None:
-    for table, rows in reversed(_owned_rows(study_id)):  # children before their parents
+    for table, rows in reversed(_owned_rows(session, study_id)):  # children before their parents
         (key,) = table.primary_key.columns
         session.execute(delete(table).where(key.in_(rows)))
 

@@ -1,4 +1,6 @@
-"""SQL schema of the index: patients, studies, series, instances, jobs, outputs, deliveries, events.
+"""SQL schema of the index: patients, studies, series, instances, jobs, outputs, deliveries, events, imported
+patient data, pairings. The tables of the pipelines' result records are not here: each is declared with its
+record type (`common.records.RecordTable`) and mapped by `storage.records`.
 
 Enum-typed states are stored as their names (native_enum=False) so that SQLite and PostgreSQL hold
 the same values and a migration never has to alter a database enum type.
@@ -236,34 +238,6 @@ class Delivery(Base):
     output: Mapped[Output] = relationship(back_populates="deliveries")
 
 
-class LesionResult(Base):
-    """One lesion's measurements and CytAct from a job: the results that research queries join."""
-
-    __tablename__ = "lesion_results"
-    __table_args__ = (UniqueConstraint("job_fk", "series_instance_uid", "lesion_number", name="uq_lesion_result"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(64))
-    lesion_number: Mapped[int] = mapped_column(Integer)
-    tracking_uid: Mapped[str] = mapped_column(String(64))
-    suv_max: Mapped[float] = mapped_column(Float)
-    suv_mean: Mapped[float] = mapped_column(Float)
-    suv_peak: Mapped[float] = mapped_column(Float)
-    metabolic_volume_ml: Mapped[float] = mapped_column(Float)
-    total_lesion_glycolysis: Mapped[float] = mapped_column(Float)
-    long_axis_mm: Mapped[float] = mapped_column(Float)
-    short_axis_mm: Mapped[float] = mapped_column(Float)
-    recist_target: Mapped[bool] = mapped_column(Boolean)
-    cytact: Mapped[float | None] = mapped_column(Float, nullable=True)
-    # Identity of the model that predicted `cytact` (empty when none ran).
-    cytact_model: Mapped[str] = mapped_column(String(128), default="")
-    # The CytAct network's lesion embedding (the attention fusion's imaging modality), when the model ran.
-    embedding: Mapped[list | None] = mapped_column(JSON, nullable=True)
-    # One of the lesions the patient-level CytAct summary is over (RECIST targets by default).
-    patient_summary: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
 class ExpressionSample(Base):
     """One imported tumour mRNA expression profile and the scores derived from it."""
 
@@ -336,105 +310,6 @@ class Pairing(Base):
     # The chosen or awaited baseline study (it may not be stored yet while it is retrieved).
     baseline_study_uid: Mapped[str] = mapped_column(String(64), default="", index=True)
     reason: Mapped[str] = mapped_column(Text, default="")
-
-
-class RadiomicsExtraction(Base):
-    """One pyradiomics extraction of one volume of a study (P, M or one lesion), with its parameter file."""
-
-    __tablename__ = "radiomics_extractions"
-    __table_args__ = (UniqueConstraint("job_fk", "volume", name="uq_radiomics_job_volume"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    study_fk: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
-    ct_series_uid: Mapped[str] = mapped_column(String(64))
-    volume: Mapped[str] = mapped_column(String(16))  # "P" primary, "M" merged metastases, "L<n>" one lesion
-    tracking_uid: Mapped[str] = mapped_column(String(64), default="")  # of the lesion, for "L<n>"
-    voxel_count: Mapped[int] = mapped_column(Integer)
-    seconds: Mapped[float] = mapped_column(Float)
-    pyradiomics_version: Mapped[str] = mapped_column(String(32))
-    parameters: Mapped[str] = mapped_column(Text)  # the parameter file (YAML) exactly as used
-    parameters_sha256: Mapped[str] = mapped_column(String(64))
-
-
-class RadiomicFeature(Base):
-    __tablename__ = "radiomic_features"
-    __table_args__ = (UniqueConstraint("extraction_fk", "name", name="uq_radiomic_feature"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    extraction_fk: Mapped[int] = mapped_column(ForeignKey("radiomics_extractions.id"), index=True)
-    name: Mapped[str] = mapped_column(String(128))  # pyradiomics name, e.g. original_glcm_ClusterTendency
-    value: Mapped[float] = mapped_column(Float)
-
-
-class CtLesionResult(Base):
-    """A lesion on CT of a CT radiomics job: role, RECIST diameters and its tracking identity."""
-
-    __tablename__ = "ct_lesion_results"
-    __table_args__ = (UniqueConstraint("job_fk", "lesion_number", name="uq_ct_lesion_result"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    lesion_number: Mapped[int] = mapped_column(Integer)
-    tracking_uid: Mapped[str] = mapped_column(String(64), index=True)
-    tracking_identifier: Mapped[str] = mapped_column(String(64))
-    role: Mapped[str] = mapped_column(String(16))  # primary / metastasis
-    source: Mapped[str] = mapped_column(String(16))  # annotation / pet
-    label: Mapped[str] = mapped_column(String(64), default="")
-    lymph_node: Mapped[bool] = mapped_column(Boolean, default=False)
-    volume_ml: Mapped[float] = mapped_column(Float)
-    long_axis_mm: Mapped[float] = mapped_column(Float)
-    short_axis_mm: Mapped[float] = mapped_column(Float)
-    centroid: Mapped[list] = mapped_column(JSON)  # patient coordinates (mm)
-    status: Mapped[str] = mapped_column(String(16), default="")  # baseline / matched / new
-    progressive: Mapped[bool] = mapped_column(Boolean, default=False)
-
-
-class SlideResult(Base):
-    """One whole-slide image's histology analysis from a job: the MIL slide embedding (the fusion's histology
-    modality), its models and the patches it was computed on."""
-
-    __tablename__ = "slide_results"
-    __table_args__ = (UniqueConstraint("job_fk", "series_instance_uid", name="uq_slide_result"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
-    series_instance_uid: Mapped[str] = mapped_column(String(64))
-    mil_model: Mapped[str] = mapped_column(String(128))
-    encoder_model: Mapped[str] = mapped_column(String(128))
-    embedding: Mapped[list] = mapped_column(JSON)
-    probability: Mapped[float] = mapped_column(Float)
-    patches: Mapped[int] = mapped_column(Integer)
-    tissue_fraction: Mapped[float] = mapped_column(Float)
-    microns_per_pixel: Mapped[float] = mapped_column(Float)
-
-
-class CtAssessment(Base):
-    """Patient-level outcome of a CT radiomics job: time point, baseline, RECIST and resistance pattern."""
-
-    __tablename__ = "ct_assessments"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    job_fk: Mapped[int] = mapped_column(ForeignKey("jobs.id"), unique=True)
-    time_point: Mapped[str] = mapped_column(String(8))  # T0, T1, T2, ... or "unpaired"
-    baseline_study_uid: Mapped[str] = mapped_column(String(64), default="")
-    sum_diameters_t0_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
-    sum_diameters_t1_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
-    percent_change: Mapped[float | None] = mapped_column(Float, nullable=True)
-    recist_category: Mapped[str] = mapped_column(String(4), default="")  # CR PR SD PD
-    new_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    progressive_lesions: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # Acquired-resistance pattern at a progression after response or lasting SD: oligo / systemic; else "".
-    # (Before migration 0006: the T0 -> T1 count pattern, oligo / systemic / none.)
-    pattern: Mapped[str] = mapped_column(String(16), default="")
-    deltas: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # {"P_original_...": delta or null}
-    assessment: Mapped[int | None] = mapped_column(Integer, nullable=True)  # 1 = T1, 2 = T2, ...
-    weeks: Mapped[float | None] = mapped_column(Float, nullable=True)  # since the baseline
-    nadir_mm: Mapped[float | None] = mapped_column(Float, nullable=True)
-    best_response: Mapped[str] = mapped_column(String(4), default="")
-    resistance: Mapped[str] = mapped_column(String(16), default="")  # none / primary / acquired
-    signature_class: Mapped[str] = mapped_column(String(16), default="")
-    signature_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Event(Base):

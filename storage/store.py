@@ -5,11 +5,8 @@ Duplicate SOP Instance UID policy (one index row per UID, always):
 - different bytes: the newer copy replaces the stored file (a modality's or PACS's correction), the
   index row is updated and the study re-opens so that its analysis re-runs (`REPLACED`).
 
-Identity policy: the first instance indexed for a Study Instance UID fixes the study's patient
-(PatientID and IssuerOfPatientID, compared exactly, empty included), and the first for a Series Instance
-UID fixes the series' study. An instance that contradicts either is refused (`IdentityMismatch`, a
-failure status) and the conflict is recorded (`identity_conflicts`, shown by `immunode status`); nothing
-of it is stored. A resent SOP Instance UID must name the same study and series as the indexed one.
+Identity policy (`storage.identity`): an instance that contradicts the patient of its study or the study of
+its series is refused and the conflict recorded; nothing of it is stored.
 
 The common path (a new instance of a known series) is one transaction of two statements, so that
 ingest stays close to the speed of a bare receiver while every acknowledged instance is on disk and
@@ -38,9 +35,9 @@ from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources, S
 from storage.events import record_event
 from storage.files import FileLayout
 from storage.group_commit import GroupCommit
+from storage.identity import Conflict, SeriesKey, check_identity, record_conflict
 from storage.schema import (
     ConflictKind,
-    IdentityConflict,
     Instance,
     Patient,
     Series,
@@ -71,50 +68,6 @@ STUDY_ATTRIBUTES = ("study_instance_uid", "study_date", "accession_number", "stu
 
 def _header_values(header: InstanceHeader, names: tuple[str, ...]) -> dict[str, object]:
     return {name: getattr(header, name) for name in names}
-
-
-@dataclass(frozen=True)
-class SeriesKey:
-    """Committed index rows of one series and the identity they were filed under."""
-
-    study_id: int
-    series_id: int
-    study_instance_uid: str
-    patient_id: str
-    issuer_of_patient_id: str
-
-
-@dataclass(frozen=True)
-class Conflict:
-    """What an instance claims against what the index holds."""
-
-    kind: ConflictKind
-    indexed_study_uid: str
-    indexed_patient_id: str
-    indexed_issuer: str
-
-    def describe(self, header: InstanceHeader) -> str:
-        if self.kind is ConflictKind.PATIENT:
-            return (
-                f"instance {header.sop_instance_uid} names another patient (PatientID/IssuerOfPatientID) than "
-                f"study {header.study_instance_uid} already holds: refused, not merged"
-            )
-        return (
-            f"instance {header.sop_instance_uid} names study {header.study_instance_uid} but its series "
-            f"{header.series_instance_uid} (or the instance itself) is indexed under study "
-            f"{self.indexed_study_uid}: refused, not merged"
-        )
-
-
-def _check_identity(key: SeriesKey, header: InstanceHeader) -> None:
-    if key.study_instance_uid != header.study_instance_uid:
-        kind = ConflictKind.STUDY
-    elif (key.patient_id, key.issuer_of_patient_id) != (header.patient_id, header.issuer_of_patient_id):
-        kind = ConflictKind.PATIENT
-    else:
-        return
-    conflict = Conflict(kind, key.study_instance_uid, key.patient_id, key.issuer_of_patient_id)
-    raise IdentityMismatch(conflict.describe(header), header.study_instance_uid, conflict)
 
 
 class InstanceStore:
@@ -279,7 +232,7 @@ class InstanceStore:
             self._series[header.series_instance_uid] = key
             return outcome, kept, replaced
         except IdentityMismatch as error:
-            self._record_conflict(header, error, item.calling_ae_title)
+            record_conflict(self.database, header, error, item.calling_ae_title)
             raise
 
     def deleting_series(self, series_uids: Collection[str], delete: Callable[[], T]) -> T:
@@ -293,35 +246,12 @@ class InstanceStore:
                 for uid in series_uids:
                     self._series.pop(uid, None)
 
-    def _record_conflict(self, header: InstanceHeader, error: IdentityMismatch, calling_ae_title: str) -> None:
-        conflict = error.conflict
-        logger.warning("%s (from %r)", error, calling_ae_title[:16])
-        try:
-            with self.database.session() as session:
-                session.add(
-                    IdentityConflict(
-                        kind=conflict.kind,
-                        study_instance_uid=header.study_instance_uid,
-                        series_instance_uid=header.series_instance_uid,
-                        sop_instance_uid=header.sop_instance_uid,
-                        received_patient_id=header.patient_id,
-                        received_issuer=header.issuer_of_patient_id,
-                        indexed_patient_id=conflict.indexed_patient_id,
-                        indexed_issuer=conflict.indexed_issuer,
-                        indexed_study_uid=conflict.indexed_study_uid,
-                        calling_ae_title=calling_ae_title[:16],
-                    )
-                )
-        except StorageError as record_error:
-            # The refusal still goes out; the SCP's refusal record (spooled when the index is down) names it.
-            logger.error("identity conflict of %s not recorded: %s", header.sop_instance_uid, record_error)
-
     def _key(self, session: Session | Connection, header: InstanceHeader) -> SeriesKey:
         """The series' committed rows, creating patient, study and series rows as needed; raises
         IdentityMismatch when the instance contradicts the study's patient or the series' study."""
         cached = self._series.get(header.series_instance_uid)
         if cached is not None:
-            _check_identity(cached, header)
+            check_identity(cached, header)
             return cached
         row = session.execute(
             select(Series.id, Study.id, Study.study_instance_uid, Patient.patient_id, Patient.issuer_of_patient_id)
@@ -331,7 +261,7 @@ class InstanceStore:
         ).first()
         if row is not None:
             key = SeriesKey(row[1], row[0], row[2], row[3], row[4])
-            _check_identity(key, header)
+            check_identity(key, header)
             return key
         study = session.execute(
             select(Study.id, Patient.patient_id, Patient.issuer_of_patient_id)
@@ -340,7 +270,7 @@ class InstanceStore:
         ).first()
         if study is not None:
             study_id = study[0]
-            _check_identity(SeriesKey(study_id, 0, header.study_instance_uid, study[1], study[2]), header)
+            check_identity(SeriesKey(study_id, 0, header.study_instance_uid, study[1], study[2]), header)
         else:
             study_id = self._new_study(session, header)
         series_id = session.scalar(

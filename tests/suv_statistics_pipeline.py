@@ -22,7 +22,7 @@ from pipelines.errors import NothingToAnalyse
 from pipelines.output.gate import OutputWriter
 from pipelines.output.sr import UNIT_NONE, StudyResults, measurement_document, private_concept, sr_algorithm
 from pipelines.petlesions.volume import load_pet_volume
-from pipelines.registry import JobInputs, Pipeline
+from pipelines.registry import JobInputs, Pipeline, Reads, Writes
 from pipelines.types import AlgorithmIdentity
 
 SUVBW = hd.sr.CodedConcept("126401", "DCM", "SUVbw")
@@ -53,7 +53,8 @@ class SuvStatistics(Pipeline[SuvStatisticsResult]):
     name = "suv_statistics"
     title = "SUV statistics (test-only)"
     settings_model = SuvStatisticsSettings
-    modality = "PT"
+    reads = Reads("PT")
+    writes = Writes(sr_series_number=996)  # its own last digit: the registry refuses one another pipeline's take
 
     def analyse(self, inputs: JobInputs, pipelines: Strict, workdir: Path) -> SuvStatisticsResult:
         settings: SuvStatisticsSettings = self.settings(pipelines)
@@ -105,7 +106,7 @@ class SuvStatistics(Pipeline[SuvStatisticsResult]):
                     hd.sr.CodedConcept("44139-4", "LN", "PET whole body"),
                     summary,
                     [f"percentile {p:g}: {v:.2f}" for p, v in stats.percentiles],
-                    995,
+                    self.writes.sr_series_number,
                     "test SUV statistics (RESEARCH USE ONLY)",
                     study_results=StudyResults(tuple(measurements)),
                 )

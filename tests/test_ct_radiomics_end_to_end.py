@@ -13,7 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from common.states import JobState, PairingOutcome
-from storage.schema import CtAssessment, CtLesionResult, Job, Pairing, RadiomicFeature, RadiomicsExtraction, Study
+from common.types import CT_ASSESSMENTS, CT_LESION_RESULTS, RADIOMICS_EXTRACTIONS, LesionRole
+from storage.records import read_records
+from storage.schema import Job, Pairing, Study
 from tests.conftest import SHARED_DATA, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic_ct import (
     BASELINE_LESIONS,
@@ -136,37 +138,26 @@ def test_follow_up_paired_from_the_store_tracked_and_reported(
     assert "not acquired resistance" in t1_job.summary  # a progression at the first assessment is primary
 
     with node.database.session() as session:
-        lesions = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t1_job.id)).all()
-        by_label = {row.label: row for row in lesions}
-        before = {
-            row.label: row
-            for row in session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t0_job.id)).all()
-        }
-        assessment = session.scalar(select(CtAssessment).where(CtAssessment.job_fk == t1_job.id))
-        extractions = session.scalars(select(RadiomicsExtraction)).all()
-        features = {
-            (e.job_fk, e.volume): dict(
-                session.execute(
-                    select(RadiomicFeature.name, RadiomicFeature.value).where(RadiomicFeature.extraction_fk == e.id)
-                ).all()
-            )
-            for e in extractions
-            if e.volume in ("P", "M")
-        }
+        by_label = {row.label: row for row in read_records(session, CT_LESION_RESULTS, job_id=t1_job.id)}
+        before = {row.label: row for row in read_records(session, CT_LESION_RESULTS, job_id=t0_job.id)}
+        (assessment,) = read_records(session, CT_ASSESSMENTS, job_id=t1_job.id)
+        extractions = {job.id: read_records(session, RADIOMICS_EXTRACTIONS, job_id=job.id) for job in (t0_job, t1_job)}
+    features = {(job_id, e.volume): e.features for job_id, found in extractions.items() for e in found}
+    features = {key: value for key, value in features.items() if key[1] in ("P", "M")}
     # Matched lesions keep the baseline identity; new ones do not.
     for label in ("Primary tumour", "Met liver", "LN mediastinal"):
         assert by_label[label].tracking_uid == before[label].tracking_uid and by_label[label].status == "matched"
     for label in ("Met new", "Met new 2"):
         assert by_label[label].status == "new"
         assert by_label[label].tracking_uid not in {row.tracking_uid for row in before.values()}
-    assert by_label["Primary tumour"].role == "primary" and by_label["Met liver"].role == "metastasis"
+    assert by_label["Primary tumour"].role is LesionRole.PRIMARY and by_label["Met liver"].role is LesionRole.METASTASIS
     assert by_label["Primary tumour"].progressive and not by_label["LN mediastinal"].progressive
-    assert assessment.time_point == "T1" and assessment.recist_category == "PD" and assessment.pattern == ""
+    assert assessment.time_point == "T1" and assessment.category == "PD" and assessment.pattern == ""
     assert (assessment.assessment, assessment.resistance, assessment.best_response) == (1, "primary", "PD")
     assert assessment.new_lesions == 2 and assessment.progressive_lesions == 1
     # Features per study and volume in SQL, with the parameter file, for both time points.
     assert {v for (_, v) in features} == {"P", "M"} and len(features[(t1_job.id, "P")]) > 800
-    assert all("binWidth: 25" in e.parameters and e.parameters_sha256 for e in extractions)
+    assert all("binWidth: 25" in e.parameters and e.parameters_sha256 for found in extractions.values() for e in found)
     name = "original_glcm_ClusterTendency"
     expected = (features[(t1_job.id, "P")][name] - features[(t0_job.id, "P")][name]) / features[(t0_job.id, "P")][name]
     assert assessment.deltas[f"P_{name}"] == pytest.approx(expected)
@@ -234,15 +225,15 @@ def test_a_patient_followed_to_progression_after_response(
     assert t2_pairings[-1].baseline_study_uid == baseline.study_uid  # not T1, although T1 is in the window
     assert "a later assessment of baseline" in t2_pairings[-1].reason
     with node.database.session() as session:
-        first, second = (session.scalar(select(CtAssessment).where(CtAssessment.job_fk == j.id)) for j in jobs[1:])
+        (first,), (second,) = (read_records(session, CT_ASSESSMENTS, job_id=j.id) for j in jobs[1:])
         assessments = ct_assessments(session, "ct_radiomics")
-    assert (first.time_point, first.recist_category, first.resistance) == ("T1", "PR", "none")
-    assert (second.time_point, second.recist_category, second.best_response) == ("T2", "PD", "PR")
+    assert (first.time_point, first.category, first.resistance) == ("T1", "PR", "none")
+    assert (second.time_point, second.category, second.best_response) == ("T2", "PD", "PR")
     assert (second.resistance, second.pattern, second.new_lesions) == ("acquired", "systemic", 4)
     # The lesions halved at T1 and are back at their baseline size: grown ~100 % and 7-12 mm since their nadir,
     # progressive (by growth since the baseline none would be).
     assert second.progressive_lesions >= 3
-    assert second.nadir_mm == pytest.approx(first.sum_diameters_t1_mm) and second.weeks == pytest.approx(23.0)
+    assert second.nadir_mm == pytest.approx(first.sum_t1_mm) and second.weeks == pytest.approx(23.0)
     assert first.deltas and not second.deltas  # the method's Δ features are T1 against T0
     (course,) = patient_courses(assessments, {})
     assert (course.resistance, course.pattern, course.best_response) == ("acquired", "systemic", "PR")
@@ -357,11 +348,11 @@ def test_planning_ct_with_organ_contours_and_an_identical_follow_up(
     print(f"follow-up CT job: {seconds:.0f} s")
     assert "Lung-Left: RT ROI Interpreted Type ORGAN" in t1_job.summary
     with node.database.session() as session:
-        (lesion,) = session.scalars(select(CtLesionResult).where(CtLesionResult.job_fk == t1_job.id)).all()
-        assessment = session.scalar(select(CtAssessment).where(CtAssessment.job_fk == t1_job.id))
-        volumes = {e.volume for e in session.scalars(select(RadiomicsExtraction)).all()}
+        (lesion,) = read_records(session, CT_LESION_RESULTS, job_id=t1_job.id)
+        (assessment,) = read_records(session, CT_ASSESSMENTS, job_id=t1_job.id)
+        volumes = {e.volume for e in read_records(session, RADIOMICS_EXTRACTIONS)}
     sphere_ml = 4 / 3 * 3.14159 * baseline.gtv_radius_mm**3 / 1000
-    assert lesion.label == "GTV-1" and lesion.role == "primary" and lesion.status == "matched"
+    assert lesion.label == "GTV-1" and lesion.role is LesionRole.PRIMARY and lesion.status == "matched"
     assert lesion.volume_ml == pytest.approx(sphere_ml, rel=0.1)  # none of it lost to Lung-Left
     assert "M" not in volumes  # the lungs and the cord are not "metastases"
     assert assessment.deltas and all(value in (0.0, None) for value in assessment.deltas.values())

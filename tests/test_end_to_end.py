@@ -10,10 +10,12 @@ import pydicom
 from sqlalchemy import select
 
 from common.states import JobState
+from common.types import LESION_RESULTS
 from immunode.cli import main as cli_main
 from immunode.service import Node
 from immunode.stages import Stage
-from storage.schema import Delivery, DeliveryState, Event, Job, LesionResult, Study, StudyState
+from storage.records import read_records
+from storage.schema import Delivery, DeliveryState, Event, Job, Study, StudyState
 from tests.conftest import STS_002, StoreSCP, dciodvfy_errors, free_port, require_tool, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_rtstruct, write_study
 
@@ -67,7 +69,7 @@ def test_synthetic_whole_body_study_comes_back_as_seg_and_sr(
     (job,) = _jobs(node)
     assert job.state is JobState.SUCCEEDED and job.pipeline == "pet_quant"
     with node.database.session() as session:
-        stored = session.scalars(select(LesionResult).where(LesionResult.job_fk == job.id)).all()
+        stored = read_records(session, LESION_RESULTS, job_id=job.id)
     assert len(stored) == len(DEFAULT_LESIONS) and all(r.cytact is not None for r in stored)
     assert "lung" in job.summary and "abdomen" in job.summary  # locations from the study's CT
     assert all(d.state is DeliveryState.SENT and d.attempts == 1 for d in _deliveries(node))

@@ -18,7 +18,7 @@ import yaml
 from sqlalchemy import select
 
 from common.states import JobState
-from common.types import ClinicalVariables, PatientData
+from common.types import SLIDE_RESULTS, ClinicalVariables, PatientData
 from immunode.cli import main as cli_main
 from models.fusion import FusionSettings
 from models.serving import load_histology_encoder, load_histology_mil
@@ -29,7 +29,8 @@ from pipelines.omics.response import model_identity, predict_response
 from pipelines.omics.settings import ResponseModelSettings
 from research.errors import CohortError
 from research.fusion import FusionRow, fusion_cohort_data, train_fusion_model
-from storage.schema import Job, SlideResult
+from storage.records import read_records
+from storage.schema import Job
 from tests.conftest import StoreSCP, dciodvfy_errors, storescu, wait_until
 from tests.sr_content import sr_numbers, sr_texts
 from tests.synthetic_slides import write_slide
@@ -183,7 +184,7 @@ def test_slides_are_stored_trained_on_analysed_and_fused(
     real_report = next(sr for sr in reports if sr.StudyInstanceUID == _study_of(real[0]))
     assert "0.499 um/pixel" in sr_texts(real_report.ContentSequence)  # the level nearest 0.5, stated
     with node.database.session() as session:
-        stored = session.scalars(select(SlideResult)).all()
+        stored = read_records(session, SLIDE_RESULTS)
     assert len(stored) == MIL_PATIENTS + 1 and all(len(s.embedding) == 32 for s in stored)
 
 

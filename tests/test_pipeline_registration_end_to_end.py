@@ -1,6 +1,8 @@
 """Adding a pipeline is its module, one registry entry, its configuration block and its tests: a test-only SUV
 statistics pipeline (`tests/suv_statistics_pipeline.py`), registered here and nowhere else, runs end to end
-through the SCP, its worker and the dispatcher, and its SR arrives validated at the PACS."""
+through the SCP, its worker and the dispatcher, and its SR arrives validated at the PACS, in the series it
+declares (a number no other pipeline's outputs may come to take). A test pipeline that also keeps result records
+and brings its own migration: docs/architecture.md, "Adding a pipeline"."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from sqlalchemy import select
 from common.states import JobState
 from immunode.config import ConfigError, parse_settings
 from pipelines.builtin import BUILTIN
+from pipelines.errors import RegistryConflict
+from pipelines.registry import Writes
 from storage.schema import Job
 from tests.conftest import dciodvfy_errors, storescu, wait_until
 from tests.sr_content import sr_numbers
@@ -20,6 +24,12 @@ from tests.suv_statistics_pipeline import SUV_STATISTICS
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
 REGISTRY = BUILTIN.with_pipeline(SUV_STATISTICS)
+
+
+def test_its_series_numbers_are_its_own() -> None:
+    reusing = type("Reusing", (type(SUV_STATISTICS),), {"writes": Writes(sr_series_number=995)})
+    with pytest.raises(RegistryConflict, match="pipelines histology and suv_statistics: SR series 995 and SR series"):
+        BUILTIN.with_pipeline(reusing())
 
 
 def test_its_configuration_block_is_composed_and_checked() -> None:
@@ -48,6 +58,7 @@ def test_a_pipeline_registered_in_a_test_runs_end_to_end(tmp_path: Path, make_se
     assert dciodvfy_errors(received) == []
     sr = hd.sr.srread(received)  # reads back with highdicom
     assert sr.SeriesDescription == "test SUV statistics (RESEARCH USE ONLY)"
+    assert sr.SeriesNumber == SUV_STATISTICS.writes.sr_series_number == 996  # declared, none other's
     assert sr.StudyInstanceUID == study.study_uid
     numbers = sr_numbers(sr.ContentSequence)
     assert len(numbers["Percentile of SUVbw inside the body"]) == 2

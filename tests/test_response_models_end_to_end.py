@@ -12,6 +12,7 @@ import pydicom
 import pytest
 
 from common.states import JobState
+from common.types import LESION_RESULTS, LesionRecord
 from immunode.cli import main as cli_main
 from models.cards import sha256_file
 from models.expression_transformer import load_panel
@@ -19,7 +20,8 @@ from models.serving import load_cytact
 from pipelines.omics.response import predict_response
 from pipelines.types import ModelIdentity
 from storage.database import Database
-from storage.schema import Job, LesionResult, Patient, Study, StudyState
+from storage.records import write_records
+from storage.schema import Job, Patient, Study, StudyState
 from tests.conftest import StoreSCP, storescu, wait_until
 from tests.sr_content import study_results
 from tests.synthetic import write_study
@@ -48,26 +50,26 @@ def _seed_lesion_embeddings(database_url: str, cohort, cytact: ModelIdentity) ->
                 job = Job(study_fk=study.id, pipeline="pet_quant", study_revision=1, state=JobState.SUCCEEDED)
                 session.add(job)
                 session.flush()
-                for number, embedding in enumerate(cohort.imaging[i], start=1):
-                    session.add(
-                        LesionResult(
-                            job_fk=job.id,
-                            series_instance_uid=f"1.2.826.0.1.3680043.98.{i}",
-                            lesion_number=number,
-                            tracking_uid=f"1.2.826.0.1.3680043.97.{i}.{number}",
-                            suv_max=5.0,
-                            suv_mean=3.0,
-                            suv_peak=4.0,
-                            metabolic_volume_ml=2.0,
-                            total_lesion_glycolysis=6.0,
-                            long_axis_mm=15.0,
-                            short_axis_mm=10.0,
-                            recist_target=True,
-                            cytact=0.1,
-                            cytact_model=cytact.key,
-                            embedding=[float(v) for v in embedding],
-                        )
+                lesions = [
+                    LesionRecord(
+                        series_instance_uid=f"1.2.826.0.1.3680043.98.{i}",
+                        lesion_number=number,
+                        tracking_uid=f"1.2.826.0.1.3680043.97.{i}.{number}",
+                        suv_max=5.0,
+                        suv_mean=3.0,
+                        suv_peak=4.0,
+                        metabolic_volume_ml=2.0,
+                        total_lesion_glycolysis=6.0,
+                        long_axis_mm=15.0,
+                        short_axis_mm=10.0,
+                        recist_target=True,
+                        cytact=0.1,
+                        cytact_model=cytact.key,
+                        embedding=tuple(float(v) for v in embedding),
                     )
+                    for number, embedding in enumerate(cohort.imaging[i], start=1)
+                ]
+                write_records(session, job.id, study.id, lesions, [LESION_RESULTS])
     finally:
         database.dispose()
 

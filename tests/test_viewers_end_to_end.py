@@ -41,7 +41,7 @@ STUDIES = ("sts_003", "sts_002")
 SEG_OF = {"PET": 990, "CT": 992}
 SR_OF = {"PET": 991, "CT": 993}
 OUTPUT_SERIES = (*SEG_OF.values(), *SR_OF.values())
-LABEL_MAP_OFFSET = 1000  # pipelines.output.seg.SERIES_NUMBER_OFFSET
+LABEL_MAP_OFFSET = 1000  # pipelines.output.numbers.SEG_ENCODING_OFFSET
 LABEL_MAP_SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.7"
 # pixelmed's validator on Java 17: its compiled XSLT needs more XPath operators than the JDK allows by default.
 PIXELMED_JAVA_OPTIONS = "-Djdk.xml.xpathExprOpLimit=0 -Djdk.xml.xpathExprGrpLimit=0 -Djdk.xml.xpathTotalOpLimit=0"

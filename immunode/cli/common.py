@@ -62,7 +62,8 @@ def index_database(args: argparse.Namespace, create: bool = False) -> Iterator[D
     index that does not exist (storage.errors.IndexMissing, reported by `main`)."""
     from storage.database import Database
 
-    database = Database(settings(args).database_url, create=create)
+    configured = settings(args)
+    database = Database(configured.database_url, create=create, migrations=configured.registry.migrations)
     try:
         yield database
     finally:

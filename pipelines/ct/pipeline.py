@@ -13,24 +13,26 @@ from typing import TYPE_CHECKING
 
 from common.settings import Strict
 from common.types import (
+    CT_ASSESSMENTS,
+    CT_LESION_RESULTS,
+    RADIOMICS_EXTRACTIONS,
     CtAssessmentRecord,
     CtLesionRecord,
     FeatureExtractionRecord,
     JobResult,
-    ResultRecords,
     from_attributes,
 )
 from pipelines.ct.settings import CtRadiomicsSettings
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.pairing import PairingSettings
 from pipelines.petlesions.settings import lesion_method_settings
-from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
+from pipelines.registry import JobInputs, Pipeline, Reads, Writes, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.ct.types import CtRadiomicsResult
 
 
-def result_records(result: CtRadiomicsResult) -> ResultRecords:
+def result_records(result: CtRadiomicsResult) -> tuple[object, ...]:
     """What the index keeps of a CT result: features per volume, lesions with their status, the assessment."""
     digest = hashlib.sha256(result.parameters.encode()).hexdigest()
     extractions = tuple(
@@ -68,15 +70,24 @@ def result_records(result: CtRadiomicsResult) -> ResultRecords:
         signature_probability=signature.probability_systemic if signature else None,
         resistance=result.recist.resistance.value if result.recist else "",
     )
-    return ResultRecords(extractions=extractions, ct_lesions=lesions, ct_assessment=assessment)
+    return (*extractions, *lesions, assessment)
 
 
 class CtRadiomics(Pipeline["CtRadiomicsResult"]):
     name = "ct_radiomics"
     title = "CT delta-radiomics"
     settings_model = CtRadiomicsSettings
-    modality = "CT"
-    longitudinal = True
+    reads = Reads(
+        "CT",
+        context=(("PT", "lesions from the PET when the CT has no readers' contours"),),
+        annotations=True,  # readers' SEG and RTSTRUCT lesions
+        baseline=True,
+    )
+    writes = Writes(
+        sr_series_number=993,
+        seg_series_number=992,
+        records=(RADIOMICS_EXTRACTIONS, CT_LESION_RESULTS, CT_ASSESSMENTS),
+    )
     analysis_modules = ("pipelines.ct.analysis", "pipelines.ct.report")
 
     def pairing_settings(self, pipelines: Strict) -> PairingSettings:
@@ -130,7 +141,7 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
         import pydicom
 
         from pipelines.ct.analysis import algorithm_identity, summarise
-        from pipelines.ct.report import SEG_SERIES_NUMBER, SR_SERIES_NUMBER, write_ct_report
+        from pipelines.ct.report import write_ct_report
         from pipelines.imaging.annotations import ANNOTATION_CLASSES
         from pipelines.output.versions import SeriesNumbers, reader_observers, report_version
 
@@ -145,8 +156,8 @@ class CtRadiomics(Pipeline["CtRadiomicsResult"]):
             inputs.version,
             str(previous_report.SOPInstanceUID) if previous_report is not None else "",
             SeriesNumbers(inputs.version.series_numbers_used),
-            SEG_SERIES_NUMBER,
-            SR_SERIES_NUMBER,
+            self.writes.seg_series_number,
+            self.writes.sr_series_number,
             tuple(reader for reader in readers if reader.annotates(frame)),
         )
         identity = algorithm_identity(self.settings(pipelines))

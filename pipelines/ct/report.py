@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 
 from common.states import OutputKind, SegEncoding
 from common.types import OutputFile
+from pipelines.ct.pipeline import CtRadiomics
 from pipelines.ct.types import CtLesion, CtRadiomicsResult, LesionChange, Resistance
 from pipelines.imaging.annotations import reader_source_statements
 from pipelines.output import sr
@@ -27,8 +28,9 @@ from pipelines.output.sources import conform_sources
 from pipelines.output.versions import ReportVersion
 from pipelines.types import AlgorithmIdentity
 
-SEG_SERIES_NUMBER = 992
-SR_SERIES_NUMBER = 993
+# The Series Numbers the pipeline declares (`CtRadiomics.writes`), as its first version's series take them.
+SEG_SERIES_NUMBER = CtRadiomics.writes.seg_series_number
+SR_SERIES_NUMBER = CtRadiomics.writes.sr_series_number
 CT_PROCEDURE = hd.sr.CodedConcept("25045-6", "LN", "CT unspecified body region")
 UNIT_PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 UNIT_LESIONS = hd.sr.CodedConcept("{lesions}", "UCUM", "lesions")

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.settings import Strict
-from common.types import JobResult, PatientData, ResultRecords, SlideRecord
+from common.types import SLIDE_RESULTS, JobResult, PatientData, SlideRecord
 from pipelines.errors import ConfigurationProblem, NothingToAnalyse, PipelineError
 from pipelines.histology.errors import ModelsNotConfigured
 from pipelines.histology.settings import HistologySettings
-from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
+from pipelines.registry import JobInputs, Pipeline, Reads, Writes, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.histology.types import HistologyJob, SlideAnalysis
@@ -64,7 +64,8 @@ class Histology(Pipeline["HistologyJob"]):
     name = "histology"
     title = "Whole-slide histology (fusion arm)"
     settings_model = HistologySettings
-    modality = "SM"
+    reads = Reads("SM", patient_data=True)  # the response models, with the slide
+    writes = Writes(sr_series_number=995, seg_series_number=994, records=(SLIDE_RESULTS,))
     analysis_modules = ("pipelines.histology.analysis", "pipelines.histology.report", "pipelines.omics.response")
 
     def check_configuration(self, pipelines: Strict) -> tuple[str, ...]:
@@ -144,7 +145,7 @@ class Histology(Pipeline["HistologyJob"]):
         if not outputs:
             raise NothingToAnalyse("; ".join(problems) or "no whole-slide series selected for analysis")
         detail = " ".join(lines) + (" Not analysed: " + "; ".join(problems) if problems else "")
-        return JobResult(tuple(outputs), detail, tuple(problems), ResultRecords(slides=tuple(records)))
+        return JobResult(tuple(outputs), detail, tuple(problems), tuple(records))
 
 
 HISTOLOGY = Histology()

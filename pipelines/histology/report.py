@@ -18,6 +18,7 @@ from common.states import OutputKind
 from common.types import OutputFile
 from common.version import __version__
 from pipelines.histology.errors import SlideNotReadable
+from pipelines.histology.pipeline import Histology
 from pipelines.histology.types import SlideAnalysis
 from pipelines.omics.report import response_results, response_statements
 from pipelines.output.gate import OutputWriter
@@ -37,8 +38,9 @@ from pipelines.types import AlgorithmIdentity
 
 logger = logging.getLogger(__name__)
 
-SEG_SERIES_NUMBER = 994
-SR_SERIES_NUMBER = 995
+# The Series Numbers the pipeline declares (`Histology.writes`), as its first version's series take them.
+SEG_SERIES_NUMBER = Histology.writes.seg_series_number
+SR_SERIES_NUMBER = Histology.writes.sr_series_number
 SEG_DESCRIPTION = "immunode attention heatmap (RESEARCH USE ONLY)"
 SR_DESCRIPTION = "immunode histology report (RESEARCH USE ONLY)"
 HISTOLOGY = private_concept("WSI_HISTOLOGY", "Whole-slide histology analysis")

@@ -28,12 +28,11 @@ from common.states import OutputKind, SegEncoding
 from common.types import OutputFile
 from common.version import __version__
 from pipelines.output.gate import OutputWriter
+from pipelines.output.numbers import SEG_ENCODING_OFFSET
 from pipelines.output.sources import conform_copied_attributes
 from pipelines.output.sr import MANUFACTURER, new_instance
 from pipelines.types import AlgorithmIdentity, SegmentedLesion
 
-# Each encoding in its own series: the pipeline's SEG series number plus this (never another output's number).
-SERIES_NUMBER_OFFSET = {SegEncoding.FRACTIONAL: 0, SegEncoding.LABELMAP: 1000, SegEncoding.BINARY: 2000}
 DESCRIPTION_SUFFIX = {SegEncoding.FRACTIONAL: "", SegEncoding.LABELMAP: " - label map", SegEncoding.BINARY: " - binary"}
 SEGMENTATION_TYPE = {
     SegEncoding.FRACTIONAL: hd.seg.SegmentationTypeValues.FRACTIONAL,
@@ -193,7 +192,7 @@ def write_segmentations(
             identity,
             content_description,
             series_description + DESCRIPTION_SUFFIX[encoding],
-            series_number + SERIES_NUMBER_OFFSET[encoding],
+            series_number + SEG_ENCODING_OFFSET[encoding],  # each encoding a series of its own
             algorithm_type,
             encoding,
         )

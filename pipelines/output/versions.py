@@ -27,11 +27,11 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from common.types import ResultVersion
+from pipelines.output.numbers import SERIES_NUMBER_STEP
 from pipelines.types import SegmentedLesion
 
 logger = logging.getLogger(__name__)
 
-SERIES_NUMBER_STEP = 10  # a pipeline's outputs keep their last digit (PET 990/991, CT 992/993, ...) per version
 MINIMUM_OVERLAP = 0.3  # of the smaller of two lesions: the same lesion in two versions
 VERIFICATION_NOTE = (
     "VerificationFlag UNVERIFIED: the lesions are the reader's, the measurements this node's; no person has "

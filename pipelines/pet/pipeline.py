@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.settings import Strict
-from common.types import JobResult, LesionRecord, ResultRecords, from_attributes
+from common.types import LESION_RESULTS, JobResult, LesionRecord, from_attributes
 from pipelines.errors import NothingToAnalyse, PipelineError
 from pipelines.pet.settings import PetQuantSettings
-from pipelines.registry import JobInputs, Pipeline, card_line, checked_card
+from pipelines.registry import JobInputs, Pipeline, Reads, Writes, card_line, checked_card
 
 if TYPE_CHECKING:
     from pipelines.pet.types import PetJob, PetQuantResult
@@ -47,7 +47,13 @@ class PetQuant(Pipeline["PetJob"]):
     name = "pet_quant"
     title = "PET lesions and CytAct"
     settings_model = PetQuantSettings
-    modality = "PT"
+    reads = Reads(
+        "PT",
+        context=(("CT", "anatomy: physiological uptake, organs (same frame of reference)"),),
+        annotations=True,  # readers' lesions
+        patient_data=True,  # the response models
+    )
+    writes = Writes(sr_series_number=991, seg_series_number=990, records=(LESION_RESULTS,))
     analysis_modules = ("pipelines.pet.analysis", "pipelines.pet.report", "pipelines.omics.response")
 
     def check_configuration(self, pipelines: Strict) -> tuple[str, ...]:
@@ -155,7 +161,7 @@ class PetQuant(Pipeline["PetJob"]):
         if not outputs:
             raise NothingToAnalyse("; ".join(problems) or "no series selected for analysis")
         detail = " ".join(summaries) + (" Not analysed: " + "; ".join(problems) if problems else "")
-        return JobResult(tuple(outputs), detail, tuple(problems), ResultRecords(lesions=tuple(records)))
+        return JobResult(tuple(outputs), detail, tuple(problems), tuple(records))
 
 
 PET_QUANT = PetQuant()

@@ -43,14 +43,16 @@ from pipelines.output.versions import (
     prior_lesions,
     report_version,
 )
+from pipelines.pet.pipeline import PetQuant
 from pipelines.pet.types import CytActSummary, PetQuantResult
 from pipelines.petlesions.types import Lesion
 from pipelines.types import AlgorithmIdentity, ModelIdentity
 
 logger = logging.getLogger(__name__)
 
-SEG_SERIES_NUMBER = 990
-SR_SERIES_NUMBER = 991
+# The Series Numbers the pipeline declares (`PetQuant.writes`), as its first version's series take them.
+SEG_SERIES_NUMBER = PetQuant.writes.seg_series_number
+SR_SERIES_NUMBER = PetQuant.writes.sr_series_number
 SEG_DESCRIPTION = "immunode PET lesions (RESEARCH USE ONLY)"
 SR_DESCRIPTION = "immunode PET lesion report (RESEARCH USE ONLY)"
 

@@ -94,6 +94,8 @@ def test_a_configuration_check_config_passes_starts(tmp_path: Path, make_setting
     assert cli_main(["check-config", str(config)]) == 0
     out = capsys.readouterr().out
     assert f"{config}: OK" in out and "pipelines.pet_quant.cytact.weights: immunode-cytact-cnn" in out
+    assert "pipeline ct_radiomics: analyses CT series; reads PT series: lesions from the PET" in out
+    assert "writes series SEG 992, SR 993; keeps FeatureExtractionRecord in radiomics_extractions" in out
     assert f"index: none yet at {settings.storage.root.resolve() / 'index.sqlite3'}" in out
     assert not settings.storage.root.exists()  # check-config created nothing
     node = start_node(settings)

@@ -13,6 +13,7 @@ from lifelines import KaplanMeierFitter
 from sqlalchemy import select
 
 from common.states import JobState
+from common.types import LESION_RESULTS, LesionRecord
 from immunode.cli import main as cli_main
 from research.outcomes import (
     MEDIAN_SPLIT,
@@ -27,7 +28,8 @@ from research.outcomes import (
     write_report,
 )
 from storage.database import Database
-from storage.schema import Job, LesionResult, Patient, Study
+from storage.records import read_records, write_records
+from storage.schema import Job, Patient, Study
 from storage.types import LesionCytAct, PetCytActAnalysis
 
 # Six patients; minimum CytAct 0.5, 0.2, -0.1, -0.3, 0.4, -0.5.
@@ -183,28 +185,28 @@ def test_cli_joins_results_stored_by_the_node(tmp_path: Path, make_settings) -> 
             job = Job(study=study, pipeline="pet_quant", study_revision=1, state=JobState.SUCCEEDED)
             session.add(job)
             session.flush()
-            for lesion, score in enumerate([*scores, -3.0], start=1):
-                session.add(
-                    LesionResult(
-                        job_fk=job.id,
-                        series_instance_uid="1.2",
-                        lesion_number=lesion,
-                        tracking_uid=f"2.25.{lesion}",
-                        suv_max=5,
-                        suv_mean=3,
-                        suv_peak=4,
-                        metabolic_volume_ml=2,
-                        total_lesion_glycolysis=6,
-                        long_axis_mm=15,
-                        short_axis_mm=10,
-                        recist_target=True,
-                        cytact=score,
-                        cytact_model=MODEL,
-                        patient_summary=score > -3,  # the third lesion is not one of the summary's
-                    )
+            lesions = [
+                LesionRecord(
+                    series_instance_uid="1.2",
+                    lesion_number=lesion,
+                    tracking_uid=f"2.25.{lesion}",
+                    suv_max=5,
+                    suv_mean=3,
+                    suv_peak=4,
+                    metabolic_volume_ml=2,
+                    total_lesion_glycolysis=6,
+                    long_axis_mm=15,
+                    short_axis_mm=10,
+                    recist_target=True,
+                    cytact=score,
+                    cytact_model=MODEL,
+                    patient_summary=score > -3,  # the third lesion is not one of the summary's
                 )
+                for lesion, score in enumerate([*scores, -3.0], start=1)
+            ]
+            write_records(session, job.id, study.id, lesions, [LESION_RESULTS])
     with database.session() as session:
-        assert len(session.scalars(select(LesionResult)).all()) == 18
+        assert len(read_records(session, LESION_RESULTS)) == 18
     database.dispose()
     config = tmp_path / "config.yaml"
     config.write_text(__import__("yaml").safe_dump(settings.model_dump(mode="json")))

@@ -48,7 +48,7 @@ def test_each_destination_gets_the_seg_encoding_it_asked_for_and_every_sr(stored
         path = layout.new_output_path(job_id)
         path.write_bytes(uid.encode())
         sop_class = "1.2.840.10008.5.1.4.1.1.66.4"
-        return OutputFile(kind, path, sop_class, uid, uid + ".1", study.pet_series_uid, "", seg_encodings=encodings)
+        return OutputFile(kind, path, sop_class, uid, uid + ".1", study.pet_series_uid, seg_encodings=encodings)
 
     outputs = (
         # A label map was asked for but the FRACTIONAL SEG serves it (overlapping lesions).

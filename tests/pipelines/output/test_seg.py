@@ -15,8 +15,8 @@ from pydicom.sr.codedict import codes
 from common.states import OutputKind, SegEncoding
 from pipelines.errors import OutputInvalid
 from pipelines.output.gate import OutputWriter, validate_segmentation
+from pipelines.output.numbers import SEG_ENCODING_OFFSET
 from pipelines.output.seg import (
-    SERIES_NUMBER_OFFSET,
     build_segmentation,
     lesion_groups,
     lesion_regions,
@@ -84,7 +84,7 @@ def test_each_encoding_asked_for_is_written_in_its_own_series_and_reads_back_who
     assert written.referenced is written.written[0] and written.referenced.SegmentationType == "FRACTIONAL"
     for (encoding,), file in files.items():
         ds = pydicom.dcmread(file.path)
-        assert file.kind is OutputKind.SEG and ds.SeriesNumber == 990 + SERIES_NUMBER_OFFSET[encoding]
+        assert file.kind is OutputKind.SEG and ds.SeriesNumber == 990 + SEG_ENCODING_OFFSET[encoding]
         assert ds.SegmentationType == encoding.value
         assert ds.SOPClassUID == (
             "1.2.840.10008.5.1.4.1.1.66.7" if encoding is SegEncoding.LABELMAP else "1.2.840.10008.5.1.4.1.1.66.4"
