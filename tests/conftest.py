@@ -23,7 +23,27 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 STS_002 = SHARED_DATA / "sts_002"
 SUV_DRO = SHARED_DATA / "suv_dro"
-POSTGRES_URL = os.environ.get("IMMUNODE_TEST_DATABASE_URL")
+
+
+def _worker_database(url: str | None) -> str | None:
+    """Under pytest-xdist each worker process gets a database of its own on the test server (`<name>_gw0`, ...),
+    created when missing: the PostgreSQL tests reset their database, which must not be another worker's."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if url is None or not worker:
+        return url
+    from sqlalchemy.engine import make_url
+
+    base = make_url(url)
+    name = f"{base.database}_{worker}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        if connection.scalar(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}) is None:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return base.set(database=name).render_as_string(hide_password=False)
+
+
+POSTGRES_URL = _worker_database(os.environ.get("IMMUNODE_TEST_DATABASE_URL"))
 
 
 def free_port() -> int:

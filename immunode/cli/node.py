@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import getpass
 import logging
 import os
@@ -58,6 +59,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if config.storage.private and config.logging.file is not None:
         config.logging.file.chmod(0o600)  # a log file made before the setting was on
     node = Node(config, checked)
+    # `kill -USR1 <pid>` writes every thread's stack to standard error (the journal): a node that does not stop or
+    # answer can be looked into without stopping it.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -8,8 +8,10 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import yaml
 from sqlalchemy import select
 
@@ -85,18 +87,27 @@ def test_storage_root_index_and_log_are_private(tmp_path: Path, make_settings) -
     settings = make_settings(node={"port": port}, logging={"level": "INFO", "file": str(tmp_path / "log" / "node.log")})
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    errors = tmp_path / "serve.err"
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
     try:
         pet = write_study(tmp_path / "s", with_ct=False, shape_zyx=(1, 16, 16), lesions=()).pet_files
         wait_until(lambda: storescu(port, [pet[0]]).returncode == 0, 60, 0.5)
     finally:
         process.send_signal(signal.SIGTERM)
-        process.wait(30)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:  # where it hangs: every thread's stack (faulthandler on SIGUSR1)
+            process.send_signal(signal.SIGUSR1)
+            time.sleep(1)
+            process.kill()
+            log = (tmp_path / "log" / "node.log").read_text()[-4000:]
+            pytest.fail(f"serve did not stop within 30 s of SIGTERM\n{log}\n{errors.read_text()[-12000:]}")
     root = settings.storage.root
 
     def mode(path: Path) -> int:
