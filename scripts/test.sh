@@ -16,4 +16,6 @@ trap 'as_pg "$pg_bin/pg_ctl -D $pg_dir/data -m fast stop" >/dev/null 2>&1 || tru
 as_pg "$pg_bin/createdb -h $pg_dir -p $pg_port -U postgres immunode_test"
 export IMMUNODE_TEST_DATABASE_URL="postgresql+psycopg://postgres@/immunode_test?host=$pg_dir&port=$pg_port"
 
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+# Two processes (pytest-xdist; each with its own PostgreSQL database, tests/conftest.py), a test file's tests
+# together in one of them (its module fixtures: Orthanc, OHIF, a Dask cluster start once).
+.venv/bin/python -m pytest -p no:cacheprovider -n "${IMMUNODE_TEST_PROCESSES:-2}" --dist loadfile "$@"
