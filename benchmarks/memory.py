@@ -6,7 +6,7 @@ pages (Python, NumPy, PyTorch libraries mapped by the node and its workers) coun
 process as resident sizes would. Sampled every 50 ms while the study is received and analysed.
 
 The node runs with its defaults for the workers (started by the first routed job, returned after
-`workers.idle_release_s`, here 10 s); the study is a synthetic whole-body PET/CT (tests.synthetic) of
+`workers.idle_release_s`, here 10 s, 1 s with --small); the study is a synthetic whole-body PET/CT (tests.synthetic) of
 `--slices` PET and as many CT slices (default 1,000 + 1,000 = 2,000 instances, 192 x 192, 2 mm slices) with
 24 lesions, sent by dcmtk storescu and analysed by the PET pipeline (which reads the CT for lesion locations); the
 SR goes to a dcmtk storescp playing the PACS.
@@ -62,7 +62,7 @@ def tree_pss_kb(pid: int, children: bool = True) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--slices", type=int, default=1000, help="PET slices (and as many CT slices)")
-    parser.add_argument("--small", action="store_true", help="CI-sized: 40 + 40 slices of 64 x 64")
+    parser.add_argument("--small", action="store_true", help="CI-sized: 40 + 40 slices of 64 x 64, shorter waits")
     args = parser.parse_args()
     from benchmarks.run import end_to_end, whole_body_lesions
     from tests.synthetic import write_study
@@ -77,8 +77,8 @@ def main() -> int:
         result = end_to_end(
             root / "study",
             root / "run",
-            workers={"idle_release_s": 10.0},
-            warm_wait_s=5.0,
+            workers={"idle_release_s": 1.0 if args.small else 10.0},
+            warm_wait_s=2.0 if args.small else 5.0,
             rules=[{"name": "pet", "pipeline": "pet_quant", "series": {"modality": "PT"}}],  # the PET/CT analysis
         )
     print(

@@ -11,6 +11,7 @@ Usage: python benchmarks/run.py [--small] [--repeats N]   (--small: the CI-sized
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -43,6 +44,8 @@ from tests.synthetic import SyntheticLesion, write_study  # noqa: E402
 
 
 def send(port: int, folder: Path, called: str) -> float:
+    """dcmtk storescu with `TCP_NODELAY=1`, as benchmarks/ingest.py (without it each small instance waits for a
+    40 ms delayed ACK on loopback)."""
     started = time.perf_counter()
     completed = subprocess.run(
         [
@@ -59,6 +62,7 @@ def send(port: int, folder: Path, called: str) -> float:
         ],
         capture_output=True,
         text=True,
+        env={**os.environ, "TCP_NODELAY": "1"},
     )
     elapsed = time.perf_counter() - started
     if completed.returncode != 0:
@@ -256,7 +260,8 @@ def main() -> int:
         count = 3 if args.small else 24
         lesions = whole_body_lesions(wb_shape[0] * spacing[2], count)
         write_study(root / "wb", shape_zyx=wb_shape, spacing_xyz=spacing, lesions=lesions)
-        result = end_to_end(root / "wb", root / "e2e")
+        # Small: 5 s for the warm worker's imports before the idle figures (15 s in the full run).
+        result = end_to_end(root / "wb", root / "e2e", warm_wait_s=5.0 if args.small else 15.0)
         print(
             f"\nEnd to end, whole-body PET/CT {wb_shape[0]} slices of {wb_shape[1]}x{wb_shape[2]} (PET + CT), "
             f"{len(lesions)} lesions:"

@@ -37,6 +37,7 @@ SVM_GRID = {"svc__kernel": ["linear", "poly", "rbf"], "svc__C": [1, 10, 100], "s
 TREE_GRID = {"depth": [2, 4, 6, 8, 10], "estimators": [10, 50, 100, 200, 300]}
 QUICK_TREE_GRID = {"depth": [2, 10], "estimators": [10, 300]}
 GRIDS = {"published": TREE_GRID, "quick": QUICK_TREE_GRID}
+CNN_EPOCHS = 60  # the 1-D CNN baseline's training epochs
 
 
 def grid_search(model: object, grid: dict, x: np.ndarray, y: np.ndarray, seed: int) -> GridSearchCV:
@@ -93,7 +94,7 @@ class SmallCnn1d(nn.Module):
         return self.net(values.unsqueeze(1))
 
 
-def _cnn1d(x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, epochs: int = 60) -> np.ndarray:
+def _cnn1d(x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, epochs: int = CNN_EPOCHS) -> np.ndarray:
     torch.manual_seed(seed)
     model = SmallCnn1d()
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -115,16 +116,22 @@ def _cnn1d(x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int, epochs: in
 
 
 def fit_predict(
-    name: str, x: np.ndarray, y: np.ndarray, test: np.ndarray, seed: int = 0, grid: str = "published"
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    test: np.ndarray,
+    seed: int = 0,
+    grid: str = "published",
+    cnn_epochs: int = CNN_EPOCHS,
 ) -> np.ndarray:
     """Fit baseline `name` on the training rows (x, y), as they are (each baseline oversamples inside its own fit),
-    and return responder probabilities for `test`."""
+    and return responder probabilities for `test` (`cnn_epochs`: the 1-D CNN's training epochs)."""
     if name == "svm":
         return _svm(x, y, test, seed)
     if name in ("random_forest", "adaboost"):
         return _trees(name, x, y, test, seed, grid)
     if name == "cnn1d":
-        return _cnn1d(x, y, test, seed)
+        return _cnn1d(x, y, test, seed, cnn_epochs)
     if name != "xgboost":
         raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
     from xgboost import XGBClassifier

@@ -106,6 +106,7 @@ def train_expression(
     synthetic: bool = False,
     grid: str = "published",
     shap_samples: int = 0,
+    cnn_epochs: int = expression_baselines.CNN_EPOCHS,
 ) -> ExpressionTrainingResult:
     """Random stratified 80/20 splits: the transformer and the baselines on the same splits, then the final
     model on the whole cohort, saved with its card. Gene importance (SHAP) is explained over every sample, or a
@@ -123,7 +124,13 @@ def train_expression(
         predictions = {TRANSFORMER: predict_proba(model, features[test])}
         for baseline in baselines:  # each oversamples inside its own fit (grid searches: per inner fold)
             predictions[baseline] = expression_baselines.fit_predict(
-                baseline, features[train], labels[train], features[test], seed=settings.seed + split, grid=grid
+                baseline,
+                features[train],
+                labels[train],
+                features[test],
+                seed=settings.seed + split,
+                grid=grid,
+                cnn_epochs=cnn_epochs,
             )
         for model_name, scores in predictions.items():
             rows.append({"model": model_name, "split": split + 1, **classification_metrics(labels[test], scores)})
@@ -192,7 +199,8 @@ def train_expression(
         "accuracy); map is the mean of both classes' average precision; *_responder are the responder class's own "
         "figures; sensitivity and specificity at probability 0.5.",
         f"Baselines: random forest and AdaBoost grid-searched over {expression_baselines.GRIDS[grid]} ({grid} grid), "
-        "SVM over kernel, C and gamma, XGBoost, a CNN of three Conv1D layers; all on the same splits and features.",
+        f"SVM over kernel, C and gamma, XGBoost, a CNN of three Conv1D layers ({cnn_epochs} epochs); all on the same "
+        "splits and features.",
         f"Transformer: {settings.heads} heads ({settings.head_dim or settings.embed_dim}-D each) on "
         f"{settings.embed_dim}-D gene embeddings, {settings.layers} layers: {parameter_count(final):,} parameters "
         f"for {len(panel.genes)} genes; the paper's model: {paper_parameters.shown} for its {genes.shown}-gene panel "

@@ -268,6 +268,8 @@ def run_radiomics(table_path: Path, out: Path, quick: bool, published_table: Pat
 # --- amu -----------------------------------------------------------------------------------------------------
 
 YIN = "yin2025"
+QUICK_SHAP_SAMPLES = 12  # --quick: the gene importance explains this seeded subset of the samples (all otherwise)
+QUICK_CNN_EPOCHS = 20  # --quick: the 1-D CNN baseline's epochs
 
 
 def amu_figures(
@@ -305,13 +307,21 @@ def run_amu(
 ) -> list[Figure]:
     """Training on the cohort (random splits, baselines; report.md), then, when given, the final weights on a
     separate test cohort (the paper's test setting)."""
+    from models.expression_baselines import CNN_EPOCHS
     from models.expression_transformer import TransformerSettings
     from research.expression import evaluate_expression, train_expression
 
     settings = TransformerSettings(epochs=5, layers=1) if quick else TransformerSettings()
     splits = 2 if quick else 5
     result = train_expression(
-        Path(cohort), out, panel, settings, splits, grid="quick" if quick else "published"
+        Path(cohort),
+        out,
+        panel,
+        settings,
+        splits,
+        grid="quick" if quick else "published",
+        shap_samples=QUICK_SHAP_SAMPLES if quick else 0,
+        cnn_epochs=QUICK_CNN_EPOCHS if quick else CNN_EPOCHS,
     )
     test = evaluate_expression(Path(test_cohort), result.weights, out / "test") if test_cohort else None
     return amu_figures(
@@ -383,4 +393,5 @@ def notes(method: str, quick: bool = False, window_days: int | None = None) -> l
             "training split when it was trained on test patients. The paper's figures: --published NAME=VALUE.",
         ],
     }[method]
-    return text + (["QUICK settings (--quick): fewer splits, epochs and grid points."] if quick else [])
+    quick_note = "QUICK settings (--quick): fewer splits, epochs, grid points and gene-importance samples."
+    return text + ([quick_note] if quick else [])

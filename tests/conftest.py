@@ -137,6 +137,13 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
     return factory
 
 
+def dcmtk_environment() -> dict[str, str]:
+    """The environment for dcmtk's tools: `TCP_NODELAY=1` (dcmtk honours it; without it dcmtk leaves Nagle's
+    algorithm on, and on loopback each small instance storescu sends waits for the receiver's 40 ms delayed ACK,
+    as benchmarks/ingest.py found)."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
 class StoreSCP:
     """dcmtk storescp playing the PACS that receives results."""
 
@@ -158,6 +165,7 @@ class StoreSCP:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            env=dcmtk_environment(),
         )
         wait_until(lambda: _port_open(self.port), 10)
 
@@ -208,6 +216,7 @@ def storescu(
         capture_output=True,
         text=True,
         timeout=300,
+        env=dcmtk_environment(),
     )
 
 

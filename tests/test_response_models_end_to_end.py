@@ -94,8 +94,9 @@ def test_train_from_store_then_serve_in_the_pet_report(
     # 1. Expression transformer and baselines on the same splits, with the report.
     table = write_training_table(cohort, tmp_path / "cohort.csv")
     out = tmp_path / "expression"
-    train = ["train", "expression", "--cohort", str(table), "--out", str(out), "--splits", "2", "--epochs", "12"]
-    assert cli_main(base + train + ["--layers", "2", "--grid", "quick", "--shap-samples", "40", "--synthetic"]) == 0
+    # Six epochs of two layers: over cohort seeds 21-26 the mean held-out AUC of the two splits was 0.91-1.00.
+    train = ["train", "expression", "--cohort", str(table), "--out", str(out), "--splits", "2", "--epochs", "6"]
+    assert cli_main(base + train + ["--layers", "2", "--grid", "quick", "--shap-samples", "10", "--synthetic"]) == 0
     metrics = _rows(out / "metrics.csv")
     assert {r["model"] for r in metrics} == {"transformer", "svm", "random_forest", "adaboost", "xgboost", "cnn1d"}
     assert len([r for r in metrics if r["model"] == "transformer"]) == 3  # two splits and their mean

@@ -47,6 +47,13 @@ def _optical_density(rgb: np.ndarray) -> np.ndarray:
     return -np.log((rgb.astype(float) + 1) / LIGHT)
 
 
+def _concentrations(stains: np.ndarray, od: np.ndarray) -> np.ndarray:
+    """The least-squares stain concentrations [2, pixels] of optical densities [pixels, 3]: the pseudo-inverse of
+    the 3 x 2 stain matrix applied to every pixel (lstsq's minimum-norm solution; lstsq with a million right-hand
+    sides took 30 times as long)."""
+    return np.linalg.pinv(stains) @ od.T
+
+
 def fit(patches: np.ndarray, method: str, alpha: float = 1.0, beta: float = 0.15) -> StainModel:
     """The slide's stain model from its tissue patches (uint8 [N, H, W, 3])."""
     if method == "none" or len(patches) == 0:
@@ -70,7 +77,7 @@ def fit(patches: np.ndarray, method: str, alpha: float = 1.0, beta: float = 0.15
     second = plane @ np.array([np.cos(high), np.sin(high)])
     stains = np.array([first, second]).T if first[0] > second[0] else np.array([second, first]).T
     stains = stains * np.sign(stains.sum(axis=0, keepdims=True) + 1e-12)  # optical densities are positive
-    concentrations = np.linalg.lstsq(stains, od.T, rcond=None)[0]
+    concentrations = _concentrations(stains, od)
     return StainModel("macenko", stains=stains, max_concentrations=np.percentile(concentrations, 99, axis=1))
 
 
@@ -79,7 +86,7 @@ def normalise(patches: np.ndarray, model: StainModel) -> np.ndarray:
     if model.method == "macenko" and model.stains is not None:
         shape = patches.shape
         od = _optical_density(patches.reshape(-1, 3))
-        concentrations = np.linalg.lstsq(model.stains, od.T, rcond=None)[0]
+        concentrations = _concentrations(model.stains, od)
         concentrations *= (REFERENCE_MAX_CONCENTRATIONS / np.maximum(model.max_concentrations, 1e-6))[:, None]
         rgb = LIGHT * np.exp(-(REFERENCE_STAINS @ concentrations))
         return np.clip(rgb.T, 0, 255).reshape(shape).astype(np.uint8)

@@ -20,7 +20,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import func, select
 
 from storage import audit
-from storage.schema import AuditKind, Delivery, DeliveryState, Instance, Job, Output, Series, Study
+from storage.schema import AuditKind, Delivery, DeliveryState, Instance, Job, Output, Series, Study, StudyState
 from tests.conftest import free_port, storescu, wait_until
 from tests.synthetic import DEFAULT_LESIONS, write_study
 
@@ -41,22 +41,27 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def _filler_studies(folder: Path, count: int) -> list[list[Path]]:
-    """`count` CT studies of 40 slices (about 1.3 MB each), each of its own patient: copies of one written study
-    under new UIDs. No routing rule takes CT here: each completes at once with nothing to analyse."""
-    template = write_study(folder / "template", shape_zyx=(40, 128, 128), lesions=(), with_ct=True).ct_files
+    """`count` CT studies of 10 slices of 256 x 256 (about 1.3 MB each), each of its own patient: copies of one
+    written study under new UIDs. No routing rule takes CT here: each completes at once with nothing to analyse."""
+    template = write_study(folder / "template", shape_zyx=(10, 256, 256), lesions=(), with_ct=True).ct_files
+    slices = [(path.name, pydicom.dcmread(path)) for path in template]
     studies = []
     for number in range(count):
         study_uid, series_uid = generate_uid(), generate_uid()
         target = folder / f"study{number:02d}"
         target.mkdir()
-        for path in template:
-            ds = pydicom.dcmread(path)
+        for name, ds in slices:
             ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             ds.PatientID, ds.AccessionNumber = f"FILL{number:02d}", f"F{number:02d}"
-            ds.save_as(target / path.name, enforce_file_format=True)
+            ds.save_as(target / name, enforce_file_format=True)
         studies.append(sorted(target.iterdir()))
     return studies
+
+
+def _study_state(database, study_uid: str) -> StudyState | None:
+    with database.session() as session:
+        return session.scalar(select(Study.state).where(Study.study_instance_uid == study_uid))
 
 
 def _delivery_state(database, study_uid: str) -> DeliveryState | None:
@@ -108,6 +113,10 @@ def test_stores_keep_being_accepted_as_the_disk_fills(tmp_path: Path, small_disk
         assert completed.returncode == 0, completed.stderr
         sent += len(files)
         assert _received(node.monitoring_port) == {"0x0000": sent}, f"a store refused after study {number}"
+        # Study after study: the next comes once this one is complete (a study still receiving is never purged,
+        # so a sender faster than the quiet time would fill the disk with studies nothing may purge yet).
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        wait_until(lambda: _study_state(node.database, uid) is StudyState.COMPLETE, 60)
         if number == 9:  # from here on the PET study's result waits for its next delivery attempt
             wait_until(lambda: _delivery_state(node.database, pending.study_uid) is DeliveryState.PENDING, 300)
 

@@ -22,12 +22,14 @@ def test_grids_are_the_methods_grids() -> None:
 
 @pytest.mark.parametrize("signal", [True, False])
 def test_baselines_on_planted_and_absent_signal(signal: bool, torch_threads_restored) -> None:
+    """The quick grids, and 20 epochs for the 1-D CNN (over 8 cohort seeds: AUC 0.98-1.00 with the signal, 0.32-0.62
+    without; 60 epochs gave 0.99-1.00 and 0.31-0.66)."""
     panel = load_panel()
     cohort = synthetic_cohort(panel.genes, patients=160, signal=signal, seed=8)
     features = panel_features([dict(zip(cohort.genes, row)) for row in cohort.tpm], panel)
     train, test = train_test_split(np.arange(160), test_size=0.3, stratify=cohort.labels, random_state=0)
     for name in BASELINES:
-        scores = fit_predict(name, features[train], cohort.labels[train], features[test], grid="quick")
+        scores = fit_predict(name, features[train], cohort.labels[train], features[test], grid="quick", cnn_epochs=20)
         assert scores.shape == (len(test),) and np.all((scores >= 0) & (scores <= 1)), name
         auc = roc_auc_score(cohort.labels[test], scores)
         assert (auc >= 0.8) is signal, (name, auc)

@@ -23,7 +23,8 @@ from models.expression_transformer import (
 )
 from tests.synthetic_cohorts import synthetic_cohort
 
-FAST = TransformerSettings(epochs=12, layers=2)
+# Two layers, six epochs: over 8 cohort seeds the planted signal gave held-out AUC 0.94-0.99, the absent one 0.30-0.59.
+FAST = TransformerSettings(epochs=6, layers=2)
 
 
 def test_default_panel_is_shipped_and_documented() -> None:
