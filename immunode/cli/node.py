@@ -76,7 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config.storage.root.resolve(),
     )
     try:
-        stop.wait()
+        # Waited in short steps: a signal the kernel delivers to another thread of the process only sets CPython's
+        # flag, and a main thread blocked in one untimed wait would never run the handler (a SIGTERM was lost
+        # so: the node kept serving). Each step returns to the interpreter, which runs pending handlers.
+        while not stop.wait(0.5):
+            pass
     finally:
         node.stop()
     # Everything is recorded (jobs queued to resume, the clean stop): leave now rather than wait for a send to

@@ -118,3 +118,37 @@ def test_storage_root_index_and_log_are_private(tmp_path: Path, make_settings) -
     assert mode(tmp_path / "log" / "node.log") == 0o600
     (stored,) = list((root / "objects").rglob("*.dcm"))
     assert mode(stored) == 0o600 and mode(stored.parent) == 0o700
+
+
+def test_serve_stops_on_a_sigterm_delivered_to_any_of_its_threads(tmp_path: Path, make_settings) -> None:
+    """The kernel may deliver a process-directed SIGTERM (systemd's, docker's) to any thread; CPython then only
+    sets a flag for the main thread. `serve` must stop whichever thread took it (it once kept serving, its main
+    thread asleep in an untimed wait). The signal is sent here to a thread other than the main one (tgkill)."""
+    import ctypes
+    import os
+
+    port = free_port()
+    settings = make_settings(node={"port": port})
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        echo = ["echoscu", "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(port)]
+        wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 60, 0.5)
+        threads = [int(tid) for tid in os.listdir(f"/proc/{process.pid}/task") if int(tid) != process.pid]
+        assert threads, "serve runs its stages and SCP in threads"
+        sys_tgkill = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)  # tgkill(tgid, tid, sig)
+        if sys_tgkill is None:
+            pytest.skip(f"tgkill's system call number on {os.uname().machine} is not listed here")
+        libc = ctypes.CDLL(None, use_errno=True)
+        assert libc.syscall(sys_tgkill, process.pid, threads[0], signal.SIGTERM) == 0
+        assert process.wait(15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
