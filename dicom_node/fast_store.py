@@ -214,6 +214,7 @@ class StoreReceiver:
         self._descriptor: int | None = None
         self._path: Path | None = None
         self._offset = 0
+        self._size = 0
         self._digest = hashlib.sha256()
         self._error: OSError | None = None  # the file system refused the data set's file (ENOSPC, EDQUOT, EIO)
 
@@ -301,6 +302,7 @@ class StoreReceiver:
             *self._implementation,
         )  # fmt: skip
         self._offset = len(meta)
+        self._size = 0
         self._digest = hashlib.sha256()
         self._write(memoryview(meta))
         return True
@@ -309,6 +311,7 @@ class StoreReceiver:
         if self._descriptor is None:  # refused by the file system: the fragments are dropped
             return
         self._digest.update(data)  # the stored file's SHA-256, without reading it back
+        self._size += len(data)
         try:
             while data:
                 written = os.write(self._descriptor, data)
@@ -340,6 +343,7 @@ class StoreReceiver:
             dataset_path=path,
             dataset_offset=self._offset,
             sha256=self._digest.hexdigest(),
+            size=self._size,
             receive_error=self._refusal(),
         )
         try:

@@ -346,10 +346,12 @@ class StorageSCP:
     def handle_store(self, request: StoreRequest) -> int:
         """Validate, store durably, index; the status to answer (called on the association's thread)."""
         started = time.perf_counter()
-        try:
-            size = request.dataset_path.stat().st_size  # before the file is moved into the store
-        except OSError:
-            size = 0
+        size = request.size
+        if size is None:
+            try:
+                size = request.dataset_path.stat().st_size  # before the file is moved into the store
+            except OSError:
+                size = 0
         code = self._store(request)
         if self.observe is not None:
             self.observe(StoreObservation(request.calling_ae_title, code, size, time.perf_counter() - started))
@@ -369,7 +371,7 @@ class StorageSCP:
             received = request.dataset_path
             with mapped_dataset(received, request.dataset_offset) as dataset:
                 header = check_dataset(dataset, request.transfer_syntax, affected_class, affected, self._max_inflated)
-            stored = self.store.store_received(header, received, calling, request.sha256)
+            stored = self.store.store_received(header, received, calling, request.sha256, request.size)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)
             logger.warning("C-STORE from %r refused with 0x%04X: %s", calling[:16], code, error)

@@ -39,4 +39,5 @@ class StoreRequest:
     dataset_path: Path  # preamble, File Meta Information, then the data set as received
     dataset_offset: int | None = None  # where the data set starts in that file, when known
     sha256: str | None = None  # of that file, when computed as it was written
+    size: int | None = None  # of that file, when counted as it was written
     receive_error: str | None = None  # the disk refused the file while the data set arrived: answered 0xA700

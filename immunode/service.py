@@ -44,7 +44,9 @@ class Node:
             logger.warning("%s", warning)
         self.settings = settings
         self._umask = os.umask(0o077) if settings.storage.private else None
-        self.layout = FileLayout(settings.storage.root, settings.storage.min_free_mb, settings.storage.private)
+        self.layout = FileLayout(
+            settings.storage.root, settings.storage.min_free_mb, settings.storage.private, settings.storage.fsync_folders
+        )
         self.database = Database(settings.database_url, migrations=settings.registry.migrations)
         self.trail = AuditTrail(self.database, self.layout.spool)
         self.store = InstanceStore(self.database, self.layout)

@@ -30,16 +30,27 @@ from storage.errors import OutOfResources
 FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool", "purging")
 IN_FLIGHT_RUN = re.compile(r"^r(\d+)-")  # the run id an in-flight file's name starts with
 UNOWNED_MAX_AGE_S = 3600.0  # in-flight files named without a run (older versions): removed after this long unwritten
+# File systems whose fsync of a file commits, in the same journal transaction, the rename that gave the file its
+# name (ext4: the fsync commits the running transaction, which holds the rename; XFS: the log is forced up to the
+# inode's last change, the rename; btrfs: the log tree records the inode's new name). There the folder's fsync after
+# the file's finds nothing to write and costs one more device cache flush.
+JOURNALLED_RENAMES = frozenset({"ext4", "xfs", "btrfs"})
 
 
 class FileLayout:
-    def __init__(self, root: Path, min_free_mb: int = 0, private: bool = False) -> None:
+    def __init__(
+        self, root: Path, min_free_mb: int = 0, private: bool = False, fsync_folders: str = "always"
+    ) -> None:
         self.root = Path(root).resolve()
+        self._root_prefix = f"{self.root}{os.sep}"
         self.min_free_bytes = min_free_mb * 1024 * 1024
         self.run_id: int | None = None  # the node run whose files in flight this layout writes (set at start)
         self._day_folders: dict[date, Path] = {}
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
+        # `settle` fsyncs folders unless configured "auto" on a file system that journals renames with the file.
+        self.file_system = file_system_type(self.root)
+        self.settles_folders = fsync_folders == "always" or self.file_system not in JOURNALLED_RENAMES
         if private:
             # Readable by the service user only, whatever the folder's mode was when it was made.
             os.chmod(self.root, 0o700)
@@ -56,6 +67,9 @@ class FileLayout:
         return self.root / relative
 
     def relative(self, path: Path) -> str:
+        text = str(path)
+        if text.startswith(self._root_prefix) and "/." not in text and "//" not in text:
+            return text[len(self._root_prefix) :]  # a path this layout made (the common case, without pathlib)
         path = Path(path)
         if path.is_absolute() and ".." not in path.parts and path.is_relative_to(self.root):
             return str(path.relative_to(self.root))  # a path this layout made: no symbolic links to resolve
@@ -109,7 +123,10 @@ class FileLayout:
             raise _out_of_resources(error, final_path) from error
 
     def settle(self, folders: Iterable[Path]) -> None:
-        """fsync folders that files were renamed into (`adopt`): the names are durable once this returns."""
+        """fsync folders that files were renamed into (`adopt`): the names are durable once this returns. Nothing
+        to do where the file's own fsync made its name durable (`settles_folders` false, see `JOURNALLED_RENAMES`)."""
+        if not self.settles_folders:
+            return
         for folder in folders:
             try:
                 fsync_directory(folder)
@@ -216,6 +233,27 @@ def _out_of_resources(error: OSError, path: Path) -> OutOfResources:
     if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         return OutOfResources(f"cannot write: {error.strerror}")
     return OutOfResources(f"cannot write {path.name}: {error.strerror}")
+
+
+def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
+    """The type of the file system `path` is on ("ext4", "xfs", "tmpfs", ...), from the mount table of this
+    process (the longest mount point that contains the resolved path); "" where it cannot be told."""
+    target = str(Path(path).resolve())
+    best, found = -1, ""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as mounts:
+            for line in mounts:
+                before, _, after = line.partition(" - ")
+                fields = before.split()
+                if len(fields) < 5 or not after:
+                    continue
+                point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                inside = target == point or target.startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= best:  # later mounts over the same point shadow earlier ones
+                    best, found = len(point), after.split()[0]
+    except OSError:
+        return ""
+    return found
 
 
 def fsync_directory(folder: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -42,6 +43,10 @@ class StorageSettings(Strict):
     # Files and folders the node creates (storage root, SQLite index, log) are readable by the service user
     # only (umask 077, root folder mode 0700); false leaves the process umask as it is.
     private: bool = True
+    # After a received file is renamed into objects/ and fsynced, its folder is fsynced too ("always"), or only
+    # where the file system does not commit the rename with that file's fsync ("auto": ext4, XFS and btrfs do,
+    # so the folder's fsync, one more device flush per acknowledgement, is skipped there; docs/reliability.md).
+    fsync_folders: Literal["auto", "always"] = "auto"
     retention: RetentionSettings = RetentionSettings()
 
     @model_validator(mode="after")

@@ -106,16 +106,21 @@ class InstanceStore:
         return self._stored(header, final_path, len(data), digest, calling_ae_title)
 
     def store_received(
-        self, header: InstanceHeader, received: Path, calling_ae_title: str, digest: str | None = None
+        self,
+        header: InstanceHeader,
+        received: Path,
+        calling_ae_title: str,
+        digest: str | None = None,
+        size: int | None = None,
     ) -> StoredInstance:
         """`store` for a file the network wrote to disk as it arrived (`FileLayout.receiving`): hashed in
-        blocks (unless the writer gives its SHA-256) and moved into place, never held in memory. The same
-        errors and guarantees as `store`."""
+        blocks (unless the writer gives its SHA-256 and size) and moved into place, never held in memory. The
+        same errors and guarantees as `store`."""
         try:
-            if digest is None:
+            if digest is None or size is None:
                 with open(received, "rb") as handle:
                     digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            size = received.stat().st_size
+                size = received.stat().st_size
         except OSError as error:
             raise OutOfResources(f"cannot read the received data set: {error.strerror}") from error
         self.layout.check_free_space(0)  # already on disk: refuse only when the store is below its reserve
