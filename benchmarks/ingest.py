@@ -12,7 +12,8 @@ dcmtk storescu, interleaved in one run, over 1 and 4 associations; prints second
   dcmtk's tools (they honour it: without it dcmtk leaves Nagle's algorithm on, and on loopback each instance of
   dcmtk storescp's waited for a 40 ms delayed ACK).
 - The time is from the senders' start to the last sender's exit (every instance acknowledged). Medians over
-  `--repeats`; the order of the receivers rotates between repeats.
+  `--repeats`; the order of the receivers rotates between repeats. After each run its folder is deleted, the
+  file system synced and a second waited, so that no run shares the device with the previous one's writeback.
 - The fsync latency of `--root`'s device (a 32 KB file written and fsynced, median of 30) is printed with the
   table: immunode's single-association time is bounded by it (a file fsync and an index commit per instance,
   while the sender waits for each answer), dcmtk's and pynetdicom's are not.
@@ -41,6 +42,7 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 RECEIVERS = ("dcmtk storescp", "bare pynetdicom", "immunode")
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}
+SETTLE_S = 1.0  # after each run, once everything is synced (`settle_disk`)
 
 
 def free_port() -> int:
@@ -247,6 +249,14 @@ def one_run(name: str, files: list[Path], associations: int, root: Path) -> floa
         return seconds
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        settle_disk()
+
+
+def settle_disk() -> None:
+    """Let the device finish the previous run's writes and deletions (writeback, journal, discards) before the
+    next receiver starts, so that no run pays for another's."""
+    os.sync()
+    time.sleep(SETTLE_S)
 
 
 def fsync_latency_ms(root: Path, samples: int = 30) -> float:
@@ -279,6 +289,8 @@ def main() -> int:
         return 0
     if args.small:
         args.instances, args.repeats = 40, 1
+        global SETTLE_S
+        SETTLE_S = 0.0
     for tool in ("storescp", "storescu"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} (dcmtk) is not installed")

@@ -40,6 +40,9 @@ NO_DATA_SET = 0x0101
 UNABLE_TO_PROCESS = 0xC211  # pynetdicom's status when a C-STORE handler raises
 P_DATA_TF = 0x04
 MAX_COMMAND_BYTES = 64 * 1024  # a C-STORE-RQ command set is a few hundred bytes
+# A data set up to this size is also kept in memory as it arrives, and checked from there; a larger one is checked
+# in its file, mapped (`dicom_node.ingest.mapped_dataset`).
+MAX_HELD_BYTES = 4 * 1024 * 1024
 
 _TAG_LENGTH = struct.Struct("<HHL")
 _PDV_HEADER = struct.Struct(">LBB")
@@ -216,6 +219,7 @@ class StoreReceiver:
         self._offset = 0
         self._size = 0
         self._digest = hashlib.sha256()
+        self._fragments: list[memoryview] | None = None  # the data set's, while it is small (`MAX_HELD_BYTES`)
         self._error: OSError | None = None  # the file system refused the data set's file (ENOSPC, EDQUOT, EIO)
 
     def consume(self, pdu: bytes | bytearray) -> list[bytes | bytearray]:
@@ -261,6 +265,7 @@ class StoreReceiver:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
             self._path = None
+        self._fragments = None
 
     # --- internals ---
 
@@ -305,6 +310,7 @@ class StoreReceiver:
         self._size = 0
         self._digest = hashlib.sha256()
         self._write(memoryview(meta))
+        self._fragments = []
         return True
 
     def _write(self, data: memoryview) -> None:
@@ -312,6 +318,11 @@ class StoreReceiver:
             return
         self._digest.update(data)  # the stored file's SHA-256, without reading it back
         self._size += len(data)
+        if self._fragments is not None:
+            if self._size - self._offset <= MAX_HELD_BYTES:
+                self._fragments.append(data)  # a view of the received PDU: no copy until the data set is whole
+            else:
+                self._fragments = None
         try:
             while data:
                 written = os.write(self._descriptor, data)
@@ -330,7 +341,8 @@ class StoreReceiver:
             os.close(self._descriptor)
         self._descriptor = None
         path, command, context_id = self._path, self._store, self._context_id
-        self._path, self._store, self._context_id = None, None, None
+        held = b"".join(self._fragments) if self._fragments is not None else None
+        self._path, self._store, self._context_id, self._fragments = None, None, None, None
         context = self._contexts(context_id)
         request = StoreRequest(
             assoc=self._assoc,
@@ -344,6 +356,7 @@ class StoreReceiver:
             dataset_offset=self._offset,
             sha256=self._digest.hexdigest(),
             size=self._size,
+            dataset=held,
             receive_error=self._refusal(),
         )
         try:

@@ -369,8 +369,15 @@ class StorageSCP:
             if request.receive_error is not None:
                 raise OutOfResources(request.receive_error)
             received = request.dataset_path
-            with mapped_dataset(received, request.dataset_offset) as dataset:
-                header = check_dataset(dataset, request.transfer_syntax, affected_class, affected, self._max_inflated)
+            if request.dataset is not None:  # small: kept in memory as it arrived
+                header = check_dataset(
+                    request.dataset, request.transfer_syntax, affected_class, affected, self._max_inflated
+                )
+            else:
+                with mapped_dataset(received, request.dataset_offset) as dataset:
+                    header = check_dataset(
+                        dataset, request.transfer_syntax, affected_class, affected, self._max_inflated
+                    )
             stored = self.store.store_received(header, received, calling, request.sha256, request.size)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)

@@ -40,4 +40,5 @@ class StoreRequest:
     dataset_offset: int | None = None  # where the data set starts in that file, when known
     sha256: str | None = None  # of that file, when computed as it was written
     size: int | None = None  # of that file, when counted as it was written
+    dataset: bytes | None = None  # the data set's bytes (as in the file after `dataset_offset`), when kept in memory
     receive_error: str | None = None  # the disk refused the file while the data set arrived: answered 0xA700

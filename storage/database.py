@@ -15,11 +15,12 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, Dialect
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.sql.base import Executable
 
 from storage.errors import IndexMissing, IndexOutage, IndexUnavailable
 
@@ -274,3 +275,39 @@ def _rollback(session: Session) -> None:
         session.rollback()
     except SQLAlchemyError:
         session.invalidate()
+
+
+class Prepared:
+    """A Core statement compiled once for one dialect and run on the driver's cursor, inside a Core transaction.
+
+    For the ingest hot path on SQLite, where SQLAlchemy's per-execution work (compiled-cache look-up, execution
+    context, result set set-up) costs more than the statement itself. The values are bound exactly as SQLAlchemy
+    would bind them (the compiled statement's parameters, each through its type's bind processor), and a driver
+    error is raised as SQLAlchemy's wrapper of it (`DBAPIError.instance`), so that callers see what they see from
+    `Connection.execute`. Only for positional parameter styles (SQLite's qmark); other dialects use `execute`."""
+
+    def __init__(self, statement: Executable, dialect: Dialect, column_keys: Sequence[str] | None = None) -> None:
+        compiled = statement.compile(dialect=dialect, column_keys=list(column_keys) if column_keys else None)
+        if compiled.positiontup is None:
+            raise ValueError(f"{dialect.name} binds parameters by name: use Connection.execute")
+        self.sql = compiled.string
+        self._compiled = compiled
+        self._names = tuple(compiled.positiontup)
+        processors = {name: compiled.binds[name].type.bind_processor(dialect) for name in self._names}
+        self._processors = {name: processor for name, processor in processors.items() if processor is not None}
+        self._dbapi_error = dialect.loaded_dbapi.Error
+
+    def execute(self, connection: Connection, values: dict[str, object]) -> DBAPICursor:
+        """Run with `values` (by parameter name) on the connection's driver connection; returns the cursor."""
+        parameters = self._compiled.construct_params(values)
+        processors = self._processors
+        bound = tuple(
+            processors[name](parameters[name]) if name in processors else parameters[name] for name in self._names
+        )
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(self.sql, bound)
+        except self._dbapi_error as error:
+            cursor.close()
+            raise DBAPIError.instance(self.sql, bound, error, self._dbapi_error, dialect=connection.dialect) from error
+        return cursor

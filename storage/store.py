@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from storage.database import Database
+from storage.database import Database, Prepared
 from storage.errors import IdentityMismatch, IndexUnavailable, OutOfResources, StorageError
 from storage.events import record_event
 from storage.files import FileLayout
@@ -66,6 +66,22 @@ SERIES_ATTRIBUTES = (
 STUDY_ATTRIBUTES = ("study_instance_uid", "study_date", "accession_number", "study_description", "patient_name")
 
 
+# The columns the hot path's INSERT of an instance row sets.
+_INSTANCE_COLUMNS = (
+    "sop_instance_uid",
+    "sop_class_uid",
+    "series_fk",
+    "instance_number",
+    "transfer_syntax_uid",
+    "path",
+    "size_bytes",
+    "sha256",
+    "calling_ae_title",
+    "received_at",
+    "times_received",
+)
+
+
 def _header_values(header: InstanceHeader, names: tuple[str, ...]) -> dict[str, object]:
     return {name: getattr(header, name) for name in names}
 
@@ -94,6 +110,13 @@ class InstanceStore:
             update(Study)
             .where(Study.id == bindparam("study_id"), Study.state == StudyState.RECEIVING)
             .values(last_received_at=bindparam("now"))
+        )
+        # On SQLite the two run on the driver's cursor (`Prepared`): a third of the index's time per instance.
+        dialect = database.engine.dialect
+        self._prepared = (
+            (Prepared(self._insert_instance, dialect, _INSTANCE_COLUMNS), Prepared(self._refresh_study, dialect))
+            if dialect.name == "sqlite"
+            else None
         )
 
     def store(self, header: InstanceHeader, data: bytes, calling_ae_title: str) -> StoredInstance:
@@ -313,8 +336,14 @@ class InstanceStore:
     def _mark_received(self, session: Session | Connection, study_id: int, study_uid: str) -> None:
         """Refresh the study's last-received time; a complete study re-opens at the next revision."""
         now = utcnow()
-        refreshed = session.execute(self._refresh_study, {"study_id": study_id, "now": now})
-        if refreshed.rowcount == 0:
+        values = {"study_id": study_id, "now": now}
+        if self._prepared is not None and isinstance(session, Connection):
+            cursor = self._prepared[1].execute(session, values)
+            refreshed_rows = cursor.rowcount
+            cursor.close()
+        else:
+            refreshed_rows = session.execute(self._refresh_study, values).rowcount
+        if refreshed_rows == 0:
             session.execute(
                 update(Study)
                 .where(Study.id == study_id)
@@ -337,24 +366,27 @@ class InstanceStore:
         if not cached and session.execute(self._instance_exists, {"uid": header.sop_instance_uid}).first():
             raise _AlreadyIndexed()
         key = self._key(session, header)
-        inserted = session.execute(
-            self._insert_instance,
-            {
-                "sop_instance_uid": header.sop_instance_uid,
-                "sop_class_uid": header.sop_class_uid,
-                "series_fk": key.series_id,
-                "instance_number": header.instance_number,
-                "transfer_syntax_uid": header.transfer_syntax_uid,
-                "path": self.layout.relative(item.path),
-                "size_bytes": item.size,
-                "sha256": item.digest,
-                "calling_ae_title": item.calling_ae_title[:16],
-                "received_at": utcnow(),
-                "times_received": 1,
-            },
-        )
+        values = {
+            "sop_instance_uid": header.sop_instance_uid,
+            "sop_class_uid": header.sop_class_uid,
+            "series_fk": key.series_id,
+            "instance_number": header.instance_number,
+            "transfer_syntax_uid": header.transfer_syntax_uid,
+            "path": self.layout.relative(item.path),
+            "size_bytes": item.size,
+            "sha256": item.digest,
+            "calling_ae_title": item.calling_ae_title[:16],
+            "received_at": utcnow(),
+            "times_received": 1,
+        }
+        if self._prepared is not None:
+            cursor = self._prepared[0].execute(session, values)
+            row = cursor.fetchone()
+            cursor.close()
+        else:
+            row = session.execute(self._insert_instance, values).first()
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.
-        if inserted.first() is None:
+        if row is None:
             if not cached:
                 raise _BatchBroken()  # another process indexed it since the look-up, after our rows were written
             raise _AlreadyIndexed()

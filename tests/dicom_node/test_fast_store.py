@@ -23,7 +23,7 @@ from pynetdicom.dsutils import create_file_meta
 from pynetdicom.sop_class import CTImageStorage, PositronEmissionTomographyImageStorage, Verification
 from sqlalchemy import func, select
 
-from dicom_node import status
+from dicom_node import fast_store, status
 from dicom_node.fast_store import (
     Context,
     FastStoreSettings,
@@ -196,12 +196,27 @@ def test_a_store_in_fragments_is_written_whole_and_answered(tmp_path: Path) -> N
     ((request, written),) = peer.requests
     assert written[request.dataset_offset :] == data
     assert request.sha256 == hashlib.sha256(written).hexdigest()
+    assert request.size == len(written)
+    assert request.dataset == data  # small: also kept in memory, checked from there
     assert (request.message_id, request.affected_sop_instance_uid, request.transfer_syntax) == (
         1, UID_1, "1.2.840.10008.1.2.1",
     )  # fmt: skip
     assert not request.dataset_path.exists()  # removed after the handler (the store moves it away)
     (response,) = peer.sent
     assert response[12:] == encode_store_response(store_command_for(1, CT, UID_1), 0)
+
+
+def test_a_large_data_set_is_not_kept_in_memory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(fast_store, "MAX_HELD_BYTES", 6000)
+    peer = _Peer(tmp_path)
+    receiver = peer.receiver(tmp_path)
+    small, large = bytes(range(256)) * 20, bytes(range(256)) * 30
+    for number, data in enumerate((large, small), start=1):
+        receiver.consume(_pdu((1, 0x03, _request_command(number)), (1, 0x00, data[:4000])))
+        receiver.consume(_pdu((1, 0x02, data[4000:])))
+    (large_request, large_written), (small_request, small_written) = peer.requests
+    assert large_request.dataset is None and large_written[large_request.dataset_offset :] == large
+    assert small_request.dataset == small and small_written[small_request.dataset_offset :] == small
 
 
 def test_other_messages_go_to_pynetdicom_unchanged_and_the_next_store_is_taken_again(tmp_path: Path) -> None:

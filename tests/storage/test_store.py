@@ -241,3 +241,49 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     buffer = BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+def test_the_sqlite_hot_path_writes_the_rows_sqlalchemy_writes(tmp_path: Path, study_files) -> None:
+    """On SQLite a new instance's INSERT and its study's refresh run on the driver's cursor (`Prepared`); the
+    columns hold what SQLAlchemy's own statements write (compared row by row with the same store run without it)."""
+    data = [path.read_bytes() for path in study_files.pet_files[:3]]
+    rows = {}
+    for hot in (True, False):
+        store = _store(tmp_path / str(hot), f"sqlite:///{tmp_path / str(hot) / 'index.sqlite3'}")
+        assert store._prepared is not None
+        if not hot:
+            store._prepared = None
+        for item in data:
+            assert store.store(parse_received(item), item, "STORESCU").outcome is StoreOutcome.NEW
+        with store.database.engine.connect() as connection:
+            instances = connection.exec_driver_sql(
+                "SELECT sop_instance_uid, sop_class_uid, series_fk, instance_number, transfer_syntax_uid, size_bytes,"
+                " sha256, calling_ae_title, typeof(received_at), length(received_at), times_received FROM instances"
+                " ORDER BY id"
+            ).all()
+            study = connection.exec_driver_sql(
+                "SELECT state, typeof(last_received_at), length(last_received_at), revision FROM studies"
+            ).all()
+        with store.database.session() as session:
+            received = session.scalars(select(Instance.received_at)).all()
+            last = session.scalar(select(Study.last_received_at))
+        assert all(r is not None and abs((last - r).total_seconds()) < 60 for r in received)
+        rows[hot] = (instances, study)
+        store.database.dispose()
+    assert rows[True] == rows[False]
+    assert rows[True][1] == [("RECEIVING", "text", 26, 1)]
+
+
+def test_a_driver_error_on_the_hot_path_is_an_index_error_and_leaves_nothing(tmp_path: Path, study_files) -> None:
+    store = _store(tmp_path, f"sqlite:///{tmp_path / 'index.sqlite3'}")
+    first, second = (path.read_bytes() for path in study_files.pet_files[:2])
+    store.store(parse_received(first), first, "STORESCU")  # the series is known: the next takes the hot path
+    with store.database.engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON instances BEGIN SELECT RAISE(ABORT, 'refused by a trigger'); END"
+        )
+    with pytest.raises(IndexUnavailable, match="refused by a trigger"):
+        store.store(parse_received(second), second, "STORESCU")
+    with store.database.session() as session:
+        assert session.scalar(select(func.count(Instance.id))) == 1
+    assert len(list(store.layout.object_files())) == 1
