@@ -12,8 +12,9 @@ dcmtk storescu, interleaved in one run, over 1 and 4 associations; prints second
   dcmtk's tools (they honour it: without it dcmtk leaves Nagle's algorithm on, and on loopback each instance of
   dcmtk storescp's waited for a 40 ms delayed ACK).
 - The time is from the senders' start to the last sender's exit (every instance acknowledged). Medians over
-  `--repeats`; the order of the receivers rotates between repeats. After each run its folder is deleted, the
-  file system synced and a second waited, so that no run shares the device with the previous one's writeback.
+  `--repeats`; the order of the receivers rotates between repeats. After each run the file system is synced and
+  a second waited, so that no run shares the device with the previous one's writeback; the runs' folders are
+  deleted at the end (deleted between runs, their blocks' discards slowed the next run by up to 2x).
 - The fsync latency of `--root`'s device (a 32 KB file written and fsynced, median of 30) is printed with the
   table: immunode's single-association time is bounded by it (a file fsync and an index commit per instance,
   while the sender waits for each answer), dcmtk's and pynetdicom's are not.
@@ -236,6 +237,8 @@ def send(receiver: Receiver, files: list[Path], associations: int) -> float:
 
 
 def one_run(name: str, files: list[Path], associations: int, root: Path) -> float:
+    """One receiver's run in a fresh folder under `root`, which the caller deletes after the last run: deleting
+    it here would make the device discard the freed blocks while the next receiver runs."""
     work = Path(tempfile.mkdtemp(prefix="ingest-", dir=root))
     try:
         receiver = start_receiver(name, work, associations)
@@ -248,7 +251,6 @@ def one_run(name: str, files: list[Path], associations: int, root: Path) -> floa
             raise RuntimeError(f"{name}: {count} of {len(files)} instances received")
         return seconds
     finally:
-        shutil.rmtree(work, ignore_errors=True)
         settle_disk()
 
 
@@ -294,8 +296,16 @@ def main() -> int:
     for tool in ("storescp", "storescu"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} (dcmtk) is not installed")
-    root = args.root or Path(tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
+    if args.root is not None:
+        args.root.mkdir(parents=True, exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="ingest-runs-", dir=args.root or tempfile.gettempdir()))
+    try:
+        return run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="ingest-data-") as data:
         make = synthetic_instances if args.synthetic else real_instances
         files = make(Path(data), args.instances)

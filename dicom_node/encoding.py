@@ -83,6 +83,7 @@ class _Walker:
         self.found: dict[int, RawDataElement] = {}
         prefix = "<" if little else ">"
         self.tag_length = struct.Struct(prefix + "HHL")  # group, element, 4-byte length (implicit, items)
+        self.tag_vr_length = struct.Struct(prefix + "HH2sH")  # group, element, VR, 2-byte length (explicit)
         self.short = struct.Struct(prefix + "H")
         self.long = struct.Struct(prefix + "L")
         self.pixels: PixelShape | None = None
@@ -93,8 +94,10 @@ class _Walker:
     def dataset(self, offset: int, end: int, depth: int, until_item_end: bool) -> int:
         """Walk elements from `offset`; stop at `end`, or (undefined-length item) at its delimiter."""
         buffer, explicit = self.buffer, self.explicit
-        is_view = isinstance(buffer, memoryview)
-        dictionary_get = DicomDictionary.get
+        dictionary_get, width_get = DicomDictionary.get, WIDTH.get
+        unpack_tag_length, unpack_explicit = self.tag_length.unpack_from, self.tag_vr_length.unpack_from
+        unpack_long = self.long.unpack_from
+        wanted, found, little = self.wanted, self.found, self.little
         if depth > MAX_DEPTH:
             raise self.fail(offset, f"sequences nested deeper than {MAX_DEPTH}")
         creators: dict[int, str] = {}  # private creators of this data set (their block, as (gggg,00xx))
@@ -106,23 +109,25 @@ class _Walker:
                 return offset
             if end - offset < 8:
                 raise self.fail(offset, "element header cut short")
-            group, element, length = self.tag_length.unpack_from(buffer, offset)
+            if explicit:
+                group, element, vr, length = unpack_explicit(buffer, offset)
+            else:
+                group, element, length = unpack_tag_length(buffer, offset)
             tag = group << 16 | element
             if group == 0xFFFE:
+                length = unpack_tag_length(buffer, offset)[2]  # items and delimiters: a 4-byte length, no VR
                 if tag == ITEM_END and until_item_end:
                     if length != 0:
                         raise self.fail(offset, "item delimiter with a non-zero length")
                     return offset + 8
                 raise self.fail(offset, f"item or delimiter tag ({group:04X},{element:04X}) outside a sequence")
             if explicit:
-                vr = buffer[offset + 4 : offset + 6].tobytes() if is_view else buffer[offset + 4 : offset + 6]
                 if vr in SHORT_VRS:
-                    length = self.short.unpack_from(buffer, offset + 6)[0]
                     offset += 8
                 elif vr in LONG_VRS:
                     if end - offset < 12:
                         raise self.fail(offset, "element header cut short")
-                    length = self.long.unpack_from(buffer, offset + 8)[0]
+                    length = unpack_long(buffer, offset + 8)[0]
                     offset += 12
                 else:
                     raise self.fail(offset, f"({group:04X},{element:04X}) has an invalid VR {vr!r}")
@@ -153,14 +158,15 @@ class _Walker:
                     lut_descriptor = True
                 elif tag == LUT_DATA and not explicit and not lut_descriptor:
                     raise self.fail(offset, "LUT Data (0028,3006) without its LUT Descriptor: its VR is undecidable")
-                width = WIDTH.get(vr_name)
+                width = width_get(vr_name)
                 if width and length % width:
                     raise self.fail(offset, f"({group:04X},{element:04X}) {vr_name} of {length} bytes")
                 if depth == 0:
-                    if tag in self.wanted:
+                    if tag in wanted:
                         value = bytes(buffer[offset : offset + length])
-                        vr = vr_name if explicit else None
-                        self.found[tag] = RawDataElement(tag, vr, length, value, offset, not explicit, self.little)
+                        found[tag] = RawDataElement(
+                            tag, vr_name if explicit else None, length, value, offset, not explicit, little
+                        )
                     elif tag in PIXEL_TAGS:
                         self.pixels = PixelShape(PIXEL_TAGS[tag], False, length, 0, 0)
             offset += length
