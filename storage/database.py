@@ -16,7 +16,14 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, Dialect
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+    StatementError,
+)
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -293,7 +300,9 @@ class Prepared:
         self.sql = compiled.string
         self._compiled = compiled
         self._names = tuple(compiled.positiontup)
-        processors = {name: compiled.binds[name].type.bind_processor(dialect) for name in self._names}
+        # The dialect's own type (SQLite's DATETIME for DateTime), as SQLAlchemy binds it.
+        types = {name: compiled.binds[name].type.dialect_impl(dialect) for name in self._names}
+        processors = {name: bind_type.bind_processor(dialect) for name, bind_type in types.items()}
         self._processors = {name: processor for name, processor in processors.items() if processor is not None}
         self._dbapi_error = dialect.loaded_dbapi.Error
 
@@ -301,9 +310,12 @@ class Prepared:
         """Run with `values` (by parameter name) on the connection's driver connection; returns the cursor."""
         parameters = self._compiled.construct_params(values)
         processors = self._processors
-        bound = tuple(
-            processors[name](parameters[name]) if name in processors else parameters[name] for name in self._names
-        )
+        try:
+            bound = tuple(
+                processors[name](parameters[name]) if name in processors else parameters[name] for name in self._names
+            )
+        except Exception as error:  # a value its type cannot bind: what `Connection.execute` raises
+            raise StatementError(str(error), self.sql, values, error) from error
         cursor = connection.connection.cursor()
         try:
             cursor.execute(self.sql, bound)

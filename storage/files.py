@@ -21,6 +21,7 @@ import re
 import shutil
 import time
 import uuid
+from dataclasses import dataclass
 from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -30,11 +31,15 @@ from storage.errors import OutOfResources
 FOLDERS = ("incoming", "objects", "outputs", "quarantine", "spool", "purging")
 IN_FLIGHT_RUN = re.compile(r"^r(\d+)-")  # the run id an in-flight file's name starts with
 UNOWNED_MAX_AGE_S = 3600.0  # in-flight files named without a run (older versions): removed after this long unwritten
-# File systems whose fsync of a file commits, in the same journal transaction, the rename that gave the file its
-# name (ext4: the fsync commits the running transaction, which holds the rename; XFS: the log is forced up to the
-# inode's last change, the rename; btrfs: the log tree records the inode's new name). There the folder's fsync after
-# the file's finds nothing to write and costs one more device cache flush.
-JOURNALLED_RENAMES = frozenset({"ext4", "xfs", "btrfs"})
+# File systems whose fsync of a file also makes durable the rename that gave the file its name (fsync, not fdatasync):
+# - ext4 with a journal: the rename changes the file's inode (its ctime) in the running jbd2 transaction, and the
+#   fsync waits for the commit of the inode's last change, which holds the rename;
+# - ext4 without one: the new name's ext4_add_entry marks the inode EXT4_STATE_NEWENTRY, and the no-journal fsync
+#   then writes its new parent folder too (ext4_sync_parent, fs/ext4/fsync.c);
+# - XFS: the rename is logged with the inode, and the fsync forces the log up to the inode's last change.
+# There the folder's fsync after the file's finds nothing to write and costs one more device cache flush. btrfs is
+# left out (its log tree had rename-then-fsync bugs in older kernels), and so is every other file system.
+JOURNALLED_RENAMES = frozenset({"ext4", "xfs"})
 
 
 class FileLayout:
@@ -49,8 +54,9 @@ class FileLayout:
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         # `settle` fsyncs folders unless configured "auto" on a file system that journals renames with the file.
-        self.file_system = file_system_type(self.root)
-        self.settles_folders = fsync_folders == "always" or self.file_system not in JOURNALLED_RENAMES
+        objects = self.root / "objects"
+        self.file_system = file_system_type(objects)
+        self.settles_folders = fsync_folders == "always" or not journals_renames(objects)
         if private:
             # Readable by the service user only, whatever the folder's mode was when it was made.
             os.chmod(self.root, 0o700)
@@ -68,8 +74,10 @@ class FileLayout:
 
     def relative(self, path: Path) -> str:
         text = str(path)
-        if text.startswith(self._root_prefix) and "/." not in text and "//" not in text:
-            return text[len(self._root_prefix) :]  # a path this layout made (the common case, without pathlib)
+        if text.startswith(self._root_prefix):
+            inside = text[len(self._root_prefix) :]
+            if "/." not in inside and "//" not in inside and not inside.startswith("."):
+                return inside  # a path this layout made (the common case, without pathlib)
         path = Path(path)
         if path.is_absolute() and ".." not in path.parts and path.is_relative_to(self.root):
             return str(path.relative_to(self.root))  # a path this layout made: no symbolic links to resolve
@@ -183,7 +191,7 @@ class FileLayout:
                 target.flush()
                 os.fsync(target.fileno())
 
-        self._durably(copy, final_path, sync_folder)
+        self._durably(copy, final_path, True)  # fsynced before its rename: the folder's fsync is needed
         received.unlink(missing_ok=True)
 
     def object_files(self, since: date | None = None) -> Iterator[Path]:
@@ -235,25 +243,58 @@ def _out_of_resources(error: OSError, path: Path) -> OutOfResources:
     return OutOfResources(f"cannot write {path.name}: {error.strerror}")
 
 
-def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
-    """The type of the file system `path` is on ("ext4", "xfs", "tmpfs", ...), from the mount table of this
-    process (the longest mount point that contains the resolved path); "" where it cannot be told."""
-    target = str(Path(path).resolve())
-    best, found = -1, ""
+@dataclass(frozen=True)
+class Mount:
+    """The mount a path is on, as this process's mount table (proc(5) mountinfo) gives it."""
+
+    point: bytes
+    device: str  # "major:minor"
+    file_system: str  # "ext4", "xfs", "tmpfs", "nfs4", "overlay", ...
+
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def mount_of(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> Mount | None:
+    """The innermost mount that holds the resolved `path` (compared as bytes, the table's octal escapes decoded),
+    or None where the table cannot be read."""
+    target = os.fsencode(Path(path).resolve())
+    best: Mount | None = None
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as mounts:
-            for line in mounts:
-                before, _, after = line.partition(" - ")
+        with open(mountinfo, "rb") as table:
+            for line in table:
+                before, _, after = line.partition(b" - ")
                 fields = before.split()
-                if len(fields) < 5 or not after:
+                if len(fields) < 5 or not after.split():
                     continue
-                point = fields[4].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
-                inside = target == point or target.startswith(point.rstrip("/") + "/")
-                if inside and len(point) >= best:  # later mounts over the same point shadow earlier ones
-                    best, found = len(point), after.split()[0]
+                point = _OCTAL.sub(lambda match: bytes([int(match.group(1), 8)]), fields[4])
+                inside = target == point or target.startswith(point.rstrip(b"/") + b"/")
+                if inside and (best is None or len(point) >= len(best.point)):  # a later mount over a point shadows
+                    device, kind = fields[2].decode("ascii", "replace"), after.split()[0].decode("ascii", "replace")
+                    best = Mount(point, device, kind)
     except OSError:
-        return ""
-    return found
+        return None
+    return best
+
+
+def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
+    """The type of the file system `path` is on ("ext4", "xfs", "tmpfs", ...); "" where it cannot be told."""
+    mount = mount_of(path, mountinfo)
+    return mount.file_system if mount is not None else ""
+
+
+def journals_renames(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether a file's fsync on `path`'s file system also makes durable the rename that gave it its name
+    (`JOURNALLED_RENAMES`); only when the mount table's device is the one `path` is on (a bind mount or a stacked
+    mount could otherwise name another). False wherever this cannot be told."""
+    mount = mount_of(path, mountinfo)
+    if mount is None or mount.file_system not in JOURNALLED_RENAMES:
+        return False
+    try:
+        device = os.stat(path).st_dev
+    except OSError:
+        return False
+    return mount.device == f"{os.major(device)}:{os.minor(device)}"
 
 
 def fsync_directory(folder: Path) -> None:

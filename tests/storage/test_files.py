@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
 
 from storage import files
-from storage.files import FileLayout, file_system_type
+from storage.files import FileLayout, file_system_type, journals_renames
 
 # A mount table in the format of /proc/self/mountinfo (proc(5)), written for this test: the root on ext4, a tmpfs
 # over /srv/fast, an XFS volume at a mount point with a space (escaped as \040) and an NFS share inside it.
@@ -50,6 +52,24 @@ def test_this_process_mount_table_names_the_file_system_of_a_real_folder(tmp_pat
     assert file_system_type(tmp_path) != ""
 
 
+def test_journalled_renames_need_the_file_system_and_its_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    device = tmp_path.stat().st_dev
+    here = f"{os.major(device)}:{os.minor(device)}"
+    table = tmp_path / "mountinfo"
+    for kind, on_device, expected in [
+        ("ext4", here, True),
+        ("xfs", here, True),
+        ("btrfs", here, False),
+        ("tmpfs", here, False),
+        ("nfs4", here, False),
+        ("ext4", "999:999", False),  # the table names another device (a bind or stacked mount): not trusted
+    ]:
+        escaped = str(tmp_path).replace(" ", "\\040")
+        table.write_text(f"22 1 {on_device} / {escaped} rw shared:1 - {kind} /dev/x rw\n")
+        assert journals_renames(tmp_path, table) is expected, (kind, on_device)
+    assert journals_renames(tmp_path, tmp_path / "absent") is False
+
+
 def _folders_fsynced(monkeypatch: pytest.MonkeyPatch, layout: FileLayout) -> list[Path]:
     synced: list[Path] = []
     monkeypatch.setattr(files, "fsync_directory", synced.append)
@@ -58,30 +78,78 @@ def _folders_fsynced(monkeypatch: pytest.MonkeyPatch, layout: FileLayout) -> lis
 
 
 @pytest.mark.parametrize(
-    ("file_system", "setting", "fsynced"),
-    [
-        ("ext4", "auto", False),  # the file's fsync committed its rename
-        ("xfs", "auto", False),
-        ("btrfs", "auto", False),
-        ("tmpfs", "auto", True),
-        ("nfs4", "auto", True),
-        ("", "auto", True),  # not known: fsynced
-        ("ext4", "always", True),
-    ],
+    ("journalled", "setting", "fsynced"),
+    [(True, "auto", False), (False, "auto", True), (True, "always", True), (False, "always", True)],
 )
-def test_folders_are_fsynced_unless_the_file_system_journals_the_rename_with_the_file(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, file_system: str, setting: str, fsynced: bool
+def test_folders_are_fsynced_unless_the_file_system_makes_the_rename_durable_with_the_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, journalled: bool, setting: str, fsynced: bool
 ) -> None:
-    monkeypatch.setattr(files, "file_system_type", lambda _path: file_system)
+    asked: list[Path] = []
+    monkeypatch.setattr(files, "journals_renames", lambda path: asked.append(path) or journalled)
     layout = FileLayout(tmp_path / "store", fsync_folders=setting)
-    assert layout.file_system == file_system
     assert _folders_fsynced(monkeypatch, layout) == ([layout.root / "objects"] if fsynced else [])
+    assert asked in ([], [layout.root / "objects"])  # decided for the folder received files go to
 
 
 def test_a_layout_made_without_the_setting_fsyncs_folders(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(files, "file_system_type", lambda _path: "ext4")
+    monkeypatch.setattr(files, "journals_renames", lambda _path: True)
     layout = FileLayout(tmp_path / "store")
     assert _folders_fsynced(monkeypatch, layout) == [layout.root / "objects"]
+
+
+def test_the_node_passes_the_setting_to_its_layout(monkeypatch: pytest.MonkeyPatch, make_settings) -> None:
+    from immunode.service import Node
+
+    monkeypatch.setattr(files, "journals_renames", lambda _path: True)
+    for setting, settles in (("auto", False), ("always", True)):
+        settings = make_settings()
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"fsync_folders": setting})}
+        )
+        node = Node(settings)
+        try:
+            assert node.layout.settles_folders is settles
+        finally:
+            node.database.dispose()
+
+
+def test_a_received_file_is_fsynced_after_its_rename(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The fsync that makes the rename durable (on ext4 and XFS) must come after it."""
+    layout = FileLayout(tmp_path / "store")
+    received = layout.receiving / "r1-x.dcm"
+    received.write_bytes(b"data")
+    final = layout.new_object_path()
+    calls: list[str] = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(files.os, "replace", lambda a, b: (calls.append("rename"), real_replace(a, b))[1])
+    monkeypatch.setattr(files.os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    layout.adopt(received, final)
+    assert calls == ["rename", "fsync"] and final.read_bytes() == b"data"
+
+
+def test_a_file_copied_across_file_systems_gets_its_folder_fsynced(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Across file systems the copy is fsynced before its rename: only the folder's fsync makes the name durable,
+    whatever the file system."""
+    monkeypatch.setattr(files, "journals_renames", lambda _path: True)
+    layout = FileLayout(tmp_path / "store")
+    received = layout.receiving / "r1-x.dcm"
+    received.write_bytes(b"data")
+    final = layout.new_object_path()
+    real_replace = os.replace
+
+    def replace(source, target) -> None:
+        if Path(source) == received:
+            raise OSError(errno.EXDEV, "cross-device link")
+        real_replace(source, target)
+
+    synced: list[Path] = []
+    monkeypatch.setattr(files.os, "replace", replace)
+    monkeypatch.setattr(files, "fsync_directory", synced.append)
+    layout.adopt(received, final)
+    assert final.read_bytes() == b"data" and not received.exists()
+    assert synced == [final.parent]
 
 
 def test_relative_paths_of_files_the_layout_made_and_of_others(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from io import BytesIO
 from pathlib import Path
 
@@ -243,9 +244,15 @@ def _bytes(ds: pydicom.Dataset) -> bytes:
     return buffer.getvalue()
 
 
-def test_the_sqlite_hot_path_writes_the_rows_sqlalchemy_writes(tmp_path: Path, study_files) -> None:
+def test_the_sqlite_hot_path_writes_the_rows_sqlalchemy_writes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, study_files
+) -> None:
     """On SQLite a new instance's INSERT and its study's refresh run on the driver's cursor (`Prepared`); the
-    columns hold what SQLAlchemy's own statements write (compared row by row with the same store run without it)."""
+    columns hold what SQLAlchemy's own statements write (compared row by row with the same store run without it),
+    times included: one whose microseconds are 0 is where the driver's own conversion would differ."""
+    from storage import store as store_module
+
+    monkeypatch.setattr(store_module, "utcnow", lambda: datetime(2026, 12, 5, 1, 2, 3))
     data = [path.read_bytes() for path in study_files.pet_files[:3]]
     rows = {}
     for hot in (True, False):
@@ -258,20 +265,20 @@ def test_the_sqlite_hot_path_writes_the_rows_sqlalchemy_writes(tmp_path: Path, s
         with store.database.engine.connect() as connection:
             instances = connection.exec_driver_sql(
                 "SELECT sop_instance_uid, sop_class_uid, series_fk, instance_number, transfer_syntax_uid, size_bytes,"
-                " sha256, calling_ae_title, typeof(received_at), length(received_at), times_received FROM instances"
+                " sha256, calling_ae_title, typeof(received_at), received_at, times_received FROM instances"
                 " ORDER BY id"
             ).all()
             study = connection.exec_driver_sql(
-                "SELECT state, typeof(last_received_at), length(last_received_at), revision FROM studies"
+                "SELECT state, typeof(last_received_at), last_received_at, revision FROM studies"
             ).all()
         with store.database.session() as session:
             received = session.scalars(select(Instance.received_at)).all()
             last = session.scalar(select(Study.last_received_at))
-        assert all(r is not None and abs((last - r).total_seconds()) < 60 for r in received)
+        assert set(received) == {datetime(2026, 12, 5, 1, 2, 3)} and last == datetime(2026, 12, 5, 1, 2, 3)
         rows[hot] = (instances, study)
         store.database.dispose()
     assert rows[True] == rows[False]
-    assert rows[True][1] == [("RECEIVING", "text", 26, 1)]
+    assert rows[True][1] == [("RECEIVING", "text", "2026-12-05 01:02:03.000000", 1)]
 
 
 def test_a_driver_error_on_the_hot_path_is_an_index_error_and_leaves_nothing(tmp_path: Path, study_files) -> None:
