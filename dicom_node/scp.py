@@ -13,6 +13,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
@@ -369,15 +370,9 @@ class StorageSCP:
             if request.receive_error is not None:
                 raise OutOfResources(request.receive_error)
             received = request.dataset_path
-            if request.dataset is not None:  # small: kept in memory as it arrived
-                header = check_dataset(
-                    request.dataset, request.transfer_syntax, affected_class, affected, self._max_inflated
-                )
-            else:
-                with mapped_dataset(received, request.dataset_offset) as dataset:
-                    header = check_dataset(
-                        dataset, request.transfer_syntax, affected_class, affected, self._max_inflated
-                    )
+            held = request.dataset  # a small data set, kept in memory as it arrived; else its file, mapped
+            with nullcontext(held) if held is not None else mapped_dataset(received, request.dataset_offset) as dataset:
+                header = check_dataset(dataset, request.transfer_syntax, affected_class, affected, self._max_inflated)
             stored = self.store.store_received(header, received, calling, request.sha256, request.size)
         except (ReceiveError, StorageError) as error:
             code = status.store_status_for(error)

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -15,7 +16,7 @@ from alembic.config import Config as AlembicConfig
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine.interfaces import DBAPIConnection, DBAPICursor, Dialect
+from sqlalchemy.engine.interfaces import DBAPIConnection, Dialect
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -306,8 +307,8 @@ class Prepared:
         self._processors = {name: processor for name, processor in processors.items() if processor is not None}
         self._dbapi_error = dialect.loaded_dbapi.Error
 
-    def execute(self, connection: Connection, values: dict[str, object]) -> DBAPICursor:
-        """Run with `values` (by parameter name) on the connection's driver connection; returns the cursor."""
+    def execute(self, connection: Connection, values: dict[str, object]) -> PreparedResult:
+        """Run with `values` (by parameter name) on the connection's driver connection."""
         parameters = self._compiled.construct_params(values)
         processors = self._processors
         try:
@@ -319,7 +320,17 @@ class Prepared:
         cursor = connection.connection.cursor()
         try:
             cursor.execute(self.sql, bound)
+            return PreparedResult(cursor.fetchone() if cursor.description else None, cursor.rowcount)
         except self._dbapi_error as error:
-            cursor.close()
             raise DBAPIError.instance(self.sql, bound, error, self._dbapi_error, dialect=connection.dialect) from error
-        return cursor
+        finally:
+            cursor.close()
+
+
+@dataclass(frozen=True)
+class PreparedResult:
+    """What a `Prepared` statement gave: its first row (None without one, or for a statement that returns none)
+    and the rows it changed."""
+
+    first: tuple | None
+    rowcount: int

@@ -54,9 +54,7 @@ class FileLayout:
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
         # `settle` fsyncs folders unless configured "auto" on a file system that journals renames with the file.
-        objects = self.root / "objects"
-        self.file_system = file_system_type(objects)
-        self.settles_folders = fsync_folders == "always" or not journals_renames(objects)
+        self.settles_folders = fsync_folders == "always" or not journals_renames(self.root / "objects")
         if private:
             # Readable by the service user only, whatever the folder's mode was when it was made.
             os.chmod(self.root, 0o700)
@@ -275,12 +273,6 @@ def mount_of(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> Moun
     except OSError:
         return None
     return best
-
-
-def file_system_type(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> str:
-    """The type of the file system `path` is on ("ext4", "xfs", "tmpfs", ...); "" where it cannot be told."""
-    mount = mount_of(path, mountinfo)
-    return mount.file_system if mount is not None else ""
 
 
 def journals_renames(path: Path, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:

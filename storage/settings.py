@@ -44,8 +44,8 @@ class StorageSettings(Strict):
     # only (umask 077, root folder mode 0700); false leaves the process umask as it is.
     private: bool = True
     # After a received file is renamed into objects/ and fsynced, its folder is fsynced too ("always"), or only
-    # where the file system does not commit the rename with that file's fsync ("auto": ext4, XFS and btrfs do,
-    # so the folder's fsync, one more device flush per acknowledgement, is skipped there; docs/reliability.md).
+    # where that file's fsync does not already make the rename durable ("auto": ext4 and XFS do, so the folder's
+    # fsync, one more device flush per acknowledgement, is skipped there; storage.files.JOURNALLED_RENAMES).
     fsync_folders: Literal["auto", "always"] = "auto"
     retention: RetentionSettings = RetentionSettings()
 

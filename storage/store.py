@@ -113,11 +113,9 @@ class InstanceStore:
         )
         # On SQLite the two run on the driver's cursor (`Prepared`): a third of the index's time per instance.
         dialect = database.engine.dialect
-        self._prepared = (
-            (Prepared(self._insert_instance, dialect, _INSTANCE_COLUMNS), Prepared(self._refresh_study, dialect))
-            if dialect.name == "sqlite"
-            else None
-        )
+        sqlite = dialect.name == "sqlite"
+        self._prepared_insert = Prepared(self._insert_instance, dialect, _INSTANCE_COLUMNS) if sqlite else None
+        self._prepared_refresh = Prepared(self._refresh_study, dialect) if sqlite else None
 
     def store(self, header: InstanceHeader, data: bytes, calling_ae_title: str) -> StoredInstance:
         """Raises storage.errors.OutOfResources, IndexUnavailable or IdentityMismatch; on error nothing new
@@ -140,9 +138,10 @@ class InstanceStore:
         blocks (unless the writer gives its SHA-256 and size) and moved into place, never held in memory. The
         same errors and guarantees as `store`."""
         try:
-            if digest is None or size is None:
+            if digest is None:
                 with open(received, "rb") as handle:
                     digest = hashlib.file_digest(handle, "sha256").hexdigest()
+            if size is None:
                 size = received.stat().st_size
         except OSError as error:
             raise OutOfResources(f"cannot read the received data set: {error.strerror}") from error
@@ -337,13 +336,11 @@ class InstanceStore:
         """Refresh the study's last-received time; a complete study re-opens at the next revision."""
         now = utcnow()
         values = {"study_id": study_id, "now": now}
-        if self._prepared is not None and isinstance(session, Connection):
-            cursor = self._prepared[1].execute(session, values)
-            refreshed_rows = cursor.rowcount
-            cursor.close()
+        if self._prepared_refresh is not None and isinstance(session, Connection):
+            refreshed = self._prepared_refresh.execute(session, values).rowcount
         else:
-            refreshed_rows = session.execute(self._refresh_study, values).rowcount
-        if refreshed_rows == 0:
+            refreshed = session.execute(self._refresh_study, values).rowcount
+        if refreshed == 0:
             session.execute(
                 update(Study)
                 .where(Study.id == study_id)
@@ -379,10 +376,8 @@ class InstanceStore:
             "received_at": utcnow(),
             "times_received": 1,
         }
-        if self._prepared is not None:
-            cursor = self._prepared[0].execute(session, values)
-            row = cursor.fetchone()
-            cursor.close()
+        if self._prepared_insert is not None:
+            row = self._prepared_insert.execute(session, values).first
         else:
             row = session.execute(self._insert_instance, values).first()
         # RETURNING, not rowcount: psycopg reports rowcount -1 for this statement.

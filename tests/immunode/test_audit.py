@@ -18,7 +18,7 @@ from sqlalchemy import select
 from immunode.cli import main as cli_main
 from storage.errors import IndexUnavailable
 from storage.schema import AuditKind, AuditOutcome, AuditRecord, Event
-from tests.conftest import REPO, free_port, storescu, wait_until
+from tests.conftest import REPO, free_port, serve, storescu, wait_until
 from tests.synthetic import write_study
 
 
@@ -128,15 +128,7 @@ def test_serve_stops_on_a_sigterm_delivered_to_any_of_its_threads(tmp_path: Path
     import os
 
     port = free_port()
-    settings = make_settings(node={"port": port})
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(settings.model_dump(mode="json")))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "immunode.cli", "--config", str(config), "serve"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process = serve(tmp_path, "node", make_settings(node={"port": port}))
     try:
         echo = ["echoscu", "-aet", "ECHOSCU", "-aec", "IMMUNODE", "127.0.0.1", str(port)]
         wait_until(lambda: subprocess.run(echo, capture_output=True).returncode == 0, 60, 0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage import files
-from storage.files import FileLayout, file_system_type, journals_renames
+from storage.files import FileLayout, journals_renames, mount_of
 
 # A mount table in the format of /proc/self/mountinfo (proc(5)), written for this test: the root on ext4, a tmpfs
 # over /srv/fast, an XFS volume at a mount point with a space (escaped as \040) and an NFS share inside it.
@@ -40,16 +40,16 @@ def mountinfo(tmp_path: Path) -> Path:
     ],
 )
 def test_the_file_system_is_the_innermost_mount_that_holds_the_path(mountinfo: Path, where: str, expected: str) -> None:
-    assert file_system_type(Path(where), mountinfo) == expected
+    assert mount_of(Path(where), mountinfo).file_system == expected
 
 
 def test_an_unreadable_mount_table_tells_nothing(tmp_path: Path) -> None:
-    assert file_system_type(tmp_path, tmp_path / "absent") == ""
+    assert mount_of(tmp_path, tmp_path / "absent") is None
 
 
 def test_this_process_mount_table_names_the_file_system_of_a_real_folder(tmp_path: Path) -> None:
-    assert file_system_type(Path("/proc")) == "proc"
-    assert file_system_type(tmp_path) != ""
+    assert mount_of(Path("/proc")).file_system == "proc"
+    assert mount_of(tmp_path).file_system != ""
 
 
 def test_journalled_renames_need_the_file_system_and_its_device(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -257,9 +257,9 @@ def test_the_sqlite_hot_path_writes_the_rows_sqlalchemy_writes(
     rows = {}
     for hot in (True, False):
         store = _store(tmp_path / str(hot), f"sqlite:///{tmp_path / str(hot) / 'index.sqlite3'}")
-        assert store._prepared is not None
+        assert store._prepared_insert is not None and store._prepared_refresh is not None
         if not hot:
-            store._prepared = None
+            store._prepared_insert = store._prepared_refresh = None
         for item in data:
             assert store.store(parse_received(item), item, "STORESCU").outcome is StoreOutcome.NEW
         with store.database.engine.connect() as connection:
